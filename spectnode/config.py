@@ -1,0 +1,366 @@
+"""Typed configuration for spectnode, validated once at start-up.
+
+The configuration is a YAML file (see ``config/spectnode.yaml`` for the
+documented default).  Every key has a default, so an empty file, or no file at
+all, gives a node that works on one machine with nothing else installed.
+
+Validation is strict because a DICOM node that silently ignores a misspelt key
+(``allowed_calling_ae_title`` instead of ``..._titles``) opens itself to the
+whole hospital network.  Every problem raises :class:`ConfigError`, whose
+message names the file and the dotted key; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "NodeConfig",
+    "StorageConfig",
+    "DestinationConfig",
+    "ModelConfig",
+    "CompletionConfig",
+    "LoggingConfig",
+    "Config",
+    "load_config",
+    "parse_config",
+    "validate_ae_title",
+]
+
+OutputKind = Literal["sr", "sc"]
+DestinationType = Literal["folder", "dicom"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
+
+#: Matches any calling AE title in ``node.allowed_calling_ae_titles``.
+ANY_AE_TITLE = "*"
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and the key."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{source}: {key}: {problem}" if key else f"{source}: {problem}")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The DICOM application entity spectnode presents to the network."""
+
+    #: Called AE title of this node (1-16 characters, no backslash or control characters).
+    ae_title: str = "SPECTNODE"
+    #: TCP port of the storage SCP.
+    port: int = 11112
+    #: Address to listen on; 127.0.0.1 keeps a fresh install off the network.
+    bind_address: str = "127.0.0.1"
+    #: Calling AE titles allowed to associate; ``"*"`` allows any.
+    allowed_calling_ae_titles: tuple[str, ...] = (ANY_AE_TITLE,)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where received objects, the job store and results live."""
+
+    #: Data directory (spool, job store, results). Relative paths are taken
+    #: from the current working directory.
+    data_dir: Path = Path("spectnode-data")
+
+
+@dataclass(frozen=True)
+class DestinationConfig:
+    """One place results are sent to."""
+
+    #: Unique name, used in logs and by ``spectnode status``/``retry``.
+    name: str
+    #: ``folder`` writes files under ``path``; ``dicom`` sends by C-STORE.
+    type: DestinationType = "folder"
+    #: Which outputs this destination receives: ``sr`` and/or ``sc``.
+    outputs: tuple[OutputKind, ...] = ("sr", "sc")
+    #: Folder for ``type: folder`` (relative paths are taken from ``storage.data_dir``).
+    path: Path | None = None
+    #: Called AE title of the peer, for ``type: dicom``.
+    ae_title: str | None = None
+    #: Host name or address of the peer, for ``type: dicom``.
+    host: str | None = None
+    #: Port of the peer, for ``type: dicom``.
+    port: int | None = None
+
+
+def _default_destinations() -> tuple[DestinationConfig, ...]:
+    return (DestinationConfig(name="local", type="folder", path=Path("results")),)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which trained model bundle classifies studies."""
+
+    #: Path to a model bundle; ``null`` uses the bundle shipped inside the
+    #: package (trained on synthetic scans, not for clinical use).
+    bundle: Path | None = None
+
+
+@dataclass(frozen=True)
+class CompletionConfig:
+    """When a study counts as complete."""
+
+    #: Fallback only: seconds without a new object after which a study that
+    #: is not yet complete by content (e.g. a single view) is processed anyway.
+    timeout_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Logging."""
+
+    #: Minimum level: DEBUG, INFO, WARNING or ERROR.
+    level: LogLevel = "INFO"
+    #: ``text`` for people, ``json`` (one object per line) for log collectors.
+    format: LogFormat = "text"
+    #: Log file; ``null`` logs to standard error (journald under systemd).
+    file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    destinations: tuple[DestinationConfig, ...] = field(default_factory=_default_destinations)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    completion: CompletionConfig = field(default_factory=CompletionConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: Where this configuration came from, for messages ("<defaults>" if none).
+    source: str = field(default="<defaults>", compare=False)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def validate_ae_title(value: str) -> str | None:
+    """Return why ``value`` is not a valid AE title, or None if it is.
+
+    PS3.5 6.2: AE is at most 16 characters of the default repertoire, without
+    backslash or control characters; leading/trailing spaces are not
+    significant, so an all-space title is empty.
+    """
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > 16:
+        return f"{value!r} is {len(value)} characters long; AE titles have at most 16"
+    if "\\" in value:
+        return f"{value!r} contains a backslash, which DICOM does not allow in an AE title"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return f"{value!r} contains a control character, which DICOM does not allow in an AE title"
+    if any(ord(c) > 126 for c in value):
+        return f"{value!r} contains a non-ASCII character, which DICOM does not allow in an AE title"
+    return None
+
+
+def _check_port(value: int) -> str | None:
+    if not 1 <= value <= 65535:
+        return f"{value} is out of range; ports are 1-65535"
+    return None
+
+
+def _check_writable_dir(path: Path) -> str | None:
+    """Create ``path`` if needed and prove it writable by writing a file."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"directory {str(path)!r} cannot be created: {exc.strerror or exc}"
+    if not path.is_dir():
+        return f"{str(path)!r} exists and is not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".spectnode-write-check-"):
+            pass
+    except OSError as exc:
+        return f"directory {str(path)!r} is not writable: {exc.strerror or exc}"
+    return None
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false", Path: "a path"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
+    """Convert a YAML value to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        if value is None:
+            raise ConfigError(source, key, f"must be {_type_name(tp)}, got null")
+        return _convert(value, inner, source, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(source, key, f"must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_convert(v, inner, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, key)
+    ok = {
+        str: lambda v: isinstance(v, str),
+        # bool is an int in Python; "port: yes" must not become port 1.
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        Path: lambda v: isinstance(v, str) and v != "",
+    }[tp]
+    if not ok(value):
+        raise ConfigError(source, key, f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is Path:
+        return Path(value).expanduser()
+    if tp is float:
+        return float(value)
+    return value
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(source, prefix or "(top level)", f"must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(source, where, f"unknown key (valid keys here: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], source, key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(source, key, "is required")
+    return cls(**kwargs)
+
+
+def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
+    """Checks that types alone cannot express."""
+    problem = validate_ae_title(cfg.node.ae_title)
+    if problem:
+        raise ConfigError(source, "node.ae_title", problem)
+    if (problem := _check_port(cfg.node.port)) is not None:
+        raise ConfigError(source, "node.port", problem)
+    if not cfg.node.bind_address.strip():
+        raise ConfigError(source, "node.bind_address", "must not be empty")
+    if not cfg.node.allowed_calling_ae_titles:
+        raise ConfigError(
+            source, "node.allowed_calling_ae_titles", 'is empty, so no peer could connect; use ["*"] to allow any'
+        )
+    for i, title in enumerate(cfg.node.allowed_calling_ae_titles):
+        if title != ANY_AE_TITLE and (problem := validate_ae_title(title)):
+            raise ConfigError(source, f"node.allowed_calling_ae_titles[{i}]", problem)
+    if cfg.completion.timeout_seconds <= 0:
+        raise ConfigError(source, "completion.timeout_seconds", "must be greater than 0")
+
+    names: set[str] = set()
+    for i, dest in enumerate(cfg.destinations):
+        key = f"destinations[{i}]"
+        if not dest.name.strip():
+            raise ConfigError(source, f"{key}.name", "must not be empty")
+        if dest.name in names:
+            raise ConfigError(source, f"{key}.name", f"{dest.name!r} is used by more than one destination")
+        names.add(dest.name)
+        if not dest.outputs:
+            raise ConfigError(source, f"{key}.outputs", "must name at least one of 'sr', 'sc'")
+        if dest.type == "dicom":
+            for attr in ("ae_title", "host", "port"):
+                if getattr(dest, attr) is None:
+                    raise ConfigError(source, f"{key}.{attr}", "is required for a dicom destination")
+            if problem := validate_ae_title(dest.ae_title):
+                raise ConfigError(source, f"{key}.ae_title", problem)
+            if problem := _check_port(dest.port):
+                raise ConfigError(source, f"{key}.port", problem)
+        else:
+            if dest.path is None:
+                raise ConfigError(source, f"{key}.path", "is required for a folder destination")
+            for attr in ("ae_title", "host", "port"):
+                if getattr(dest, attr) is not None:
+                    raise ConfigError(source, f"{key}.{attr}", "applies only to a dicom destination")
+
+    if cfg.model.bundle is not None and not cfg.model.bundle.exists():
+        raise ConfigError(source, "model.bundle", f"{str(cfg.model.bundle)!r} does not exist")
+
+    if check_dirs:
+        if problem := _check_writable_dir(cfg.storage.data_dir):
+            raise ConfigError(source, "storage.data_dir", problem)
+        for i, dest in enumerate(cfg.destinations):
+            if dest.type == "folder" and (problem := _check_writable_dir(resolve_folder(cfg, dest))):
+                raise ConfigError(source, f"destinations[{i}].path", problem)
+        if cfg.logging.file is not None and (problem := _check_writable_dir(cfg.logging.file.parent)):
+            raise ConfigError(source, "logging.file", problem)
+
+
+def resolve_folder(cfg: Config, dest: DestinationConfig) -> Path:
+    """Absolute-or-cwd-relative folder of a folder destination."""
+    assert dest.path is not None
+    return dest.path if dest.path.is_absolute() else cfg.storage.data_dir / dest.path
+
+
+def parse_config(data: Any, source: str = "<config>", check_dirs: bool = True) -> Config:
+    """Validate already-parsed YAML data and return a :class:`Config`.
+
+    ``check_dirs`` creates the data and destination directories and proves
+    them writable; turn it off only for tools that must not touch the disk.
+    """
+    if data is None:
+        data = {}
+    cfg = _build(Config, data, source, "")
+    cfg = dataclasses.replace(cfg, source=source)
+    _check_semantics(cfg, source, check_dirs)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None, check_dirs: bool = True) -> Config:
+    """Read and validate a configuration file (``None``: built-in defaults)."""
+    if path is None:
+        return parse_config({}, "<defaults>", check_dirs)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(source, "", f"cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, "", f"is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, source, check_dirs)
