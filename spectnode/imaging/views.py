@@ -1,0 +1,727 @@
+"""Find the anterior and posterior whole-body views of a bone-scan study.
+
+A planar whole-body bone scan arrives in many DICOM layouts (see
+``shared/notes/field-guide.md``): one multi-frame NM object whose frames are
+mapped to detectors by DetectorVector (0054,0020), possibly with several energy
+windows; two single-frame instances in one series or in two series, whose view
+shows only as text; Secondary Capture objects that are really NM whole-body
+scans; compressed transfer syntaxes. :func:`read_study_views` turns any of
+them into a :class:`StudyViews`, or into a :class:`NotAssessable` that says
+precisely why not. It never guesses: a view that the headers do not name is
+not used.
+
+Orientation convention of every returned array
+----------------------------------------------
+``ViewImage.pixels`` is float32, shape (rows, cols), head at row 0.
+
+* ANTERIOR is shown as seen *facing* the patient: the patient's right is on
+  the image's left (PatientOrientation ``L\\F``).
+* POSTERIOR is shown as cameras store it, seen *from behind*: the patient's
+  left is on the image's left (PatientOrientation ``R\\F``).
+
+So ``posterior[:, ::-1]`` overlays the anterior (same side of the patient on
+the same side of the image), which is what view aggregation relies on.
+
+How the orientation is established:
+
+* PatientOrientation (0020,0020) present: its first value is the patient
+  direction along a row (left to right), its second the direction down a
+  column; the first letter of each value is used (the dominant axis). If the
+  row value runs along H/F and the column value along L/R the image is stored
+  sideways and is transposed. A column direction of ``H`` (feet at the top) is
+  flipped vertically. A row direction that disagrees with the view's
+  convention (``R`` for an anterior, ``L`` for a posterior) is flipped
+  horizontally. An object that holds *both* views in its frames has only one
+  PatientOrientation, which cannot describe two opposite projections, so only
+  its H/F part (and transposition) is applied there; the L/R part is ignored.
+  A value whose first letter is A or P (an axis a planar projection cannot
+  have) makes the geometry unusable.
+* PatientOrientation absent or empty: the image is taken as cameras store it,
+  head up, anterior facing the patient and posterior seen from behind. No
+  flip is made.
+
+How views are identified (first rule that applies, per object):
+
+1. DetectorInformationSequence (0054,0022) items with ViewCodeSequence
+   (0054,0220): SCT 399321004 (legacy SRT G-5215) = anterior, SCT 399001007
+   (SRT G-5216) = posterior. Frames are mapped to items through DetectorVector,
+   whatever their order. An object with one detector item and no DetectorVector
+   maps every frame to that item. With EnergyWindowVector (0054,0010) and
+   several windows, ONE window is used (windows are never summed, since a
+   scatter window would add scatter): the window whose EnergyWindowRangeSequence
+   contains the Tc-99m photopeak (140.5 keV) if exactly one does, otherwise the
+   lowest-numbered window. Exactly one frame must then remain per view.
+2. A single-frame object without view codes: a top-level ViewCodeSequence,
+   then the text of ImageID (0054,0400), then GE Genie private elements
+   (creator ``GEMS_GENIE_1``: Dataset Name (0011,xx12), Dataset Object Name
+   (0011,xx10), Series Object Name (0009,xx20), then any other text element of
+   that creator in groups 0009/0011), then SeriesDescription (0008,103E). Text
+   is read by :func:`spectnode.imaging.view_labels.view_from_label`; the first
+   source that names exactly one view decides.
+3. A multi-frame object without view codes cannot say which frame is which: it
+   yields no view.
+
+Which objects are considered: only Modality ``NM``, whatever the SOP class (a
+Secondary Capture with Modality NM and ImageType ...\\WHOLE BODY\\... is
+accepted). An NM object counts as whole-body when its ImageType contains
+``WHOLE BODY`` or, failing that, when its matrix is whole-body-like (long side
+at least twice the short side and at least 256 pixels). Other objects of the
+study (CT of a SPECT/CT, SR, presentation states) are ignored. If two distinct
+objects or frames name the same view, the study is not assessable (ambiguous),
+except that the same SOP instance received twice counts once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from spectnode.imaging.view_labels import ANTERIOR, POSTERIOR, ViewName, view_from_label
+
+__all__ = [
+    "ANTERIOR",
+    "POSTERIOR",
+    "ANTERIOR_VIEW_CODES",
+    "POSTERIOR_VIEW_CODES",
+    "MIN_VIEW_ROWS",
+    "MIN_VIEW_COLUMNS",
+    "TC99M_PHOTOPEAK_KEV",
+    "REASON_CODES",
+    "ViewImage",
+    "StudyViews",
+    "NotAssessable",
+    "group_by_study",
+    "read_study_views",
+    "load_study_views",
+]
+
+_log = logging.getLogger(__name__)
+
+#: (CodingSchemeDesignator, CodeValue) pairs of CID 26 meaning anterior.
+ANTERIOR_VIEW_CODES: Final = frozenset({("SCT", "399321004"), ("SRT", "G-5215")})
+#: (CodingSchemeDesignator, CodeValue) pairs of CID 26 meaning posterior.
+POSTERIOR_VIEW_CODES: Final = frozenset({("SCT", "399001007"), ("SRT", "G-5216")})
+
+#: A usable whole-body view has at least this many rows (head to feet) ...
+MIN_VIEW_ROWS: Final = 256
+#: ... and at least this many columns, and rows >= 2 * columns.
+MIN_VIEW_COLUMNS: Final = 64
+#: Tc-99m photopeak, used to pick the photopeak among several energy windows.
+TC99M_PHOTOPEAK_KEV: Final = 140.5
+
+# Reason codes of NotAssessable, in the order a study passes the checks.
+WRONG_MODALITY: Final = "wrong_modality"
+NOT_WHOLE_BODY: Final = "not_whole_body"
+MISSING_VIEWS: Final = "missing_views"
+UNREADABLE: Final = "unreadable"
+UNUSABLE_GEOMETRY: Final = "unusable_geometry"
+EMPTY_IMAGE: Final = "empty_image"
+#: Every NotAssessable.code value.
+REASON_CODES: Final = frozenset(
+    {WRONG_MODALITY, NOT_WHOLE_BODY, MISSING_VIEWS, UNUSABLE_GEOMETRY, EMPTY_IMAGE, UNREADABLE}
+)
+# When several objects of a study fail, the one that got furthest explains best.
+_STAGE: Final = {
+    WRONG_MODALITY: 0,
+    NOT_WHOLE_BODY: 1,
+    MISSING_VIEWS: 2,
+    UNREADABLE: 3,
+    UNUSABLE_GEOMETRY: 4,
+    EMPTY_IMAGE: 5,
+}
+
+_GE_GENIE_CREATOR: Final = "GEMS_GENIE_1"
+# (group, element offset) of GE Genie private elements that name the dataset,
+# most specific first (pydicom's private dictionary gives their meanings).
+_GE_NAMED_ELEMENTS: Final = ((0x0011, 0x12), (0x0011, 0x10), (0x0009, 0x20))
+_TEXT_VRS: Final = frozenset({"LO", "SH", "LT", "ST", "UT", "CS"})
+_NM_NON_WHOLE_BODY_TYPES: Final = ("STATIC", "DYNAMIC", "GATED", "TOMO", "RECON TOMO", "GATED TOMO")
+
+
+@dataclass(frozen=True)
+class ViewImage:
+    """One whole-body view, oriented by the module's convention.
+
+    Attributes:
+        view: ``"anterior"`` or ``"posterior"``.
+        pixels: float32 array (rows, cols), head at row 0; anterior seen facing
+            the patient, posterior seen from behind. Values are the stored
+            counts after the modality LUT (RescaleSlope/Intercept), if any.
+        pixel_spacing_mm: (row spacing, column spacing) in mm from
+            PixelSpacing, in the returned orientation; ``None`` if absent.
+        source_sop_instance_uid: SOPInstanceUID of the object it came from.
+        source_sop_class_uid: SOPClassUID of that object.
+        frame_number: 1-based frame number in a multi-frame source (any object
+            with NumberOfFrames); ``None`` for a single-frame source.
+    """
+
+    view: ViewName
+    pixels: np.ndarray
+    pixel_spacing_mm: tuple[float, float] | None
+    source_sop_instance_uid: str
+    source_sop_class_uid: str
+    frame_number: int | None
+
+
+@dataclass(frozen=True)
+class StudyViews:
+    """The views found in one study; at least one of them is present."""
+
+    study_uid: str
+    anterior: ViewImage | None
+    posterior: ViewImage | None
+
+    def __post_init__(self) -> None:
+        if self.anterior is None and self.posterior is None:
+            raise ValueError("StudyViews needs at least one view")
+
+    @property
+    def available_views(self) -> tuple[ViewName, ...]:
+        """Names of the views present, anterior first."""
+        return tuple(
+            image.view for image in (self.anterior, self.posterior) if image is not None
+        )
+
+
+@dataclass(frozen=True)
+class NotAssessable:
+    """A study (or file) that cannot be classified, and why.
+
+    Attributes:
+        study_uid: StudyInstanceUID, or ``""`` when it could not be read.
+        reason: Precise, human-readable explanation naming what was found.
+        code: Short machine code, one of :data:`REASON_CODES`.
+    """
+
+    study_uid: str
+    reason: str
+    code: str
+
+    def __post_init__(self) -> None:
+        if self.code not in REASON_CODES:
+            raise ValueError(f"unknown reason code {self.code!r}")
+
+
+@dataclass
+class _Rejection:
+    code: str
+    reason: str
+
+
+@dataclass
+class _Candidate:
+    """A frame of an object that names a view; pixels are decoded later."""
+
+    view: ViewName
+    dataset: Dataset
+    frame_index: int | None  # 0-based index into NumberOfFrames, None = single-frame
+    object_views: frozenset[str] = field(default_factory=frozenset)
+    evidence: str = ""
+
+    @property
+    def key(self) -> tuple[str, int | None]:
+        return (str(self.dataset.get("SOPInstanceUID", id(self.dataset))), self.frame_index)
+
+    def describe(self) -> str:
+        uid = self.dataset.get("SOPInstanceUID", "?")
+        frame = "" if self.frame_index is None else f" frame {self.frame_index + 1}"
+        return f"{uid}{frame} ({self.evidence})"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _as_list(value: object) -> list:
+    """A DICOM value of any multiplicity as a list (VM 1 gives a bare value)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        return [value]
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    return "\\".join(str(v) for v in _as_list(ds.get(keyword))).strip()
+
+
+def _image_type(ds: Dataset) -> list[str]:
+    return [str(v).strip().upper() for v in _as_list(ds.get("ImageType"))]
+
+
+def _number_of_frames(ds: Dataset) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _matrix(ds: Dataset) -> tuple[int, int]:
+    return int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+
+
+def _is_whole_body_like(rows: int, cols: int) -> bool:
+    long_side, short_side = max(rows, cols), min(rows, cols)
+    return short_side > 0 and long_side >= 2 * short_side and long_side >= MIN_VIEW_ROWS
+
+
+def _view_of_code_sequence(sequence: object) -> tuple[ViewName | None, str]:
+    """View named by a ViewCodeSequence, and a description of its code(s)."""
+    items = _as_list(sequence)
+    names = []
+    for item in items:
+        scheme = str(item.get("CodingSchemeDesignator", "")).strip()
+        value = str(item.get("CodeValue", "")).strip()
+        names.append(f"{scheme} {value} {item.get('CodeMeaning', '')!s}".strip())
+        if (scheme, value) in ANTERIOR_VIEW_CODES:
+            return ANTERIOR, names[-1]
+        if (scheme, value) in POSTERIOR_VIEW_CODES:
+            return POSTERIOR, names[-1]
+    return None, "; ".join(names) if names else "empty ViewCodeSequence"
+
+
+def _ge_private_labels(ds: Dataset) -> list[tuple[str, str]]:
+    """(description, text) of GE Genie private elements, most specific first."""
+    labels: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    for group, offset in _GE_NAMED_ELEMENTS:
+        try:
+            element = ds.get_private_item(group, offset, _GE_GENIE_CREATOR)
+        except KeyError:
+            continue
+        seen.add(int(element.tag))
+        labels.append((f"GE private ({element.tag.group:04X},{element.tag.element:04X})", str(element.value)))
+    for group in (0x0009, 0x0011):
+        try:
+            block = ds.private_block(group, _GE_GENIE_CREATOR)
+        except KeyError:
+            continue
+        for offset in range(0x100):
+            if block.get_tag(offset) in seen or block.get_tag(offset) not in ds:
+                continue
+            element = ds[block.get_tag(offset)]
+            if element.VR in _TEXT_VRS and element.value:
+                labels.append(
+                    (f"GE private ({element.tag.group:04X},{element.tag.element:04X})", str(element.value))
+                )
+    return labels
+
+
+def _text_view(ds: Dataset) -> tuple[ViewName | None, str]:
+    """View of a single-frame object from its text fields (rule 2), with evidence."""
+    view, description = _view_of_code_sequence(ds.get("ViewCodeSequence"))
+    if view is not None:
+        return view, f"ViewCodeSequence {description}"
+    sources: list[tuple[str, str]] = [("ImageID", _text(ds, "ImageID"))]
+    sources += _ge_private_labels(ds)
+    sources.append(("SeriesDescription", _text(ds, "SeriesDescription")))
+    for name, text in sources:
+        view = view_from_label(text)
+        if view is not None:
+            return view, f"{name} {text!r}"
+    shown = ", ".join(f"{name} {text!r}" for name, text in sources if text) or "no label text at all"
+    return None, shown
+
+
+def _energy_window_ranges(ds: Dataset, window: int) -> list[tuple[float, float]]:
+    items = _as_list(ds.get("EnergyWindowInformationSequence"))
+    if not 1 <= window <= len(items):
+        return []
+    ranges = []
+    for item in _as_list(items[window - 1].get("EnergyWindowRangeSequence")):
+        try:
+            ranges.append((float(item.EnergyWindowLowerLimit), float(item.EnergyWindowUpperLimit)))
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return ranges
+
+
+def _choose_energy_window(ds: Dataset, windows: Iterable[int]) -> int:
+    """The photopeak window if exactly one contains 140.5 keV, else the lowest number."""
+    windows = sorted(set(windows))
+    photopeak = [
+        w
+        for w in windows
+        if any(low <= TC99M_PHOTOPEAK_KEV <= high for low, high in _energy_window_ranges(ds, w))
+    ]
+    return photopeak[0] if len(photopeak) == 1 else windows[0]
+
+
+# ------------------------------------------------------------- per-object identification
+
+
+def _whole_body_rejection(ds: Dataset) -> _Rejection | None:
+    image_type = _image_type(ds)
+    if any(value.replace("_", " ") in ("WHOLE BODY", "WHOLEBODY") for value in image_type):
+        return None
+    rows, cols = _matrix(ds)
+    if _is_whole_body_like(rows, cols):
+        return None
+    shown_type = "\\".join(image_type) or "(absent)"
+    return _Rejection(
+        NOT_WHOLE_BODY,
+        f"NM object {ds.get('SOPInstanceUID', '?')} is not a whole-body scan: "
+        f"ImageType {shown_type}, matrix {cols}x{rows} "
+        f"(columns x rows), {_number_of_frames(ds)} frame(s)",
+    )
+
+
+def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate] | _Rejection:
+    """Rule 1: frames mapped through DetectorVector to coded detector views."""
+    uid = ds.get("SOPInstanceUID", "?")
+    n_frames = _number_of_frames(ds)
+    detector_views = [_view_of_code_sequence(item.get("ViewCodeSequence")) for item in detectors]
+    if "DetectorVector" in ds:
+        detector_vector = [int(v) for v in _as_list(ds.DetectorVector)]
+    elif len(detectors) == 1:
+        detector_vector = [1] * n_frames
+    else:
+        return _Rejection(
+            MISSING_VIEWS,
+            f"object {uid} has {n_frames} frame(s) and {len(detectors)} detectors "
+            "but no DetectorVector (0054,0020) to tell which frame is which view",
+        )
+    if len(detector_vector) != n_frames or any(not 1 <= d <= len(detectors) for d in detector_vector):
+        return _Rejection(
+            UNUSABLE_GEOMETRY,
+            f"object {uid}: DetectorVector {detector_vector} does not fit {n_frames} frame(s) "
+            f"and {len(detectors)} DetectorInformationSequence item(s)",
+        )
+    if "EnergyWindowVector" in ds:
+        window_vector = [int(v) for v in _as_list(ds.EnergyWindowVector)]
+        if len(window_vector) != n_frames:
+            return _Rejection(
+                UNUSABLE_GEOMETRY,
+                f"object {uid}: EnergyWindowVector has {len(window_vector)} values for {n_frames} frame(s)",
+            )
+    else:
+        window_vector = [1] * n_frames
+    view_frames = [
+        i for i, detector in enumerate(detector_vector) if detector_views[detector - 1][0] is not None
+    ]
+    if not view_frames:
+        codes = "; ".join(description for _, description in detector_views)
+        return _Rejection(
+            MISSING_VIEWS,
+            f"object {uid}: detector view codes ({codes}) name no anterior or posterior projection",
+        )
+    window = _choose_energy_window(ds, (window_vector[i] for i in view_frames))
+    by_view: dict[str, list[int]] = {}
+    for i in view_frames:
+        if window_vector[i] == window:
+            by_view.setdefault(detector_views[detector_vector[i] - 1][0], []).append(i)  # type: ignore[arg-type]
+    for view, frames in by_view.items():
+        if len(frames) > 1:
+            return _Rejection(
+                MISSING_VIEWS,
+                f"object {uid} is ambiguous: frames {[f + 1 for f in frames]} are all {view} "
+                f"in energy window {window}; no rule says which one to use",
+            )
+    object_views = frozenset(by_view)
+    return [
+        _Candidate(
+            view=view,  # type: ignore[arg-type]
+            dataset=ds,
+            frame_index=frames[0],
+            object_views=object_views,
+            evidence=(
+                f"DetectorVector -> detector {detector_vector[frames[0]]} "
+                f"{detector_views[detector_vector[frames[0]] - 1][1]}, energy window {window}"
+            ),
+        )
+        for view, frames in sorted(by_view.items())
+    ]
+
+
+def _object_candidates(ds: Dataset) -> list[_Candidate] | _Rejection:
+    """Identify the views held by one NM object (headers only, no pixel decoding)."""
+    rejection = _whole_body_rejection(ds)
+    if rejection is not None:
+        return rejection
+    uid = ds.get("SOPInstanceUID", "?")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples != 1:
+        return _Rejection(
+            UNREADABLE,
+            f"object {uid} has colour pixel data (SamplesPerPixel {samples}, "
+            f"{ds.get('PhotometricInterpretation', '?')}): a rendered picture, not counts",
+        )
+    detectors = [
+        item for item in _as_list(ds.get("DetectorInformationSequence")) if "ViewCodeSequence" in item
+    ]
+    if detectors:
+        return _coded_candidates(ds, _as_list(ds.DetectorInformationSequence))
+    n_frames = _number_of_frames(ds)
+    if n_frames > 1:
+        return _Rejection(
+            MISSING_VIEWS,
+            f"object {uid} has {n_frames} frames but no ViewCodeSequence in "
+            "DetectorInformationSequence, so no frame can be assigned a view",
+        )
+    view, evidence = _text_view(ds)
+    if view is None:
+        return _Rejection(
+            MISSING_VIEWS,
+            f"object {uid}: no view code and no unambiguous ANT/POST label ({evidence})",
+        )
+    frame_index = 0 if "NumberOfFrames" in ds else None
+    return [_Candidate(view, ds, frame_index, frozenset({view}), evidence)]
+
+
+# ---------------------------------------------------------------- pixels and orientation
+
+
+def _decode_frames(ds: Dataset) -> np.ndarray | _Rejection:
+    """All frames as float32 (frames, rows, cols) after the modality LUT."""
+    uid = ds.get("SOPInstanceUID", "?")
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        pixels = ds.pixel_array
+        pixels = apply_modality_lut(pixels, ds)
+    except Exception as exc:  # any decoder failure means the same thing here
+        syntax = f" ({transfer_syntax.name})" if transfer_syntax is not None else ""
+        return _Rejection(UNREADABLE, f"pixel data of object {uid}{syntax} cannot be decoded: {exc}")
+    rows, cols = _matrix(ds)
+    if pixels.size != _number_of_frames(ds) * rows * cols:
+        return _Rejection(
+            UNREADABLE,
+            f"pixel data of object {uid} does not hold {_number_of_frames(ds)} frame(s) of {rows}x{cols}",
+        )
+    return np.asarray(pixels, dtype=np.float32).reshape((-1, rows, cols))
+
+
+def _patient_orientation(ds: Dataset) -> tuple[str, str] | None:
+    values = [str(v).strip().upper() for v in _as_list(ds.get("PatientOrientation"))]
+    if len(values) != 2 or not values[0] or not values[1]:
+        return None
+    return values[0], values[1]
+
+
+def _orient(
+    pixels: np.ndarray, candidate: _Candidate
+) -> tuple[np.ndarray, bool] | _Rejection:
+    """Apply the module's orientation rules; returns (pixels, transposed)."""
+    orientation = _patient_orientation(candidate.dataset)
+    if orientation is None:
+        return pixels, False
+    row_direction, column_direction = orientation[0][0], orientation[1][0]
+    transposed = False
+    if row_direction in "HF" and column_direction in "LR":
+        pixels = pixels.T
+        row_direction, column_direction = column_direction, row_direction
+        transposed = True
+    if row_direction not in "LR" or column_direction not in "HF":
+        shown = "\\".join(orientation)
+        return _Rejection(
+            UNUSABLE_GEOMETRY,
+            f"object {candidate.dataset.get('SOPInstanceUID', '?')}: PatientOrientation "
+            f"{shown} is not a planar anterior/posterior projection "
+            "(needs one L/R and one H/F direction)",
+        )
+    if column_direction == "H":
+        pixels = pixels[::-1, :]
+    if len(candidate.object_views) == 1:
+        expected = "L" if candidate.view == ANTERIOR else "R"
+        if row_direction != expected:
+            pixels = pixels[:, ::-1]
+    return np.ascontiguousarray(pixels), transposed
+
+
+def _pixel_spacing(ds: Dataset, transposed: bool) -> tuple[float, float] | None:
+    values = _as_list(ds.get("PixelSpacing"))
+    if len(values) != 2:
+        return None
+    try:
+        row_spacing, col_spacing = float(values[0]), float(values[1])
+    except (TypeError, ValueError):
+        return None
+    return (col_spacing, row_spacing) if transposed else (row_spacing, col_spacing)
+
+
+def _geometry_rejection(pixels: np.ndarray, candidate: _Candidate) -> _Rejection | None:
+    rows, cols = pixels.shape
+    problems = []
+    if rows < 2 * cols:
+        problems.append(f"rows < 2 x columns ({rows} < 2 x {cols}), not a whole-body strip")
+    if rows < MIN_VIEW_ROWS or cols < MIN_VIEW_COLUMNS:
+        problems.append(f"too small (needs at least {MIN_VIEW_COLUMNS}x{MIN_VIEW_ROWS})")
+    if not problems:
+        return None
+    return _Rejection(
+        UNUSABLE_GEOMETRY,
+        f"{candidate.view} view {candidate.describe()}: {cols}x{rows} (columns x rows, head up) is "
+        + "; ".join(problems),
+    )
+
+
+def _empty_rejection(pixels: np.ndarray, candidate: _Candidate) -> _Rejection | None:
+    if not np.all(np.isfinite(pixels)):
+        return _Rejection(EMPTY_IMAGE, f"{candidate.view} view {candidate.describe()} holds NaN/inf values")
+    low, high = float(pixels.min()), float(pixels.max())
+    if high > low:
+        return None
+    what = "all zero" if high == 0 else f"constant ({high:g})"
+    return _Rejection(EMPTY_IMAGE, f"{candidate.view} view {candidate.describe()} is {what}")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def group_by_study(datasets: Iterable[Dataset]) -> dict[str, list[Dataset]]:
+    """Group datasets by StudyInstanceUID, keeping their order.
+
+    Datasets without a StudyInstanceUID are grouped under ``""``.
+    """
+    studies: dict[str, list[Dataset]] = {}
+    for ds in datasets:
+        studies.setdefault(str(ds.get("StudyInstanceUID", "") or "").strip(), []).append(ds)
+    return studies
+
+
+def _not_assessable(study_uid: str, rejections: list[_Rejection]) -> NotAssessable:
+    """Explain a failure by the object that got furthest, mentioning the others."""
+    worst = max(rejections, key=lambda r: _STAGE[r.code])
+    others = [r.reason for r in rejections if r is not worst and r.reason != worst.reason]
+    reason = worst.reason if not others else f"{worst.reason}; also: {'; '.join(others)}"
+    return NotAssessable(study_uid=study_uid, reason=reason, code=worst.code)
+
+
+def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
+    """Find the anterior and posterior views among the objects of one study.
+
+    See the module docstring for which objects count, how views are named and
+    how the pixels are oriented.
+
+    Args:
+        datasets: All objects received for one study (same StudyInstanceUID),
+            with pixel data. Non-NM objects are ignored.
+
+    Returns:
+        A :class:`StudyViews` with one or both views, or a
+        :class:`NotAssessable` whose ``code`` is one of ``wrong_modality``,
+        ``not_whole_body``, ``missing_views``, ``unusable_geometry``,
+        ``empty_image`` or ``unreadable`` and whose ``reason`` names what was
+        found.
+
+    Raises:
+        ValueError: If ``datasets`` is empty or mixes studies.
+    """
+    if not datasets:
+        raise ValueError("read_study_views needs at least one dataset")
+    study_uids = set(group_by_study(datasets))
+    if len(study_uids) > 1:
+        raise ValueError(f"datasets belong to {len(study_uids)} studies; group them with group_by_study")
+    study_uid = study_uids.pop()
+    if not study_uid:
+        return NotAssessable("", "objects carry no StudyInstanceUID (0020,000D)", UNREADABLE)
+
+    nm_objects = [ds for ds in datasets if str(ds.get("Modality", "")).strip().upper() == "NM"]
+    if not nm_objects:
+        found = sorted({str(ds.get("Modality", "") or "(no Modality)").strip() for ds in datasets})
+        return NotAssessable(
+            study_uid,
+            f"no NM object in the study: found Modality {', '.join(found)} "
+            f"in {len(datasets)} object(s); a bone scan has Modality NM",
+            WRONG_MODALITY,
+        )
+
+    rejections: list[_Rejection] = []
+    candidates: dict[str, dict[tuple[str, int | None], _Candidate]] = {ANTERIOR: {}, POSTERIOR: {}}
+    for ds in nm_objects:
+        outcome = _object_candidates(ds)
+        if isinstance(outcome, _Rejection):
+            rejections.append(outcome)
+            continue
+        for candidate in outcome:
+            candidates[candidate.view].setdefault(candidate.key, candidate)
+
+    for view, found in candidates.items():
+        if len(found) > 1:
+            listing = "; ".join(c.describe() for c in found.values())
+            return NotAssessable(
+                study_uid,
+                f"ambiguous: {len(found)} different objects/frames are {view} views ({listing})",
+                MISSING_VIEWS,
+            )
+    chosen = [next(iter(found.values())) for found in candidates.values() if found]
+    if not chosen:
+        return _not_assessable(study_uid, rejections)
+
+    decoded: dict[int, np.ndarray] = {}
+    images: dict[str, ViewImage] = {}
+    for candidate in chosen:
+        frames = decoded.get(id(candidate.dataset))
+        if frames is None:
+            outcome = _decode_frames(candidate.dataset)
+            if isinstance(outcome, _Rejection):
+                return _not_assessable(study_uid, [outcome])
+            frames = decoded[id(candidate.dataset)] = outcome
+        oriented = _orient(frames[candidate.frame_index or 0], candidate)
+        if isinstance(oriented, _Rejection):
+            return _not_assessable(study_uid, [oriented])
+        pixels, transposed = oriented
+        for check in (_geometry_rejection, _empty_rejection):
+            problem = check(pixels, candidate)
+            if problem is not None:
+                return _not_assessable(study_uid, [problem])
+        _log.debug("study %s: %s view from %s", study_uid, candidate.view, candidate.describe())
+        images[candidate.view] = ViewImage(
+            view=candidate.view,
+            pixels=pixels.astype(np.float32, copy=False),
+            pixel_spacing_mm=_pixel_spacing(candidate.dataset, transposed),
+            source_sop_instance_uid=str(candidate.dataset.get("SOPInstanceUID", "")),
+            source_sop_class_uid=str(candidate.dataset.get("SOPClassUID", "")),
+            frame_number=None if candidate.frame_index is None else candidate.frame_index + 1,
+        )
+
+    anterior, posterior = images.get(ANTERIOR), images.get(POSTERIOR)
+    if anterior is not None and posterior is not None and anterior.pixels.shape != posterior.pixels.shape:
+        return NotAssessable(
+            study_uid,
+            f"views differ in size: anterior {anterior.pixels.shape[1]}x{anterior.pixels.shape[0]}, "
+            f"posterior {posterior.pixels.shape[1]}x{posterior.pixels.shape[0]} (columns x rows)",
+            UNUSABLE_GEOMETRY,
+        )
+    return StudyViews(study_uid=study_uid, anterior=anterior, posterior=posterior)
+
+
+def load_study_views(paths: Sequence[str | Path]) -> dict[str, StudyViews | NotAssessable]:
+    """Read DICOM files, group them by study and find each study's views.
+
+    Args:
+        paths: DICOM files (Part 10, or raw datasets pydicom can read).
+
+    Returns:
+        One entry per study, keyed by StudyInstanceUID, in the order studies
+        are first seen. A file that cannot be parsed at all gets its own
+        :class:`NotAssessable` (code ``unreadable``, empty ``study_uid``) keyed
+        by its path as given.
+    """
+    results: dict[str, StudyViews | NotAssessable] = {}
+    datasets: list[Dataset] = []
+    for path in paths:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except Exception as exc:  # corrupt or non-DICOM files fail in many ways
+            results[str(path)] = NotAssessable(
+                study_uid="", reason=f"{path}: cannot be read as DICOM: {exc}", code=UNREADABLE
+            )
+    for study_uid, members in group_by_study(datasets).items():
+        if study_uid:
+            results[study_uid] = read_study_views(members)
+            continue
+        # Without a study UID the files cannot be paired; report each one.
+        for ds in members:
+            name = str(getattr(ds, "filename", "") or "?")
+            results[name] = NotAssessable("", f"{name}: no StudyInstanceUID (0020,000D)", UNREADABLE)
+    return results
