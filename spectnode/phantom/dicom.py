@@ -552,8 +552,8 @@ def _set_pixels(ds: Dataset, frames: list[np.ndarray], pixel_spacing_mm: float, 
     ds.WindowCenter = f"{upper / 2.0:.1f}"
     ds.WindowWidth = f"{max(upper, 1.0):.1f}"
     counts = int(stack.sum(dtype=np.uint64))
-    if counts <= _IS_MAX:  # IS holds a signed 32-bit value; the attribute is optional
-        ds.CountsAccumulated = counts
+    # Type 2, and IS holds only a signed 32-bit value: empty when it overflows.
+    ds.CountsAccumulated = counts if counts <= _IS_MAX else None
 
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
