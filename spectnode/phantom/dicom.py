@@ -276,6 +276,8 @@ def build_study_datasets(
                 block.add_new(0x10, "LO", "WB BONE")  # Study Name
                 block.add_new(0x20, "LO", series_description)  # Series Object Name
                 block.add_new(0x22, "SH", image_id)  # User Orientation: the view
+                dataset_block = ds.private_block(0x0011, "GEMS_GENIE_1", create=True)
+                dataset_block.add_new(0x12, "LO", image_id)  # Dataset Name
             _set_pixels(ds, [images[view]], scan.pixel_spacing_mm, ExplicitVRLittleEndian)
             built.append((ds, ((view, 0),)))
 
