@@ -30,7 +30,8 @@ def require_tool(name: str) -> str:
     if path is None:
         package = TOOL_PACKAGES.get(name, name)
         pytest.fail(
-            f"{name} is not on PATH; install it (Debian/Ubuntu: apt install {package}) to run this test",
+            f"{name} is not on PATH; install it to run this test "
+            f"(Debian/Ubuntu: apt install {package})",
             pytrace=False,
         )
     return path

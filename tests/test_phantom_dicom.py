@@ -43,7 +43,9 @@ def make_scan(matrix: tuple[int, int], seed: int, *, extreme: bool = False) -> P
         ramp = np.linspace(0.0, 40.0, cols)[None, :] * np.ones((rows, 1))
         anterior = rng.poisson(ramp).astype(np.uint16)
         posterior = rng.poisson(ramp[:, ::-1] + 5.0).astype(np.uint16)
-    patient = PhantomPatient(patient_id=f"T{seed}", sex="F", age=67, height_cm=162.0, weight_kg=58.5)
+    patient = PhantomPatient(
+        patient_id=f"T{seed}", sex="F", age=67, height_cm=162.0, weight_kg=58.5
+    )
     return PhantomScan(
         anterior=anterior,
         posterior=posterior,
@@ -61,13 +63,20 @@ def frame_of(path: Path, frame: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[PhantomScan, WrittenStudy]]:
+def written(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[PhantomScan, WrittenStudy]]:
     """One study per layout (realistic content), written once for the module."""
     root = tmp_path_factory.mktemp("phantom-dicom")
     studies = {}
     for number, layout in enumerate(LAYOUTS):
         scan = make_scan(matrix_for_layout(layout), seed=number)
-        studies[layout] = (scan, write_study(scan, root / layout, layout, f"unit/{layout}", np.random.default_rng(number)))
+        studies[layout] = (
+            scan,
+            write_study(
+                scan, root / layout, layout, f"unit/{layout}", np.random.default_rng(number)
+            ),
+        )
     return studies
 
 
@@ -98,7 +107,9 @@ def test_views_decode_exactly_where_the_study_says(written, layout):
         assert ds.PatientAge == "067Y"
 
 
-@pytest.mark.parametrize("layout", [name for name in LAYOUTS if name not in ("split-instances", "split-series")])
+@pytest.mark.parametrize(
+    "layout", [name for name in LAYOUTS if name not in ("split-instances", "split-series")]
+)
 def test_multiframe_layouts_name_views_through_detector_vector(written, layout):
     scan, study = written[layout]
     path = study.view_locations["anterior"][0]
@@ -121,13 +132,22 @@ def test_split_instances_name_views_only_in_image_id(tmp_path):
     scan = make_scan(matrix_for_layout("split-instances"), seed=3)
     private_seen = set()
     for dicom_seed in range(8):
-        study = write_study(scan, tmp_path / str(dicom_seed), "split-instances", f"gi/{dicom_seed}", np.random.default_rng(dicom_seed))
+        study = write_study(
+            scan,
+            tmp_path / str(dicom_seed),
+            "split-instances",
+            f"gi/{dicom_seed}",
+            np.random.default_rng(dicom_seed),
+        )
         datasets = {view: pydicom.dcmread(path) for view, (path, _) in study.view_locations.items()}
         assert len({ds.SeriesInstanceUID for ds in datasets.values()}) == 1
         for view, ds in datasets.items():
             assert int(ds.NumberOfFrames) == 1 and int(ds.NumberOfDetectors) == 1
             assert all("ViewCodeSequence" not in item for item in ds.DetectorInformationSequence)
-            assert ds.ImageID in {"anterior": ("ANT", "ANTERIOR"), "posterior": ("POST", "POSTERIOR")}[view]
+            assert (
+                ds.ImageID
+                in {"anterior": ("ANT", "ANTERIOR"), "posterior": ("POST", "POSTERIOR")}[view]
+            )
             np.testing.assert_array_equal(ds.pixel_array, getattr(scan, view))
             has_private = (0x0009, 0x0010) in ds
             private_seen.add(has_private)
@@ -135,7 +155,9 @@ def test_split_instances_name_views_only_in_image_id(tmp_path):
                 assert ds[0x0009, 0x0010].value == "GEMS_GENIE_1"
                 assert ds[0x0009, 0x1022].value == ds.ImageID
         assert all(dciodvfy_errors(path) == [] for path in study.files)
-    assert private_seen == {True, False}, "both variants (with and without GE private tags) must occur"
+    assert private_seen == {True, False}, (
+        "both variants (with and without GE private tags) must occur"
+    )
 
 
 def test_split_series_put_each_view_in_its_own_series_with_a_view_code(written):
@@ -144,7 +166,9 @@ def test_split_series_put_each_view_in_its_own_series_with_a_view_code(written):
     assert datasets["anterior"].SeriesInstanceUID != datasets["posterior"].SeriesInstanceUID
     for view, ds in datasets.items():
         assert view.upper()[:3] in ds.SeriesDescription
-        assert ds.DetectorInformationSequence[0].ViewCodeSequence[0].CodeValue == VIEW_CODES[view][0]
+        assert (
+            ds.DetectorInformationSequence[0].ViewCodeSequence[0].CodeValue == VIEW_CODES[view][0]
+        )
 
 
 def test_matrix512_is_2048_rows_by_512_columns(written):
@@ -169,7 +193,9 @@ def test_jpeg_lossless_decodes_exactly_in_dcmtk_too(tmp_path, written):
     scan, study = written["jpeg-lossless"]
     source = study.files[0]
     decoded = tmp_path / "decoded.dcm"
-    subprocess.run([dcmdjpeg, str(source), str(decoded)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [dcmdjpeg, str(source), str(decoded)], check=True, capture_output=True, timeout=120
+    )
     ds = pydicom.dcmread(decoded)
     for view, (_, frame) in study.view_locations.items():
         np.testing.assert_array_equal(ds.pixel_array[frame], getattr(scan, view))

@@ -105,7 +105,9 @@ def test_views_in_files_are_the_synthesized_views_bit_exact(phantom_set):
         assert (scan.label, scan.patient.patient_id) == (record.label, record.patient_id)
         for view in ("anterior", "posterior"):
             path, frame = record.views[view]
-            np.testing.assert_array_equal(read_view(path, frame), getattr(scan, view), err_msg=record.layout)
+            np.testing.assert_array_equal(
+                read_view(path, frame), getattr(scan, view), err_msg=record.layout
+            )
 
 
 def test_matrix512_study_is_2048_by_512(phantom_set):
@@ -125,8 +127,12 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(phantom_set, tmp
         assert first.study_uid == second.study_uid
         assert file_bytes(first.study_dir) == file_bytes(second.study_dir)
     again_twice = generate_phantoms(tmp_path / "again-twice", 2, SEED)
-    assert (tmp_path / "again" / "labels.csv").read_bytes() == (tmp_path / "again-twice" / "labels.csv").read_bytes()
-    assert (tmp_path / "again" / "truth.jsonl").read_bytes() == (tmp_path / "again-twice" / "truth.jsonl").read_bytes()
+    assert (tmp_path / "again" / "labels.csv").read_bytes() == (
+        tmp_path / "again-twice" / "labels.csv"
+    ).read_bytes()
+    assert (tmp_path / "again" / "truth.jsonl").read_bytes() == (
+        tmp_path / "again-twice" / "truth.jsonl"
+    ).read_bytes()
     assert [r.study_uid for r in again_twice] == [r.study_uid for r in again]
     for first, different in zip(again, other, strict=True):
         assert first.study_uid != different.study_uid

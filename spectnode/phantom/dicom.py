@@ -243,7 +243,9 @@ def build_study_datasets(
     if layout in MULTIFRAME_LAYOUTS:
         # Mostly detector 1 = anterior with frames in detector order, but real
         # cameras also deliver detector order [2, 1] and heads swapped.
-        detector_views = ("posterior", "anterior") if rng.random() < 0.2 else ("anterior", "posterior")
+        detector_views = (
+            ("posterior", "anterior") if rng.random() < 0.2 else ("anterior", "posterior")
+        )
         detector_vector = (2, 1) if rng.random() < 0.3 else (1, 2)
         frame_views = tuple(detector_views[d - 1] for d in detector_vector)
         ds = _base_dataset(context, series_number=1, instance_number=1, series_key=1)
@@ -254,7 +256,12 @@ def build_study_datasets(
         ds.DetectorInformationSequence = Sequence(
             [_detector_item(view, with_view_code=True) for view in detector_views]
         )
-        _set_pixels(ds, [images[v] for v in frame_views], scan.pixel_spacing_mm, transfer_syntax_for_layout(layout))
+        _set_pixels(
+            ds,
+            [images[v] for v in frame_views],
+            scan.pixel_spacing_mm,
+            transfer_syntax_for_layout(layout),
+        )
         built.append((ds, tuple((v, i) for i, v in enumerate(frame_views))))
 
     elif layout == "split-instances":
@@ -262,7 +269,9 @@ def build_study_datasets(
         series_description = str(rng.choice(_SHARED_SERIES_DESCRIPTIONS))
         with_private_tags = bool(rng.random() < 0.5)
         for instance_number, view in enumerate(order, start=1):
-            ds = _base_dataset(context, series_number=1, instance_number=instance_number, series_key=1)
+            ds = _base_dataset(
+                context, series_number=1, instance_number=instance_number, series_key=1
+            )
             ds.SeriesDescription = series_description
             image_id = str(rng.choice(_IMAGE_ID_SPELLINGS[view]))
             ds.ImageID = image_id
@@ -284,7 +293,9 @@ def build_study_datasets(
     else:  # split-series
         order = ("posterior", "anterior") if rng.random() < 0.3 else ("anterior", "posterior")
         for series_number, view in enumerate(order, start=1):
-            ds = _base_dataset(context, series_number=series_number, instance_number=1, series_key=series_number)
+            ds = _base_dataset(
+                context, series_number=series_number, instance_number=1, series_key=series_number
+            )
             ds.SeriesDescription = str(rng.choice(_SERIES_DESCRIPTIONS_BY_VIEW[view]))
             ds.ImageID = str(rng.choice(_IMAGE_ID_SPELLINGS[view]))
             ds.PatientOrientation = list(_PATIENT_ORIENTATION[view])
@@ -406,7 +417,9 @@ def _tm(value: dt.datetime) -> str:
     return value.strftime("%H%M%S")
 
 
-def _base_dataset(context: _StudyContext, *, series_number: int, instance_number: int, series_key: int) -> Dataset:
+def _base_dataset(
+    context: _StudyContext, *, series_number: int, instance_number: int, series_key: int
+) -> Dataset:
     """Everything except frames, detectors and pixels, shared by all layouts."""
     scan = context.scan
     patient = scan.patient
@@ -417,7 +430,9 @@ def _base_dataset(context: _StudyContext, *, series_number: int, instance_number
 
     # SOP Common
     ds.SOPClassUID = NM_IMAGE_STORAGE
-    ds.SOPInstanceUID = derive_uid(context.uid_seed, "series", series_key, "instance", instance_number)
+    ds.SOPInstanceUID = derive_uid(
+        context.uid_seed, "series", series_key, "instance", instance_number
+    )
     ds.InstanceCreationDate = _da(study_dt.date())
     ds.InstanceCreationTime = _tm(study_dt)
 
@@ -538,7 +553,9 @@ def _detector_item(view: str, *, with_view_code: bool) -> Dataset:
     return item
 
 
-def _set_pixels(ds: Dataset, frames: list[np.ndarray], pixel_spacing_mm: float, transfer_syntax: UID) -> None:
+def _set_pixels(
+    ds: Dataset, frames: list[np.ndarray], pixel_spacing_mm: float, transfer_syntax: UID
+) -> None:
     """Image Pixel, NM Image Pixel and VOI LUT attributes, and the pixel data."""
     stack = np.ascontiguousarray(np.stack(frames).astype(np.uint16, copy=False))
     ds.SamplesPerPixel = 1

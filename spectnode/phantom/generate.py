@@ -186,7 +186,9 @@ def generate_phantoms(
         writer.writerow(LABELS_CSV_HEADER)
         for record in records:
             writer.writerow([record.study_uid, record.patient_id, record.label, record.layout])
-    (out_dir / "truth.jsonl").write_text("".join(line + "\n" for line in truth_lines), encoding="utf-8")
+    (out_dir / "truth.jsonl").write_text(
+        "".join(line + "\n" for line in truth_lines), encoding="utf-8"
+    )
     return records
 
 
@@ -199,10 +201,14 @@ def _generate_one(
     scan = scan_for_study(seed, index, forced_layout)
     # DICOM metadata has its own stream, so that a change to the metadata
     # draws never changes the images of a given seed.
-    dicom_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_DICOM_STREAM, index)))
+    dicom_rng = np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(_DICOM_STREAM, index))
+    )
 
     name = f"study_{index:05d}"
-    written = write_study(scan, out_dir / name, layout, uid_seed=f"seed={seed}/study={index}", rng=dicom_rng)
+    written = write_study(
+        scan, out_dir / name, layout, uid_seed=f"seed={seed}/study={index}", rng=dicom_rng
+    )
     preview_path = None
     if preview:
         preview_path = out_dir / "preview" / f"{name}.png"
