@@ -161,14 +161,17 @@ class BodyBounds:
         return self.right - self.left + 1
 
 
-def _box_mean3(values: np.ndarray) -> np.ndarray:
-    """3x3 mean (edge-padded): isolated noise counts fade, body does not."""
+def _median3(values: np.ndarray) -> np.ndarray:
+    """3x3 median (edge-padded).
+
+    It removes isolated noise counts, and unlike a mean it does not widen the
+    body: a pixel just outside a straight edge has only 3 of 9 neighbours
+    inside, so its median stays background.
+    """
     padded = np.pad(values, 1, mode="edge")
-    total = np.zeros_like(values)
-    for dy in range(3):
-        for dx in range(3):
-            total += padded[dy : dy + values.shape[0], dx : dx + values.shape[1]]
-    return total / 9.0
+    rows, cols = values.shape
+    stack = np.stack([padded[dy : dy + rows, dx : dx + cols] for dy in range(3) for dx in range(3)])
+    return np.median(stack, axis=0)
 
 
 def find_body_bounds(
@@ -182,14 +185,14 @@ def find_body_bounds(
     A horizontal line sweeps down from the top and up from the bottom; the
     first line on which the uptake exceeds a threshold gives P_Ceil (top) and
     P_Floor (bottom). A vertical line sweeps in from the left and from the
-    right for P_Left and P_Right. To make a single noisy count unable to stop
-    a sweep, the image is first 3x3-mean smoothed and a line counts as body
-    only when at least ``min_pixels`` of its pixels exceed the threshold.
+    right for P_Left and P_Right. So that a noisy count cannot stop a sweep,
+    the image is first 3x3-median filtered, and a line counts as body only
+    when at least ``min_pixels`` of its pixels exceed the threshold.
 
     Args:
         image: 2-D array (rows, cols) of counts or normalised values.
-        threshold_fraction: Threshold as a fraction of the smoothed image's
-            99.5th percentile (a robust maximum that a few hot pixels cannot
+        threshold_fraction: Threshold above the image minimum, as a fraction
+            of the filtered image's 99.5th percentile (a robust maximum that a few hot pixels cannot
             raise). Body soft tissue in a bone scan lies well above 5 % of it.
         min_pixels: Pixels above threshold a line needs to count as body.
 
@@ -202,8 +205,7 @@ def find_body_bounds(
     values = np.asarray(image, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {values.shape}")
-    smoothed = _box_mean3(values)
-    smoothed -= smoothed.min()
+    smoothed = _median3(values - values.min())
     reference = float(np.percentile(smoothed, 99.5))
     if reference <= 0:
         reference = float(smoothed.max())
