@@ -619,3 +619,30 @@ def test_unreadable_colour_screenshot() -> None:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = rgb.tobytes()
     assert_not_assessable(read_study_views([ds]), "unreadable", "SamplesPerPixel 3")
+
+
+# ------------------------------------------------------------- phantom layouts
+
+PHANTOM_SEED = 7
+
+
+def test_every_phantom_layout_reads_back_as_synthesized(tmp_path: Path) -> None:
+    """Each layout of spectnode.phantom gives back the synthesized views, oriented."""
+    from spectnode.phantom.dicom import LAYOUTS
+    from spectnode.phantom.generate import generate_phantoms, scan_for_study
+
+    # A mixed data set of len(LAYOUTS) studies holds every layout once.
+    records = generate_phantoms(tmp_path, len(LAYOUTS), PHANTOM_SEED)
+    assert {record.layout for record in records} == set(LAYOUTS)
+    results = load_study_views([path for record in records for path in record.files])
+    assert set(results) == {record.study_uid for record in records}
+    for record in records:
+        scan = scan_for_study(PHANTOM_SEED, record.index)
+        result = results[record.study_uid]
+        assert isinstance(result, StudyViews), f"{record.layout}: {result}"
+        assert_views(result, scan.anterior, scan.posterior)
+        for view, (path, frame_index) in record.views.items():
+            image = getattr(result, view)
+            assert image.source_sop_instance_uid == pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            assert image.frame_number == frame_index + 1, record.layout
+            assert image.pixel_spacing_mm == pytest.approx((scan.pixel_spacing_mm,) * 2, abs=1e-3)  # DS text

@@ -146,7 +146,7 @@ _TEXT_VRS: Final = frozenset({"LO", "SH", "LT", "ST", "UT", "CS"})
 _NM_NON_WHOLE_BODY_TYPES: Final = ("STATIC", "DYNAMIC", "GATED", "TOMO", "RECON TOMO", "GATED TOMO")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare pixels yourself
 class ViewImage:
     """One whole-body view, oriented by the module's convention.
 
@@ -171,7 +171,7 @@ class ViewImage:
     frame_number: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StudyViews:
     """The views found in one study; at least one of them is present."""
 
