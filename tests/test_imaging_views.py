@@ -7,17 +7,22 @@ on the patient's right, and different content in the two views.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
+from pydicom.encaps import encapsulate
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
     RLELossless,
     SecondaryCaptureImageStorage,
     generate_uid,
@@ -356,6 +361,21 @@ def test_split_instances_named_in_ge_private_tag_only(element: int) -> None:
     assert_views(read_study_views(datasets), anterior, posterior)
 
 
+def test_ge_private_tag_unknown_to_the_dictionary_in_implicit_vr_file(tmp_path: Path) -> None:
+    anterior, posterior = truth_views()
+    paths = []
+    for ds, label in zip(split_instances(anterior, posterior), ("POSTERIOR", "ANTERIOR")):
+        # (0009,xx5A) is not in pydicom's GEMS_GENIE_1 dictionary: read back as UN bytes.
+        ds.private_block(0x0009, "GEMS_GENIE_1", create=True).add_new(0x5A, "LO", label)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        paths.append(tmp_path / f"{label}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    reread = pydicom.dcmread(paths[0])
+    assert reread.get_private_item(0x0009, 0x5A, "GEMS_GENIE_1").VR == "UN"
+    results = load_study_views(paths)
+    assert_views(results[reread.StudyInstanceUID], anterior, posterior)
+
+
 def test_ge_private_text_under_another_creator_is_ignored() -> None:
     anterior, posterior = truth_views()
     datasets = split_instances(anterior, posterior)
@@ -456,6 +476,32 @@ def test_rle_compressed_files_through_load_study_views(tmp_path: Path) -> None:
     results = load_study_views([path])
     assert list(results) == [ds.StudyInstanceUID]
     assert_views(results[ds.StudyInstanceUID], anterior, posterior)
+
+
+def test_lossy_jpeg_baseline_frames_decode(tmp_path: Path) -> None:
+    anterior, posterior = truth_views()
+    anterior8, posterior8 = (np.clip(v // 4, 0, 255).astype(np.uint8) for v in (anterior, posterior))
+    ds = multiframe_study([2, 1], [ANTERIOR_CODE, POSTERIOR_CODE], [posterior8, anterior8])
+    fragments = []
+    for frame in (posterior8, anterior8):
+        stream = io.BytesIO()
+        Image.fromarray(frame, mode="L").save(stream, format="JPEG", quality=95)
+        fragments.append(stream.getvalue())
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate(fragments)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    path = tmp_path / "jpeg.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    result = load_study_views([path])[ds.StudyInstanceUID]
+    assert isinstance(result, StudyViews), result
+    # Lossy: close to the truth, and the markers are where they should be.
+    for got, want in ((result.anterior, anterior8), (result.posterior, posterior8)):
+        assert np.abs(got.pixels - want).mean() < 1.0
+        assert np.corrcoef(got.pixels.ravel(), want.ravel())[0, 1] > 0.99
+    r, c = ROWS // 16, COLS // 8
+    assert result.anterior.pixels[6 * r : 7 * r, 2 * c : 3 * c].mean() == pytest.approx(125, abs=2)
+    assert result.posterior.pixels[6 * r : 7 * r, 5 * c : 6 * c].mean() == pytest.approx(125, abs=2)
 
 
 def test_load_study_views_groups_studies_and_reports_unreadable_files(tmp_path: Path) -> None:

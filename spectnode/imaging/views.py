@@ -81,8 +81,10 @@ from typing import Final
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
+from pydicom.tag import BaseTag
 
 from spectnode.imaging.view_labels import ANTERIOR, POSTERIOR, ViewName, view_from_label
 
@@ -290,30 +292,41 @@ def _view_of_code_sequence(sequence: object) -> tuple[ViewName | None, str]:
     return None, "; ".join(names) if names else "empty ViewCodeSequence"
 
 
+def _element_text(element: DataElement) -> str | None:
+    """Text of a string element; also of a UN element that holds printable text.
+
+    Private elements read from Implicit VR files have VR UN unless pydicom's
+    private dictionary knows them; their value is then raw bytes.
+    """
+    if element.VR in _TEXT_VRS:
+        return "\\".join(str(v) for v in _as_list(element.value)) or None
+    if element.VR == "UN" and isinstance(element.value, bytes) and element.value:
+        text = element.value.rstrip(b"\x00 ").decode("latin-1")
+        return text if text and text.isprintable() else None
+    return None
+
+
 def _ge_private_labels(ds: Dataset) -> list[tuple[str, str]]:
     """(description, text) of GE Genie private elements, most specific first."""
-    labels: list[tuple[str, str]] = []
-    seen: set[int] = set()
+    tags: list[BaseTag] = []
     for group, offset in _GE_NAMED_ELEMENTS:
         try:
-            element = ds.get_private_item(group, offset, _GE_GENIE_CREATOR)
+            tags.append(ds.private_block(group, _GE_GENIE_CREATOR).get_tag(offset))
         except KeyError:
             continue
-        seen.add(int(element.tag))
-        labels.append((f"GE private ({element.tag.group:04X},{element.tag.element:04X})", str(element.value)))
     for group in (0x0009, 0x0011):
         try:
             block = ds.private_block(group, _GE_GENIE_CREATOR)
         except KeyError:
             continue
-        for offset in range(0x100):
-            if block.get_tag(offset) in seen or block.get_tag(offset) not in ds:
-                continue
-            element = ds[block.get_tag(offset)]
-            if element.VR in _TEXT_VRS and element.value:
-                labels.append(
-                    (f"GE private ({element.tag.group:04X},{element.tag.element:04X})", str(element.value))
-                )
+        tags += [block.get_tag(offset) for offset in range(0x100) if block.get_tag(offset) not in tags]
+    labels: list[tuple[str, str]] = []
+    for tag in tags:
+        if tag not in ds:
+            continue
+        text = _element_text(ds[tag])
+        if text:
+            labels.append((f"GE private ({tag.group:04X},{tag.element:04X})", text))
     return labels
 
 
