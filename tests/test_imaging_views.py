@@ -384,6 +384,22 @@ def test_ge_private_text_under_another_creator_is_ignored() -> None:
     assert_not_assessable(read_study_views(datasets), "missing_views", "no unambiguous ANT/POST label")
 
 
+def test_empty_view_code_sequence_falls_back_to_text() -> None:
+    anterior, posterior = truth_views()
+    datasets = split_instances(
+        anterior, posterior, anterior_attrs={"ImageID": "ANT"}, posterior_attrs={"ImageID": "POST"}
+    )
+    for ds in datasets:
+        ds.DetectorInformationSequence[0].ViewCodeSequence = Sequence([])
+    assert_views(read_study_views(datasets), anterior, posterior)
+
+
+def test_lateral_view_code_is_not_a_view_we_use() -> None:
+    anterior, _ = truth_views()
+    ds = multiframe_study([1], [("399297009", "SCT", "Right lateral projection")], [anterior], ImageID="ANT")
+    assert_not_assessable(read_study_views([ds]), "missing_views", "Right lateral projection")
+
+
 def test_image_id_outranks_series_description() -> None:
     anterior, posterior = truth_views()
     datasets = split_instances(

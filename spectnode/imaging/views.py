@@ -469,10 +469,11 @@ def _object_candidates(ds: Dataset) -> list[_Candidate] | _Rejection:
             f"object {uid} has colour pixel data (SamplesPerPixel {samples}, "
             f"{ds.get('PhotometricInterpretation', '?')}): a rendered picture, not counts",
         )
-    detectors = [
-        item for item in _as_list(ds.get("DetectorInformationSequence")) if "ViewCodeSequence" in item
+    # An empty ViewCodeSequence (written as type 2 by some exports) says nothing.
+    coded_detectors = [
+        item for item in _as_list(ds.get("DetectorInformationSequence")) if _as_list(item.get("ViewCodeSequence"))
     ]
-    if detectors:
+    if coded_detectors:
         return _coded_candidates(ds, _as_list(ds.DetectorInformationSequence))
     n_frames = _number_of_frames(ds)
     if n_frames > 1:
