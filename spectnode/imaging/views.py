@@ -39,6 +39,8 @@ How the orientation is established:
 * PatientOrientation absent or empty: the image is taken as cameras store it,
   head up, anterior facing the patient and posterior seen from behind. No
   flip is made.
+* ImageOrientationPatient in DetectorInformationSequence items is not used:
+  planar exports often leave it empty, and PatientOrientation says the same.
 
 How views are identified (first rule that applies, per object):
 
@@ -55,7 +57,8 @@ How views are identified (first rule that applies, per object):
    then the text of ImageID (0054,0400), then GE Genie private elements
    (creator ``GEMS_GENIE_1``: Dataset Name (0011,xx12), Dataset Object Name
    (0011,xx10), Series Object Name (0009,xx20), then any other text element of
-   that creator in groups 0009/0011), then SeriesDescription (0008,103E). Text
+   that creator in groups 0009/0011, including UN elements of Implicit VR
+   files that hold printable text), then SeriesDescription (0008,103E). Text
    is read by :func:`spectnode.imaging.view_labels.view_from_label`; the first
    source that names exactly one view decides.
 3. A multi-frame object without view codes cannot say which frame is which: it
@@ -68,7 +71,10 @@ accepted). An NM object counts as whole-body when its ImageType contains
 at least twice the short side and at least 256 pixels). Other objects of the
 study (CT of a SPECT/CT, SR, presentation states) are ignored. If two distinct
 objects or frames name the same view, the study is not assessable (ambiguous),
-except that the same SOP instance received twice counts once.
+except that the same SOP instance received twice counts once. Once a view is
+identified, any problem with it (undecodable pixels, unusable geometry, an
+empty frame) makes the whole study not assessable rather than silently
+dropping that view.
 """
 
 from __future__ import annotations
