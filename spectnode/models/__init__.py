@@ -135,6 +135,7 @@ def _builder(name: str) -> Callable[..., keras.Model]:
 
 def build_model(
     name: str,
+    /,
     input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
     classes: int = 4,
     **kwargs: Any,
@@ -142,10 +143,11 @@ def build_model(
     """Build the architecture registered as ``name`` in :data:`ARCHITECTURES`.
 
     Args:
-        name: Canonical name, e.g. ``"dSPIC-AM"`` or ``"Classifier-inRAC"``.
+        name: Canonical name, e.g. ``"dSPIC-AM"`` or ``"Classifier-inRAC"``
+            (positional-only, so ``name=...`` in ``kwargs`` names the model).
         input_shape: ``(rows, cols, channels)``.
         classes: Number of output classes.
-        **kwargs: Passed to the builder (``include_top``, ``head``, ...).
+        **kwargs: Passed to the builder (``include_top``, ``head``, ``name``, ...).
 
     Raises:
         ValueError: ``name`` is not registered (the message lists valid names).
@@ -155,6 +157,7 @@ def build_model(
 
 def count_params(
     name: str,
+    /,
     input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
     classes: int = 4,
     **kwargs: Any,

@@ -129,7 +129,8 @@ def cbam_attention_maps(model: keras.Model, images: Any) -> dict[str, tuple[np.n
     cbam_layers = [layer for layer in model.layers if isinstance(layer, CBAM)]
     if not cbam_layers:
         return {}
-    feature_model = keras.Model(model.inputs, [layer.input for layer in cbam_layers])
+    model_input = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    feature_model = keras.Model(model_input, [layer.input for layer in cbam_layers])
     features = feature_model(images, training=False)
     if len(cbam_layers) == 1:
         features = [features] if not isinstance(features, (list, tuple)) else features
