@@ -68,6 +68,7 @@ class BoneSite:
         depths: Relative depth at each polyline point.
         radius_mm: Half-width of the bone across the polyline.
         thickness_mm: Anterior-posterior extent of the bone; a lesion cannot be thicker.
+        weight: Relative chance of a metastasis here among the sites of its region.
     """
 
     name: str
@@ -76,6 +77,7 @@ class BoneSite:
     depths: list[float]
     radius_mm: float
     thickness_mm: float = 20.0
+    weight: float = 1.0
 
 
 @dataclass
@@ -294,10 +296,10 @@ class _Builder:
         self.primitives.append(Primitive("polygon", tuple(self.P(*p) for p in pts), (0.0, 0.0), (z,),
                                          self._amp(amp), group, "flat"))
 
-    def site(self, name, region, pts, depths, radius, image=False, thickness=None) -> None:
+    def site(self, name, region, pts, depths, radius, image=False, thickness=None, weight=1.0) -> None:
         ipts = list(pts) if image else [self.P(*p) for p in pts]
         t = _SITE_THICKNESS[region] if thickness is None else thickness
-        self.bone_sites.append(BoneSite(name, region, ipts, list(depths), radius, t))
+        self.bone_sites.append(BoneSite(name, region, ipts, list(depths), radius, t, weight))
 
     def joint(self, name, group, side, c, z, hw, hh, direction=(0.0, 1.0), image=False) -> None:
         cc = c if image else self.P(*c)
@@ -386,6 +388,8 @@ class _Builder:
         self.vertebrae = {}
         for name, v, w, h, amp, zb, zp in levels:
             cervical = name.startswith("C")
+            # metastases favour the lumbar and lower thoracic spine over the cervical
+            level_weight = 0.35 if cervical else (1.3 if name.startswith("L") else 1.0)
             weight = (1.0 - (v - c1) / (c7 - c1)) if cervical else 0.0
             sx = self.scol(v)
             centre = self.head(sx, v, weight) if cervical else (sx, v)
@@ -399,7 +403,7 @@ class _Builder:
                 self.ellipse((pu, pv), 0.11 * w + 1.5, 0.22 * h + 1.0, 8.0 if not cervical else 6.0, zp,
                              group="axial")
                 self.site(f"{name} {'left' if side > 0 else 'right'} pedicle", "spine", [(pu, pv)], [zp],
-                          0.15 * w, thickness=16.0)
+                          0.15 * w, thickness=16.0, weight=0.2 * level_weight)
                 # facet joint below this vertebra (degenerative change, mostly lower lumbar)
                 self.joint(f"{name} {'left' if side > 0 else 'right'} facet", "facet",
                            "left" if side > 0 else "right", (centre[0] + side * 0.3 * w, centre[1] + 0.5 * h),
@@ -413,7 +417,8 @@ class _Builder:
                                  (centre[0] + side * (0.45 * w + 18 * bl), centre[1] + 2),
                                  4.0, 3.0, 5.0, 0.8, group="axial")
             self.site(f"{name} vertebral body", "spine",
-                      [(centre[0] - 0.2 * w, centre[1]), (centre[0] + 0.2 * w, centre[1])], [zb, zb], 0.3 * w)
+                      [(centre[0] - 0.2 * w, centre[1]), (centre[0] + 0.2 * w, centre[1])], [zb, zb], 0.3 * w,
+                      weight=level_weight)
         self.landmarks["T1"] = self.P(*self.vertebrae["T1"][0])
         self.landmarks["L3"] = self.P(*self.vertebrae["L3"][0])
         self.landmarks["L5"] = self.P(*self.vertebrae["L5"][0])
@@ -432,7 +437,7 @@ class _Builder:
                 for th in thetas:
                     frac = (th - thetas[0]) / (math.pi - thetas[0])
                     u = su * (1.0 - 0.7 * frac) + side * max(R * math.sin(th), 0.5 * w + 4.0)
-                    v = sv + drop[k] * H * frac ** 0.9 - 0.003 * H * math.sin(math.pi * min(frac * 2.5, 1.0))
+                    v = sv + drop[k] * H * frac ** 0.75
                     pts.append((u, v))
                     depths.append(0.5 + 0.42 * math.cos(th))
                 # a rib seen end-on (running along the beam) projects more activity per length
@@ -833,6 +838,7 @@ def _organs(builder: _Builder) -> None:
         direction = builder._img_dir((math.sin(tilt), math.cos(tilt)))
         a_len = rng.uniform(48.0, 60.0) * bl
         builder.ellipse((u, v), a_len, 27 * bl, 32.0, 0.72, group="kidney", direction=direction)
+        builder.landmarks[f"{'left' if side > 0 else 'right'} kidney"] = builder.P(u, v)
         # collecting system, sometimes retaining more tracer
         builder.ellipse((u - side * 18 * bl, v + 6), 11, 14, 18.0 * rng.lognormal(0.0, 0.5), 0.68, group="kidney")
     # bladder sits above the symphysis; size and activity vary a lot

@@ -161,7 +161,9 @@ def sample_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: boo
     lesions = []
     for _ in range(n):
         region = regions[int(rng.choice(len(regions), p=weights))]
-        site = by_region[region][int(rng.integers(len(by_region[region])))]
+        candidates = by_region[region]
+        site_w = np.array([c.weight for c in candidates])
+        site = candidates[int(rng.choice(len(candidates), p=site_w / site_w.sum()))]
         xy, z, d = _point_on(site, rng)
         radius = float(np.exp(rng.uniform(math.log(5.0), math.log(17.0))))
         rel = 1.0 + float(rng.lognormal(math.log(1.7), 0.6))
@@ -216,8 +218,14 @@ def sample_arthritis(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]
         groups = ["knee"]
     base = 1.0 + float(rng.lognormal(math.log(1.3), 0.5))
     lesions = []
+    rows, cols = anatomy.matrix
+    # a hand or foot outside the field of view cannot show the disease the label claims
+    visible = [j for j in anatomy.joints
+               if 0.0 <= j.centre[0] / s - 0.5 < cols and 0.0 <= j.centre[1] / s - 0.5 < rows]
+    if not any(j.group in groups for j in visible):
+        groups = ["knee"]
     for group in groups:
-        joints = [j for j in anatomy.joints if j.group == group]
+        joints = [j for j in visible if j.group == group]
         if not joints:
             continue
         if rng.random() < 0.75:

@@ -55,6 +55,7 @@ __all__ = [
     "sample_findings",
     "render_expected_views",
     "COUNTS_PER_VIEW_RANGE",
+    "disease_kinds",
 ]
 
 LABELS: tuple[str, ...] = ("normal", "metastatic", "arthritic", "both")
@@ -212,10 +213,13 @@ def synthesize_scan(rng: np.random.Generator, label: str, matrix: tuple[int, int
     # keep both views inside the range even when their ratio is unusual
     k_lo = (lo * 1.01 - bg_total) / min(sa, sp)
     k_hi = (hi * 0.99 - bg_total) / max(sa, sp)
-    k = min(max(k, k_lo), k_hi) if k_lo <= k_hi else k
+    if k_lo <= k_hi:
+        scales = [min(max(k, k_lo), k_hi)] * 2
+    else:  # views differ by more than the range allows: clamp each one on its own
+        scales = [min(max(k, (lo * 1.01 - bg_total) / x), (hi * 0.99 - bg_total) / x) for x in (sa, sp)]
     views = []
-    for img in (ant, post):
-        expected = img * k + background
+    for img, scale in zip((ant, post), scales):
+        expected = img * scale + background
         counts = rng.poisson(expected)
         views.append(np.minimum(counts, 65535).astype(np.uint16))
     return PhantomScan(
