@@ -217,7 +217,7 @@ class _Builder:
         self.bl = (self.H / _REF_HEIGHT) * (0.93 if female else 1.0) * rng.normal(1.0, 0.03)
         self.hs = (0.96 if female else 1.0) * rng.normal(1.0, 0.03)
         self.pl = self.bl * (1.07 if female else 1.0) * rng.normal(1.0, 0.03)
-        self.fat = max(0.0, bmi - 20.0) * rng.uniform(4.5, 7.5)  # extra half-width from fat (mm)
+        self.fat = max(0.0, bmi - 20.0) * rng.uniform(3.2, 4.8)  # extra half-width from fat (mm)
         self.shoulder = (0.115 if not female else 0.106) * self.H * rng.normal(1.0, 0.03)
         # image placement: vertex margin, lateral offset and a slight whole-body tilt (shear)
         self.top = rng.uniform(8.0, 110.0)
@@ -545,7 +545,6 @@ class _Builder:
         d_up = (side * math.sin(abd), math.cos(abd))
         l_hum = 0.172 * H
         elbow = (head[0] + d_up[0] * l_hum, head[1] + d_up[1] * l_hum)
-        # keep the arm clear of the torso (fat patients hold their arms further out)
         d_fo = (side * math.sin(abd + carry), math.cos(abd + carry))
         l_fa = 0.146 * H
         wrist = (elbow[0] + d_fo[0] * l_fa, elbow[1] + d_fo[1] * l_fa)
@@ -576,7 +575,7 @@ class _Builder:
         spread = 1.0 if rng.random() < 0.6 else 0.35
         d = d_fo
         carpus = (wrist[0] + d[0] * 16, wrist[1] + d[1] * 16)
-        self.ellipse(carpus, 19 * bl * (0.6 + 0.4 * spread), 13 * bl, 11.0, z, group="appendicular",
+        self.ellipse(carpus, 19 * bl * (0.6 + 0.4 * spread), 13 * bl, 14.0, z, group="appendicular",
                      direction=self._img_dir(lat_fo))
         flex = rng.uniform(0.55, 1.0)
         for i in range(5):
@@ -589,9 +588,9 @@ class _Builder:
                 off = (i - 2.5) * 8.5 * bl * spread * (-1 if pronated else 1)
                 start = (carpus[0] + lat_fo[0] * off * 0.7 + d[0] * 12, carpus[1] + lat_fo[1] * off * 0.7 + d[1] * 12)
                 end = (start[0] + d[0] * 58 * bl + lat_fo[0] * off * 0.4, start[1] + d[1] * 58 * bl + lat_fo[1] * off * 0.4)
-            self.capsule(start, end, 3.5, 4.0, 5.0, z, group="appendicular")
+            self.capsule(start, end, 3.5, 4.0, 7.0, z, group="appendicular")
             tip = (end[0] + d[0] * 50 * flex * bl, end[1] + d[1] * 50 * flex * bl)
-            self.capsule(end, tip, 3.5, 2.8, 3.5, z, group="appendicular")
+            self.capsule(end, tip, 3.5, 2.8, 5.0, z, group="appendicular")
         mcp = (carpus[0] + d[0] * 75 * bl, carpus[1] + d[1] * 75 * bl)
         self.joint(f"{sname} shoulder", "shoulder", sname, head, z, 26 * bl, 26 * bl, self._img_dir(d_up))
         self.joint(f"{sname} elbow", "elbow", sname, elbow, z, 26 * bl, 16 * bl, self._img_dir(d_up))
@@ -654,20 +653,20 @@ class _Builder:
                   [self.P(shaft0[0] + d[0] * 150, shaft0[1] + d[1] * 150), self.P(knee[0], knee[1] - 20)],
                   [0.47, 0.5], 12.0, image=True)
         # tibia (anterior in the leg) and fibula (lateral, deeper)
-        tib_top = (knee[0], knee[1] + 0.018 * H)
+        tib_top = (knee[0], knee[1] + 0.012 * H)
         self.ellipse(tib_top, 38 * bl, 13 * bl, 11.0, 0.42, group="appendicular")
         d2 = _unit(ankle[0] - knee[0], ankle[1] - knee[1])
         lat2 = (side * d2[1], -side * d2[0])
         self.capsule((tib_top[0], tib_top[1] + 10), (tib_top[0] + d2[0] * 60, tib_top[1] + d2[1] * 60),
                      28 * bl, 13 * bl, 8.0, 0.35, group="appendicular")
         mall_m = (ankle[0] - lat2[0] * 12, ankle[1] + 2)
-        self.capsule((tib_top[0] + d2[0] * 60, tib_top[1] + d2[1] * 60), (mall_m[0], mall_m[1] - 25),
+        self.capsule((tib_top[0] + d2[0] * 60, tib_top[1] + d2[1] * 60), (mall_m[0], mall_m[1] - 8),
                      11.5 * bl, 11 * bl, 12.5, 0.3, group="appendicular")
         self.ellipse(mall_m, 12 * bl, 13 * bl, 11.0, 0.45, group="appendicular")
         fib0 = (knee[0] + lat2[0] * 33 * bl, knee[1] + 0.035 * H)
         mall_l = (ankle[0] + lat2[0] * 24 * bl, ankle[1] + 8)
         self.ellipse(fib0, 9, 9, 7.0, 0.6, group="appendicular")
-        self.capsule(fib0, (mall_l[0], mall_l[1] - 15), 5.5, 5.5, 5.5, 0.6, group="appendicular")
+        self.capsule(fib0, (mall_l[0], mall_l[1] - 6), 5.5, 5.5, 5.5, 0.6, group="appendicular")
         self.ellipse(mall_l, 9, 12, 9.0, 0.6, group="appendicular")
         self.site(f"{sname} tibia", "distal_long_bone",
                   [self.P(tib_top[0] + d2[0] * 40, tib_top[1] + d2[1] * 40), self.P(mall_m[0], mall_m[1] - 40)],
@@ -686,9 +685,9 @@ class _Builder:
             off = (i - 2.0) * 9.0 * bl * (-side)  # first ray medial
             start = (tars[0] + off * fd[1], tars[1] + 10 * fl)
             end = (start[0] + fd[0] * 70 * fl + off * 0.4, start[1] + fd[1] * 70 * fl)
-            self.capsule(start, end, 4.5, 4.0, 6.0 if i else 8.0, 0.28, 0.15, group="appendicular")
+            self.capsule(start, end, 4.5, 4.0, 4.5 if i else 6.5, 0.28, 0.15, group="appendicular")
             toe = (end[0] + fd[0] * 28 * fl, end[1] + fd[1] * 28 * fl)
-            self.capsule(end, toe, 4.0 if i else 5.0, 3.0, 3.5, 0.12, group="appendicular")
+            self.capsule(end, toe, 4.0 if i else 5.0, 3.0, 2.0, 0.12, group="appendicular")
             mt_heads.append(end)
         self.joint(f"{sname} hip", "hip", sname, hip, 0.5, 28 * pl, 28 * pl)
         self.joint(f"{sname} knee", "knee", sname, (knee[0], knee[1] + 4), 0.45, 44 * bl, 24 * bl, self._img_dir(d))
@@ -735,16 +734,14 @@ class _Builder:
             (0.52 * H, 0.06 * H + 0.5 * fat, (170 + fat) * depth),
             (0.535 * H, 0.02 * H, (120 + fat) * depth),
         ]
-        # arms: fat arms sit further out; push them clear of the torso
+        # arms and legs
         for side in (-1, 1):
             head, elbow, wrist, carpus, d_up, d_fo = self.arm[side]
-            ra = 42 + 0.5 * fat
-            self.softpart(head, elbow, 50 + 0.4 * fat, 36 + 0.4 * fat, 100 + 0.8 * fat, 80 + 0.5 * fat)
-            self.softpart(elbow, wrist, 36 + 0.3 * fat, 25 + 0.1 * fat, 78 + 0.5 * fat, 45)
+            self.softpart(head, elbow, 48 + 0.25 * fat, 36 + 0.25 * fat, 100 + 0.6 * fat, 80 + 0.4 * fat)
+            self.softpart(elbow, wrist, 36 + 0.2 * fat, 25 + 0.1 * fat, 78 + 0.4 * fat, 45)
             tip = (carpus[0] + d_fo[0] * 140 * self.bl, carpus[1] + d_fo[1] * 140 * self.bl)
             self.softpart(wrist, carpus, 25, 30, 45, 35)
             self.softpart(carpus, tip, 34, 20, 32, 20)
-            del ra
             hip, knee, ankle, tars, fd, fl = self.leg[side]
             thigh_top = (side * (0.05 * H + 0.3 * fat), 0.49 * H)
             self.softpart(thigh_top, knee, 88 + 0.7 * fat, 55 + 0.3 * fat, 180 + 1.2 * fat, 115 + 0.3 * fat)

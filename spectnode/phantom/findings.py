@@ -302,8 +302,8 @@ def sample_confounders(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesio
             z = site.depths[i] + t * (site.depths[i + 1] - site.depths[i])
             lesions.append(_make("fracture", site.name, (x0 + t * (x1 - x0), y0 + t * (y1 - y0)), z,
                                  rng.uniform(4.0, 6.5), float(rng.uniform(2.0, 5.0)), s, thickness=site.thickness_mm))
-    if rng.random() < 0.05:
-        rel = float(rng.uniform(2.0, 4.0))
+    if rng.random() < 0.03:
+        rel = float(rng.uniform(1.8, 3.2))
         for side in ("left", "right"):
             kx, ky = anatomy.landmarks[f"{side} knee"]
             lesions.append(_make("hot_patella", f"{side} patella", (kx, ky - 14), 0.08, rng.uniform(16, 21),
