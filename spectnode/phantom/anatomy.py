@@ -114,9 +114,10 @@ class Joint:
 _SITE_THICKNESS = {"skull": 10.0, "rib": 12.0, "sternum": 14.0, "scapula": 10.0, "clavicle": 14.0,
                    "spine": 30.0, "pelvis": 18.0, "sacrum": 28.0, "femur": 30.0, "humerus": 24.0,
                    "distal_long_bone": 26.0}
-_JOINT_THICKNESS = {"knee": 70.0, "shoulder": 50.0, "hip": 50.0, "elbow": 40.0, "wrist": 30.0, "hand": 20.0,
-                    "ankle": 45.0, "foot": 25.0, "sternoclavicular": 20.0, "acromioclavicular": 16.0,
-                    "facet": 16.0, "sacroiliac": 20.0}
+# For joints this is the subchondral bone that takes up tracer, not the whole joint.
+_JOINT_THICKNESS = {"knee": 40.0, "shoulder": 35.0, "hip": 35.0, "elbow": 25.0, "wrist": 20.0, "hand": 12.0,
+                    "ankle": 28.0, "foot": 16.0, "sternoclavicular": 14.0, "acromioclavicular": 12.0,
+                    "facet": 12.0, "sacroiliac": 14.0}
 
 
 @dataclass
