@@ -567,7 +567,8 @@ def _set_pixels(
     ds.PixelRepresentation = 0
     ds.PixelSpacing = [f"{pixel_spacing_mm:.4f}"] * 2
     # A display window that shows the skeleton rather than the hottest pixel.
-    upper = float(np.percentile(stack, 99.5))
+    counted = stack[stack > 0]
+    upper = float(np.percentile(counted, 99.0)) if counted.size else 1.0
     ds.WindowCenter = f"{upper / 2.0:.1f}"
     ds.WindowWidth = f"{max(upper, 1.0):.1f}"
     counts = int(stack.sum(dtype=np.uint64))

@@ -243,6 +243,7 @@ def _truth_entry(out_dir: Path, record: PhantomStudyRecord, scan: PhantomScan) -
         "pixel_spacing_mm": float(scan.pixel_spacing_mm),
         "patient": asdict(scan.patient),
         "lesions": [asdict(lesion) for lesion in scan.lesions],
+        "superscan": bool(getattr(scan, "superscan", False)),
         "views": {
             view: {"file": path.relative_to(out_dir).as_posix(), "frame": frame}
             for view, (path, frame) in sorted(record.views.items())
@@ -253,7 +254,7 @@ def _truth_entry(out_dir: Path, record: PhantomStudyRecord, scan: PhantomScan) -
 def render_preview(scan: PhantomScan, title: str = "") -> Image.Image:
     """Both views side by side as an 8-bit image, as a reader would view them.
 
-    Each view is windowed from 0 to the 99.5th percentile of its body pixels
+    Each view is windowed from 0 to the 99th percentile of its non-zero pixels
     (so a hot bladder or lesion does not wash out the skeleton) and shown
     inverted, dark uptake on white, like most nuclear-medicine displays.
     """
@@ -274,7 +275,7 @@ def render_preview(scan: PhantomScan, title: str = "") -> Image.Image:
 def _window_inverted(image: np.ndarray) -> np.ndarray:
     values = image.astype(np.float64)
     body = values[values > 0]
-    upper = float(np.percentile(body, 99.5)) if body.size else 1.0
+    upper = float(np.percentile(body, 99.0)) if body.size else 1.0
     scaled = np.clip(values / max(upper, 1.0), 0.0, 1.0)
     return (255.0 - 255.0 * scaled).round().astype(np.uint8)
 
