@@ -162,13 +162,20 @@ class ProjectionCanvas:
         dx, dy = x1 - x0, y1 - y0
         len2 = dx * dx + dy * dy
         if len2 > 1e-9:
-            t = np.clip((gx * dx + gy * dy) * (1.0 / len2), 0.0, 1.0)
+            t = (gx * (dx / len2) + gy * (dy / len2))
+            np.maximum(t, 0.0, out=t)
+            np.minimum(t, 1.0, out=t)
         else:
             t = np.zeros((br1 - br0, bc1 - bc0), np.float32)
         ex = gx - t * dx
         ey = gy - t * dy
-        rad = r0 + t * (r1 - r0)
-        q2 = (ex * ex + ey * ey) / (rad * rad)
+        q2 = ex * ex
+        q2 += ey * ey
+        if abs(r1 - r0) > 1e-6:
+            rad = r0 + t * (r1 - r0)
+            q2 /= rad * rad
+        else:
+            q2 *= 1.0 / (r0 * r0)
         prof = _profile(q2, prim.profile, prim.shell_inner)
         wa = (wa_a + t * (wa_b - wa_a)) * amp
         wp = (wp_a + t * (wp_b - wp_a)) * amp
@@ -249,16 +256,28 @@ class ProjectionCanvas:
         # Gaussians compose (s_a^2 + s_b^2), so blur the deepest layer by the increment to
         # the next one, add that layer, and so on: same result, narrower kernels.
         order = sorted(range(len(sigma_px_per_layer)), key=lambda k: -sigma_px_per_layer[k])
+        rows = self.shape[0]
+        # only the rows that hold activity (plus the kernel reach) need blurring; the field
+        # below the feet is often a quarter of the image
+        reach = int(math.ceil(3.0 * max(sigma_px_per_layer))) + 2
         out = []
         for layers in (self.anterior, self.posterior):
-            total = None
+            occupied = np.flatnonzero(np.any(np.stack([np.any(layer, axis=1) for layer in layers]), axis=0))
+            total = np.zeros(self.shape, np.float32)
+            if occupied.size == 0:
+                out.append(total)
+                continue
+            r0 = max(int(occupied[0]) - reach, 0)
+            r1 = min(int(occupied[-1]) + reach + 1, rows)
+            band = None
             for pos, k in enumerate(order):
-                total = layers[k] if total is None else total + layers[k]
+                band = layers[k][r0:r1] if band is None else band + layers[k][r0:r1]
                 s_here = sigma_px_per_layer[k]
                 s_next = sigma_px_per_layer[order[pos + 1]] if pos + 1 < len(order) else 0.0
                 step = math.sqrt(max(s_here * s_here - s_next * s_next, 0.0))
                 if step > 0.3:
-                    total = ndimage.gaussian_filter(total, step, truncate=3.0)
+                    band = ndimage.gaussian_filter(band, step, truncate=3.0, mode="constant")
+            total[r0:r1] = band
             out.append(total)
         return out[0], out[1]
 
