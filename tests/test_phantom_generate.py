@@ -23,7 +23,7 @@ from spectnode.phantom.generate import (
     scan_for_study,
 )
 from spectnode.phantom.findings import DISEASE_KINDS
-from spectnode.phantom.synth import LABELS, disease_kinds
+from spectnode.phantom.synth import LABELS, PhantomScan, disease_kinds
 
 SEED = 20240601
 N_STUDIES = len(LAYOUTS)  # the smallest data set that covers every layout
@@ -34,6 +34,13 @@ def phantom_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Ph
     """One mixed-layout data set with previews, generated once for the session."""
     out_dir = tmp_path_factory.mktemp("phantoms")
     return out_dir, generate_phantoms(out_dir, N_STUDIES, SEED, preview=True)
+
+
+@pytest.fixture(scope="session")
+def synthesized(phantom_set) -> dict[int, PhantomScan]:
+    """The scan of every study of ``phantom_set``, re-synthesized from its seed."""
+    _, records = phantom_set
+    return {record.index: scan_for_study(SEED, record.index) for record in records}
 
 
 def file_bytes(study_dir: Path) -> dict[str, bytes]:
@@ -97,11 +104,11 @@ def test_truth_jsonl_describes_each_study(phantom_set):
             assert location["frame"] == record.views[view][1]
 
 
-def test_views_in_files_are_the_synthesized_views_bit_exact(phantom_set):
+def test_views_in_files_are_the_synthesized_views_bit_exact(phantom_set, synthesized):
     """Regenerate each scan from its seed stream and compare every stored view."""
     _, records = phantom_set
     for record in records:
-        scan = scan_for_study(SEED, record.index)
+        scan = synthesized[record.index]
         assert (scan.label, scan.patient.patient_id) == (record.label, record.patient_id)
         for view in ("anterior", "posterior"):
             path, frame = record.views[view]
@@ -193,3 +200,18 @@ def test_bad_arguments_raise_value_error(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate_phantoms(tmp_path, **kwargs)
     assert not any(tmp_path.iterdir()), "nothing may be written for bad arguments"
+
+
+def test_spectnode_view_reader_finds_both_views_in_every_layout(phantom_set, synthesized):
+    """Contract with spectnode.imaging.views: each layout is read back to the synthesized views."""
+    from spectnode.imaging.views import StudyViews, load_study_views
+
+    _, records = phantom_set
+    for record in records:
+        result = load_study_views(list(record.files))[record.study_uid]
+        assert isinstance(result, StudyViews), f"{record.layout}: {result}"
+        scan = synthesized[record.index]
+        np.testing.assert_array_equal(result.anterior.pixels, scan.anterior, err_msg=record.layout)
+        np.testing.assert_array_equal(
+            result.posterior.pixels, scan.posterior, err_msg=record.layout
+        )
