@@ -17,6 +17,7 @@ from spectnode.models import (
     DEFAULT_INPUT_SHAPE,
     build_model,
     count_params,
+    last_feature_layer,
     layer_table,
     list_architectures,
 )
@@ -374,3 +375,20 @@ def test_flatten_count_without_weights_matches_keras(name):
     built = build_model(name, (96, 64, 1), CLASSES, **options)
     assert any(info.kind == "flatten" for info in layer_table(built))
     assert count_params(name, (96, 64, 1), CLASSES, **options) == built.count_params()
+
+
+def test_last_feature_layer_is_what_the_head_pools(full_models):
+    expected = {
+        "dSPIC-AM": ("conv5", (71, 23, 256)),
+        "SI_CLF+AM": ("pool3", (33, 9, 256)),
+        "AlexNet": ("conv4", (71, 23, 384)),
+        "Classifier-inRAC": ("stage5_block2_out", (32, 8, 512)),
+        "Classifier-outRAC": ("stage5_block2_cbam", (32, 8, 512)),
+        "VGG11": ("block5_pool", (32, 8, 512)),
+        "Inception-v1": ("inception5b", (32, 8, 1024)),
+    }
+    for name, (layer_name, shape) in expected.items():
+        layer = last_feature_layer(full_models[name])
+        assert (layer.name, tuple(layer.output.shape[1:])) == (layer_name, shape), name
+    trunk = build_model("dSPIC-RM", (128, 64, 1), CLASSES, include_top=False)
+    assert last_feature_layer(trunk).name == "conv5"

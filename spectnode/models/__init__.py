@@ -62,7 +62,7 @@ from .inrac import (
     build_classifier_outrac,
     build_ra_conv_net,
 )
-from .introspection import LayerInfo, layer_table
+from .introspection import LayerInfo, last_feature_layer, layer_table
 
 __all__ = [
     "ARCHITECTURES",
@@ -74,6 +74,7 @@ __all__ = [
     "list_architectures",
     "cbam_attention_maps",
     "layer_table",
+    "last_feature_layer",
     "build_dspic",
     "build_dspic_am",
     "build_dspic_rm",

@@ -9,7 +9,7 @@ from keras import layers
 
 from .cbam import CBAM
 
-__all__ = ["LayerInfo", "layer_table"]
+__all__ = ["LayerInfo", "layer_table", "last_feature_layer"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,21 @@ def layer_table(model: keras.Model) -> list[LayerInfo]:
             )
         )
     return rows
+
+
+def last_feature_layer(model: keras.Model) -> keras.layers.Layer:
+    """The layer whose 4D output the classification head pools or flattens.
+
+    This is the usual target of class-activation maps (Grad-CAM): e.g.
+    ``conv5`` for dSPIC, ``pool3`` for SI_CLF, the last RA-Conv block for
+    Classifier-inRAC, ``inception5b`` for Inception-v1. For a model built with
+    ``include_top=False`` it is the layer producing the model output.
+    """
+    producer = {id(layer.output): layer for layer in model.layers}
+    for layer in model.layers:
+        if isinstance(layer, (layers.GlobalAveragePooling2D, layers.Flatten)):
+            return producer[id(layer.input)]
+    output_layer = producer[id(model.outputs[0])]
+    if len(output_layer.output.shape) != 4:
+        raise ValueError(f"{model.name}: no pooled or flattened 4D feature map found")
+    return output_layer
