@@ -69,6 +69,95 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parse_shape(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS such as 1024x256, got {text!r}") from None
+    if rows < 16 or cols < 16:
+        raise argparse.ArgumentTypeError(f"input shape must be at least 16x16, got {text!r}")
+    return rows, cols
+
+
+def _data_files(path: str) -> list[Path]:
+    from .classify import find_dicom_files
+
+    files = find_dicom_files(Path(path))
+    if not files:
+        raise FileNotFoundError(f"no files under {path}")
+    return files
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .models import ARCHITECTURES
+    from .training.commands import run_training
+    from .training.labels import LabelError
+    from .training.train import TrainSettings, paper_defaults
+
+    if args.arch not in ARCHITECTURES:
+        print(f"spectnode train: unknown architecture {args.arch!r}; see `spectnode models`", file=sys.stderr)
+        return EXIT_USAGE
+    defaults = paper_defaults(args.arch)
+    try:
+        arch_options = json.loads(args.arch_options) if args.arch_options else {}
+        settings = TrainSettings(
+            arch=args.arch, scheme=args.scheme,
+            learning_rate=args.learning_rate or defaults["learning_rate"],
+            batch_size=args.batch_size or defaults["batch_size"],
+            epochs=args.epochs or defaults["epochs"],
+            input_mode=args.input_mode or defaults["input_mode"],
+            input_shape=args.input_shape, translate_px=args.translate, rotate_deg=args.rotate,
+            mirror=not args.no_mirror, patience=args.patience, seed=args.seed, arch_options=arch_options)
+        settings.input_spec()
+        files = _data_files(args.data)
+        run_training(Path(args.data), Path(args.labels), settings, Path(args.out), name=args.name or Path(args.out).name,
+                     version=args.version, resume=args.resume, files=files)
+    except (ValueError, LabelError, FileNotFoundError) as exc:
+        print(f"spectnode train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .training.commands import run_evaluation
+    from .training.labels import LabelError
+    from .training.metrics import format_metrics_table
+
+    try:
+        metrics = run_evaluation(Path(args.bundle) if args.bundle else None, Path(args.labels),
+                                 _data_files(args.data), Path(args.out) if args.out else None,
+                                 log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, LabelError, FileNotFoundError, BundleError) as exc:
+        print(f"spectnode evaluate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_metrics_table(metrics), file=sys.stderr)
+    print(json.dumps(metrics, indent=1))
+    return EXIT_OK
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .classify import StudyClassifier
+
+    try:
+        files = _data_files(args.path)
+        classifier = StudyClassifier.from_bundle(args.bundle)
+    except (FileNotFoundError, BundleError) as exc:
+        print(f"spectnode classify: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for result in classifier.classify_paths(files):
+        if args.json:
+            print(json.dumps(result.to_json()), flush=True)
+        elif result.outcome == "classified":
+            probs = ", ".join(f"{k} {v:.2f}" for k, v in result.probabilities.items())
+            second = f" (second: {result.second_label})" if result.second_label else ""
+            print(f"{result.study_uid}: {result.label}{second} [{'+'.join(result.views)}] {probs}")
+        else:
+            print(f"{result.study_uid}: not assessable: {result.reason}")
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -102,6 +191,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the network architectures and their parameter counts")
     p.add_argument("--json", action="store_true", help='print a JSON array of {"name", "params"}')
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="train a network on labelled scans and write a model bundle")
+    p.add_argument("--data", required=True, help="folder of DICOM studies")
+    p.add_argument("--labels", required=True,
+                   help="CSV (study_uid,patient_id,label) or a folder of LabelMe JSON annotations")
+    p.add_argument("--arch", required=True, help="architecture (see `spectnode models`)")
+    p.add_argument("--scheme", required=True, choices=["dspic4", "lung3", "binary"])
+    p.add_argument("--out", required=True, help="bundle folder to write (checkpoints go in OUT/checkpoints)")
+    p.add_argument("--epochs", type=_positive_int, help="default: the paper's (300)")
+    p.add_argument("--batch-size", type=_positive_int, help="default: the paper's (dSPIC 16, inRAC 32)")
+    p.add_argument("--learning-rate", type=float, help="Adam learning rate; default: the paper's")
+    p.add_argument("--input-mode", choices=["per_view", "aggregate"],
+                   help="default: per_view for dSPIC-family, aggregate for inRAC-family networks")
+    p.add_argument("--input-shape", type=_parse_shape, default=(1024, 256), help="ROWSxCOLS (default 1024x256)")
+    p.add_argument("--translate", type=int, default=3, help="augmentation: +/- pixels of translation")
+    p.add_argument("--rotate", type=float, default=3.0, help="augmentation: +/- degrees of rotation")
+    p.add_argument("--no-mirror", action="store_true", help="augmentation: no left-right mirroring")
+    p.add_argument("--patience", type=_positive_int, default=10, help="early stopping patience (epochs)")
+    p.add_argument("--seed", type=int, default=0, help="split and augmentation seed")
+    p.add_argument("--arch-options", help='JSON keyword arguments for the builder, e.g. \'{"fc_units": [256]}\'')
+    p.add_argument("--name", help="model name in the card and in reports (default: OUT's folder name)")
+    p.add_argument("--version", default="1.0.0", help="model version in the card")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a model bundle on labelled scans")
+    p.add_argument("--bundle", help="bundle folder (default: the shipped synthetic-trained model)")
+    p.add_argument("--data", required=True, help="folder of DICOM studies")
+    p.add_argument("--labels", required=True, help="CSV or LabelMe folder, as for train")
+    p.add_argument("--out", help="also write metrics.json, predictions.csv, roc.png, confusion.png here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("classify", help="classify DICOM files offline, grouped into studies")
+    p.add_argument("path", help="a DICOM file or a folder")
+    p.add_argument("--bundle", help="bundle folder (default: the shipped synthetic-trained model)")
+    p.add_argument("--json", action="store_true", help="one JSON object per study per line")
+    p.set_defaults(func=_cmd_classify)
 
     return parser
 

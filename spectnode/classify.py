@@ -1,0 +1,138 @@
+"""The classify stage: a study's views in, a result out.
+
+Used by ``spectnode classify`` (offline), ``spectnode evaluate`` and the node.
+Knows nothing of DICOM networking or reports: it takes what
+:mod:`spectnode.imaging.views` read and returns a :class:`StudyResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from .imaging.network_input import InputSpec, NetworkInput, heatmap_to_view, network_inputs
+from .imaging.views import NotAssessable, StudyViews, load_study_views
+
+__all__ = ["DEFAULT_BUNDLE", "StudyResult", "StudyClassifier", "find_dicom_files"]
+
+#: The bundle shipped inside the package, trained on synthetic phantoms only.
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "data" / "default_bundle"
+
+
+@dataclass
+class StudyResult:
+    """What the classifier concluded about one study."""
+
+    study_uid: str
+    outcome: Literal["classified", "not_assessable"]
+    #: Why the study could not be assessed (None when classified).
+    reason: str | None = None
+    #: Short machine code of ``reason`` (see ``spectnode.imaging.views.REASON_CODES``).
+    reason_code: str | None = None
+    #: Views that went into the result ("anterior", "posterior").
+    views: list[str] = field(default_factory=list)
+    #: Most probable class.
+    label: str | None = None
+    #: Second most probable class: dSPIC reads images with several diseases.
+    second_label: str | None = None
+    #: Class -> probability, in the model's class order.
+    probabilities: dict[str, float] = field(default_factory=dict)
+    #: View -> Grad-CAM heatmap of ``label`` in [0, 1], at the view's own matrix
+    #: and stored orientation (only when explanations were asked for).
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready summary (heatmaps left out)."""
+        return {
+            "study_uid": self.study_uid,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "views": list(self.views),
+            "label": self.label,
+            "second_label": self.second_label,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+        }
+
+
+class StudyClassifier:
+    """A loaded model bundle that classifies studies."""
+
+    def __init__(self, model: Any, card: Any) -> None:
+        self.model = model
+        self.card = card
+        self.classes: tuple[str, ...] = tuple(card.classes)
+        self.spec = InputSpec.from_card(card.preprocessing)
+
+    @classmethod
+    def from_bundle(cls, path: str | Path | None = None,
+                    expected_classes: Sequence[str] | None = None) -> "StudyClassifier":
+        """Load and verify a bundle (``None``: the shipped default)."""
+        from .bundle import load_bundle
+
+        loaded = load_bundle(Path(path) if path is not None else DEFAULT_BUNDLE, expected_classes)
+        return cls(loaded.model, loaded.card)
+
+    def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
+        """Class probabilities (n, k) for prepared network inputs."""
+        batch = np.stack(inputs).astype(np.float32)
+        return np.asarray(self.model.predict(batch, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+    def study_probabilities(self, views: StudyViews) -> tuple[list[NetworkInput], np.ndarray]:
+        """The study's network inputs and its probabilities (mean over inputs)."""
+        inputs = network_inputs(views, self.spec)
+        probs = self.predict([i.array for i in inputs])
+        return inputs, probs.mean(axis=0)
+
+    def classify(self, study: StudyViews | NotAssessable, explain: bool = False) -> StudyResult:
+        """Classify one study; a not-assessable study keeps its reason."""
+        if isinstance(study, NotAssessable):
+            return StudyResult(study.study_uid, "not_assessable", reason=study.reason, reason_code=study.code)
+        inputs, probs = self.study_probabilities(study)
+        order = np.argsort(-probs)
+        result = StudyResult(
+            study_uid=study.study_uid,
+            outcome="classified",
+            views=list(study.available_views),
+            label=self.classes[order[0]],
+            second_label=self.classes[order[1]] if self.card.scheme == "dspic4" else None,
+            probabilities={c: float(p) for c, p in zip(self.classes, probs)},
+        )
+        if explain:
+            result.heatmaps = self.explain(study, inputs, int(order[0]))
+        return result
+
+    def explain(self, study: StudyViews, inputs: Sequence[NetworkInput], class_index: int) -> dict[str, np.ndarray]:
+        """Grad-CAM of ``class_index`` per view, at each view's own matrix."""
+        from .explain import grad_cam
+
+        maps = {i.name: grad_cam(self.model, i.array, class_index) for i in inputs}
+        out: dict[str, np.ndarray] = {}
+        for view in study.available_views:
+            image = getattr(study, view)
+            source = maps.get(view, maps.get("aggregate"))
+            out[view] = heatmap_to_view(source, view, image.pixels.shape)
+        return out
+
+    def classify_paths(self, paths: Iterable[Path], explain: bool = False) -> list[StudyResult]:
+        """Read files, group them into studies and classify each study."""
+        studies = load_study_views(list(paths))
+        return [self.classify(s, explain=explain) for _, s in sorted(studies.items())]
+
+
+def find_dicom_files(path: Path) -> list[Path]:
+    """A file, or every regular file under a folder (DICOM files often have no suffix).
+
+    Hidden files and the phantom generator's side files are skipped; anything
+    else that is not DICOM is reported as unreadable by the view reader.
+    """
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} does not exist")
+    skip_suffixes = {".csv", ".json", ".jsonl", ".png", ".txt", ".md"}
+    return sorted(p for p in path.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                  and p.suffix.lower() not in skip_suffixes)

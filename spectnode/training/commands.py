@@ -1,0 +1,123 @@
+"""What ``spectnode train`` and ``spectnode evaluate`` do, behind the argument parsing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..imaging.network_input import InputSpec
+from .labels import LabelledStudy, read_labelme_dir, read_labels_csv, scheme_classes
+from .metrics import compute_metrics, format_metrics_table, write_evaluation_plots
+from .train import TrainSettings, load_samples, predict_studies, subset_samples, train
+
+__all__ = ["read_labels", "run_training", "run_evaluation", "PHANTOM_INSTITUTION"]
+
+#: InstitutionName the phantom generator writes; marks a data set as synthetic.
+PHANTOM_INSTITUTION = "spectnode synthetic phantom"
+
+
+def _headers(files: Sequence[Path]):
+    import pydicom
+
+    for path in files:
+        try:
+            yield path, pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM: the view reader reports it
+            continue
+
+
+def read_labels(labels: Path, files: Sequence[Path], scheme: str) -> list[LabelledStudy]:
+    """Labels from a CSV file, or from a folder (or one file) of LabelMe JSON annotations."""
+    if labels.is_dir() or labels.suffix.lower() == ".json":
+        keys: dict[str, tuple[str, str]] = {}
+        ambiguous: set[str] = set()  # e.g. IM0001.dcm in every study folder
+        for path, ds in _headers(files):
+            entry = (str(ds.get("StudyInstanceUID", "")), str(ds.get("PatientID", "")))
+            for key in (path.name, path.stem, str(ds.get("SOPInstanceUID", "")), entry[0]):
+                if key and keys.setdefault(key, entry) != entry:
+                    ambiguous.add(key)
+        for key in ambiguous:
+            del keys[key]
+        folder = labels if labels.is_dir() else labels.parent
+        return read_labelme_dir(folder, scheme, keys)
+    return read_labels_csv(labels, scheme)
+
+
+def _is_synthetic(files: Sequence[Path]) -> bool:
+    """True when the data are spectnode phantoms (checked on a sample of headers)."""
+    sample = list(_headers(files[:: max(1, len(files) // 20)]))
+    return bool(sample) and all(str(ds.get("InstitutionName", "")) == PHANTOM_INSTITUTION for _, ds in sample)
+
+
+def _counts(studies: Sequence[LabelledStudy], classes: Sequence[str]) -> dict[str, int]:
+    return {c: sum(s.label == c for s in studies) for c in classes}
+
+
+def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *, name: str, version: str,
+                 resume: bool, files: Sequence[Path], log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, evaluate on the held-out 30 %, and write the bundle to ``out``."""
+    from ..bundle import ModelCard, TrainingData, save_bundle
+
+    classes = scheme_classes(settings.scheme)
+    studies = read_labels(labels, files, settings.scheme)
+    log(f"{len(studies)} labelled studies; reading and preparing {settings.input_mode} inputs "
+        f"at {settings.input_shape[0]}x{settings.input_shape[1]} ...")
+    samples = load_samples(files, studies, classes, settings.input_spec())
+    for uid, why in sorted(samples.skipped.items()):
+        log(f"skipped study {uid}: {why}")
+    result = train(samples, settings, out, resume=resume, log=log)
+
+    test = subset_samples(samples, result.test)
+    probabilities = predict_studies(result.model, test)
+    y_true = [classes.index(s.label) for s in test.studies]
+    metrics = compute_metrics(y_true, probabilities, classes)
+    synthetic = _is_synthetic(files)
+    description = (f"{len(samples.studies)} studies from {data}"
+                   + (" (spectnode synthetic phantoms, not patients)" if synthetic else "")
+                   + f"; split 7:3 by patient (seed {settings.seed}); metrics on the held-out "
+                   f"{len(test.studies)} studies; {len(result.history)} epochs"
+                   + (" (early stopping)" if result.stopped_early else ""))
+    card = ModelCard(
+        name=name, version=version, architecture=settings.arch, scheme=settings.scheme, classes=list(classes),
+        input_shape=[*settings.input_shape, 1], preprocessing=settings.input_spec().to_card(),
+        training_data=TrainingData(description, counts={
+            "train": _counts(result.train, classes), "test": _counts(result.test, classes),
+            "skipped": len(samples.skipped), "settings": json.loads(json.dumps(asdict(settings)))},
+            synthetic=synthetic),
+        metrics=metrics,
+    )
+    save_bundle(result.model, card, out)
+    write_evaluation_plots(metrics, y_true, probabilities, classes, out / "evaluation")
+    (out / "evaluation" / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    log(format_metrics_table(metrics))
+    log(f"bundle written to {out}")
+    return metrics
+
+
+def run_evaluation(bundle: Path | None, labels: Path, files: Sequence[Path], out: Path | None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Metrics of a bundle on labelled studies (every labelled study that can be read)."""
+    from ..classify import StudyClassifier
+
+    classifier = StudyClassifier.from_bundle(bundle)
+    classes = classifier.classes
+    studies = read_labels(labels, files, classifier.card.scheme)
+    samples = load_samples(files, studies, classes, classifier.spec)
+    for uid, why in sorted(samples.skipped.items()):
+        log(f"skipped study {uid}: {why}")
+    probabilities = predict_studies(classifier.model, samples)
+    y_true = [classes.index(s.label) for s in samples.studies]
+    metrics = compute_metrics(y_true, probabilities, classes)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (out / "predictions.csv").write_text(
+            "study_uid,label,predicted," + ",".join(classes) + "\n" + "".join(
+                f"{s.study_uid},{s.label},{classes[int(np.argmax(p))]}," + ",".join(f"{v:.6f}" for v in p) + "\n"
+                for s, p in zip(samples.studies, probabilities)))
+        write_evaluation_plots(metrics, y_true, probabilities, classes, out)
+    return metrics

@@ -1,0 +1,181 @@
+"""train / evaluate / classify end to end on a few phantoms, with a tiny input and head.
+
+The shipped default model's quality is checked in test_default_bundle.py; here the
+point is the machinery: split, checkpoints, resume, bundle, metrics, JSON output.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from spectnode.phantom.generate import generate_phantoms
+from spectnode.training.labels import read_labels_csv
+from spectnode.training.train import class_weights
+
+TINY = ["--input-shape", "128x32", "--arch-options", '{"fc_units": [16]}', "--batch-size", "8"]
+
+
+def spectnode(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "spectnode", *args], capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    generate_phantoms(out, n=16, seed=21)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(phantoms, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    proc = spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch",
+                     "dSPIC-AM", "--scheme", "dspic4", "--out", str(out), "--epochs", "2", *TINY)
+    assert "epoch 2/2" in proc.stdout and "ETA" in proc.stdout
+    return out
+
+
+def test_train_writes_a_complete_bundle(bundle, phantoms):
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["architecture"] == "dSPIC-AM" and card["scheme"] == "dspic4"
+    assert card["classes"] == ["normal", "metastatic", "arthritic", "both"]
+    assert card["input_shape"] == [128, 32, 1]
+    assert card["preprocessing"] == {"views": "per_view", "normalization": "minmax", "resample_to": [128, 32]}
+    assert card["training_data"]["synthetic"] is True
+    assert "synthetic" in card["intended_use"].lower() and "not for clinical use" in card["intended_use"].lower()
+    assert card["content_hash"].startswith("sha256:")
+    counts = card["training_data"]["counts"]
+    assert sum(counts["train"].values()) + sum(counts["test"].values()) == 16
+    assert set(card["metrics"]) >= {"accuracy", "precision", "recall", "specificity", "f1", "auc", "confusion"}
+    settings = counts["settings"]
+    assert settings["learning_rate"] == 1e-4 and settings["batch_size"] == 8  # dSPIC Table 4 lr; batch overridden
+    for name in ("roc.png", "confusion.png", "metrics.json"):
+        assert (bundle / "evaluation" / name).stat().st_size > 0
+    state = json.loads((bundle / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert (bundle / "checkpoints" / "last.keras").exists()
+
+
+def test_no_patient_on_both_sides(bundle, phantoms):
+    # The held-out studies are the ones the metrics count; their patients must not be trained on.
+    card = json.loads((bundle / "card.json").read_text())
+    assert card["metrics"]["n"] == sum(card["training_data"]["counts"]["test"].values())
+
+
+def test_resume_continues_and_refuses_other_settings(bundle, phantoms, tmp_path):
+    import shutil
+
+    copy = tmp_path / "resumed"
+    shutil.copytree(bundle, copy)
+    base = ["train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch", "dSPIC-AM",
+            "--scheme", "dspic4", "--out", str(copy)]
+    proc = spectnode(*base, "--epochs", "3", "--resume", *TINY)
+    assert "resuming after epoch 2" in proc.stdout and "epoch 3/3" in proc.stdout
+    assert "epoch 1/3" not in proc.stdout
+    state = json.loads((copy / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 3 and len(state["history"]) == 3
+    other = spectnode(*base, "--epochs", "3", "--resume", "--input-shape", "128x32", "--arch-options",
+                      '{"fc_units": [8]}', "--batch-size", "8", check=False)
+    assert other.returncode == 2 and "made with other settings" in other.stderr
+
+
+def test_evaluate_prints_and_writes_metrics(bundle, phantoms, tmp_path):
+    proc = spectnode("evaluate", "--bundle", str(bundle), "--data", str(phantoms), "--labels",
+                     str(phantoms / "labels.csv"), "--out", str(tmp_path / "eval"))
+    metrics = json.loads(proc.stdout)
+    assert set(metrics) >= {"accuracy", "precision", "recall", "specificity", "f1", "auc", "confusion", "classes"}
+    assert metrics["n"] == 16 and np.asarray(metrics["confusion"]).sum() == 16
+    rows = (tmp_path / "eval" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 17
+    predicted_correct = sum(r.split(",")[1] == r.split(",")[2] for r in rows[1:])
+    assert metrics["accuracy"] == pytest.approx(predicted_correct / 16)
+    for name in ("roc.png", "confusion.png", "metrics.json"):
+        assert (tmp_path / "eval" / name).exists()
+
+
+def test_classify_json_lines(bundle, phantoms, tmp_path):
+    # Add a CT object as its own study: it must come back not assessable, with its reason.
+    first = next(p for p in sorted(phantoms.rglob("*.dcm")))
+    ds = pydicom.dcmread(first)
+    ds.Modality = "CT"
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ct_dir = tmp_path / "mixed"
+    ct_dir.mkdir()
+    ds.save_as(ct_dir / "ct.dcm")
+    study_dir = next(p for p in sorted(phantoms.iterdir()) if p.is_dir() and p.name.startswith("study_"))
+    import shutil
+
+    shutil.copytree(study_dir, ct_dir / "study")
+    proc = spectnode("classify", str(ct_dir), "--bundle", str(bundle), "--json")
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 2
+    for line in lines:
+        assert set(line) >= {"study_uid", "outcome", "reason", "views", "label", "probabilities"}
+    classified = next(r for r in lines if r["outcome"] == "classified")
+    assert classified["views"] == ["anterior", "posterior"]
+    assert classified["label"] in classified["probabilities"]
+    assert classified["second_label"] in classified["probabilities"]
+    assert classified["second_label"] != classified["label"]
+    assert sum(classified["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    ct = next(r for r in lines if r["outcome"] == "not_assessable")
+    assert "CT" in ct["reason"] and ct["label"] is None
+
+
+def test_tampered_bundle_is_refused(bundle, phantoms, tmp_path):
+    import shutil
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    with open(copy / "model.keras", "ab") as f:
+        f.write(b"\0")
+    proc = spectnode("classify", str(phantoms), "--bundle", str(copy), check=False)
+    assert proc.returncode == 2
+    assert "modified or corrupted" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_rejects_bad_input(phantoms, tmp_path):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("study_uid,patient_id,label\n1.2.3,P1,cancer\n")
+    proc = spectnode("train", "--data", str(phantoms), "--labels", str(bad), "--arch", "dSPIC-AM", "--scheme",
+                     "dspic4", "--out", str(tmp_path / "b"), check=False)
+    assert proc.returncode == 2 and "label 'cancer' is not a class" in proc.stderr
+    proc = spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch",
+                     "ResNet-1000", "--scheme", "dspic4", "--out", str(tmp_path / "b"), check=False)
+    assert proc.returncode == 2 and "unknown architecture" in proc.stderr
+
+
+def test_labels_from_labelme(phantoms, tmp_path):
+    """LabelMe annotations named after the DICOM files give the same labels as labels.csv."""
+    from spectnode.classify import find_dicom_files
+    from spectnode.training.commands import read_labels
+
+    truth = {r.study_uid: r for r in read_labels_csv(phantoms / "labels.csv", "dspic4")}
+    shapes = {"normal": [], "metastatic": ["spine metastasis"], "arthritic": ["knee arthritis"],
+              "both": ["rib metastasis", "knee arthritis"]}
+    files = find_dicom_files(phantoms)
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        label = truth[ds.StudyInstanceUID].label
+        # Phantom file names repeat across studies (IM0001.dcm), so annotations name the SOP Instance UID.
+        (tmp_path / f"{ds.SOPInstanceUID}.json").write_text(json.dumps(
+            {"imagePath": f"{ds.SOPInstanceUID}.png", "shapes": [{"label": s} for s in shapes[label]]}))
+    got = {r.study_uid: r.label for r in read_labels(tmp_path, files, "dspic4")}
+    assert got == {uid: r.label for uid, r in truth.items()}
+
+
+def test_class_weights_balance_classes():
+    y = np.array([0] * 6 + [1] * 2 + [2] * 2)
+    w = class_weights(y, 4)
+    assert w[3] == 0.0
+    totals = [w[c] * (y == c).sum() for c in range(3)]
+    assert np.allclose(totals, totals[0]) and np.isclose((w[y]).mean(), 1.0)
