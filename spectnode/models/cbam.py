@@ -8,10 +8,11 @@ Both papers call it the "attention module" (dSPIC Fig. 5, Eqs. 6-8) or the
     f_C = sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F)))      shared MLP, ratio 16
     f_S = sigmoid(conv_kxk([mean_c(F'); max_c(F')]))      k = 7
 
-The papers' Eq. 6 / Eq. 2 literally write ``f_S(f_C(F) * F) * F`` (spatial
-map applied to the *unrefined* F); we follow Woo et al. and apply it to the
-channel-refined map F', which is what the papers' figures show and what their
-citation [33]/[32] defines.
+The papers' Eq. 6 / Eq. 2 write ``M = f_S(f_C(F) * F) * F``, which read
+literally multiplies the spatial map with the unrefined F. We follow Woo et
+al. (the papers' reference [33] / [32]) and multiply it with the
+channel-refined F', as the papers' own text ("F' will be fed into the
+spatial attention module to obtain a refined 2D feature map M") describes.
 
 Only ``keras.ops`` is used, so the layer runs under every Keras 3 backend.
 """

@@ -23,9 +23,10 @@ Choices common to all of them (the paper is silent or ambiguous):
 * ``head``: ``"flatten"`` is the paper as written (Flatten, FC, FC,
   softmax). The default ``"gap"`` puts a global average pooling before the
   same FC layers: dSPIC-AM drops from ~1.73e9 to ~21.6e6 parameters on a
-  1024x256 input (the flatten version cannot be trained with Adam in 24 GB
-  of RAM). The paper's figures were presumably obtained with a head whose
-  exact form we cannot recover, so the practical head is the default.
+  1024x256 input (the flatten version needs 6.9 GB for its weights alone
+  and cannot be trained with Adam in 24 GB of RAM), so the practical head is
+  the default and ``"dSPIC-AM-flatten"`` / ``"dSPIC-RM-flatten"`` in the
+  registry are the paper as written.
 * ``dropout_rate`` (default 0.5) after each hidden FC layer: dSPIC's Table 3
   is AlexNet with one module added, and AlexNet uses dropout 0.5 there; the
   paper does not mention dropout either way. Dropout has no parameters, so it
