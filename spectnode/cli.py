@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -110,8 +111,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             mirror=not args.no_mirror, patience=args.patience, seed=args.seed, arch_options=arch_options)
         settings.input_spec()
         files = _data_files(args.data)
+        if (args.test_data is None) != (args.test_labels is None):
+            raise ValueError("--test-data and --test-labels go together")
+        test_set = None
+        if args.test_data is not None:
+            test_set = (Path(args.test_data), Path(args.test_labels), _data_files(args.test_data))
         run_training(Path(args.data), Path(args.labels), settings, Path(args.out), name=args.name or Path(args.out).name,
-                     version=args.version, resume=args.resume, files=files)
+                     version=args.version, resume=args.resume, files=files, test_set=test_set)
     except (ValueError, LabelError, FileNotFoundError) as exc:
         print(f"spectnode train: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -199,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="architecture (see `spectnode models`)")
     p.add_argument("--scheme", required=True, choices=["dspic4", "lung3", "binary"])
     p.add_argument("--out", required=True, help="bundle folder to write (checkpoints go in OUT/checkpoints)")
+    p.add_argument("--test-data", help="separate held-out DICOM folder (then all of --data is trained on)")
+    p.add_argument("--test-labels", help="labels of --test-data")
     p.add_argument("--epochs", type=_positive_int, help="default: the paper's (300)")
     p.add_argument("--batch-size", type=_positive_int, help="default: the paper's (dSPIC 16, inRAC 32)")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate; default: the paper's")
@@ -233,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TensorFlow's C++ start-up lines (CUDA probing, CPU features) are noise to a user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func

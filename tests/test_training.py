@@ -179,3 +179,17 @@ def test_class_weights_balance_classes():
     assert w[3] == 0.0
     totals = [w[c] * (y == c).sum() for c in range(3)]
     assert np.allclose(totals, totals[0]) and np.isclose((w[y]).mean(), 1.0)
+
+
+def test_separate_held_out_set(phantoms, tmp_path):
+    """With --test-data, every study of --data is trained on and the metrics come from the other set."""
+    held_out = tmp_path / "held-out"
+    generate_phantoms(held_out, n=8, seed=99)
+    out = tmp_path / "bundle"
+    spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch", "dSPIC-AM",
+              "--scheme", "dspic4", "--out", str(out), "--epochs", "1", "--test-data", str(held_out),
+              "--test-labels", str(held_out / "labels.csv"), *TINY)
+    card = json.loads((out / "card.json").read_text())
+    assert card["metrics"]["n"] == 8
+    assert sum(card["training_data"]["counts"]["train"].values()) == 16
+    assert "separate held-out set of 8 studies" in card["training_data"]["description"]

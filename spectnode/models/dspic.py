@@ -205,8 +205,8 @@ def build_si_clf(
       pool3.
 
     Arguments are as in :func:`build_dspic`; ``fc_units`` defaults to the
-    table's (1024, 1024). Default name: ``"SI_CLF"``, ``"SI_CLF+AM"``,
-    ``"SI_CLF+RM"`` or ``"SI_CLF+AM+RM"``.
+    table's (1024, 1024). Default name: ``"SI_CLF"``, ``"SI_CLF_AM"``,
+    ``"SI_CLF_RM"`` or ``"SI_CLF_AM_RM"`` (``+`` is not allowed in a TensorFlow name scope).
     """
     shape = check_common_arguments(input_shape, classes)
     inputs = keras.Input(shape=shape, name="image")
@@ -233,7 +233,9 @@ def build_si_clf(
             dropout_rate=dropout_rate,
             classifier_activation=classifier_activation,
         )
-    default_name = "SI_CLF" + ("+AM" if attention else "") + ("+RM" if residual else "")
+    # Keras model names become TensorFlow name scopes, which refuse "+": the
+    # registry keeps the paper's "SI_CLF+AM", the model is named "SI_CLF_AM".
+    default_name = "SI_CLF" + ("_AM" if attention else "") + ("_RM" if residual else "")
     return keras.Model(inputs, x, name=name or default_name)
 
 

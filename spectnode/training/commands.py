@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -57,35 +58,54 @@ def _counts(studies: Sequence[LabelledStudy], classes: Sequence[str]) -> dict[st
     return {c: sum(s.label == c for s in studies) for c in classes}
 
 
-def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *, name: str, version: str,
-                 resume: bool, files: Sequence[Path], log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, evaluate on the held-out 30 %, and write the bundle to ``out``."""
-    from ..bundle import ModelCard, TrainingData, save_bundle
-
-    classes = scheme_classes(settings.scheme)
+def _load(labels: Path, files: Sequence[Path], settings: TrainSettings, log: Callable[[str], None]):
     studies = read_labels(labels, files, settings.scheme)
     log(f"{len(studies)} labelled studies; reading and preparing {settings.input_mode} inputs "
         f"at {settings.input_shape[0]}x{settings.input_shape[1]} ...")
-    samples = load_samples(files, studies, classes, settings.input_spec())
+    samples = load_samples(files, studies, scheme_classes(settings.scheme), settings.input_spec())
     for uid, why in sorted(samples.skipped.items()):
         log(f"skipped study {uid}: {why}")
+    return samples
+
+
+def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *, name: str, version: str,
+                 resume: bool, files: Sequence[Path], test_set: tuple[Path, Path, Sequence[Path]] | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train, evaluate on held-out studies, and write the bundle to ``out``.
+
+    The held-out studies are the 30 % of the patient-wise 7:3 split, or, when
+    ``test_set`` (data folder, labels, files) is given, that separate set; then
+    all of ``data`` is used for training.
+    """
+    from ..bundle import ModelCard, TrainingData, save_bundle
+
+    classes = scheme_classes(settings.scheme)
+    samples = _load(labels, files, settings, log)
+    if test_set is not None:
+        settings = dataclasses.replace(settings, train_fraction=1.0)
     result = train(samples, settings, out, resume=resume, log=log)
 
-    test = subset_samples(samples, result.test)
+    if test_set is None:
+        test = subset_samples(samples, result.test)
+        held_out = f"split 7:3 by patient (seed {settings.seed}); metrics on the held-out {len(test.studies)} studies"
+    else:
+        log(f"held-out set {test_set[0]}:")
+        test = _load(test_set[1], test_set[2], settings, log)
+        held_out = (f"all used for training; metrics on a separate held-out set of {len(test.studies)} studies "
+                    f"({test_set[0]})")
     probabilities = predict_studies(result.model, test)
     y_true = [classes.index(s.label) for s in test.studies]
     metrics = compute_metrics(y_true, probabilities, classes)
     synthetic = _is_synthetic(files)
     description = (f"{len(samples.studies)} studies from {data}"
                    + (" (spectnode synthetic phantoms, not patients)" if synthetic else "")
-                   + f"; split 7:3 by patient (seed {settings.seed}); metrics on the held-out "
-                   f"{len(test.studies)} studies; {len(result.history)} epochs"
+                   + f"; {held_out}; {len(result.history)} epochs"
                    + (" (early stopping)" if result.stopped_early else ""))
     card = ModelCard(
         name=name, version=version, architecture=settings.arch, scheme=settings.scheme, classes=list(classes),
         input_shape=[*settings.input_shape, 1], preprocessing=settings.input_spec().to_card(),
         training_data=TrainingData(description, counts={
-            "train": _counts(result.train, classes), "test": _counts(result.test, classes),
+            "train": _counts(result.train, classes), "test": _counts(test.studies, classes),
             "skipped": len(samples.skipped), "settings": json.loads(json.dumps(asdict(settings)))},
             synthetic=synthetic),
         metrics=metrics,

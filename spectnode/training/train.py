@@ -63,6 +63,7 @@ class TrainSettings:
     mirror: bool = True
     #: Early stopping: epochs without validation-loss improvement.
     patience: int = 10
+    #: Share of patients trained on; 1.0 when a separate held-out set is given.
     train_fraction: float = 0.7
     #: Share of the training patients held back for early stopping.
     validation_fraction: float = 0.1
@@ -125,7 +126,8 @@ def subset_samples(samples: LoadedSamples, wanted: Sequence[LabelledStudy]) -> L
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     """Inverse-frequency weights, mean 1 over the samples: each class counts equally."""
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    weights = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+    present = max(int((counts > 0).sum()), 1)
+    weights = np.where(counts > 0, len(y) / (present * np.maximum(counts, 1)), 0.0)
     return weights
 
 
@@ -231,7 +233,10 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
 
     classes = scheme_classes(settings.scheme)
     keras.utils.set_random_seed(settings.seed)
-    train_studies, test_studies = split_by_patient(samples.studies, settings.train_fraction, settings.seed)
+    if settings.train_fraction < 1.0:
+        train_studies, test_studies = split_by_patient(samples.studies, settings.train_fraction, settings.seed)
+    else:  # a separate held-out set is evaluated by the caller
+        train_studies, test_studies = list(samples.studies), []
     fit_studies, val_studies = split_by_patient(train_studies, 1.0 - settings.validation_fraction, settings.seed + 1)
     fit, val = subset_samples(samples, fit_studies), subset_samples(samples, val_studies)
     log(f"studies: {len(fit_studies)} train, {len(val_studies)} validation (early stopping), "
