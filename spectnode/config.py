@@ -31,6 +31,8 @@ __all__ = [
     "ModelConfig",
     "CompletionConfig",
     "LoggingConfig",
+    "DispatchConfig",
+    "ReportConfig",
     "Config",
     "load_config",
     "parse_config",
@@ -38,7 +40,7 @@ __all__ = [
 ]
 
 OutputKind = Literal["sr", "sc"]
-DestinationType = Literal["folder", "dicom"]
+DestinationType = Literal["folder", "dicom", "sender"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
 
@@ -85,17 +87,21 @@ class DestinationConfig:
 
     #: Unique name, used in logs and by ``spectnode status``/``retry``.
     name: str
-    #: ``folder`` writes files under ``path``; ``dicom`` sends by C-STORE.
+    #: ``folder`` writes files under ``path``; ``dicom`` sends by C-STORE to
+    #: ``ae_title@host:port``; ``sender`` returns results by C-STORE to the peer
+    #: that sent the study (its calling AE title and address) on ``port``.
     type: DestinationType = "folder"
     #: Which outputs this destination receives: ``sr`` and/or ``sc``.
     outputs: tuple[OutputKind, ...] = ("sr", "sc")
     #: Folder for ``type: folder`` (relative paths are taken from ``storage.data_dir``).
     path: Path | None = None
-    #: Called AE title of the peer, for ``type: dicom``.
+    #: Called AE title of the peer, for ``type: dicom`` (for ``sender``: overrides
+    #: the sender's calling AE title).
     ae_title: str | None = None
     #: Host name or address of the peer, for ``type: dicom``.
     host: str | None = None
-    #: Port of the peer, for ``type: dicom``.
+    #: Port of the peer, for ``type: dicom`` and ``type: sender`` (a peer's
+    #: listening port cannot be learnt from its association).
     port: int | None = None
 
 
@@ -122,6 +128,27 @@ class CompletionConfig:
 
 
 @dataclass(frozen=True)
+class DispatchConfig:
+    """Retries of the durable outbox."""
+
+    #: Attempts before an item goes to the visible dead-letter state.
+    max_attempts: int = 8
+    #: First retry delay; doubles after each failure ...
+    retry_base_seconds: float = 5.0
+    #: ... up to this delay.
+    retry_max_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What the report stage produces."""
+
+    #: Also send an SR for a study that is not a whole-body bone scan, saying
+    #: why it was not assessed (the reason is always in ``spectnode status``).
+    not_assessable_sr: bool = True
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Logging."""
 
@@ -142,6 +169,8 @@ class Config:
     destinations: tuple[DestinationConfig, ...] = field(default_factory=_default_destinations)
     model: ModelConfig = field(default_factory=ModelConfig)
     completion: CompletionConfig = field(default_factory=CompletionConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     #: Where this configuration came from, for messages ("<defaults>" if none).
     source: str = field(default="<defaults>", compare=False)
@@ -238,6 +267,7 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         str: lambda v: isinstance(v, str),
         # bool is an int in Python; "port: yes" must not become port 1.
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        bool: lambda v: isinstance(v, bool),
         float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         Path: lambda v: isinstance(v, str) and v != "",
     }[tp]
@@ -298,7 +328,17 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
         names.add(dest.name)
         if not dest.outputs:
             raise ConfigError(source, f"{key}.outputs", "must name at least one of 'sr', 'sc'")
-        if dest.type == "dicom":
+        if dest.type == "sender":
+            if dest.port is None:
+                raise ConfigError(source, f"{key}.port", "is required for a sender destination")
+            if problem := _check_port(dest.port):
+                raise ConfigError(source, f"{key}.port", problem)
+            if dest.ae_title is not None and (problem := validate_ae_title(dest.ae_title)):
+                raise ConfigError(source, f"{key}.ae_title", problem)
+            for attr in ("host", "path"):
+                if getattr(dest, attr) is not None:
+                    raise ConfigError(source, f"{key}.{attr}", "does not apply to a sender destination")
+        elif dest.type == "dicom":
             for attr in ("ae_title", "host", "port"):
                 if getattr(dest, attr) is None:
                     raise ConfigError(source, f"{key}.{attr}", "is required for a dicom destination")
@@ -312,6 +352,13 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
             for attr in ("ae_title", "host", "port"):
                 if getattr(dest, attr) is not None:
                     raise ConfigError(source, f"{key}.{attr}", "applies only to a dicom destination")
+
+    if cfg.dispatch.max_attempts < 1:
+        raise ConfigError(source, "dispatch.max_attempts", "must be at least 1")
+    if cfg.dispatch.retry_base_seconds <= 0:
+        raise ConfigError(source, "dispatch.retry_base_seconds", "must be greater than 0")
+    if cfg.dispatch.retry_max_seconds < cfg.dispatch.retry_base_seconds:
+        raise ConfigError(source, "dispatch.retry_max_seconds", "must be at least dispatch.retry_base_seconds")
 
     if cfg.model.bundle is not None and not cfg.model.bundle.exists():
         raise ConfigError(source, "model.bundle", f"{str(cfg.model.bundle)!r} does not exist")

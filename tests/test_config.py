@@ -63,13 +63,18 @@ def test_full_valid_config(tmp_path, base):
          "outputs": ["sr"]},
         {"name": "archive", "type": "folder", "path": str(tmp_path / "archive"), "outputs": ["sr", "sc"]},
     ]
+    base["destinations"].append({"name": "back", "type": "sender", "port": 11113, "outputs": ["sr"]})
     base["completion"] = {"timeout_seconds": 30}
+    base["report"] = {"not_assessable_sr": False}
+    base["dispatch"] = {"max_attempts": 3, "retry_base_seconds": 1, "retry_max_seconds": 30}
     base["logging"] = {"level": "DEBUG", "format": "json", "file": str(tmp_path / "log" / "node.log")}
     cfg = load_config(write_config(tmp_path, base))
     assert isinstance(cfg, Config)
     assert cfg.node.allowed_calling_ae_titles == ("GECAMERA", "ORTHANC")
     assert cfg.destinations[0].port == 4242 and cfg.destinations[0].outputs == ("sr",)
     assert cfg.completion.timeout_seconds == 30.0
+    assert cfg.destinations[2].type == "sender" and cfg.destinations[2].port == 11113
+    assert cfg.report.not_assessable_sr is False and cfg.dispatch.max_attempts == 3
     assert (tmp_path / "archive").is_dir() and (tmp_path / "log").is_dir()
 
 
@@ -117,6 +122,17 @@ ERROR_CASES = {
         "destinations[1].name", "more than one"),
     "missing destination name": (lambda c: c.update(destinations=[{"path": "x"}]), "destinations[0].name",
                                  "is required"),
+    "sender destination without port": (lambda c: c.update(destinations=[{"name": "back", "type": "sender"}]),
+                                        "destinations[0].port", "required for a sender"),
+    "sender destination with host": (
+        lambda c: c.update(destinations=[{"name": "back", "type": "sender", "port": 104, "host": "x"}]),
+        "destinations[0].host", "does not apply"),
+    "not_assessable_sr not a bool": (lambda c: c.update(report={"not_assessable_sr": "yes"}),
+                                     "report.not_assessable_sr", "must be true/false"),
+    "max attempts zero": (lambda c: c.update(dispatch={"max_attempts": 0}), "dispatch.max_attempts",
+                          "at least 1"),
+    "retry max below base": (lambda c: c.update(dispatch={"retry_base_seconds": 60, "retry_max_seconds": 10}),
+                             "dispatch.retry_max_seconds", "at least dispatch.retry_base_seconds"),
     "bundle missing": (lambda c: c.update(model={"bundle": "/nonexistent/bundle"}), "model.bundle",
                        "does not exist"),
     "data dir cannot be created": (lambda c: c.update(storage={"data_dir": "/proc/spectnode-test"}),
