@@ -1,0 +1,408 @@
+"""The receive stage: a C-STORE / C-ECHO SCP with a durable spool.
+
+Every object a peer sends is
+
+1. parsed far enough to know its study and instance (never its pixels),
+2. written to ``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` exactly as
+   it was received (the encoded dataset with a file meta header), through a
+   temporary file that is fsynced, renamed into place, and followed by an
+   fsync of the folder, and
+3. recorded in the job store (committed),
+
+and only then answered with status Success. A peer that gets Success can
+forget the object: it survives a crash or power loss of the node.
+
+Failures answer with the status a peer can act on:
+
+* 0xA700 (Refused: out of resources) when the spool or the job store cannot be
+  written (disk full, file size limit, read-only file system ...);
+* 0xA900 (Error: data set does not match SOP class) when the dataset has no
+  StudyInstanceUID or SOPInstanceUID;
+* 0xC210 (Error: cannot understand) when the dataset cannot be parsed.
+
+Associations are refused (A-ASSOCIATE-RJ, rejected-permanent, service user)
+when the calling AE title is not allowed (reason 3, calling AE title not
+recognised) or the called AE title is not this node's (reason 7). Every
+storage SOP class is accepted, in the uncompressed and the common compressed
+transfer syntaxes: what an object is gets decided by its content later, so a
+CT ends as "not assessable" rather than as a refused association.
+
+This stage knows nothing of the stages after it: it calls ``on_stored`` with
+the study UID after each newly stored object, which the node uses to wake the
+assembler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Final
+
+from pydicom import dcmread
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from spectnode.store import InstanceRecord, JobStore, Peer, StoreError
+
+__all__ = [
+    "ACCEPTED_TRANSFER_SYNTAXES",
+    "STATUS_SUCCESS",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_DOES_NOT_MATCH_SOP_CLASS",
+    "STATUS_CANNOT_UNDERSTAND",
+    "StorageSCP",
+    "spool_path",
+    "write_durably",
+]
+
+_log = logging.getLogger("spectnode.receive")
+
+STATUS_SUCCESS: Final = 0x0000
+#: Refused: out of resources (PS3.4 B.2.3), for disk and OS errors.
+STATUS_OUT_OF_RESOURCES: Final = 0xA700
+#: Error: data set does not match SOP class, for a missing study/instance UID.
+STATUS_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+#: Error: cannot understand (the C000-CFFF range), for an unparseable dataset.
+STATUS_CANNOT_UNDERSTAND: Final = 0xC210
+
+#: Transfer syntaxes accepted for every storage SOP class: the uncompressed
+#: ones, deflate, and the compressed ones scanners and PACS commonly send.
+ACCEPTED_TRANSFER_SYNTAXES: Final = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+
+# A UID used as a file name must not be able to climb out of the spool.
+_SAFE_UID: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def _safe_name(uid: str) -> str:
+    if len(uid) <= 64 and _SAFE_UID.match(uid):
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
+
+
+def spool_path(spool_dir: Path, study_uid: str, sop_instance_uid: str) -> Path:
+    """Where an object is spooled: ``<spool>/<study>/<sop>.dcm``.
+
+    UIDs that are not plain dotted digits (so could hold ``/`` or ``..``) are
+    replaced by a hash of themselves.
+    """
+    return Path(spool_dir) / _safe_name(study_uid) / f"{_safe_name(sop_instance_uid)}.dcm"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that it survives a crash or power loss.
+
+    The bytes go to a temporary file in the same folder, which is fsynced and
+    renamed over ``path``; then the folder is fsynced so that the rename (and
+    a newly created folder) is on disk too. A reader never sees a partial file.
+
+    Raises:
+        OSError: If any step fails; no partial file is left behind.
+    """
+    path = Path(path)
+    folder = path.parent
+    created = not folder.is_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    if created:
+        _fsync_dir(folder.parent)
+
+
+@dataclass(frozen=True)
+class _Identity:
+    study_uid: str
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str
+
+
+class StorageSCP:
+    """The node's DICOM listener: C-STORE into the spool and job store, C-ECHO.
+
+    Args:
+        store: The job store objects are recorded in.
+        spool_dir: Root of the spool.
+        ae_title: This node's AE title; associations calling another title
+            are refused.
+        bind_address: Address to listen on.
+        port: TCP port; 0 picks a free one (see :attr:`port` after :meth:`start`).
+        allowed_calling_ae_titles: Calling AE titles allowed to associate;
+            ``"*"`` among them allows any.
+        on_stored: Called with the study UID after each new or changed object
+            is durable (not for duplicates); exceptions in it are logged only.
+        transfer_syntaxes: Accepted transfer syntaxes (see
+            :data:`ACCEPTED_TRANSFER_SYNTAXES`).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        spool_dir: Path,
+        *,
+        ae_title: str,
+        bind_address: str = "127.0.0.1",
+        port: int = 11112,
+        allowed_calling_ae_titles: Sequence[str] = ("*",),
+        on_stored: Callable[[str], None] | None = None,
+        transfer_syntaxes: Sequence[str] = ACCEPTED_TRANSFER_SYNTAXES,
+    ) -> None:
+        self.store = store
+        self.spool_dir = Path(spool_dir)
+        self.ae_title = ae_title
+        self.bind_address = bind_address
+        self._requested_port = port
+        self.allowed_calling_ae_titles = tuple(t.strip() for t in allowed_calling_ae_titles)
+        self.on_stored = on_stored
+        self._transfer_syntaxes = list(transfer_syntaxes)
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def _application_entity(self) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        # Reject unknown callers and callers that ask for another AE title in
+        # the association negotiation itself (A-ASSOCIATE-RJ reasons 3 and 7).
+        if "*" not in self.allowed_calling_ae_titles:
+            ae.require_calling_aet = list(self.allowed_calling_ae_titles)
+        ae.require_called_aet = True
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, self._transfer_syntaxes)
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        # Whole-body NM objects are a few MB; large PDUs cut per-PDU overhead.
+        ae.maximum_pdu_size = 0
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        return ae
+
+    def start(self) -> None:
+        """Start listening (in background threads); returns once bound.
+
+        Raises:
+            OSError: If the address cannot be bound (port in use ...).
+        """
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        ae = self._application_entity()
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+        ]
+        with self._lock:
+            self._server = ae.start_server(
+                (self.bind_address, self._requested_port), block=False, evt_handlers=handlers
+            )
+        _log.info(
+            "listening as %s on %s:%d (calling AE titles allowed: %s)",
+            self.ae_title, self.bind_address, self.port, ", ".join(self.allowed_calling_ae_titles),
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (the real one when constructed with port 0)."""
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop listening and end open associations."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            _log.info("listener on port %d stopped", server.server_address[1])
+
+    # ------------------------------------------------------------------ handlers
+
+    @staticmethod
+    def _peer(event: Any) -> Peer:
+        requestor = event.assoc.requestor
+        return Peer(
+            ae_title=str(requestor.ae_title).strip(),
+            address=str(requestor.address),
+            port=int(requestor.port),
+            called_ae_title=str(event.assoc.acceptor.ae_title).strip(),
+        )
+
+    def _handle_accepted(self, event: Any) -> None:
+        peer = self._peer(event)
+        _log.debug("association accepted from %s@%s:%d", peer.ae_title, peer.address, peer.port,
+                   extra={"calling_ae": peer.ae_title})
+
+    def _handle_rejected(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        calling = str(requestor.ae_title).strip()
+        _log.warning(
+            "association from %s@%s refused: allowed calling AE titles are %s, and the called AE title must be %s",
+            calling, requestor.address, ", ".join(self.allowed_calling_ae_titles), self.ae_title,
+            extra={"calling_ae": calling},
+        )
+
+    def _handle_echo(self, event: Any) -> int:
+        peer = self._peer(event)
+        _log.debug("C-ECHO from %s@%s", peer.ae_title, peer.address, extra={"calling_ae": peer.ae_title})
+        return STATUS_SUCCESS
+
+    @staticmethod
+    def _identify(data: bytes) -> _Identity:
+        """Study/series/instance UIDs, SOP class and modality, without the pixels."""
+        ds = dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+        # pydicom parses lazily; touching every top-level element makes a
+        # garbled dataset fail here rather than somewhere downstream.
+        for _ in ds:
+            pass
+
+        def text(keyword: str) -> str:
+            value = ds.get(keyword)
+            return "" if value is None else str(value).strip().rstrip("\x00")
+
+        return _Identity(
+            study_uid=text("StudyInstanceUID"),
+            sop_instance_uid=text("SOPInstanceUID"),
+            series_uid=text("SeriesInstanceUID"),
+            sop_class_uid=text("SOPClassUID"),
+            modality=text("Modality"),
+        )
+
+    def _handle_store(self, event: Any) -> int:
+        peer = self._peer(event)
+        who = {"calling_ae": peer.ae_title}
+        request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as exc:  # noqa: BLE001 - a broken request must not kill the association
+            _log.error("C-STORE from %s: request without a usable dataset: %s", peer.ae_title, exc, extra=who)
+            return STATUS_CANNOT_UNDERSTAND
+        transfer_syntax = str(event.context.transfer_syntax)
+        try:
+            identity = self._identify(data)
+        except Exception as exc:  # noqa: BLE001 - pydicom fails in many ways on garbage
+            _log.error(
+                "C-STORE from %s@%s: object %s (transfer syntax %s, %d bytes) cannot be parsed: %s: %s; "
+                "answered 0x%04X (cannot understand)",
+                peer.ae_title, peer.address, request_sop or "?", transfer_syntax, len(data),
+                type(exc).__name__, exc, STATUS_CANNOT_UNDERSTAND, extra=who,
+            )
+            return STATUS_CANNOT_UNDERSTAND
+        missing = [name for name, value in (("StudyInstanceUID", identity.study_uid),
+                                            ("SOPInstanceUID", identity.sop_instance_uid)) if not value]
+        if missing:
+            _log.error(
+                "C-STORE from %s@%s: object %s (SOP class %s, study %s) has no %s; it cannot be filed "
+                "in a study; answered 0x%04X",
+                peer.ae_title, peer.address, request_sop or "?", identity.sop_class_uid or "?",
+                identity.study_uid or "?", " and no ".join(missing), STATUS_DOES_NOT_MATCH_SOP_CLASS,
+                extra={**who, "study_uid": identity.study_uid or None},
+            )
+            return STATUS_DOES_NOT_MATCH_SOP_CLASS
+        study_uid = identity.study_uid
+        where = {**who, "study_uid": study_uid}
+        if request_sop and request_sop != identity.sop_instance_uid:
+            _log.warning("study %s from %s: C-STORE names instance %s but the dataset says %s; using the dataset's",
+                         study_uid, peer.ae_title, request_sop, identity.sop_instance_uid, extra=where)
+        digest = hashlib.sha256(data).hexdigest()
+        path = spool_path(self.spool_dir, study_uid, identity.sop_instance_uid)
+        try:
+            known = self.store.known_instance(study_uid, identity.sop_instance_uid)
+            if known == "own_output":
+                _log.info("study %s from %s: %s is one of this node's own results, sent back; not re-processed",
+                          study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
+                return STATUS_SUCCESS
+            if known == digest:
+                _log.info("study %s from %s: instance %s received again, identical; nothing to do",
+                          study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
+                return STATUS_SUCCESS
+            write_durably(path, data)
+            outcome = self.store.record_instance(
+                InstanceRecord(
+                    study_uid=study_uid,
+                    sop_instance_uid=identity.sop_instance_uid,
+                    series_uid=identity.series_uid,
+                    sop_class_uid=identity.sop_class_uid,
+                    modality=identity.modality,
+                    transfer_syntax=transfer_syntax,
+                    path=path,
+                    sha256=digest,
+                    size=len(data),
+                ),
+                peer,
+            )
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            _log.error(
+                "study %s from %s: instance %s cannot be stored (%s: %s); answered 0x%04X (out of resources)",
+                study_uid, peer.ae_title, identity.sop_instance_uid, type(exc).__name__, exc,
+                STATUS_OUT_OF_RESOURCES, extra=where,
+            )
+            return STATUS_OUT_OF_RESOURCES
+        _log.info("study %s from %s@%s: stored %s instance %s (%s, %d bytes)%s",
+                  study_uid, peer.ae_title, peer.address, identity.modality or "?", identity.sop_instance_uid,
+                  transfer_syntax, len(data), " - it differs from the copy received before" if outcome == "changed"
+                  else "", extra=where)
+        if outcome in ("new", "changed") and self.on_stored is not None:
+            try:
+                self.on_stored(study_uid)
+            except Exception:  # noqa: BLE001 - the object is safe; waking a stage is best effort
+                _log.exception("study %s: on_stored callback failed", study_uid, extra=where)
+        return STATUS_SUCCESS

@@ -1,0 +1,639 @@
+"""The job store: the only state the node's stages share.
+
+A small SQLite database (WAL mode, ``synchronous=FULL``) in the data directory
+follows every study from its first received object to its end::
+
+    received -> complete -> classified -> reported -> dispatched
+                         \\-> not_assessable            (end, with its reason)
+    any stage ------------> error                      (end, with the message;
+                                                        ``spectnode retry`` resumes)
+
+* ``received``: objects are arriving; the assemble stage decides when the
+  study is complete (by content, or by the idle timeout as a fallback).
+* ``complete``: ready for the classify stage.
+* ``classified``: the classifier's result is stored; ready for the report stage.
+* ``not_assessable``: the study is not a usable whole-body bone scan; the
+  reason says why. If the node also sends an SR saying so, ``report_pending``
+  is 1 until the report stage has queued it.
+* ``reported``: SR/SC files are written and queued in the outbox, per
+  destination; the dispatch stage sets ``dispatched`` once all are delivered.
+* ``error``: a stage failed; ``error_stage`` is the state the study returns to
+  when it is retried.
+
+Every transition is conditional on the state *and* the study's
+``generation``: an object that arrives for a study that is being (or has been)
+processed re-opens it (back to ``received``, generation + 1), and a stage that
+was working on the old generation then finds its update refused and drops its
+work. So a study is never processed twice at once and never lost.
+
+Each thread gets its own connection; other processes (``spectnode status``,
+``spectnode retry``) open the same file concurrently, which WAL allows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+__all__ = [
+    "STATES",
+    "ACTIVE_STATES",
+    "END_STATES",
+    "RECEIVED",
+    "COMPLETE",
+    "CLASSIFIED",
+    "REPORTED",
+    "DISPATCHED",
+    "NOT_ASSESSABLE",
+    "ERROR",
+    "StoreError",
+    "Peer",
+    "InstanceRecord",
+    "StudyRecord",
+    "OutputRecord",
+    "StoredOutcome",
+    "JobStore",
+]
+
+RECEIVED: Final = "received"
+COMPLETE: Final = "complete"
+CLASSIFIED: Final = "classified"
+REPORTED: Final = "reported"
+DISPATCHED: Final = "dispatched"
+NOT_ASSESSABLE: Final = "not_assessable"
+ERROR: Final = "error"
+
+#: Every study state, in pipeline order.
+STATES: Final = (RECEIVED, COMPLETE, CLASSIFIED, REPORTED, DISPATCHED, NOT_ASSESSABLE, ERROR)
+#: States a running node still has work for.
+ACTIVE_STATES: Final = (RECEIVED, COMPLETE, CLASSIFIED, REPORTED)
+#: States where the pipeline has stopped (until a new object or a retry).
+END_STATES: Final = (DISPATCHED, NOT_ASSESSABLE, ERROR)
+
+StoredOutcome = Literal["new", "duplicate", "changed", "own_output"]
+
+_SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 1,
+    reason TEXT,
+    error_stage TEXT,
+    report_pending INTEGER NOT NULL DEFAULT 0,
+    calling_ae TEXT,
+    peer_address TEXT,
+    peer_port INTEGER,
+    called_ae TEXT,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    content_version INTEGER NOT NULL DEFAULT 0,
+    checked_version INTEGER NOT NULL DEFAULT 0,
+    completed_by TEXT,
+    result TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_by_state ON studies(state);
+CREATE TABLE IF NOT EXISTS instances (
+    study_uid TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    series_uid TEXT,
+    sop_class_uid TEXT,
+    modality TEXT,
+    transfer_syntax TEXT,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (study_uid, sop_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    is_current INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (study_uid, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS outputs_by_uid ON outputs(sop_instance_uid);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    at REAL NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_study ON events(study_uid);
+"""
+
+
+class StoreError(Exception):
+    """The job store cannot be opened or used (its message says why)."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The remote application entity of an association."""
+
+    #: Calling AE title of the peer (stripped).
+    ae_title: str
+    #: IP address the association came from.
+    address: str
+    #: TCP port of the peer's side of the association (not its listening port).
+    port: int
+    #: Called AE title the peer asked for (ours).
+    called_ae_title: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One received object, already durable in the spool."""
+
+    study_uid: str
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str
+    transfer_syntax: str
+    #: The spooled file.
+    path: Path
+    #: sha256 hex digest of the file as spooled (file meta + dataset).
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study as the store sees it."""
+
+    study_uid: str
+    state: str
+    generation: int
+    #: Why the study is not assessable, or the error message.
+    reason: str | None
+    #: For ``error``: the state a retry returns the study to.
+    error_stage: str | None
+    #: For ``not_assessable``: 1 while its "not assessable" SR is still to be made.
+    report_pending: bool
+    calling_ae: str | None
+    peer_address: str | None
+    peer_port: int | None
+    called_ae: str | None
+    instance_count: int
+    first_received: float
+    last_received: float
+    #: Increases with every new or changed object; the assembler compares it
+    #: with ``checked_version`` to know whether the study needs another look.
+    content_version: int
+    checked_version: int
+    #: ``content`` (both views present) or ``timeout`` (idle fallback).
+    completed_by: str | None
+    #: The classify stage's result (``StudyResult.to_json()``), if any.
+    result: dict[str, Any] | None
+    updated_at: float
+
+    @property
+    def peer(self) -> Peer | None:
+        """The peer that last sent an object of this study."""
+        if not self.calling_ae or not self.peer_address:
+            return None
+        return Peer(self.calling_ae, self.peer_address, int(self.peer_port or 0), self.called_ae or "")
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One result object the node made for a study (an SR or an SC)."""
+
+    study_uid: str
+    generation: int
+    #: ``sr`` or ``sc``.
+    kind: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_uid: str
+    path: Path
+    #: False once a later generation's output of the study supersedes it.
+    is_current: bool
+    created_at: float
+
+
+def _study(row: sqlite3.Row) -> StudyRecord:
+    return StudyRecord(
+        study_uid=row["study_uid"],
+        state=row["state"],
+        generation=int(row["generation"]),
+        reason=row["reason"],
+        error_stage=row["error_stage"],
+        report_pending=bool(row["report_pending"]),
+        calling_ae=row["calling_ae"],
+        peer_address=row["peer_address"],
+        peer_port=row["peer_port"],
+        called_ae=row["called_ae"],
+        instance_count=int(row["instance_count"]),
+        first_received=float(row["first_received"]),
+        last_received=float(row["last_received"]),
+        content_version=int(row["content_version"]),
+        checked_version=int(row["checked_version"]),
+        completed_by=row["completed_by"],
+        result=json.loads(row["result"]) if row["result"] else None,
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def _output(row: sqlite3.Row) -> OutputRecord:
+    return OutputRecord(
+        study_uid=row["study_uid"],
+        generation=int(row["generation"]),
+        kind=row["kind"],
+        sop_instance_uid=row["sop_instance_uid"],
+        sop_class_uid=row["sop_class_uid"],
+        series_uid=row["series_uid"],
+        path=Path(row["path"]),
+        is_current=bool(row["is_current"]),
+        created_at=float(row["created_at"]),
+    )
+
+
+class JobStore:
+    """The SQLite job store of one data directory.
+
+    Args:
+        path: The database file (created with its tables if missing).
+        busy_timeout_s: How long a write waits for another writer (another
+            thread or process) before failing.
+
+    Raises:
+        StoreError: If the file cannot be opened as a job store.
+    """
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        self._lock = threading.Lock()
+        try:
+            with self._borrow() as db:
+                # executescript commits by itself, so it runs outside _write().
+                db.executescript(_SCHEMA)
+            with self._write() as db:
+                row = db.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    db.execute("INSERT INTO store_meta VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
+                elif int(row["value"]) != _SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path}: job store schema version {row['value']} is not {_SCHEMA_VERSION}, "
+                        "the version this spectnode reads"
+                    )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the job store: {exc}") from exc
+
+    # ---------------------------------------------------------------- connections
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so
+        # a writer takes the lock up front instead of failing on upgrade.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        db.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk before the SCP answers success.
+        db.execute("PRAGMA synchronous = FULL")
+        return db
+
+    @contextmanager
+    def _borrow(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one operation (a pool: each association has its own thread)."""
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self.path}: the job store is closed")
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._open()
+        try:
+            yield db
+        finally:
+            with self._lock:
+                if self._closed:
+                    db.close()
+                else:
+                    self._idle.append(db)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._borrow() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            else:
+                db.execute("COMMIT")
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._borrow() as db:
+            return db.execute(sql, tuple(args)).fetchall()
+
+    def close(self) -> None:
+        """Close the store's connections; later calls raise :class:`StoreError`."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for db in idle:
+            db.close()
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, study_uid: str, state: str, message: str, now: float) -> None:
+        db.execute("INSERT INTO events (study_uid, at, state, message) VALUES (?, ?, ?, ?)",
+                    (study_uid, now, state, message))
+
+    # ------------------------------------------------------------------- receive
+
+    def record_instance(self, record: InstanceRecord, peer: Peer, now: float | None = None) -> StoredOutcome:
+        """Record a spooled object; commit before returning.
+
+        Returns:
+            ``new`` for an object not seen before, ``duplicate`` for the same
+            SOP Instance UID with identical bytes (nothing changes),
+            ``changed`` for the same SOP Instance UID with different bytes, and
+            ``own_output`` for an object this node made itself (an SR or SC
+            echoed back by a PACS), which is not added to the study.
+
+            A ``new`` or ``changed`` object for a study past ``received``
+            re-opens it: state ``received``, generation + 1.
+        """
+        now = time.time() if now is None else now
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM outputs WHERE sop_instance_uid = ?",
+                          (record.sop_instance_uid,)).fetchone():
+                return "own_output"
+            existing = db.execute(
+                "SELECT sha256 FROM instances WHERE study_uid = ? AND sop_instance_uid = ?",
+                (record.study_uid, record.sop_instance_uid),
+            ).fetchone()
+            if existing is not None and existing["sha256"] == record.sha256:
+                return "duplicate"
+            outcome: StoredOutcome = "new" if existing is None else "changed"
+            db.execute(
+                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.study_uid, record.sop_instance_uid, record.series_uid, record.sop_class_uid,
+                 record.modality, record.transfer_syntax, str(record.path), record.sha256, record.size,
+                 peer.ae_title, now),
+            )
+            study = db.execute("SELECT state, generation FROM studies WHERE study_uid = ?",
+                               (record.study_uid,)).fetchone()
+            if study is None:
+                db.execute(
+                    "INSERT INTO studies (study_uid, state, calling_ae, peer_address, peer_port, called_ae, "
+                    "instance_count, first_received, last_received, content_version, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, 1, ?)",
+                    (record.study_uid, RECEIVED, peer.ae_title, peer.address, peer.port, peer.called_ae_title,
+                     now, now, now),
+                )
+                self._event(db, record.study_uid, RECEIVED, f"first object from {peer.ae_title}@{peer.address}", now)
+                return outcome
+            reopen = study["state"] != RECEIVED
+            db.execute(
+                "UPDATE studies SET calling_ae = ?, peer_address = ?, peer_port = ?, called_ae = ?, "
+                "instance_count = (SELECT COUNT(*) FROM instances WHERE study_uid = ?), "
+                "last_received = ?, content_version = content_version + 1, updated_at = ? "
+                "WHERE study_uid = ?",
+                (peer.ae_title, peer.address, peer.port, peer.called_ae_title, record.study_uid, now, now,
+                 record.study_uid),
+            )
+            if reopen:
+                db.execute(
+                    "UPDATE studies SET state = ?, generation = generation + 1, reason = NULL, "
+                    "error_stage = NULL, report_pending = 0, completed_by = NULL, result = NULL "
+                    "WHERE study_uid = ?",
+                    (RECEIVED, record.study_uid),
+                )
+                what = "changed object" if outcome == "changed" else "new object"
+                self._event(db, record.study_uid, RECEIVED,
+                            f"re-opened from {study['state']} by a {what} {record.sop_instance_uid}", now)
+            return outcome
+
+    # ------------------------------------------------------------------- queries
+
+    def known_instance(self, study_uid: str, sop_instance_uid: str) -> str | None:
+        """What the store knows of an object before it is spooled.
+
+        Returns:
+            ``"own_output"`` if this node made the object, the sha256 of the
+            spooled copy if it was received before, else None.
+        """
+        if self._read("SELECT 1 FROM outputs WHERE sop_instance_uid = ?", (sop_instance_uid,)):
+            return "own_output"
+        rows = self._read("SELECT sha256 FROM instances WHERE study_uid = ? AND sop_instance_uid = ?",
+                          (study_uid, sop_instance_uid))
+        return rows[0]["sha256"] if rows else None
+
+    def study(self, study_uid: str) -> StudyRecord | None:
+        """One study, or None if the store has never seen it."""
+        rows = self._read("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
+        return _study(rows[0]) if rows else None
+
+    def studies(self, states: Sequence[str] | None = None) -> list[StudyRecord]:
+        """Studies in ``states`` (all if None), oldest first."""
+        if states is None:
+            rows = self._read("SELECT * FROM studies ORDER BY first_received, study_uid")
+        else:
+            marks = ",".join("?" * len(states))
+            rows = self._read(f"SELECT * FROM studies WHERE state IN ({marks}) ORDER BY first_received, study_uid",
+                              states)
+        return [_study(r) for r in rows]
+
+    def instance_paths(self, study_uid: str) -> list[Path]:
+        """Spooled files of a study, in the order they were first received."""
+        rows = self._read("SELECT path FROM instances WHERE study_uid = ? ORDER BY received_at, sop_instance_uid",
+                          (study_uid,))
+        return [Path(r["path"]) for r in rows]
+
+    def instances(self, study_uid: str) -> list[dict[str, Any]]:
+        """The instance rows of a study (for status and tests)."""
+        rows = self._read("SELECT * FROM instances WHERE study_uid = ? ORDER BY received_at, sop_instance_uid",
+                          (study_uid,))
+        return [dict(r) for r in rows]
+
+    def counts_by_state(self) -> dict[str, int]:
+        """Number of studies in each state (every state present, zero if none)."""
+        counts = dict.fromkeys(STATES, 0)
+        for row in self._read("SELECT state, COUNT(*) AS n FROM studies GROUP BY state"):
+            counts[row["state"]] = int(row["n"])
+        return counts
+
+    def events(self, study_uid: str) -> list[tuple[float, str, str]]:
+        """(time, state, message) history of a study, oldest first."""
+        rows = self._read("SELECT at, state, message FROM events WHERE study_uid = ? ORDER BY id", (study_uid,))
+        return [(float(r["at"]), r["state"], r["message"]) for r in rows]
+
+    # --------------------------------------------------------------- transitions
+
+    def mark_checked(self, study_uid: str, content_version: int) -> None:
+        """Remember that the assembler looked at ``content_version`` of a study."""
+        with self._write() as db:
+            db.execute("UPDATE studies SET checked_version = MAX(checked_version, ?) WHERE study_uid = ?",
+                       (content_version, study_uid))
+
+    def advance(
+        self,
+        study_uid: str,
+        generation: int,
+        from_states: str | Iterable[str],
+        to_state: str,
+        message: str,
+        *,
+        reason: str | None = None,
+        result: dict[str, Any] | None = None,
+        completed_by: str | None = None,
+        report_pending: bool | None = None,
+        content_version: int | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Move a study to ``to_state`` if it is still in ``from_states`` at ``generation``.
+
+        ``content_version``, when given, must also still match: the assembler
+        passes the version it judged complete, so an object that arrived in
+        the meantime makes it look again instead.
+
+        Returns:
+            True if the study moved; False if it had changed meanwhile (a new
+            object re-opened it, or another stage or a retry moved it), in
+            which case the caller drops its work.
+        """
+        now = time.time() if now is None else now
+        states = (from_states,) if isinstance(from_states, str) else tuple(from_states)
+        sets = ["state = ?", "updated_at = ?", "error_stage = NULL"]
+        values: list[Any] = [to_state, now]
+        if reason is not None or to_state in (DISPATCHED, CLASSIFIED, REPORTED, COMPLETE):
+            sets.append("reason = ?")
+            values.append(reason)
+        if result is not None:
+            sets.append("result = ?")
+            values.append(json.dumps(result))
+        if completed_by is not None:
+            sets.append("completed_by = ?")
+            values.append(completed_by)
+        if report_pending is not None:
+            sets.append("report_pending = ?")
+            values.append(int(report_pending))
+        where = f"study_uid = ? AND generation = ? AND state IN ({','.join('?' * len(states))})"
+        args: list[Any] = [study_uid, generation, *states]
+        if content_version is not None:
+            where += " AND content_version = ?"
+            args.append(content_version)
+        with self._write() as db:
+            moved = db.execute(f"UPDATE studies SET {', '.join(sets)} WHERE {where}", (*values, *args)).rowcount
+            if moved:
+                self._event(db, study_uid, to_state, message, now)
+        return bool(moved)
+
+    def set_report_pending(self, study_uid: str, generation: int, pending: bool) -> bool:
+        """Set or clear ``report_pending`` of a study still at ``generation``."""
+        with self._write() as db:
+            return bool(db.execute(
+                "UPDATE studies SET report_pending = ?, updated_at = ? WHERE study_uid = ? AND generation = ?",
+                (int(pending), time.time(), study_uid, generation),
+            ).rowcount)
+
+    def fail(self, study_uid: str, generation: int, stage_state: str, message: str,
+             now: float | None = None) -> bool:
+        """Put a study in the visible ``error`` state.
+
+        Args:
+            stage_state: The state the study was in when the stage failed; a
+                retry returns it there.
+            message: What went wrong (shown by ``spectnode status``).
+
+        Returns:
+            False if the study had meanwhile moved on (re-opened by a new
+            object); the failure is then moot.
+        """
+        now = time.time() if now is None else now
+        with self._write() as db:
+            moved = db.execute(
+                "UPDATE studies SET state = ?, error_stage = ?, reason = ?, updated_at = ? "
+                "WHERE study_uid = ? AND generation = ? AND state = ?",
+                (ERROR, stage_state, message, now, study_uid, generation, stage_state),
+            ).rowcount
+            if moved:
+                self._event(db, study_uid, ERROR, f"{stage_state}: {message}", now)
+        return bool(moved)
+
+    def retry_study(self, study_uid: str, now: float | None = None) -> str | None:
+        """Send a study in ``error`` back to the stage that failed.
+
+        Returns:
+            The state the study returned to, or None if it is not in ``error``.
+        """
+        now = time.time() if now is None else now
+        with self._write() as db:
+            row = db.execute("SELECT state, error_stage FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            if row is None or row["state"] != ERROR:
+                return None
+            stage = row["error_stage"] or COMPLETE
+            db.execute(
+                "UPDATE studies SET state = ?, error_stage = NULL, reason = NULL, updated_at = ? WHERE study_uid = ?",
+                (stage, now, study_uid),
+            )
+            self._event(db, study_uid, stage, "retried by an operator", now)
+            return stage
+
+    # -------------------------------------------------------------------- outputs
+
+    def record_outputs(self, study_uid: str, generation: int, outputs: Sequence[OutputRecord],
+                       now: float | None = None) -> None:
+        """Record the SR/SC objects made for ``generation`` of a study as current.
+
+        Outputs of earlier generations stop being current (they are superseded;
+        the new SR names the old one in Predecessor Documents). Recording the
+        same generation again replaces its earlier, never sent, outputs.
+        """
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.execute("DELETE FROM outputs WHERE study_uid = ? AND generation = ?", (study_uid, generation))
+            db.execute("UPDATE outputs SET is_current = 0 WHERE study_uid = ?", (study_uid,))
+            for out in outputs:
+                db.execute(
+                    "INSERT OR REPLACE INTO outputs VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                    (study_uid, generation, out.kind, out.sop_instance_uid, out.sop_class_uid, out.series_uid,
+                     str(out.path), now),
+                )
+
+    def outputs(self, study_uid: str, current_only: bool = True) -> list[OutputRecord]:
+        """Outputs of a study (only the current ones by default), oldest first."""
+        sql = "SELECT * FROM outputs WHERE study_uid = ?" + (" AND is_current = 1" if current_only else "")
+        rows = self._read(sql + " ORDER BY created_at, kind, sop_instance_uid", (study_uid,))
+        return [_output(r) for r in rows]
+
+    def predecessor_sr(self, study_uid: str, generation: int) -> OutputRecord | None:
+        """The SR a new SR of ``generation`` must name in Predecessor Documents.
+
+        That is the SR of the latest earlier generation of the study, or None
+        for a study that never had one.
+        """
+        rows = self._read(
+            "SELECT * FROM outputs WHERE study_uid = ? AND kind = 'sr' AND generation < ? "
+            "ORDER BY generation DESC, created_at DESC LIMIT 1",
+            (study_uid, generation),
+        )
+        return _output(rows[0]) if rows else None
