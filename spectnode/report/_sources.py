@@ -1,0 +1,81 @@
+"""Source datasets of a report: lookup, de-duplication and study attributes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from pydicom.dataset import Dataset
+
+# Type 2 patient/study attributes that highdicom copies from the first
+# evidence dataset and that real scans often lack (field guide, section 2).
+_TYPE2_STUDY_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def unique_by_sop_instance(datasets: Iterable[Dataset]) -> list[Dataset]:
+    """The datasets with distinct SOPInstanceUIDs, first occurrence kept, in order.
+
+    A node can receive the same instance twice; evidence lists it once.
+    """
+    seen: set[str] = set()
+    unique: list[Dataset] = []
+    for ds in datasets:
+        uid = str(ds.get("SOPInstanceUID", ""))
+        if not uid:
+            raise ValueError("a source dataset has no SOPInstanceUID")
+        if uid not in seen:
+            seen.add(uid)
+            unique.append(ds)
+    return unique
+
+
+def find_source(source_datasets: Sequence[Dataset], sop_instance_uid: str) -> Dataset:
+    """The source dataset with ``sop_instance_uid``.
+
+    Raises:
+        ValueError: if none of ``source_datasets`` has that SOPInstanceUID.
+    """
+    for ds in source_datasets:
+        if str(ds.get("SOPInstanceUID", "")) == sop_instance_uid:
+            return ds
+    raise ValueError(
+        f"the view's source instance {sop_instance_uid} is not among the "
+        f"{len(source_datasets)} source dataset(s) given"
+    )
+
+
+def header_with_study_defaults(ds: Dataset) -> Dataset:
+    """A header-only view of ``ds`` whose missing type 2 study attributes are empty.
+
+    Pixel data (group 7FE0) is left out, and ``ds`` itself is not modified.
+    """
+    header = Dataset()
+    for element in ds:
+        if element.tag.group != 0x7FE0:
+            header.add(element)
+    for keyword in _TYPE2_STUDY_ATTRIBUTES:
+        if keyword not in header or header[keyword].value is None:
+            setattr(header, keyword, "")
+    return header
+
+
+def check_same_study(source_datasets: Sequence[Dataset], study_uid: str) -> None:
+    """Raise ValueError unless every dataset belongs to study ``study_uid``."""
+    if not source_datasets:
+        raise ValueError("at least one source dataset of the study is needed")
+    others = sorted(
+        {str(ds.get("StudyInstanceUID", "")) for ds in source_datasets} - {study_uid}
+    )
+    if others:
+        raise ValueError(
+            f"source datasets belong to other studies than {study_uid}: {', '.join(others)}"
+        )
