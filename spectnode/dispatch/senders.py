@@ -1,0 +1,438 @@
+"""Send result files to one destination: a folder, a DICOM peer, or the peer that sent the study.
+
+:func:`send_files` is the one entry point. It either delivers every file or
+raises :class:`DispatchError` whose ``reason`` says, in words a PACS
+administrator can act on, what went wrong::
+
+    send_files(dest, [sr_path, sc_path], calling_ae_title="SPECTNODE")
+
+Destination types (``DestinationConfig.type``):
+
+``folder``
+    Files are copied atomically (temporary file, fsync, rename) to
+    ``<path>/<StudyInstanceUID>/<Modality>_<SOPInstanceUID>.dcm``; sending the
+    same object twice overwrites it with identical bytes.
+``dicom``
+    C-STORE to ``ae_title`` at ``host``:``port``.
+``sender``
+    C-STORE back to the peer that sent the study: its calling AE title
+    (or ``ae_title`` when the configuration overrides it) at the address the
+    association came from, on the configured ``port`` (a peer's listening port
+    cannot be learnt from its association, whose source port is ephemeral).
+
+The C-STORE SCU proposes, for every SOP class among the files, the files' own
+transfer syntaxes and Explicit + Implicit VR Little Endian. A file goes in its
+own transfer syntax when the peer accepts it; a compressed file whose syntax
+the peer refuses is decompressed first. Warning statuses (0xB000, 0xB006,
+0xB007, ...) count as delivered and are logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.presentation import build_context
+from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
+
+from spectnode.config import Config, DestinationConfig, resolve_folder
+
+__all__ = [
+    "SENDER_DESTINATION_TYPE",
+    "DispatchError",
+    "PeerInfo",
+    "StoreTarget",
+    "copy_to_folder",
+    "destinations_by_name",
+    "describe_store_status",
+    "resolve_store_target",
+    "send_files",
+    "store_to_peer",
+]
+
+LOGGER = logging.getLogger("spectnode.dispatch")
+
+#: Destination type that returns results to the peer that sent the study.
+SENDER_DESTINATION_TYPE = "sender"
+
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# PS3.8 9.3.1: at most 128 presentation contexts (odd IDs 1-255) per association.
+_MAX_CONTEXTS = 128
+
+
+class DispatchError(Exception):
+    """Delivery to a destination failed.
+
+    Attributes:
+        reason: What went wrong, for logs, ``spectnode status`` and the outbox.
+        retryable: False when trying again cannot help without someone
+            changing something (a result file is missing, the destination needs
+            a sender that was not recorded); the outbox dead-letters such items
+            at once instead of retrying them.
+        peer_unreachable: True when no DICOM association could be opened at
+            all (connection refused, timeout, rejected); other items for the
+            same destination would fail the same way right now.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool = True, peer_unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.peer_unreachable = peer_unreachable
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """The DICOM peer that sent a study, recorded so results can go back to it.
+
+    Attributes:
+        ae_title: The peer's calling AE title, as it presented itself.
+        host: The address its association came from.
+    """
+
+    ae_title: str
+    host: str
+
+    @classmethod
+    def from_association(cls, assoc: Any) -> PeerInfo:
+        """Take the requestor's AE title and address from a pynetdicom ``Association``.
+
+        In a storage SCP handler: ``PeerInfo.from_association(event.assoc)``.
+        """
+        requestor = assoc.requestor
+        return cls(ae_title=str(requestor.ae_title).strip(), host=str(requestor.address))
+
+
+@dataclass(frozen=True)
+class StoreTarget:
+    """Where a C-STORE goes: called AE title, host and port."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+def destinations_by_name(cfg: Config) -> dict[str, DestinationConfig]:
+    """The configured destinations by name, folder paths made absolute-or-cwd-relative.
+
+    This is the mapping :meth:`spectnode.dispatch.Outbox.deliver_due` takes:
+    relative folder paths in the configuration are relative to
+    ``storage.data_dir``, which :func:`send_files` does not know.
+    """
+    resolved: dict[str, DestinationConfig] = {}
+    for dest in cfg.destinations:
+        if dest.type == "folder" and dest.path is not None:
+            dest = dataclasses.replace(dest, path=resolve_folder(cfg, dest))
+        resolved[dest.name] = dest
+    return resolved
+
+
+def resolve_store_target(destination: DestinationConfig, sender: PeerInfo | None) -> StoreTarget:
+    """The C-STORE target of a ``dicom`` or ``sender`` destination.
+
+    Raises:
+        DispatchError: (not retryable) if the destination is incomplete, or is
+            a ``sender`` destination and no sender was recorded.
+    """
+    kind = getattr(destination, "type", None)
+    if kind == SENDER_DESTINATION_TYPE:
+        if sender is None:
+            raise DispatchError(
+                f"destination {destination.name!r} returns results to the sending peer, "
+                "but no sender was recorded for this study",
+                retryable=False,
+            )
+        port = getattr(destination, "port", None)
+        if port is None:
+            raise DispatchError(
+                f"destination {destination.name!r} has no port: the port the sending peer listens on "
+                "must be configured",
+                retryable=False,
+            )
+        ae_title = getattr(destination, "ae_title", None) or sender.ae_title
+        return StoreTarget(ae_title=ae_title, host=sender.host, port=int(port))
+    missing = [key for key in ("ae_title", "host", "port") if getattr(destination, key, None) is None]
+    if missing:
+        raise DispatchError(
+            f"destination {destination.name!r} lacks {', '.join(missing)}", retryable=False
+        )
+    assert destination.ae_title is not None and destination.host is not None and destination.port is not None
+    return StoreTarget(ae_title=destination.ae_title, host=destination.host, port=int(destination.port))
+
+
+def send_files(
+    destination: DestinationConfig,
+    files: Sequence[Path],
+    *,
+    calling_ae_title: str,
+    sender: PeerInfo | None = None,
+    timeout: float = 30,
+) -> None:
+    """Deliver ``files`` to ``destination``, all or nothing as far as the caller knows.
+
+    Args:
+        destination: A ``folder``, ``dicom`` or ``sender`` destination. Folder
+            paths are used as given (see :func:`destinations_by_name`).
+        files: DICOM Part 10 files.
+        calling_ae_title: This node's AE title, used as calling AE title.
+        sender: The peer that sent the study; needed by ``sender`` destinations.
+        timeout: Seconds allowed for connecting, for association negotiation
+            and for each C-STORE response.
+
+    Raises:
+        DispatchError: With the reason; files already stored before a failure
+            stay stored, so a retry sends them again (peers and folders treat a
+            repeated SOP instance as the same object).
+    """
+    kind = getattr(destination, "type", None)
+    if kind == "folder":
+        if destination.path is None:
+            raise DispatchError(f"folder destination {destination.name!r} has no path", retryable=False)
+        copy_to_folder(files, Path(destination.path))
+        return
+    if kind in ("dicom", SENDER_DESTINATION_TYPE):
+        target = resolve_store_target(destination, sender)
+        store_to_peer(files, target, calling_ae_title=calling_ae_title, timeout=timeout)
+        return
+    raise DispatchError(f"destination {destination.name!r} has unknown type {kind!r}", retryable=False)
+
+
+# ------------------------------------------------------------------------ folder
+
+
+def _read_header(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except FileNotFoundError:
+        raise DispatchError(f"result file {str(path)!r} does not exist", retryable=False) from None
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        raise DispatchError(f"result file {str(path)!r} cannot be read as DICOM: {exc}", retryable=False) from None
+
+
+def _safe_name(value: str) -> str:
+    # UIDs and modalities are already safe; this guards against odd input only.
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in value) or "unknown"
+
+
+def copy_to_folder(files: Sequence[Path], folder: Path) -> list[Path]:
+    """Copy each file atomically to ``folder/<StudyInstanceUID>/<Modality>_<SOPInstanceUID>.dcm``.
+
+    Each file is written to a temporary name in the target folder, fsynced,
+    then renamed over the final name, and the folder is fsynced, so a reader
+    never sees a partial file and a crash leaves either the old or the new one.
+
+    Returns:
+        The written paths, in the order of ``files``.
+
+    Raises:
+        DispatchError: If a file is missing or unreadable (not retryable) or
+            the folder cannot be written (retryable: a full disk or an unmounted
+            share can come back).
+    """
+    headers = [(Path(path), _read_header(Path(path))) for path in files]
+    written: list[Path] = []
+    for source, header in headers:
+        study_dir = folder / _safe_name(str(header.get("StudyInstanceUID", "unknown-study")))
+        name = f"{_safe_name(str(header.get('Modality', 'OT')))}_{_safe_name(str(header.get('SOPInstanceUID', source.stem)))}.dcm"
+        target = study_dir / name
+        try:
+            study_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=study_dir, prefix=f".{name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp_name, target)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(study_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except FileNotFoundError as exc:
+            if not source.exists():
+                raise DispatchError(f"result file {str(source)!r} does not exist", retryable=False) from None
+            raise DispatchError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise DispatchError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+        written.append(target)
+    return written
+
+
+# ------------------------------------------------------------------------ DICOM
+
+
+def describe_store_status(code: int) -> str:
+    """``"0xA700 (Refused: Out of Resources)"``: a C-STORE status code and its meaning."""
+    meaning = STORAGE_SERVICE_CLASS_STATUS.get(code, (None, "unknown status"))[1]
+    return f"0x{code:04X} ({meaning})"
+
+
+def _connect_failure_reason(target: StoreTarget, timeout: float) -> str:
+    """Find out why TCP to ``target`` fails, by trying once more with a plain socket."""
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout):
+            return f"could not open a TCP connection to {target} (it answered a later attempt)"
+    except socket.gaierror as exc:
+        return f"cannot resolve host {target.host!r}: {exc.strerror or exc}"
+    except TimeoutError:
+        return f"connection to {target} timed out after {timeout:g} s"
+    except ConnectionRefusedError:
+        return f"connection refused by {target.host}:{target.port} (nothing listens there)"
+    except OSError as exc:
+        text = exc.strerror or errno.errorcode.get(exc.errno or 0, "") or str(exc)
+        return f"cannot connect to {target}: {text}"
+
+
+def _presentation_contexts(headers: Sequence[Dataset]) -> list[Any]:
+    """One context per (SOP class, non-default syntax) and one uncompressed context per SOP class."""
+    contexts = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for header in headers:
+        sop_class = UID(header.SOPClassUID)
+        own = UID(header.file_meta.TransferSyntaxUID)
+        wanted = [(sop_class, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
+        if own not in _UNCOMPRESSED:
+            wanted.insert(0, (sop_class, (own,)))
+        for abstract, syntaxes in wanted:
+            key = (str(abstract), tuple(str(s) for s in syntaxes))
+            if key not in seen:
+                seen.add(key)
+                contexts.append(build_context(abstract, list(syntaxes)))
+    return contexts
+
+
+def _choose_encoding(assoc: Any, header: Dataset) -> str | None:
+    """Return "as-is", "decompress", or None if the peer accepted no usable context."""
+    sop_class = UID(header.SOPClassUID)
+    own = UID(header.file_meta.TransferSyntaxUID)
+    accepted = [UID(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class]
+    if own in accepted:
+        return "as-is"
+    uncompressed_accepted = any(s in _UNCOMPRESSED for s in accepted)
+    if own in _UNCOMPRESSED and uncompressed_accepted:
+        return "as-is"  # pynetdicom converts between explicit and implicit VR
+    if own.is_compressed and uncompressed_accepted:
+        return "decompress"
+    return None
+
+
+def store_to_peer(
+    files: Sequence[Path],
+    target: StoreTarget,
+    *,
+    calling_ae_title: str,
+    timeout: float = 30,
+) -> None:
+    """C-STORE every file to ``target`` over one association.
+
+    Raises:
+        DispatchError: Connection refused or timed out, association rejected
+            (with the peer's result, source and reason) or aborted, no
+            presentation context accepted for a file's SOP class, or a
+            C-STORE failure status (hex code and meaning).
+    """
+    paths = [Path(p) for p in files]
+    headers = [_read_header(p) for p in paths]
+    for path, header in zip(paths, headers):
+        if "SOPClassUID" not in header or "TransferSyntaxUID" not in header.file_meta:
+            raise DispatchError(f"result file {str(path)!r} has no SOP Class UID or transfer syntax", retryable=False)
+    contexts = _presentation_contexts(headers)
+    if len(contexts) > _MAX_CONTEXTS:
+        raise DispatchError(
+            f"{len(contexts)} presentation contexts needed; one association allows {_MAX_CONTEXTS}",
+            retryable=False,
+        )
+
+    ae = AE(ae_title=calling_ae_title)
+    ae.requested_contexts = contexts
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
+    events: set[str] = set()
+    handlers = [
+        (evt.EVT_CONN_OPEN, lambda event: events.add("connected")),
+        (evt.EVT_ACCEPTED, lambda event: events.add("accepted")),
+    ]
+    started = time.monotonic()
+    try:
+        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, evt_handlers=handlers)
+    except socket.gaierror as exc:  # pynetdicom resolves the host before connecting
+        raise DispatchError(
+            f"cannot resolve host {target.host!r}: {exc.strerror or exc}", peer_unreachable=True
+        ) from None
+    if not assoc.is_established:
+        raise DispatchError(_association_failure(assoc, target, events, timeout, started), peer_unreachable=True)
+
+    try:
+        for path, header in zip(paths, headers):
+            encoding = _choose_encoding(assoc, header)
+            sop_class = UID(header.SOPClassUID)
+            if encoding is None:
+                syntax = UID(header.file_meta.TransferSyntaxUID)
+                raise DispatchError(
+                    f"{target} accepted no presentation context for {sop_class.name} ({sop_class}) "
+                    f"in {syntax.name} or an uncompressed transfer syntax"
+                )
+            dataset = pydicom.dcmread(path)
+            if encoding == "decompress":
+                LOGGER.info("%s does not accept %s; sending %s decompressed", target,
+                            UID(header.file_meta.TransferSyntaxUID).name, path.name)
+                try:
+                    # Same object in another encoding: keep its SOP Instance UID.
+                    dataset.decompress(generate_instance_uid=False)
+                except Exception as exc:  # decoder plugins raise assorted types
+                    raise DispatchError(f"cannot decompress {str(path)!r} for {target}: {exc}", retryable=False) from None
+            status = assoc.send_c_store(dataset)
+            if not status or "Status" not in status:
+                if assoc.is_aborted:
+                    raise DispatchError(f"association with {target} aborted while storing {path.name}")
+                raise DispatchError(f"no C-STORE response from {target} within {timeout:g} s for {path.name}")
+            code = int(status.Status)
+            category = code_to_category(code)
+            if category == "Success":
+                continue
+            if category == "Warning":
+                LOGGER.warning("%s stored %s with warning %s", target, path.name, describe_store_status(code))
+                continue
+            comment = f": {status.ErrorComment}" if status.get("ErrorComment") else ""
+            raise DispatchError(f"{target} refused {path.name}: C-STORE status {describe_store_status(code)}{comment}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _association_failure(assoc: Any, target: StoreTarget, events: set[str], timeout: float, started: float) -> str:
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        return (
+            f"association rejected by {target}: {rsp.result_str}, source {rsp.source_str}, "
+            f"reason {rsp.reason_str!r}"
+        )
+    if "connected" not in events:
+        return _connect_failure_reason(target, timeout)
+    if "accepted" in events:
+        return f"{target} accepted the association but none of the proposed presentation contexts"
+    if time.monotonic() - started >= 0.9 * timeout:
+        return f"no answer to the association request from {target} within {timeout:g} s"
+    return f"association with {target} aborted during negotiation"
+
