@@ -68,6 +68,24 @@ def header_with_study_defaults(ds: Dataset) -> Dataset:
     return header
 
 
+def referenced_frame_number(ds: Dataset, frame_number: int | None) -> int | None:
+    """The frame to reference in ``ds``, or None when the whole object is meant.
+
+    A frame is only referenced in an object of more than one frame; a
+    one-frame NM object (NumberOfFrames 1) is referenced as a whole, like a
+    single-frame image.
+    """
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        frames = 1
+    if frame_number is None or frames <= 1:
+        return None
+    if not 1 <= frame_number <= frames:
+        raise ValueError(f"frame {frame_number} is outside instance {ds.SOPInstanceUID} of {frames} frames")
+    return frame_number
+
+
 def check_same_study(source_datasets: Sequence[Dataset], study_uid: str) -> None:
     """Raise ValueError unless every dataset belongs to study ``study_uid``."""
     if not source_datasets:

@@ -37,7 +37,12 @@ from spectnode import __version__
 from spectnode.classify import StudyResult
 from spectnode.imaging.views import StudyViews, ViewImage
 from spectnode.report import content
-from spectnode.report._sources import check_same_study, find_source, header_with_study_defaults
+from spectnode.report._sources import (
+    check_same_study,
+    find_source,
+    header_with_study_defaults,
+    referenced_frame_number,
+)
 from spectnode.report.algorithm import DEFAULT_MANUFACTURER, AlgorithmInfo
 
 __all__ = [
@@ -378,8 +383,9 @@ def _source_image_item(source: Dataset, image: ViewImage) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = source.SOPClassUID
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    if image.frame_number is not None:
-        item.ReferencedFrameNumber = image.frame_number
+    frame_number = referenced_frame_number(source, image.frame_number)
+    if frame_number is not None:
+        item.ReferencedFrameNumber = frame_number
     purpose = content.SOURCE_IMAGE_FOR_PROCESSING
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = (

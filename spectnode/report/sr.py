@@ -43,6 +43,7 @@ from spectnode.report._sources import (
     check_same_study,
     find_source,
     header_with_study_defaults,
+    referenced_frame_number,
     unique_by_sop_instance,
 )
 from spectnode.report.algorithm import DEFAULT_MANUFACTURER, AlgorithmInfo
@@ -261,6 +262,7 @@ def build_not_assessable_sr(
 
 def _source_image_reference(ds: Dataset, frame_number: int | None) -> hd.sr.SourceImageForMeasurementGroup:
     """Reference to a view's instance, and to its frame in a multi-frame instance."""
+    frame_number = referenced_frame_number(ds, frame_number)
     if frame_number is None:
         return hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
     return hd.sr.SourceImageForMeasurementGroup.from_source_image(ds, referenced_frame_numbers=[frame_number])
