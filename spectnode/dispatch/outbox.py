@@ -377,8 +377,9 @@ class Outbox:
         """
         now = self.clock()
         cursor = self._write(
-            "UPDATE outbox_items SET state = 'pending', next_attempt_at = ?, updated_at = ?, claimed_at = NULL"
-            " WHERE state = 'sending'",
+            # Keep the item's place in the queue: it was already due when claimed.
+            "UPDATE outbox_items SET state = 'pending', next_attempt_at = MIN(next_attempt_at, ?), updated_at = ?,"
+            " claimed_at = NULL WHERE state = 'sending'",
             (now, now),
         )
         return cursor.rowcount

@@ -1,0 +1,460 @@
+"""Dispatch: send_files to real peers (Orthanc, a pynetdicom SCP, folders) and the durable outbox."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from orthanc import UNCOMPRESSED_ONLY, OrthancServer, free_port
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import NuclearMedicineImageStorage
+
+from spectnode.config import DestinationConfig
+from spectnode.dispatch import (
+    DispatchError,
+    Outbox,
+    PeerInfo,
+    copy_to_folder,
+    format_outbox_status,
+    send_files,
+)
+from spectnode.phantom.generate import generate_phantoms
+
+NODE_AE = "SPECTNODE"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def write_sr_like(path: Path, evidence: Path) -> Path:
+    """A minimal Comprehensive SR in the evidence's study, as the node would return."""
+    source = pydicom.dcmread(evidence, stop_before_pixels=True)
+    ds = Dataset()
+    ds.SOPClassUID = ComprehensiveSRStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = source.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = source.PatientID
+    ds.PatientName = source.get("PatientName", "")
+    ds.Modality = "SR"
+    ds.SeriesNumber = 900
+    ds.InstanceNumber = 1
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "126000", "DCM", "Imaging Measurement Report"
+    ds.ConceptNameCodeSequence = [concept]
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def study_files(root: Path, index: int, layout: str = "split-instances") -> tuple[str, list[Path]]:
+    """(StudyInstanceUID, [NM files..., SR]) of one synthetic study."""
+    (record,) = generate_phantoms(root / f"study{index}", 1, seed=100 + index, layout=layout)
+    sr = write_sr_like(root / f"study{index}" / "sr.dcm", record.files[0])
+    return record.study_uid, [*record.files, sr]
+
+
+def sop_uids(files: list[Path]) -> set[str]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+
+
+def dicom_destination(name: str, pacs: OrthancServer, ae_title: str | None = None) -> DestinationConfig:
+    return DestinationConfig(name=name, type="dicom", ae_title=ae_title or pacs.ae_title, host=pacs.host,
+                             port=pacs.dicom_port)
+
+
+@pytest.fixture(scope="module")
+def files_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def study_a(files_root: Path) -> tuple[str, list[Path]]:
+    return study_files(files_root, 0)
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    with OrthancServer(tmp_path_factory.mktemp("pacs"), ae_title="PACS") as server:
+        yield server
+
+
+class StatusSCP:
+    """A real pynetdicom storage SCP answering every C-STORE with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.port = free_port()
+        self.peers: list[PeerInfo] = []
+        self.received: list[str] = []
+        ae = AE(ae_title="STATUSSCP")
+        ae.add_supported_context(NuclearMedicineImageStorage, [ExplicitVRLittleEndian])
+        ae.add_supported_context(ComprehensiveSRStorage, [ExplicitVRLittleEndian])
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+
+    def _on_store(self, event: evt.Event) -> int:
+        self.peers.append(PeerInfo.from_association(event.assoc))
+        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return self.status
+
+    def destination(self) -> DestinationConfig:
+        return DestinationConfig(name="scp", type="dicom", ae_title="STATUSSCP", host="127.0.0.1", port=self.port)
+
+
+@pytest.fixture()
+def status_scp(request: pytest.FixtureRequest) -> Iterator[StatusSCP]:
+    scp = StatusSCP(request.param)
+    yield scp
+    scp.server.shutdown()
+
+
+class FakeClock:
+    """Epoch seconds that only move when the test says so."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# --------------------------------------------------------------------------- send_files
+
+
+def test_send_files_stores_every_instance_in_orthanc(pacs: OrthancServer, study_a: tuple[str, list[Path]]) -> None:
+    study_uid, files = study_a
+    send_files(dicom_destination("pacs", pacs), files, calling_ae_title=NODE_AE)
+    assert sop_uids(files) <= pacs.sop_instance_uids()
+    stored = {pacs.instance_tags(i)["SOPInstanceUID"]: i for i in pacs.instances_of_study(study_uid)}
+    assert set(stored) == sop_uids(files)
+    original = pydicom.dcmread(files[0])
+    np.testing.assert_array_equal(pacs.instance_dataset(stored[original.SOPInstanceUID]).pixel_array,
+                                  original.pixel_array)
+    # Sending again is harmless: Orthanc keeps one copy of each instance.
+    send_files(dicom_destination("pacs", pacs), files, calling_ae_title=NODE_AE)
+    assert len(pacs.instances_of_study(study_uid)) == len(files)
+
+
+def test_compressed_file_keeps_its_syntax_or_is_decompressed_for_an_uncompressed_peer(
+    tmp_path: Path, pacs: OrthancServer
+) -> None:
+    (record,) = generate_phantoms(tmp_path / "rle", 1, seed=7, layout="rle")
+    original = pydicom.dcmread(record.files[0])
+    assert original.file_meta.TransferSyntaxUID == RLELossless
+
+    send_files(dicom_destination("pacs", pacs), record.files, calling_ae_title=NODE_AE)
+    (kept,) = pacs.instances_of_study(record.study_uid)
+    assert pacs.instance_dataset(kept).file_meta.TransferSyntaxUID == RLELossless
+
+    with OrthancServer(tmp_path / "plain", ae_title="PLAIN", accepted_transfer_syntaxes=UNCOMPRESSED_ONLY) as plain:
+        send_files(dicom_destination("plain", plain), record.files, calling_ae_title=NODE_AE)
+        (decoded,) = plain.instances()
+        stored = plain.instance_dataset(decoded)
+    assert stored.file_meta.TransferSyntaxUID in UNCOMPRESSED_ONLY
+    assert stored.SOPInstanceUID == original.SOPInstanceUID
+    np.testing.assert_array_equal(stored.pixel_array, original.pixel_array)
+
+
+def test_sender_destination_returns_results_to_the_calling_peer(
+    pacs: OrthancServer, study_a: tuple[str, list[Path]]
+) -> None:
+    # type "sender" is the proposed config addition; the port is the peer's listening port.
+    back = DestinationConfig(name="back", type="sender", port=pacs.dicom_port)  # type: ignore[arg-type]
+    study_uid, files = study_a
+    send_files(back, files[-1:], calling_ae_title=NODE_AE, sender=PeerInfo(ae_title="PACS", host="127.0.0.1"))
+    assert sop_uids(files[-1:]) <= pacs.sop_instance_uids()
+
+    with pytest.raises(DispatchError) as info:
+        send_files(back, files, calling_ae_title=NODE_AE, sender=None)
+    assert not info.value.retryable
+    assert "no sender was recorded" in info.value.reason
+
+
+def test_folder_destination_writes_atomically_per_study(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    study_uid, files = study_a
+    folder = tmp_path / "out"
+    dest = DestinationConfig(name="local", type="folder", path=folder)
+    send_files(dest, files, calling_ae_title=NODE_AE)
+    send_files(dest, files, calling_ae_title=NODE_AE)  # idempotent: same names, same bytes
+
+    written = sorted((folder / study_uid).iterdir())
+    assert len(written) == len(files)
+    assert not [p for p in written if p.name.startswith(".")]  # no temporary files left
+    by_uid = {pydicom.dcmread(p).SOPInstanceUID: p for p in written}
+    for source in files:
+        uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+        assert by_uid[uid].read_bytes() == source.read_bytes()
+    assert {p.name.split("_")[0] for p in written} == {"NM", "SR"}
+
+    with pytest.raises(DispatchError) as info:
+        copy_to_folder([tmp_path / "missing.dcm"], folder)
+    assert not info.value.retryable and "does not exist" in info.value.reason
+
+
+def test_connection_refused_is_reported(study_a: tuple[str, list[Path]]) -> None:
+    port = free_port()
+    dest = DestinationConfig(name="down", type="dicom", ae_title="NOBODY", host="127.0.0.1", port=port)
+    with pytest.raises(DispatchError) as info:
+        send_files(dest, study_a[1], calling_ae_title=NODE_AE, timeout=5)
+    assert info.value.reason == f"connection refused by 127.0.0.1:{port} (nothing listens there)"
+    assert info.value.retryable and info.value.peer_unreachable
+
+
+def test_association_rejected_for_wrong_called_ae_title(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    with OrthancServer(tmp_path / "strict", ae_title="STRICT", check_called_aet=True) as strict:
+        with pytest.raises(DispatchError) as info:
+            send_files(dicom_destination("strict", strict, ae_title="WRONGAE"), study_a[1],
+                       calling_ae_title=NODE_AE, timeout=5)
+    assert info.value.reason.startswith(f"association rejected by WRONGAE@127.0.0.1:{strict.dicom_port}: ")
+    assert "Called AE title not recognised" in info.value.reason
+    assert info.value.peer_unreachable
+
+
+def test_silent_peer_times_out(study_a: tuple[str, list[Path]]) -> None:
+    # A TCP listener that never answers the A-ASSOCIATE-RQ: a hung PACS.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        dest = DestinationConfig(name="hung", type="dicom", ae_title="HUNG", host="127.0.0.1", port=port)
+        started = time.monotonic()
+        with pytest.raises(DispatchError) as info:
+            send_files(dest, study_a[1], calling_ae_title=NODE_AE, timeout=1)
+    assert time.monotonic() - started < 10
+    assert info.value.reason == f"no answer to the association request from HUNG@127.0.0.1:{port} within 1 s"
+
+
+@pytest.mark.parametrize("status_scp", [0xA700], indirect=True)
+def test_cstore_failure_status_is_reported_with_code_and_meaning(
+    status_scp: StatusSCP, study_a: tuple[str, list[Path]]
+) -> None:
+    with pytest.raises(DispatchError) as info:
+        send_files(status_scp.destination(), study_a[1], calling_ae_title=NODE_AE)
+    assert "C-STORE status 0xA700 (Refused: Out of Resources)" in info.value.reason
+    assert info.value.retryable and not info.value.peer_unreachable
+    assert len(status_scp.received) == 1  # stops at the first refused file
+
+
+@pytest.mark.parametrize("status_scp", [0xB000], indirect=True)
+def test_cstore_warning_status_counts_as_delivered(
+    status_scp: StatusSCP, study_a: tuple[str, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    send_files(status_scp.destination(), study_a[1], calling_ae_title=NODE_AE)
+    assert set(status_scp.received) == sop_uids(study_a[1])
+    assert "0xB000 (Coercion of Data Elements)" in caplog.text
+    # The SCP saw this node's AE title and loopback address: what a "sender" destination returns to.
+    assert status_scp.peers[0] == PeerInfo(ae_title=NODE_AE, host="127.0.0.1")
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+def refused_destination() -> DestinationConfig:
+    return DestinationConfig(name="pacs", type="dicom", ae_title="PACS", host="127.0.0.1", port=free_port())
+
+
+def test_outbox_backs_off_exponentially_then_dead_letters(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=4, base_delay_s=5, max_delay_s=12, clock=clock)
+    dest = refused_destination()
+    item_id = outbox.enqueue(study_a[0], "pacs", "sr", study_a[1][-1:])
+    start = clock.now
+
+    schedule = []
+    for _ in range(3):
+        (tried,) = outbox.deliver_due({"pacs": dest}, NODE_AE, timeout=5)
+        assert tried.id == item_id and tried.state == "pending" and tried.retrying
+        assert "connection refused" in (tried.last_error or "")
+        schedule.append(tried.next_attempt_at - clock.now)
+        clock.advance(schedule[-1] - 0.5)
+        assert outbox.deliver_due({"pacs": dest}, NODE_AE) == []  # not due yet
+        clock.advance(0.5)
+    assert schedule == [5, 10, 12]  # 5 · 2^(n-1), capped at 12
+    assert clock.now - start == 27
+
+    (dead,) = outbox.deliver_due({"pacs": dest}, NODE_AE, timeout=5)
+    assert dead.state == "dead" and dead.attempts == 4
+    assert dead.last_error is not None and dead.last_error.startswith("gave up after 4 attempts: connection refused")
+    assert outbox.dead_letters() == [dead]
+    assert outbox.pending_for_study(study_a[0]) == 0 and not outbox.study_delivered(study_a[0])
+    clock.advance(10_000)
+    assert outbox.due() == []
+
+
+def test_outbox_retry_moves_dead_items_back(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=1, clock=clock)
+    dest = refused_destination()
+    ids = [outbox.enqueue(f"1.2.3.{i}", "pacs", "sr", study_a[1][-1:]) for i in range(3)]
+    outbox.deliver_due({"pacs": dest}, NODE_AE, timeout=5)
+    assert [i.id for i in outbox.dead_letters()] == ids
+
+    clock.advance(60)
+    assert outbox.retry(item_id=ids[0]) == 1
+    assert outbox.retry(study_uid="1.2.3.1") == 1
+    assert outbox.retry(item_id=ids[0]) == 0  # already pending, never tried since
+    assert [i.id for i in outbox.dead_letters()] == [ids[2]]
+    due = outbox.due()
+    assert [i.id for i in due] == ids[:2]
+    assert all(i.attempts == 0 and i.next_attempt_at == clock.now for i in due)
+    assert due[0].last_error is not None and due[0].last_error.startswith("retry requested after: ")
+    assert outbox.retry() == 1  # the last dead one
+    assert outbox.dead_letters() == []
+
+
+def test_outbox_survives_restart_and_interrupted_send(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    db = tmp_path / "jobs.sqlite"
+    folder = tmp_path / "out"
+    dest = {"local": DestinationConfig(name="local", type="folder", path=folder)}
+    first = Outbox(db)
+    ids = [first.enqueue(study_a[0], "local", kind, study_a[1]) for kind in ("sr", "sc")]
+    assert first.enqueue(study_a[0], "local", "sr", list(reversed(study_a[1]))) == ids[0]  # idempotent
+
+    def dies_mid_send(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process is killed while sending
+
+    with pytest.raises(KeyboardInterrupt):
+        first.deliver_due(dest, NODE_AE, send=dies_mid_send)
+    first.close()
+
+    second = Outbox(db)
+    assert [(i.id, i.state) for i in second.list_items()] == [(ids[0], "sending"), (ids[1], "pending")]
+    assert second.recover_interrupted() == 1
+    assert second.pending_for_study(study_a[0]) == 2
+    delivered = second.deliver_due(dest, NODE_AE)
+    assert [(i.id, i.state) for i in delivered] == [(ids[0], "delivered"), (ids[1], "delivered")]
+    assert second.study_delivered(study_a[0]) and second.pending_for_study(study_a[0]) == 0
+    assert len(list((folder / study_a[0]).iterdir())) == len(study_a[1])
+
+    # The table lives in the job store's database, in WAL mode.
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT COUNT(*) FROM outbox_items WHERE state = 'delivered'").fetchone()[0] == 2
+
+
+def test_outbox_dead_letters_unknown_destination_and_missing_file(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    outbox = Outbox(tmp_path / "jobs.sqlite")
+    gone = outbox.enqueue(study_a[0], "old-pacs", "sr", study_a[1])
+    missing = outbox.enqueue(study_a[0], "local", "sc", [tmp_path / "deleted.dcm"])
+    dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    tried = {i.id: i for i in outbox.deliver_due(dest, NODE_AE)}
+    assert tried[gone].state == "dead"
+    assert tried[gone].last_error == "destination 'old-pacs' is not in the configuration (configured: local)"
+    assert tried[missing].state == "dead" and tried[missing].attempts == 1
+    assert tried[missing].last_error == f"not retryable: result file {str(tmp_path / 'deleted.dcm')!r} does not exist"
+
+
+def test_outbox_tries_an_unreachable_destination_once_per_pass(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    outbox = Outbox(tmp_path / "jobs.sqlite")
+    calls: list[str] = []
+
+    def counting_send(destination: DestinationConfig, files: list[Path], **kwargs: object) -> None:
+        calls.append(destination.name)
+        send_files(destination, files, **kwargs)  # type: ignore[arg-type]
+
+    for i in range(3):
+        outbox.enqueue(f"1.2.3.{i}", "pacs", "sr", study_a[1][-1:])
+    tried = outbox.deliver_due({"pacs": refused_destination()}, NODE_AE, send=counting_send, timeout=5)
+    assert calls == ["pacs"]
+    assert [(i.state, i.attempts) for i in tried] == [("pending", 1)] * 3
+    assert len({i.last_error for i in tried}) == 1
+
+
+def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    db = tmp_path / "jobs.sqlite"
+    dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    setup = Outbox(db)
+    ids = [setup.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:]) for i in range(24)]
+    sent: Counter[tuple[Path, ...]] = Counter()
+    lock = threading.Lock()
+
+    def slow_send(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        time.sleep(0.01)  # widen the window in which a second worker could grab the same item
+        with lock:
+            sent[files] += 1
+
+    shared = Outbox(db)  # one object used by two threads, plus a second object: both paths
+    workers = [
+        threading.Thread(target=box.deliver_due, args=(dest, NODE_AE, slow_send))
+        for box in (shared, shared, Outbox(db))
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sum(sent.values()) == len(ids)
+    assert [i.state for i in setup.list_items()] == ["delivered"] * len(ids)
+
+
+def test_destination_down_then_up_receives_everything(tmp_path: Path, files_root: Path) -> None:
+    studies = [study_files(files_root, 1), study_files(files_root, 2)]
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "jobs.sqlite", clock=clock, base_delay_s=5)
+    with OrthancServer(tmp_path / "pacs", ae_title="PACS") as pacs:
+        dest = {"pacs": dicom_destination("pacs", pacs)}
+        for study_uid, files in studies:
+            outbox.enqueue(study_uid, "pacs", "sr", files[-1:])
+            outbox.enqueue(study_uid, "pacs", "sc", files[:-1])
+
+        pacs.stop(graceful=False)
+        failed = outbox.deliver_due(dest, NODE_AE, timeout=5)
+        assert [(i.state, i.attempts) for i in failed] == [("pending", 1)] * 4
+        assert all("connection refused" in (i.last_error or "") for i in failed)
+        text = format_outbox_status(outbox.list_items(), now=clock.now, max_attempts=outbox.max_attempts)
+        assert "outbox: 4 pending (4 retrying), 0 sending, 0 delivered, 0 dead" in text
+        assert "in 5 s" in text and "connection refused by 127.0.0.1" in text
+
+        pacs.start()
+        assert outbox.deliver_due(dest, NODE_AE) == []  # backoff not over yet
+        clock.advance(5)
+        delivered = outbox.deliver_due(dest, NODE_AE, timeout=10)
+        assert [i.state for i in delivered] == ["delivered"] * 4
+        assert pacs.sop_instance_uids() == set().union(*(sop_uids(files) for _, files in studies))
+        assert all(outbox.study_delivered(uid) for uid, _ in studies)
+        assert format_outbox_status(outbox.list_items(), now=clock.now) == (
+            "outbox: 0 pending (0 retrying), 0 sending, 4 delivered, 0 dead"
+        )
+
+
+def test_format_outbox_status_lists_undelivered_items_with_reasons(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=2, clock=clock)
+    outbox.enqueue("1.2.3.1", "gone", "sr", study_a[1][-1:])
+    outbox.enqueue("1.2.3.2", "local", "sc", study_a[1][-1:])
+    outbox.deliver_due({"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}, NODE_AE)
+    outbox.enqueue("1.2.3.3", "pacs", "sr", study_a[1][-1:])
+    text = format_outbox_status(outbox.list_items(), now=clock.now, max_attempts=2)
+    lines = text.splitlines()
+    assert lines[0] == "outbox: 1 pending (0 retrying), 0 sending, 1 delivered, 1 dead"
+    assert lines[1].split() == ["ID", "STATE", "DESTINATION", "KIND", "ATTEMPTS", "NEXT", "TRY", "STUDY"]
+    assert lines[2].split() == ["1", "dead", "gone", "sr", "0/2", "-", "1.2.3.1"]
+    assert lines[3].strip() == "destination 'gone' is not in the configuration (configured: local)"
+    assert lines[4].split() == ["3", "pending", "pacs", "sr", "0/2", "due", "now", "1.2.3.3"]
+    assert lines[-1] == "dead items can be sent again with: spectnode retry [--item ID | --study UID]"
+    assert "1.2.3.2" not in text  # delivered items are only counted
