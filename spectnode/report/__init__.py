@@ -28,6 +28,7 @@ from spectnode.report.sc import (
     HEATMAP_THRESHOLD,
     SC_SERIES_DESCRIPTION,
     SC_SERIES_NUMBER,
+    WINDOW_PERCENTILE,
     build_overlay_captures,
     render_overlay,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "SC_SERIES_NUMBER",
     "SR_SERIES_DESCRIPTION",
     "SR_SERIES_NUMBER",
+    "WINDOW_PERCENTILE",
     "AlgorithmInfo",
     "build_not_assessable_sr",
     "build_overlay_captures",

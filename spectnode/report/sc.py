@@ -288,24 +288,26 @@ def _draw_panel(
     draw.text((x, y), "Most probable class", font=regular, fill=_MUTED)
     y += round(1.3 * unit)
     top = result.label or ""
-    draw.text((x, y), f"{_display_name(top)}  {100 * result.probabilities.get(top, 0.0):.1f} %",
-              font=big, fill=_TOP_BAR_COLOUR)
-    y += round(1.9 * unit)
+    y = _wrapped(draw, x, y, f"{_display_name(top)}  {100 * result.probabilities.get(top, 0.0):.1f} %",
+                 big, _TOP_BAR_COLOUR, inner)
+    y += round(0.3 * unit)
     if result.second_label is not None:
         draw.text((x, y), "Second most probable", font=regular, fill=_MUTED)
         y += round(1.3 * unit)
         second = result.second_label
-        draw.text((x, y), f"{_display_name(second)}  {100 * result.probabilities.get(second, 0.0):.1f} %",
-                  font=bold, fill=_TEXT)
-        y += round(1.6 * unit)
+        y = _wrapped(draw, x, y, f"{_display_name(second)}  {100 * result.probabilities.get(second, 0.0):.1f} %",
+                     bold, _TEXT, inner)
+        y += round(0.3 * unit)
     y += margin // 2
 
     draw.text((x, y), "Class probabilities", font=regular, fill=_MUTED)
     y += round(1.4 * unit)
     for class_name in algorithm.classes:
         probability = float(result.probabilities.get(class_name, 0.0))
-        draw.text((x, y), _display_name(class_name), font=regular, fill=_TEXT)
-        draw.text((x + inner, y), f"{100 * probability:.1f} %", font=regular, fill=_TEXT, anchor="ra")
+        percent = f"{100 * probability:.1f} %"
+        room = inner - draw.textlength(percent, font=regular) - unit // 2
+        draw.text((x, y), _truncated(draw, _display_name(class_name), regular, room), font=regular, fill=_TEXT)
+        draw.text((x + inner, y), percent, font=regular, fill=_TEXT, anchor="ra")
         y += round(1.25 * unit)
         bar_height = round(0.45 * unit)
         draw.rectangle((x, y, x + inner, y + bar_height), outline=(170, 170, 170), width=1)
@@ -370,6 +372,15 @@ def _wrap_lines(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont,
             word = word[cut:]
         lines.append(word)
     return lines
+
+
+def _truncated(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: float) -> str:
+    """``text``, shortened with an ellipsis if it is wider than ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "\u2026", font=font) > width:
+        text = text[:-1]
+    return text + "\u2026"
 
 
 def _line_height(font: ImageFont.ImageFont) -> int:
