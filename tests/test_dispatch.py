@@ -15,7 +15,13 @@ import pydicom
 import pytest
 from orthanc import UNCOMPRESSED_ONLY, OrthancServer, free_port
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+    ExplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import NuclearMedicineImageStorage
 
@@ -52,7 +58,8 @@ def write_sr_like(path: Path, evidence: Path) -> Path:
     ds.ValueType = "CONTAINER"
     ds.ContinuityOfContent = "SEPARATE"
     concept = Dataset()
-    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = "126000", "DCM", "Imaging Measurement Report"
+    concept.CodeValue, concept.CodingSchemeDesignator = "126000", "DCM"
+    concept.CodeMeaning = "Imaging Measurement Report"
     ds.ConceptNameCodeSequence = [concept]
     ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
     ds.file_meta = FileMetaDataset()
@@ -266,6 +273,28 @@ def test_cstore_warning_status_counts_as_delivered(
     assert status_scp.peers[0] == PeerInfo(ae_title=NODE_AE, host="127.0.0.1")
 
 
+@pytest.mark.parametrize("status_scp", [0x0000], indirect=True)
+def test_sop_class_the_peer_does_not_support_is_reported(
+    tmp_path: Path, status_scp: StatusSCP, study_a: tuple[str, list[Path]]
+) -> None:
+    # The SCP supports NM and Comprehensive SR only; make an Enhanced SR copy it must refuse.
+    enhanced = pydicom.dcmread(study_a[1][-1])
+    enhanced.SOPClassUID = enhanced.file_meta.MediaStorageSOPClassUID = EnhancedSRStorage
+    enhanced.SOPInstanceUID = enhanced.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    enhanced.save_as(tmp_path / "enhanced.dcm", enforce_file_format=True)
+
+    with pytest.raises(DispatchError) as only_unsupported:
+        send_files(status_scp.destination(), [tmp_path / "enhanced.dcm"], calling_ae_title=NODE_AE)
+    assert only_unsupported.value.reason == (
+        f"STATUSSCP@127.0.0.1:{status_scp.port} accepted the association but none of the proposed "
+        "presentation contexts"
+    )
+    with pytest.raises(DispatchError) as mixed:
+        send_files(status_scp.destination(), [*study_a[1], tmp_path / "enhanced.dcm"], calling_ae_title=NODE_AE)
+    assert "accepted no presentation context for Enhanced SR Storage" in mixed.value.reason
+    assert set(status_scp.received) == sop_uids(study_a[1])  # the supported files went through
+
+
 # --------------------------------------------------------------------------- outbox
 
 
@@ -458,3 +487,36 @@ def test_format_outbox_status_lists_undelivered_items_with_reasons(
     assert lines[4].split() == ["3", "pending", "pacs", "sr", "0/2", "due", "now", "1.2.3.3"]
     assert lines[-1] == "dead items can be sent again with: spectnode retry [--item ID | --study UID]"
     assert "1.2.3.2" not in text  # delivered items are only counted
+
+
+def test_enqueue_outputs_routes_kinds_by_destination_outputs(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    from spectnode.config import parse_config
+    from spectnode.dispatch import destinations_by_name
+
+    cfg = parse_config(
+        {
+            "storage": {"data_dir": str(tmp_path / "data")},
+            "destinations": [
+                {"name": "local", "type": "folder", "path": "results"},
+                {"name": "pacs", "type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 4242,
+                 "outputs": ["sr"]},
+            ],
+        },
+        check_dirs=False,
+    )
+    resolved = destinations_by_name(cfg)
+    assert resolved["local"].path == tmp_path / "data" / "results"
+    assert resolved["pacs"] == cfg.destinations[1]
+
+    outbox = Outbox(tmp_path / "jobs.sqlite")
+    sr, sc = study_a[1][-1:], study_a[1][:1]
+    peer = PeerInfo(ae_title="MODALITY", host="10.0.0.5")
+    ids = outbox.enqueue_outputs(study_a[0], {"sr": sr, "sc": sc}, cfg.destinations, sender=peer)
+    items = outbox.list_items()
+    assert [i.id for i in items] == ids
+    assert [(i.destination, i.kind, i.files) for i in items] == [
+        ("local", "sr", tuple(sr)), ("local", "sc", tuple(sc)), ("pacs", "sr", tuple(sr))
+    ]
+    assert all(i.sender == peer and i.state == "pending" for i in items)
+    assert outbox.enqueue_outputs(study_a[0], {"sr": sr, "sc": sc}, cfg.destinations, sender=peer) == ids
+    assert outbox.counts() == {"pending": 3, "sending": 0, "delivered": 0, "dead": 0}

@@ -185,7 +185,7 @@ def send_files(
     sender: PeerInfo | None = None,
     timeout: float = 30,
 ) -> None:
-    """Deliver ``files`` to ``destination``, all or nothing as far as the caller knows.
+    """Deliver every one of ``files`` to ``destination``, or raise saying why not.
 
     Args:
         destination: A ``folder``, ``dicom`` or ``sender`` destination. Folder
@@ -250,7 +250,8 @@ def copy_to_folder(files: Sequence[Path], folder: Path) -> list[Path]:
     written: list[Path] = []
     for source, header in headers:
         study_dir = folder / _safe_name(str(header.get("StudyInstanceUID", "unknown-study")))
-        name = f"{_safe_name(str(header.get('Modality', 'OT')))}_{_safe_name(str(header.get('SOPInstanceUID', source.stem)))}.dcm"
+        modality = _safe_name(str(header.get("Modality", "OT")))
+        name = f"{modality}_{_safe_name(str(header.get('SOPInstanceUID', source.stem)))}.dcm"
         target = study_dir / name
         try:
             study_dir.mkdir(parents=True, exist_ok=True)
