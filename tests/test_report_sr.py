@@ -392,3 +392,17 @@ def test_class_codes_of_unknown_classes_are_valid_and_distinct():
     with pytest.raises(ValueError):
         content.class_code(" ")
     assert np.isclose(certainty_percent(0.123456), 12.35)
+
+
+def test_a_single_view_study_references_only_that_view(study, algorithm, tmp_path):
+    from spectnode.report import build_overlay_captures
+
+    anterior_only = StudyViews(study.views.study_uid, study.views.anterior, None)
+    result = classified(anterior_only)
+    sr = build_result_sr(study.datasets, anterior_only, result, algorithm)
+    assert dciodvfy_errors(saved(sr, tmp_path / "sr.dcm")) == []
+    for group in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups():
+        (reference,) = group.source_images
+        assert reference.referenced_sop_instance_uid == study.views.anterior.source_sop_instance_uid
+    (capture,) = build_overlay_captures(study.datasets, anterior_only, result, algorithm)
+    assert list(capture.PatientOrientation) == ["L", "F"]

@@ -17,7 +17,7 @@ import highdicom as hd
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
-from spectnode.report.content import research_use_statement
+from spectnode.report import content
 
 if TYPE_CHECKING:
     from spectnode.bundle.card import ModelCard
@@ -91,7 +91,7 @@ class AlgorithmInfo:
             name=card.name,
             version=card.version,
             device_uid=card.device_uid,
-            research_use_statement=research_use_statement(card.intended_use, synthetic),
+            research_use_statement=content.research_use_statement(card.intended_use, synthetic),
             classes=tuple(card.classes),
             scheme=card.scheme,
             manufacturer=manufacturer,
