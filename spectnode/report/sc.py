@@ -160,7 +160,8 @@ def build_overlay_captures(
             if name in result.heatmaps else "no heatmap"
         )
         capture.DerivationDescription = (
-            f"{name.capitalize()} view, inverted grey scale windowed at the 99th percentile, "
+            f"{name.capitalize()} view, inverted grey scale windowed at the "
+            f"{WINDOW_PERCENTILE:g}th percentile of counted pixels, "
             f"{heatmap_note}, result of {algorithm.name} {algorithm.version} burned in"
         )[:1024]
         capture.ImageComments = algorithm.research_use_statement[:10240]
@@ -185,12 +186,12 @@ def render_overlay(view: ViewImage, result: StudyResult, algorithm: AlgorithmInf
         if heatmap.shape != (rows, cols):
             raise ValueError(f"the {view.view} heatmap is {heatmap.shape}, the view {(rows, cols)}")
         large = np.asarray(
-            Image.fromarray(np.clip(heatmap, 0.0, 1.0), mode="F").resize(
+            Image.fromarray(np.clip(heatmap, 0.0, 1.0).astype(np.float32)).resize(
                 (cols * scale, rows * scale), Image.Resampling.BILINEAR
             )
         )
         rgb = _blend_heatmap(rgb, large)
-    scan = Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8), mode="RGB")
+    scan = Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8))
 
     height = scan.height
     unit = max(12, round(height / 64))  # font size: 32 px on a 2048-row capture
