@@ -131,8 +131,9 @@ class CompletionConfig:
 class DispatchConfig:
     """Retries of the durable outbox."""
 
-    #: Attempts before an item goes to the visible dead-letter state.
-    max_attempts: int = 8
+    #: Attempts before an item goes to the visible dead-letter state
+    #: (20 with the 600 s cap keeps trying for about 2.5 hours: a PACS outage).
+    max_attempts: int = 20
     #: First retry delay; doubles after each failure ...
     retry_base_seconds: float = 5.0
     #: ... up to this delay.

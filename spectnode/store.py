@@ -587,13 +587,16 @@ class JobStore:
         """
         now = time.time() if now is None else now
         with self._write() as db:
-            row = db.execute("SELECT state, error_stage FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            row = db.execute("SELECT state, error_stage, result FROM studies WHERE study_uid = ?",
+                             (study_uid,)).fetchone()
             if row is None or row["state"] != ERROR:
                 return None
             stage = row["error_stage"] or COMPLETE
+            # A not-assessable study keeps its reason (the error message replaced it).
+            reason = json.loads(row["result"]).get("reason") if stage == NOT_ASSESSABLE and row["result"] else None
             db.execute(
-                "UPDATE studies SET state = ?, error_stage = NULL, reason = NULL, updated_at = ? WHERE study_uid = ?",
-                (stage, now, study_uid),
+                "UPDATE studies SET state = ?, error_stage = NULL, reason = ?, updated_at = ? WHERE study_uid = ?",
+                (stage, reason, now, study_uid),
             )
             self._event(db, study_uid, stage, "retried by an operator", now)
             return stage
