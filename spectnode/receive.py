@@ -41,6 +41,7 @@ import re
 import sqlite3
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -107,6 +108,11 @@ ACCEPTED_TRANSFER_SYNTAXES: Final = (
     JPEG2000,
     RLELossless,
 )
+
+# warnings.catch_warnings changes process-wide state; parses take turns.
+_PARSE_LOCK: Final = threading.Lock()
+# Source files of pydicom's dataset reader: its warnings are about structure.
+_PYDICOM_READER_FILES: Final = frozenset({"filereader.py", "fileutil.py"})
 
 # A UID used as a file name must not be able to climb out of the spool.
 _SAFE_UID: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -307,12 +313,32 @@ class StorageSCP:
 
     @staticmethod
     def _identify(data: bytes) -> _Identity:
-        """Study/series/instance UIDs, SOP class and modality, without the pixels."""
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, force=True)
-        # pydicom parses lazily; touching every top-level element makes a
-        # garbled dataset fail here rather than somewhere downstream.
-        for _ in ds:
-            pass
+        """Study/series/instance UIDs, SOP class and modality, without the pixels.
+
+        Raises:
+            ValueError: If the dataset cannot be parsed. pydicom is lenient
+                (it reads garbage as an empty dataset, or guesses the VR
+                encoding), so its reader's own warnings about the structure
+                (wrong VR encoding, values running past the end ...) count as
+                failures too; warnings about single values do not.
+        """
+        with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+            for tag in list(ds.keys()):
+                raw = ds.get_item(tag)  # the element as read, before value conversion
+                length = getattr(raw, "length", None)
+                value = getattr(raw, "value", None)
+                if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) != length:
+                    raise ValueError(f"element {tag} declares {length} bytes but the dataset ends after {len(value)}")
+            # pydicom parses lazily; touching every top-level element makes a
+            # garbled dataset fail here rather than somewhere downstream.
+            elements = sum(1 for _ in ds)
+        structural = [str(w.message) for w in caught if Path(w.filename).name in _PYDICOM_READER_FILES]
+        if structural:
+            raise ValueError("; ".join(structural))
+        if elements == 0:
+            raise ValueError("the dataset holds no data elements")
 
         def text(keyword: str) -> str:
             value = ds.get(keyword)

@@ -120,6 +120,7 @@ class Node:
         self._classifier_loader = classifier_loader
         self._classifier: Any = None
         self._algorithm: Any = None
+        self._preload_tried = False
         self._stopping = threading.Event()
         self._stages: list[_Stage] = []
         self.store: JobStore | None = None
@@ -236,6 +237,15 @@ class Node:
         is known instead of after every queued study has been classified.
         """
         assert self.store is not None
+        if not self._preload_tried:
+            # Load the model before the first study needs it (TensorFlow takes seconds
+            # to start); a failure is logged here and reported on each study.
+            self._preload_tried = True
+            try:
+                self._load_classifier()
+            except Exception as exc:  # noqa: BLE001 - the studies will carry the error
+                _log.error("the model cannot be loaded from %s: %s: %s", self.bundle or "the shipped default bundle",
+                           type(exc).__name__, exc)
         pending = self.store.studies([CLASSIFIED]) + [
             s for s in self.store.studies([NOT_ASSESSABLE]) if s.report_pending
         ]
