@@ -1,0 +1,132 @@
+"""Helpers for the node tests: DCMTK peers, a tiny model bundle, a node subprocess.
+
+Tests import this module directly (pytest puts ``tests/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import yaml
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
+
+from dicomtools import require_tool
+
+#: storescu option that proposes a compressed file's own transfer syntax
+#: (storescu proposes only uncompressed syntaxes unless told).
+STORESCU_TS_OPTION = {
+    RLELossless: "-xr",
+    JPEGLSLossless: "-xt",
+    JPEGLosslessSV1: "-xs",
+    JPEG2000Lossless: "-xv",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def storescu(port: int, files: list[Path], aet: str = "CAMERA", aec: str = "SPECTNODE",
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Send files with DCMTK storescu, one association per transfer syntax group."""
+    exe = require_tool("storescu")
+    groups: dict[str | None, list[str]] = {}
+    for f in files:
+        ts = pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        groups.setdefault(STORESCU_TS_OPTION.get(ts), []).append(str(f))
+    last: subprocess.CompletedProcess[str] | None = None
+    for option, paths in groups.items():
+        cmd = [exe, "-aet", aet, "-aec", aec, *([option] if option else []), "127.0.0.1", str(port), *paths]
+        last = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if last.returncode != 0:
+            return last
+    assert last is not None
+    return last
+
+
+def echoscu(port: int, aet: str = "CAMERA", aec: str = "SPECTNODE") -> bool:
+    exe = require_tool("echoscu")
+    proc = subprocess.run([exe, "-aet", aet, "-aec", aec, "-to", "2", "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=10)
+    return proc.returncode == 0
+
+
+def tiny_bundle(tmp_path_factory: Any) -> Path:
+    """A tiny dSPIC bundle trained for one epoch on 16 phantoms (about 25 s), once per test session."""
+    base = tmp_path_factory.getbasetemp()
+    bundle = base / "node-tiny-bundle"
+    if (bundle / "card.json").exists():
+        return bundle
+    from spectnode.phantom.generate import generate_phantoms
+
+    phantoms = base / "node-tiny-bundle-phantoms"
+    generate_phantoms(phantoms, n=16, seed=21)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spectnode", "train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"),
+         "--arch", "dSPIC-AM", "--scheme", "dspic4", "--out", str(bundle), "--epochs", "1",
+         "--input-shape", "128x32", "--arch-options", '{"fc_units": [16]}', "--batch-size", "8"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return bundle
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+class NodeProcess:
+    """``python -m spectnode serve --config FILE`` as a subprocess, logging to a file."""
+
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.config = config
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> NodeProcess:
+        """Start and wait until the node answers C-ECHO (echoscu)."""
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        log = self.log.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "spectnode", "serve", "--config", str(self.config)],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            if echoscu(self.port):
+                return self
+            time.sleep(0.3)
+        raise AssertionError(f"node did not answer C-ECHO within {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or power cut."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise

@@ -1,0 +1,255 @@
+"""The storage SCP with real peers (DCMTK storescu/echoscu, pynetdicom): spool, store, statuses, faults."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import resource
+import shutil
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLSNearLossless,
+    generate_uid,
+)
+from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
+from pynetdicom.sop_class import CTImageStorage, NuclearMedicineImageStorage, Verification
+
+from nodetools import echoscu, storescu
+from spectnode.phantom.dicom import LAYOUTS
+from spectnode.phantom.generate import generate_phantoms
+from spectnode.receive import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_OUT_OF_RESOURCES,
+    StorageSCP,
+    spool_path,
+)
+from spectnode.store import JobStore
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("receive-phantoms")
+    return generate_phantoms(out, n=len(LAYOUTS), seed=5)  # the first 9 studies take every layout once
+
+
+class Node:
+    def __init__(self, root: Path, allowed=("CAMERA", "PACS")) -> None:
+        self.store = JobStore(root / "jobs.sqlite")
+        self.stored: list[str] = []
+        self.scp = StorageSCP(self.store, root / "spool", ae_title="SPECTNODE", port=0,
+                              allowed_calling_ae_titles=allowed, on_stored=self.stored.append)
+        self.scp.start()
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def close(self) -> None:
+        self.scp.stop()
+        self.store.close()
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    n = Node(tmp_path_factory.mktemp("receive-node"))
+    yield n
+    n.close()
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded dataset of a Part 10 file, after its file meta."""
+    data = path.read_bytes()
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    buffer = BytesIO()
+    write_file_meta_info(buffer, meta, enforce_standard=False)
+    return data[128 + 4 + len(buffer.getvalue()):]
+
+
+def test_every_layout_is_spooled_as_received_and_recorded(node, phantoms):
+    for record in phantoms:
+        proc = storescu(node.port, record.files)
+        assert proc.returncode == 0, f"{record.layout}: {proc.stderr}"
+    for record in phantoms:
+        study = node.store.study(record.study_uid)
+        assert study is not None and study.instance_count == len(record.files), record.layout
+        assert (study.calling_ae, study.peer_address) == ("CAMERA", "127.0.0.1")
+        for source in record.files:
+            sop = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+            spooled = spool_path(node.scp.spool_dir, record.study_uid, sop)
+            # The dataset bytes are exactly what the camera sent (no re-encoding).
+            assert dataset_bytes(spooled) == dataset_bytes(source), record.layout
+            ts = pydicom.dcmread(spooled, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            assert ts == pydicom.dcmread(source, stop_before_pixels=True).file_meta.TransferSyntaxUID
+            row = {r["sop_instance_uid"]: r for r in node.store.instances(record.study_uid)}[sop]
+            assert row["sha256"] == hashlib.sha256(spooled.read_bytes()).hexdigest()
+            assert row["modality"] == "NM"
+    assert not list(node.scp.spool_dir.rglob("*.tmp"))
+
+
+def test_c_echo(node):
+    assert echoscu(node.port)
+
+
+def test_unknown_calling_ae_and_wrong_called_ae_are_refused(node, phantoms, caplog):
+    record = phantoms[0]
+    before = node.store.counts_by_state()
+    caplog.set_level(logging.WARNING, logger="spectnode.receive")
+    bad_caller = storescu(node.port, record.files, aet="BADAE")
+    assert bad_caller.returncode != 0
+    assert "Calling AE Title Not Recognized" in bad_caller.stderr
+    wrong_called = storescu(node.port, record.files, aec="NOTUS")
+    assert wrong_called.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong_called.stderr
+    assert node.store.counts_by_state() == before
+    assert any("BADAE" in r.getMessage() and "refused" in r.getMessage() for r in caplog.records)
+
+
+def test_all_storage_classes_and_common_transfer_syntaxes_are_accepted(node):
+    syntaxes = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
+                JPEGLossless, JPEGLSNearLossless, JPEG2000]
+    ae = AE(ae_title="CAMERA")
+    for sop_class in (NuclearMedicineImageStorage, CTImageStorage):
+        for ts in syntaxes:
+            ae.add_requested_context(sop_class, ts)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="SPECTNODE")
+    try:
+        assert assoc.is_established
+        accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
+        assert accepted == {(s, t) for s in (NuclearMedicineImageStorage, CTImageStorage) for t in syntaxes}
+    finally:
+        assoc.release()
+
+
+def _send(port: int, payload, sop_class=NuclearMedicineImageStorage, ts=ExplicitVRLittleEndian) -> int:
+    ae = AE(ae_title="CAMERA")
+    ae.add_requested_context(sop_class, ts)
+    assoc = ae.associate("127.0.0.1", port, ae_title="SPECTNODE")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(payload)
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def _raw_file(path: Path, body: bytes, sop: str) -> Path:
+    """A Part 10 file whose file meta is fine but whose dataset is ``body`` as given."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = BytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta)
+    path.write_bytes(buffer.getvalue() + body)
+    return path
+
+
+def test_unparseable_and_unidentifiable_datasets_fail_with_a_log_line(node, phantoms, tmp_path, caplog,
+                                                                      monkeypatch):
+    caplog.set_level(logging.ERROR, logger="spectnode.receive")
+    before = node.store.counts_by_state()
+    # Send the files' dataset bytes as they are, without pynetdicom decoding them first.
+    monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)
+    garbage = _raw_file(tmp_path / "garbage.dcm", bytes(range(256)) * 4, generate_uid())
+    assert _send(node.port, garbage) == STATUS_CANNOT_UNDERSTAND
+    assert any("cannot be parsed" in r.getMessage() for r in caplog.records)
+
+    ds = pydicom.dcmread(phantoms[0].files[0])
+    del ds.SOPInstanceUID
+    del ds.StudyInstanceUID
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    stripped = _raw_file(tmp_path / "no-uids.dcm", body.getvalue(), generate_uid())
+    assert _send(node.port, stripped) == STATUS_DOES_NOT_MATCH_SOP_CLASS
+    assert any("has no StudyInstanceUID and no SOPInstanceUID" in r.getMessage() for r in caplog.records)
+    assert node.store.counts_by_state() == before
+
+
+def test_duplicates_are_idempotent_and_changed_objects_are_noticed(node, phantoms):
+    record = phantoms[0]
+    storescu(node.port, record.files)  # already sent in the first test, or sent now
+    study = node.store.study(record.study_uid)
+    node.stored.clear()
+    assert storescu(node.port, record.files).returncode == 0
+    again = node.store.study(record.study_uid)
+    assert again.content_version == study.content_version and not node.stored
+
+    ds = pydicom.dcmread(record.files[0])
+    ds.SeriesDescription = "WB edited"  # same SOP Instance UID, different content
+    assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == 0
+    changed = node.store.study(record.study_uid)
+    assert changed.content_version == study.content_version + 1 and node.stored == [record.study_uid]
+    spooled = spool_path(node.scp.spool_dir, record.study_uid, ds.SOPInstanceUID)
+    assert pydicom.dcmread(spooled, stop_before_pixels=True).SeriesDescription == "WB edited"
+
+
+def test_deflated_dataset_is_stored(node):
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.PatientName = "Deflate^Test"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    assert _send(node.port, ds, sop_class=CTImageStorage, ts=DeflatedExplicitVRLittleEndian) == 0
+    spooled = spool_path(node.scp.spool_dir, ds.StudyInstanceUID, ds.SOPInstanceUID)
+    back = pydicom.dcmread(spooled)
+    assert back.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    assert back.PatientName == "Deflate^Test"
+
+
+def test_a_broken_spool_answers_out_of_resources(tmp_path, phantoms, caplog):
+    caplog.set_level(logging.ERROR, logger="spectnode.receive")
+    broken = Node(tmp_path)
+    try:
+        # The spool folder is replaced by a plain file: every write fails with ENOTDIR.
+        shutil.rmtree(broken.scp.spool_dir)
+        broken.scp.spool_dir.write_text("not a folder")
+        assert storescu(broken.port, phantoms[0].files).returncode != 0
+        assert _send(broken.port, pydicom.dcmread(phantoms[0].files[0])) == STATUS_OUT_OF_RESOURCES
+        assert broken.store.studies() == []
+        assert any("out of resources" in r.getMessage() and "NotADirectoryError" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        broken.close()
+
+
+def test_a_full_disk_answers_out_of_resources(tmp_path, phantoms, caplog):
+    """A real write failure: the file size limit (RLIMIT_FSIZE) makes writes fail with EFBIG,
+    as a full disk makes them fail with ENOSPC (Python ignores SIGXFSZ, so write() returns the error)."""
+    caplog.set_level(logging.ERROR, logger="spectnode.receive")
+    small = Node(tmp_path)
+    multiframe = next(r for r in phantoms if r.layout == "multiframe")
+    assert multiframe.files[0].stat().st_size > 1_000_000
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, hard))
+        status = _send(small.port, pydicom.dcmread(multiframe.files[0]))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    try:
+        assert status == STATUS_OUT_OF_RESOURCES
+        assert small.store.studies() == []
+        assert not [p for p in small.scp.spool_dir.rglob("*") if p.is_file()]  # no partial file left
+        assert any("File too large" in r.getMessage() for r in caplog.records)
+    finally:
+        small.close()
