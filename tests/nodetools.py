@@ -81,6 +81,46 @@ def tiny_bundle(tmp_path_factory: Any) -> Path:
     return bundle
 
 
+# Until spectnode.cli has the node subcommands, the same functions run through this runner.
+_RUNNER = """
+import sys
+from pathlib import Path
+from spectnode.config import load_config
+from spectnode.node import commands
+args = sys.argv[1:]
+cmd = args.pop(0)
+config = args.pop(args.index("--config") + 1) if "--config" in args else None
+if "--config" in args: args.remove("--config")
+if cmd == "demo":
+    sys.exit(commands.demo(Path(args[args.index("--workdir") + 1]) if "--workdir" in args else None))
+cfg = load_config(config)
+if cmd == "serve": sys.exit(commands.serve(cfg))
+if cmd == "status": sys.exit(commands.status(cfg, json="--json" in args))
+if cmd == "retry": sys.exit(commands.retry(cfg, None if "--all" in args else args[0]))
+"""
+
+
+def _cli_has(command: str) -> bool:
+    from spectnode.cli import build_parser
+
+    parser = build_parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
+    return command in choices
+
+
+def spectnode_command(command: str, *args: str) -> list[str]:
+    """argv that runs ``spectnode COMMAND ARGS`` in a fresh interpreter."""
+    if _cli_has(command):
+        return [sys.executable, "-m", "spectnode", command, *args]
+    return [sys.executable, "-c", _RUNNER, command, *args]
+
+
+def run_spectnode(command: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(spectnode_command(command, *args), capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
 def write_config(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
@@ -99,7 +139,7 @@ class NodeProcess:
         """Start and wait until the node answers C-ECHO (echoscu)."""
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         log = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "spectnode", "serve", "--config", str(self.config)],
+        self.proc = subprocess.Popen(spectnode_command("serve", "--config", str(self.config)),
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout
@@ -130,3 +170,50 @@ class NodeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+
+def _content_items(items: Any) -> Any:
+    for item in items or []:
+        yield item
+        yield from _content_items(item.get("ContentSequence"))
+
+
+def _concept(item: Any) -> str:
+    seq = item.get("ConceptNameCodeSequence")
+    return f"{seq[0].CodingSchemeDesignator}:{seq[0].CodeValue}" if seq else ""
+
+
+def sr_findings(sr: Any) -> dict[str, float]:
+    """Finding code value -> Certainty of Finding (%) of each TID 1501 group of an SR."""
+    found: dict[str, float] = {}
+    for group in _content_items(sr.ContentSequence):
+        children = list(group.get("ContentSequence") or [])
+        finding = [c for c in children if _concept(c) == "DCM:121071" and c.ValueType == "CODE"]
+        certainty = [c for c in children if _concept(c) == "DCM:111012" and c.ValueType == "NUM"]
+        if finding and certainty:
+            value = float(certainty[0].MeasuredValueSequence[0].NumericValue)
+            found[finding[0].ConceptCodeSequence[0].CodeValue] = value
+    return found
+
+
+def sr_text_values(sr: Any) -> list[str]:
+    """Every TEXT value of an SR's content tree."""
+    return [str(i.TextValue) for i in _content_items(sr.ContentSequence) if i.ValueType == "TEXT"]
+
+
+def sr_code_values(sr: Any) -> list[tuple[str, str]]:
+    """(concept name code, value code value) of every CODE item of an SR's content tree."""
+    return [(_concept(i), i.ConceptCodeSequence[0].CodeValue)
+            for i in _content_items(sr.ContentSequence) if i.ValueType == "CODE"]
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
