@@ -1,0 +1,53 @@
+"""``spectnode demo``: a node on loopback, four phantom studies over DICOM, results printed and kept."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+
+from dicomtools import dciodvfy_errors
+from nodetools import tiny_bundle
+
+_DEMO_WITH_BUNDLE = """
+import sys
+from pathlib import Path
+from spectnode.node.commands import demo
+sys.exit(demo(Path(sys.argv[1]), bundle=Path(sys.argv[2])))
+"""
+
+
+def test_demo_sends_four_studies_and_leaves_their_results(tmp_path, tmp_path_factory):
+    workdir = tmp_path / "demo"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _DEMO_WITH_BUNDLE, str(workdir), str(tiny_bundle(tmp_path_factory))],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert elapsed < 90, f"the demo took {elapsed:.0f} s"
+    out = proc.stdout
+    assert f"working folder {workdir.resolve()}" in out
+    truths = re.findall(r"phantom truth: (\w+) \(([\w-]+)\)", out)
+    assert sorted(t for t, _ in truths) == ["arthritic", "both", "metastatic", "normal"]  # one study per class
+    assert len({layout for _, layout in truths}) == 4  # each in another layout
+    results = re.findall(r"result: (\w+)[^\[]*\[([^\]]+)\]", out)
+    assert len(results) == 4
+    for label, probabilities in results:
+        values = dict(p.rsplit(" ", 1) for p in probabilities.split(", "))
+        assert set(values) == {"normal", "metastatic", "arthritic", "both"}
+        assert abs(sum(float(v) for v in values.values()) - 1.0) < 0.01
+        assert label == max(values, key=lambda k: float(values[k]))
+    srs = [Path(p) for p in re.findall(r"SR: (\S+)", out)]
+    scs = [Path(p) for p in re.findall(r"SC: (\S+)", out)]
+    assert len(srs) == 4 and len(scs) == 8
+    for path in srs + scs:
+        assert path.is_file() and path.is_relative_to(workdir.resolve() / "results")
+    sr = pydicom.dcmread(srs[0])
+    assert sr.Modality == "SR" and dciodvfy_errors(srs[0]) == []
+    assert f"SR and secondary-capture files are in {workdir.resolve() / 'results'}" in out
