@@ -175,3 +175,28 @@ def test_dead_letters_are_listed_and_retry_sends_them(env, tmp_path):
     finally:
         archive.terminate()
         archive.wait(timeout=10)
+
+
+def test_without_not_assessable_sr_a_ct_study_only_shows_its_reason(env):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    settings = json.loads(json.dumps(env["settings"]))
+    settings["report"] = {"not_assessable_sr": False}
+    settings["completion"] = {"timeout_seconds": 1}
+    write_config(env["config"], settings)
+    restart(env, kill=False)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "CT", "CT-2"
+    path = env["root"] / "ct.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert storescu(env["port"], [path]).returncode == 0
+    study = finished(env["store"], ds.StudyInstanceUID, timeout=30)
+    assert study.state == "not_assessable" and "Modality CT" in study.reason
+    assert not study.report_pending and env["store"].outputs(ds.StudyInstanceUID) == []
+    report = json.loads(run_spectnode("status", "--config", str(env["config"]), "--json").stdout)
+    assert not [i for i in report["outbox"]["items"] if i["study_uid"] == ds.StudyInstanceUID]
