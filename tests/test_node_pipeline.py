@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -155,7 +153,7 @@ def test_unknown_calling_ae_is_refused_and_nothing_stored(setup, tmp_path):
     assert not (setup["root"] / "data" / "spool" / record.study_uid).exists()
 
 
-def _send(port: int, ds: Dataset, sop_class, raw: bool = False) -> int:
+def _send(port: int, ds: object, sop_class, raw: bool = False) -> int:
     from pynetdicom import AE
     from pynetdicom import _config as pynetdicom_config
 
@@ -256,12 +254,16 @@ def test_a_destination_that_goes_down_still_gets_everything(setup, pacs, tmp_pat
         assert storescu(setup["port"], record.files).returncode == 0
         wait_for(lambda: store.study(record.study_uid) and store.study(record.study_uid).state == REPORTED,
                  60, "the study to be reported")
-        status = json.loads(wait_for(
-            lambda: (p := run_spectnode("status", "--config", str(setup["config"]), "--json")).returncode == 0
-            and '"attempts": 2' in p.stdout and p.stdout, 60, "two failed attempts in status"))
-        items = [i for i in status["outbox"]["items"] if i["study_uid"] == record.study_uid]
-        assert {i["destination"] for i in items} == {"pacs"}
-        assert all(i["state"] == "pending" and i["last_error"] for i in items)
+
+        def retrying_items():
+            proc = run_spectnode("status", "--config", str(setup["config"]), "--json")
+            items = [i for i in json.loads(proc.stdout)["outbox"]["items"] if i["study_uid"] == record.study_uid]
+            return items if any(i["attempts"] >= 2 for i in items) else None
+
+        items = wait_for(retrying_items, 60, "two failed attempts in status", interval=0.5)
+        assert {i["destination"] for i in items} == {"pacs"}  # the folder copy went through meanwhile
+        assert all(i["state"] in ("pending", "sending") for i in items)
+        assert any("127.0.0.1" in (i["last_error"] or "") for i in items)
     finally:
         pacs.start()
     settle(store, [record.study_uid], timeout=60)
@@ -279,3 +281,16 @@ def test_status_lists_studies_by_state(setup, layouts):
     assert report["counts"]["dispatched"] >= len(layouts)
     by_uid = {s["study_uid"]: s for s in report["studies"]}
     assert by_uid[layouts[0].study_uid]["label"] == setup["store"].study(layouts[0].study_uid).result["label"]
+
+
+def test_a_single_view_is_processed_after_the_idle_timeout(setup, tmp_path):
+    store = setup["store"]
+    record = generate_phantoms(tmp_path, n=1, seed=909, layout="split-instances")[0]
+    anterior_file = record.views["anterior"][0]
+    assert storescu(setup["port"], [anterior_file]).returncode == 0
+    time.sleep(1.5)
+    assert store.study(record.study_uid).state == "received"  # waiting: one view is not complete
+    (study,) = settle(store, [record.study_uid], timeout=30)
+    assert study.state == DISPATCHED and study.completed_by == "timeout"
+    assert study.result["views"] == ["anterior"]
+    assert sorted(o.kind for o in store.outputs(record.study_uid)) == ["sc", "sr"]

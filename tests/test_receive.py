@@ -26,7 +26,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.sop_class import CTImageStorage, NuclearMedicineImageStorage, Verification
+from pynetdicom.sop_class import CTImageStorage, NuclearMedicineImageStorage
 
 from nodetools import echoscu, storescu
 from spectnode.phantom.dicom import LAYOUTS

@@ -23,7 +23,6 @@ import io
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,7 +45,7 @@ from spectnode.store import (
     StudyRecord,
 )
 
-__all__ = ["ClassifiedStudy", "classify_study", "report_study", "study_folder", "result_summary"]
+__all__ = ["classify_study", "report_study", "study_folder", "result_summary", "enqueue_for_destinations"]
 
 _log = logging.getLogger("spectnode.node")
 
@@ -74,14 +73,6 @@ def _read_views(store: JobStore, study_uid: str) -> StudyViews | NotAssessable:
         reasons = "; ".join(v.reason for v in found.values() if isinstance(v, NotAssessable)) or "no objects"
         return NotAssessable(study_uid, f"no object of the study could be read: {reasons}", "unreadable")
     return outcome
-
-
-@dataclass
-class ClassifiedStudy:
-    """What the classify stage stored, loaded back for the report stage."""
-
-    result: Any  # spectnode.classify.StudyResult
-    views: StudyViews | NotAssessable
 
 
 def classify_study(
