@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from spectnode.config import DestinationConfig
-from spectnode.imaging.views import NotAssessable, StudyViews, load_study_views, read_study_views
+from spectnode.imaging.views import NotAssessable, StudyViews, read_study_views
 from spectnode.receive import spool_path, write_durably
 from spectnode.store import (
     CLASSIFIED,
@@ -51,6 +51,8 @@ _log = logging.getLogger("spectnode.node")
 
 #: Name of the per-study summary written next to the result files.
 RESULT_SUMMARY: Final = "result.json"
+# Values longer than this are read from the spooled file only when used (pixel data).
+_DEFER_SIZE: Final = "64 KB"
 
 
 def study_folder(root: Path, study_uid: str) -> Path:
@@ -66,13 +68,38 @@ def _extra(study: StudyRecord) -> dict[str, Any]:
     return {"study_uid": study.study_uid, "calling_ae": study.calling_ae}
 
 
+def _study_datasets(store: JobStore, study_uid: str) -> tuple[list[Dataset], list[str]]:
+    """The study's spooled objects, and why any of them could not be read.
+
+    NM objects are read with their pixel data deferred (decoded only for the
+    frames that hold a view); other objects (the CT of a SPECT/CT ...) only
+    up to their pixel data, which nothing downstream needs.
+    """
+    datasets: list[Dataset] = []
+    problems: list[str] = []
+    for row in store.instances(study_uid):
+        path = Path(row["path"])
+        try:
+            if str(row["modality"] or "").upper() == "NM":
+                datasets.append(pydicom.dcmread(path, defer_size=_DEFER_SIZE))
+            else:
+                datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception as exc:  # noqa: BLE001 - a spooled file that no longer reads is reported, not fatal
+            problems.append(f"{path.name}: cannot be read as DICOM: {exc}")
+    return datasets, problems
+
+
 def _read_views(store: JobStore, study_uid: str) -> StudyViews | NotAssessable:
-    found = load_study_views(store.instance_paths(study_uid))
-    outcome = found.get(study_uid)
-    if outcome is None:  # every file failed to parse; load_study_views keyed them by path
-        reasons = "; ".join(v.reason for v in found.values() if isinstance(v, NotAssessable)) or "no objects"
-        return NotAssessable(study_uid, f"no object of the study could be read: {reasons}", "unreadable")
-    return outcome
+    datasets, problems = _study_datasets(store, study_uid)
+    if not datasets:
+        return NotAssessable(study_uid, "no object of the study could be read: " + ("; ".join(problems) or
+                                                                                     "no objects"), "unreadable")
+    found = read_study_views(datasets)
+    if problems:
+        _log.warning("study %s: %s", study_uid, "; ".join(problems), extra={"study_uid": study_uid})
+        if isinstance(found, NotAssessable):
+            found = NotAssessable(study_uid, f"{found.reason}; also: {'; '.join(problems)}", found.code)
+    return found
 
 
 def classify_study(
@@ -165,8 +192,9 @@ def _build_outputs(
 ) -> list[tuple[OutputRecord, Dataset]]:
     from spectnode.report import build_not_assessable_sr, build_overlay_captures, build_result_sr
 
-    paths = store.instance_paths(study.study_uid)
-    sources = [pydicom.dcmread(p) for p in paths]
+    sources, problems = _study_datasets(store, study.study_uid)
+    if problems:
+        raise RuntimeError("; ".join(problems))
     predecessor_record = store.predecessor_sr(study.study_uid, study.generation)
     predecessor = None
     if predecessor_record is not None:
