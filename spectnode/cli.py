@@ -164,6 +164,47 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _node_config(args: argparse.Namespace):
+    """The validated configuration, or None after printing why (exit code 2)."""
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"spectnode: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .node.commands import serve
+
+    cfg = _node_config(args)
+    return EXIT_USAGE if cfg is None else serve(cfg)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .node.commands import status
+
+    cfg = _node_config(args)
+    return EXIT_USAGE if cfg is None else status(cfg, json=args.json)
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from .node.commands import retry
+
+    if (args.target is None) == (not args.all):
+        print("spectnode retry: give an outbox item ID, a study UID, or --all", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = _node_config(args)
+    return EXIT_USAGE if cfg is None else retry(cfg, None if args.all else args.target)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .node.commands import demo
+
+    return demo(Path(args.workdir) if args.workdir else None)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -236,6 +277,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", help="bundle folder (default: the shipped synthetic-trained model)")
     p.add_argument("--json", action="store_true", help="one JSON object per study per line")
     p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("serve", help="run the DICOM node (C-STORE/C-ECHO SCP, classify, report, dispatch)")
+    p.add_argument("--config", help="YAML configuration (default: built-in defaults)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("status", help="studies by state, the outbox and dead letters")
+    p.add_argument("--config", help="YAML configuration (default: built-in defaults)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("retry", help="send dead-lettered results again / resume studies in error")
+    p.add_argument("target", nargs="?", help="outbox item ID or study UID")
+    p.add_argument("--all", action="store_true", help="everything dead or in error")
+    p.add_argument("--config", help="YAML configuration (default: built-in defaults)")
+    p.set_defaults(func=_cmd_retry)
+
+    p = sub.add_parser("demo", help="start the node on loopback, send phantom studies, print the results")
+    p.add_argument("--workdir", help="folder for the demo's data and results (default: a new temporary folder)")
+    p.set_defaults(func=_cmd_demo)
 
     return parser
 

@@ -81,38 +81,9 @@ def tiny_bundle(tmp_path_factory: Any) -> Path:
     return bundle
 
 
-# Until spectnode.cli has the node subcommands, the same functions run through this runner.
-_RUNNER = """
-import sys
-from pathlib import Path
-from spectnode.config import load_config
-from spectnode.node import commands
-args = sys.argv[1:]
-cmd = args.pop(0)
-config = args.pop(args.index("--config") + 1) if "--config" in args else None
-if "--config" in args: args.remove("--config")
-if cmd == "demo":
-    sys.exit(commands.demo(Path(args[args.index("--workdir") + 1]) if "--workdir" in args else None))
-cfg = load_config(config)
-if cmd == "serve": sys.exit(commands.serve(cfg))
-if cmd == "status": sys.exit(commands.status(cfg, json="--json" in args))
-if cmd == "retry": sys.exit(commands.retry(cfg, None if "--all" in args else args[0]))
-"""
-
-
-def _cli_has(command: str) -> bool:
-    from spectnode.cli import build_parser
-
-    parser = build_parser()
-    choices = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
-    return command in choices
-
-
 def spectnode_command(command: str, *args: str) -> list[str]:
     """argv that runs ``spectnode COMMAND ARGS`` in a fresh interpreter."""
-    if _cli_has(command):
-        return [sys.executable, "-m", "spectnode", command, *args]
-    return [sys.executable, "-c", _RUNNER, command, *args]
+    return [sys.executable, "-m", "spectnode", command, *args]
 
 
 def run_spectnode(command: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
