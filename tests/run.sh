@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs them: the README's test command.
-#   - Debian packages dcmtk (storescu, dsr2html, ...), dicom3tools (dciodvfy)
-#     and orthanc (a real PACS), when missing;
+#   - Debian packages dcmtk (storescu, dsr2html, ...), dicom3tools (dciodvfy),
+#     orthanc (a real PACS) and systemd (systemd-analyze), when missing;
 #   - spectnode with its test extra, into the active virtual environment, or
 #     into ./.venv when none is active;
 #   - then pytest. Extra arguments go to pytest.
@@ -12,6 +12,7 @@ missing=()
 command -v storescu >/dev/null || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
 command -v Orthanc >/dev/null || missing+=(orthanc)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}"
   sudo=""
