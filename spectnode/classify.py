@@ -50,6 +50,7 @@ class StudyResult:
             "study_uid": self.study_uid,
             "outcome": self.outcome,
             "reason": self.reason,
+            "reason_code": self.reason_code,
             "views": list(self.views),
             "label": self.label,
             "second_label": self.second_label,
@@ -65,6 +66,7 @@ class StudyClassifier:
         self.card = card
         self.classes: tuple[str, ...] = tuple(card.classes)
         self.spec = InputSpec.from_card(card.preprocessing)
+        self._grad_cam = None  # built on first use: explanations are optional
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None,
@@ -106,9 +108,11 @@ class StudyClassifier:
 
     def explain(self, study: StudyViews, inputs: Sequence[NetworkInput], class_index: int) -> dict[str, np.ndarray]:
         """Grad-CAM of ``class_index`` per view, at each view's own matrix."""
-        from .explain import grad_cam
+        from .explain import GradCam
 
-        maps = {i.name: grad_cam(self.model, i.array, class_index) for i in inputs}
+        if self._grad_cam is None:
+            self._grad_cam = GradCam(self.model)
+        maps = {i.name: self._grad_cam(i.array, class_index) for i in inputs}
         out: dict[str, np.ndarray] = {}
         for view in study.available_views:
             image = getattr(study, view)

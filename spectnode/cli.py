@@ -164,12 +164,16 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _node_config(args: argparse.Namespace):
-    """The validated configuration, or None after printing why (exit code 2)."""
+def _node_config(args: argparse.Namespace, check_dirs: bool = True):
+    """The validated configuration, or None after printing why (exit code 2).
+
+    ``status`` and ``retry`` only read: they must work for an operator account
+    that cannot create the node's folders.
+    """
     from .config import ConfigError, load_config
 
     try:
-        return load_config(args.config)
+        return load_config(args.config, check_dirs=check_dirs)
     except ConfigError as exc:
         print(f"spectnode: configuration error: {exc}", file=sys.stderr)
         return None
@@ -185,7 +189,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from .node.commands import status
 
-    cfg = _node_config(args)
+    cfg = _node_config(args, check_dirs=False)
     return EXIT_USAGE if cfg is None else status(cfg, json=args.json)
 
 
@@ -195,7 +199,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     if (args.target is None) == (not args.all):
         print("spectnode retry: give an outbox item ID, a study UID, or --all", file=sys.stderr)
         return EXIT_USAGE
-    cfg = _node_config(args)
+    cfg = _node_config(args, check_dirs=False)
     return EXIT_USAGE if cfg is None else retry(cfg, None if args.all else args.target)
 
 

@@ -106,7 +106,7 @@ class DestinationConfig:
 
 
 def _default_destinations() -> tuple[DestinationConfig, ...]:
-    return (DestinationConfig(name="local", type="folder", path=Path("results")),)
+    return (DestinationConfig(name="local", type="folder", path=Path("delivered")),)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def base(tmp_path: Path) -> dict:
 def test_shipped_file_is_the_builtin_default(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # data_dir is relative to the working directory
     assert load_config(SHIPPED) == load_config(None)
-    assert (tmp_path / "spectnode-data" / "results").is_dir()
+    assert (tmp_path / "spectnode-data" / "delivered").is_dir()
 
 
 def test_shipped_file_passes_cli_check(tmp_path):

@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from .preprocess import aggregate_views, minmax_normalize, resample_to
+from .preprocess import prepare_aggregate, prepare_view, resample_to
 from .views import StudyViews
 
 __all__ = ["InputSpec", "NetworkInput", "network_inputs", "heatmap_to_view"]
@@ -66,24 +66,18 @@ class NetworkInput:
     array: np.ndarray
 
 
-def _prepare(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
-    return minmax_normalize(resample_to(pixels, spec.shape))[..., np.newaxis].astype(np.float32)
-
-
 def network_inputs(views: StudyViews, spec: InputSpec) -> list[NetworkInput]:
     """The network inputs of one study under ``spec`` (see the module docstring)."""
     anterior = views.anterior.pixels if views.anterior is not None else None
-    posterior = np.fliplr(views.posterior.pixels) if views.posterior is not None else None
+    posterior = views.posterior.pixels if views.posterior is not None else None
     if spec.mode == "aggregate" and anterior is not None and posterior is not None:
-        # aggregate_views flips its posterior argument itself: give it the stored one.
-        fused = aggregate_views(resample_to(anterior, spec.shape),
-                                resample_to(views.posterior.pixels, spec.shape))
-        return [NetworkInput("aggregate", minmax_normalize(fused)[..., np.newaxis].astype(np.float32))]
+        # prepare_aggregate flips the stored posterior itself before aligning it.
+        return [NetworkInput("aggregate", prepare_aggregate(anterior, posterior, spec.shape))]
     inputs = []
     if anterior is not None:
-        inputs.append(NetworkInput("anterior", _prepare(anterior, spec)))
+        inputs.append(NetworkInput("anterior", prepare_view(anterior, spec.shape)))
     if posterior is not None:
-        inputs.append(NetworkInput("posterior", _prepare(posterior, spec)))
+        inputs.append(NetworkInput("posterior", prepare_view(np.fliplr(posterior), spec.shape)))
     return inputs
 
 
