@@ -37,19 +37,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import sqlite3
-import tempfile
 import threading
-import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Final
 
-from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+from pydicom.tag import BaseTag
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -68,6 +70,7 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from spectnode.fsutil import safe_file_name, write_durably
 from spectnode.store import InstanceRecord, JobStore, Peer, StoreError
 
 __all__ = [
@@ -78,10 +81,11 @@ __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
     "StorageSCP",
     "spool_path",
-    "write_durably",
 ]
 
 _log = logging.getLogger("spectnode.receive")
+
+_UNDEFINED_LENGTH: Final = 0xFFFFFFFF
 
 STATUS_SUCCESS: Final = 0x0000
 #: Refused: out of resources (PS3.4 B.2.3), for disk and OS errors.
@@ -109,68 +113,18 @@ ACCEPTED_TRANSFER_SYNTAXES: Final = (
     RLELossless,
 )
 
-# warnings.catch_warnings changes process-wide state; parses take turns.
-_PARSE_LOCK: Final = threading.Lock()
-# Source files of pydicom's dataset reader: its warnings are about structure.
-_PYDICOM_READER_FILES: Final = frozenset({"filereader.py", "fileutil.py"})
-
-# A UID used as a file name must not be able to climb out of the spool.
-_SAFE_UID: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def _safe_name(uid: str) -> str:
-    if len(uid) <= 64 and _SAFE_UID.match(uid):
-        return uid
-    return "x" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:40]
+# Values longer than this are skipped, not loaded, while a received dataset is
+# checked (pixel data); that they lie whole within the dataset is still checked.
+_DEFER_BYTES: Final = 1024
 
 
 def spool_path(spool_dir: Path, study_uid: str, sop_instance_uid: str) -> Path:
     """Where an object is spooled: ``<spool>/<study>/<sop>.dcm``.
 
-    UIDs that are not plain dotted digits (so could hold ``/`` or ``..``) are
-    replaced by a hash of themselves.
+    UIDs that are not safe as file names (so could hold ``/`` or ``..``) are
+    replaced by a hash of themselves (:func:`spectnode.fsutil.safe_file_name`).
     """
-    return Path(spool_dir) / _safe_name(study_uid) / f"{_safe_name(sop_instance_uid)}.dcm"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that it survives a crash or power loss.
-
-    The bytes go to a temporary file in the same folder, which is fsynced and
-    renamed over ``path``; then the folder is fsynced so that the rename (and
-    a newly created folder) is on disk too. A reader never sees a partial file.
-
-    Raises:
-        OSError: If any step fails; no partial file is left behind.
-    """
-    path = Path(path)
-    folder = path.parent
-    created = not folder.is_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
-    if created:
-        _fsync_dir(folder.parent)
+    return Path(spool_dir) / safe_file_name(study_uid) / f"{safe_file_name(sop_instance_uid)}.dcm"
 
 
 @dataclass(frozen=True)
@@ -284,13 +238,7 @@ class StorageSCP:
 
     @staticmethod
     def _peer(event: Any) -> Peer:
-        requestor = event.assoc.requestor
-        return Peer(
-            ae_title=str(requestor.ae_title).strip(),
-            address=str(requestor.address),
-            port=int(requestor.port),
-            called_ae_title=str(event.assoc.acceptor.ae_title).strip(),
-        )
+        return Peer.from_association(event.assoc)
 
     def _handle_accepted(self, event: Any) -> None:
         peer = self._peer(event)
@@ -312,33 +260,71 @@ class StorageSCP:
         return STATUS_SUCCESS
 
     @staticmethod
-    def _identify(data: bytes) -> _Identity:
-        """Study/series/instance UIDs, SOP class and modality, without the pixels.
+    def _identify(data: bytes, transfer_syntax: str) -> _Identity:
+        """Check a received object's structure; return its UIDs, SOP class and modality.
+
+        pydicom is lenient (it reads garbage as some dataset, guessing the VR
+        encoding, and stops quietly where the data ends), so the structure is
+        checked here explicitly, without relying on warnings (whose state is
+        shared by every thread of the process):
+
+        * the first element's encoding (explicit or implicit VR) must be the
+          one of the negotiated ``transfer_syntax``;
+        * every top-level element must lie whole within the dataset (pixel
+          data included, without loading it), an undefined-length value must
+          end with its delimiter, and nothing but zero padding may follow the
+          last element;
+        * the dataset must hold at least one element.
 
         Raises:
-            ValueError: If the dataset cannot be parsed. pydicom is lenient
-                (it reads garbage as an empty dataset, or guesses the VR
-                encoding), so its reader's own warnings about the structure
-                (wrong VR encoding, values running past the end ...) count as
-                failures too; warnings about single values do not.
+            ValueError: (or another exception of pydicom's reader) if the
+                dataset is not a well-formed dataset in ``transfer_syntax``.
         """
-        with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ds = dcmread(BytesIO(data), stop_before_pixels=True, force=True)
-            for tag in list(ds.keys()):
-                raw = ds.get_item(tag)  # the element as read, before value conversion
-                length = getattr(raw, "length", None)
-                value = getattr(raw, "value", None)
-                if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) != length:
-                    raise ValueError(f"element {tag} declares {length} bytes but the dataset ends after {len(value)}")
-            # pydicom parses lazily; touching every top-level element makes a
-            # garbled dataset fail here rather than somewhere downstream.
-            elements = sum(1 for _ in ds)
-        structural = [str(w.message) for w in caught if Path(w.filename).name in _PYDICOM_READER_FILES]
-        if structural:
-            raise ValueError("; ".join(structural))
-        if elements == 0:
+        fp = BytesIO(data)
+        read_preamble(fp, force=True)
+        _read_file_meta_info(fp)  # leaves fp at the first element of the dataset
+        syntax = UID(transfer_syntax)
+        if not syntax.is_transfer_syntax:
+            raise ValueError(f"{syntax} is not a known transfer syntax")
+        body: BytesIO = fp
+        if syntax.is_deflated:
+            try:
+                body = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
+            except zlib.error as exc:
+                raise ValueError(f"the deflated dataset cannot be inflated: {exc}") from None
+        implicit, little_endian = syntax.is_implicit_VR, syntax.is_little_endian
+        start = body.tell()
+        end = body.seek(0, os.SEEK_END)
+        body.seek(start)
+        head = body.read(6)
+        body.seek(start)
+        if len(head) == 6:
+            # pydicom's own test: an explicit VR element has two capital letters after its tag.
+            found_explicit = 0x40 < head[4] < 0x5B and 0x40 < head[5] < 0x5B
+            if found_explicit == implicit:
+                found, expected = ("explicit", "implicit") if found_explicit else ("implicit", "explicit")
+                raise ValueError(f"the dataset is encoded in {found} VR, but its transfer syntax "
+                                 f"{syntax.name} is {expected} VR")
+        elements: dict[BaseTag, Any] = {}
+        complete_up_to = start
+        for element in data_element_generator(body, implicit, little_endian, defer_size=_DEFER_BYTES):
+            length = getattr(element, "length", 0)
+            if isinstance(element, RawDataElement) and length not in (0, _UNDEFINED_LENGTH):
+                available = end - element.value_tell
+                loaded = len(element.value) if element.value is not None else min(length, available)
+                if loaded != length:
+                    raise ValueError(f"element {element.tag} declares {length} bytes but the dataset "
+                                     f"ends after {max(available, 0)}")
+            elements[element.tag] = element
+            complete_up_to = body.tell()
+        body.seek(complete_up_to)
+        rest = body.read()
+        if rest.strip(b"\0"):
+            raise ValueError(f"{len(rest)} byte(s) after the last complete element at offset "
+                             f"{complete_up_to - start} are not a data element")
+        if not elements:
             raise ValueError("the dataset holds no data elements")
+        ds = Dataset(elements)
 
         def text(keyword: str) -> str:
             value = ds.get(keyword)
@@ -363,7 +349,7 @@ class StorageSCP:
             return STATUS_CANNOT_UNDERSTAND
         transfer_syntax = str(event.context.transfer_syntax)
         try:
-            identity = self._identify(data)
+            identity = self._identify(data, transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - pydicom fails in many ways on garbage
             _log.error(
                 "C-STORE from %s@%s: object %s (transfer syntax %s, %d bytes) cannot be parsed: %s: %s; "

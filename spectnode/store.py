@@ -151,7 +151,8 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class Peer:
-    """The remote application entity of an association."""
+    """The remote application entity of an association: who sent a study, and
+    where results go back to (a ``sender`` destination)."""
 
     #: Calling AE title of the peer (stripped).
     ae_title: str
@@ -161,6 +162,18 @@ class Peer:
     port: int
     #: Called AE title the peer asked for (ours).
     called_ae_title: str = ""
+
+    @classmethod
+    def from_association(cls, assoc: Any) -> Peer:
+        """The requestor of a pynetdicom ``Association`` (in an SCP's event handler:
+        ``Peer.from_association(event.assoc)``)."""
+        requestor = assoc.requestor
+        return cls(
+            ae_title=str(requestor.ae_title).strip(),
+            address=str(requestor.address),
+            port=int(requestor.port or 0),
+            called_ae_title=str(assoc.acceptor.ae_title).strip(),
+        )
 
 
 @dataclass(frozen=True)

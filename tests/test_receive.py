@@ -6,6 +6,8 @@ import hashlib
 import logging
 import resource
 import shutil
+import threading
+import warnings
 from io import BytesIO
 from pathlib import Path
 
@@ -253,3 +255,63 @@ def test_a_full_disk_answers_out_of_resources(tmp_path, phantoms, caplog):
         assert any("File too large" in r.getMessage() for r in caplog.records)
     finally:
         small.close()
+
+
+def _implicit_file_labelled_explicit(path: Path, source: Path) -> Path:
+    """A file whose meta says Explicit VR but whose dataset is Implicit VR: pydicom reads it with a warning."""
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True
+    write_dataset(body, ds)
+    return _raw_file(path, body.getvalue(), str(ds.SOPInstanceUID))
+
+
+def test_reads_warning_in_other_threads_do_not_fail_valid_stores(node, phantoms, tmp_path):
+    """The structure check must not depend on the process-wide warning state: a stage thread
+    reading a file that makes pydicom warn while an object arrives must not make a valid
+    object count as broken (nor may the check swallow that thread's warnings)."""
+    odd = _implicit_file_labelled_explicit(tmp_path / "odd.dcm", phantoms[0].files[0])
+    with pytest.warns(UserWarning, match="Expected explicit VR, but found implicit VR"):
+        pydicom.dcmread(odd)
+    stop = threading.Event()
+    reads = 0
+    seen: list[warnings.WarningMessage] = []
+
+    def read_odd_files() -> None:
+        nonlocal reads
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            while not stop.is_set():
+                pydicom.dcmread(odd)
+                reads += 1
+        seen.extend(caught)
+
+    reader = threading.Thread(target=read_odd_files)
+    reader.start()
+    try:
+        ds = pydicom.dcmread(phantoms[1].files[0])
+        statuses = []
+        for _ in range(15):
+            ds.SOPInstanceUID = generate_uid()  # a new object each time, so each is checked and stored
+            statuses.append(_send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID))
+    finally:
+        stop.set()
+        reader.join()
+    assert reads > 15
+    assert statuses == [0] * 15
+    assert len(seen) == reads  # every read's warning reached its own thread
+
+
+def test_truncated_pixel_data_is_not_understood(node, phantoms, tmp_path, monkeypatch):
+    monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)
+    source = phantoms[0].files[0]
+    ds = pydicom.dcmread(source)
+    ds.SOPInstanceUID = generate_uid()
+    whole = tmp_path / "whole.dcm"
+    ds.save_as(whole, enforce_file_format=True)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[:-1000])  # the pixel data ends 1000 bytes early
+    before = node.store.counts_by_state()
+    assert _send(node.port, cut, ts=ds.file_meta.TransferSyntaxUID) == STATUS_CANNOT_UNDERSTAND
+    assert node.store.counts_by_state() == before
+    assert _send(node.port, whole, ts=ds.file_meta.TransferSyntaxUID) == 0
