@@ -29,7 +29,7 @@ from spectnode.config import DestinationConfig
 from spectnode.dispatch import (
     DispatchError,
     Outbox,
-    PeerInfo,
+    Peer,
     copy_to_folder,
     format_outbox_status,
     send_files,
@@ -108,7 +108,7 @@ class StatusSCP:
     def __init__(self, status: int) -> None:
         self.status = status
         self.port = free_port()
-        self.peers: list[PeerInfo] = []
+        self.peers: list[Peer] = []
         self.received: list[str] = []
         ae = AE(ae_title="STATUSSCP")
         ae.add_supported_context(NuclearMedicineImageStorage, [ExplicitVRLittleEndian])
@@ -117,7 +117,7 @@ class StatusSCP:
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
     def _on_store(self, event: evt.Event) -> int:
-        self.peers.append(PeerInfo.from_association(event.assoc))
+        self.peers.append(Peer.from_association(event.assoc))
         self.received.append(str(event.request.AffectedSOPInstanceUID))
         return self.status
 
@@ -188,7 +188,7 @@ def test_sender_destination_returns_results_to_the_calling_peer(
     # type "sender" is the proposed config addition; the port is the peer's listening port.
     back = DestinationConfig(name="back", type="sender", port=pacs.dicom_port)  # type: ignore[arg-type]
     study_uid, files = study_a
-    send_files(back, files[-1:], calling_ae_title=NODE_AE, sender=PeerInfo(ae_title="PACS", host="127.0.0.1"))
+    send_files(back, files[-1:], calling_ae_title=NODE_AE, sender=Peer(ae_title="PACS", address="127.0.0.1", port=0))
     assert sop_uids(files[-1:]) <= pacs.sop_instance_uids()
 
     with pytest.raises(DispatchError) as info:
@@ -270,7 +270,8 @@ def test_cstore_warning_status_counts_as_delivered(
     assert set(status_scp.received) == sop_uids(study_a[1])
     assert "0xB000 (Coercion of Data Elements)" in caplog.text
     # The SCP saw this node's AE title and loopback address: what a "sender" destination returns to.
-    assert status_scp.peers[0] == PeerInfo(ae_title=NODE_AE, host="127.0.0.1")
+    peer = status_scp.peers[0]
+    assert (peer.ae_title, peer.address, peer.called_ae_title) == (NODE_AE, "127.0.0.1", "STATUSSCP")
 
 
 @pytest.mark.parametrize("status_scp", [0x0000], indirect=True)
@@ -510,7 +511,7 @@ def test_enqueue_outputs_routes_kinds_by_destination_outputs(tmp_path: Path, stu
 
     outbox = Outbox(tmp_path / "jobs.sqlite")
     sr, sc = study_a[1][-1:], study_a[1][:1]
-    peer = PeerInfo(ae_title="MODALITY", host="10.0.0.5")
+    peer = Peer(ae_title="MODALITY", address="10.0.0.5", port=0)
     ids = outbox.enqueue_outputs(study_a[0], {"sr": sr, "sc": sc}, cfg.destinations, sender=peer)
     items = outbox.list_items()
     assert [i.id for i in items] == ids

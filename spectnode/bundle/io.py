@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectnode.fsutil import fsync_file, write_durably
+
 from .card import BundleError, ModelCard, derive_device_uid
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -79,16 +81,6 @@ def file_sha256(path: str | Path) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes a rename inside the directory durable; not possible on every OS.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def _temporary_path(directory: Path, suffix: str) -> Iterator[Path]:
     """A fresh file name in ``directory`` that is removed unless renamed away."""
@@ -99,11 +91,6 @@ def _temporary_path(directory: Path, suffix: str) -> Iterator[Path]:
         yield path
     finally:
         path.unlink(missing_ok=True)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as stream:
-        os.fsync(stream.fileno())
 
 
 def _model_io_shapes(model: keras.Model) -> tuple[list[int | None], int | None]:
@@ -169,20 +156,16 @@ def save_bundle(model: keras.Model, card: ModelCard, out_dir: str | Path) -> Pat
         raise BundleError(f"cannot save bundle {out_dir}: " + "; ".join(problems))
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _temporary_path(out_dir, ".keras") as model_tmp, _temporary_path(out_dir, ".json") as card_tmp:
+    with _temporary_path(out_dir, ".keras") as model_tmp:
         model.save(model_tmp)  # Keras requires the .keras suffix, hence the temp name
-        _fsync_file(model_tmp)
+        fsync_file(model_tmp)
         content_hash = file_sha256(model_tmp)
         saved_card = dataclasses.replace(
             card, content_hash=content_hash, device_uid=derive_device_uid(content_hash)
         )
-        with open(card_tmp, "w", encoding="utf-8") as stream:
-            stream.write(saved_card.to_json())
-            stream.flush()
-            os.fsync(stream.fileno())
         os.replace(model_tmp, out_dir / MODEL_FILENAME)
-        os.replace(card_tmp, out_dir / CARD_FILENAME)
-    _fsync_directory(out_dir)
+    # The card last, durably (its write fsyncs the folder, so the model's rename too).
+    write_durably(out_dir / CARD_FILENAME, saved_card.to_json().encode("utf-8"))
     return out_dir
 
 

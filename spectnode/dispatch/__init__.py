@@ -5,13 +5,14 @@
 - :class:`Outbox` keeps deliveries durable in the node's SQLite database and
   retries them with exponential backoff, dead-lettering what cannot be sent.
 - :func:`format_outbox_status` renders the outbox for ``spectnode status``.
+- :class:`~spectnode.store.Peer` (re-exported) is the peer a ``sender``
+  destination returns results to.
 """
 
 from spectnode.dispatch.outbox import ITEM_STATES, Outbox, OutboxItem, format_outbox_status
 from spectnode.dispatch.senders import (
     SENDER_DESTINATION_TYPE,
     DispatchError,
-    PeerInfo,
     StoreTarget,
     copy_to_folder,
     describe_store_status,
@@ -20,6 +21,7 @@ from spectnode.dispatch.senders import (
     send_files,
     store_to_peer,
 )
+from spectnode.store import Peer
 
 __all__ = [
     "ITEM_STATES",
@@ -27,7 +29,7 @@ __all__ = [
     "DispatchError",
     "Outbox",
     "OutboxItem",
-    "PeerInfo",
+    "Peer",
     "StoreTarget",
     "copy_to_folder",
     "describe_store_status",

@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from spectnode.config import DestinationConfig
-from spectnode.dispatch.senders import DispatchError, PeerInfo, send_files
+from spectnode.dispatch.senders import DispatchError, send_files
+from spectnode.store import Peer
 
 __all__ = ["ITEM_STATES", "Outbox", "OutboxItem", "SendFunction", "format_outbox_status"]
 
@@ -102,7 +103,7 @@ class OutboxItem:
     destination: str
     kind: str
     files: tuple[Path, ...]
-    sender: PeerInfo | None
+    sender: Peer | None
     state: str
     attempts: int
     next_attempt_at: float
@@ -120,7 +121,7 @@ class OutboxItem:
 def _item_from_row(row: sqlite3.Row) -> OutboxItem:
     sender = None
     if row["sender_ae_title"] is not None and row["sender_host"] is not None:
-        sender = PeerInfo(ae_title=row["sender_ae_title"], host=row["sender_host"])
+        sender = Peer(ae_title=row["sender_ae_title"], address=row["sender_host"], port=0)
     return OutboxItem(
         id=row["id"],
         study_uid=row["study_uid"],
@@ -239,7 +240,7 @@ class Outbox:
         destination: str,
         kind: str,
         files: Sequence[Path],
-        sender: PeerInfo | None = None,
+        sender: Peer | None = None,
     ) -> int:
         """Add a delivery, due now, and return its id.
 
@@ -262,7 +263,7 @@ class Outbox:
                 " ON CONFLICT (study_uid, destination, kind, files_key) DO NOTHING",
                 (
                     study_uid, destination, kind, json.dumps(paths), files_key,
-                    sender.ae_title if sender else None, sender.host if sender else None,
+                    sender.ae_title if sender else None, sender.address if sender else None,
                     now, now, now,
                 ),
             )
@@ -281,7 +282,7 @@ class Outbox:
         study_uid: str,
         outputs: Mapping[str, Sequence[Path]],
         destinations: Iterable[DestinationConfig],
-        sender: PeerInfo | None = None,
+        sender: Peer | None = None,
     ) -> list[int]:
         """Enqueue each output kind for every destination whose ``outputs`` name it.
 

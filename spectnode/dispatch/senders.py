@@ -32,9 +32,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import os
 import socket
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,11 +48,12 @@ from pynetdicom.presentation import build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from spectnode.config import Config, DestinationConfig, resolve_folder
+from spectnode.fsutil import copy_durably, instance_file_name, safe_file_name
+from spectnode.store import Peer
 
 __all__ = [
     "SENDER_DESTINATION_TYPE",
     "DispatchError",
-    "PeerInfo",
     "StoreTarget",
     "copy_to_folder",
     "destinations_by_name",
@@ -96,28 +95,6 @@ class DispatchError(Exception):
 
 
 @dataclass(frozen=True)
-class PeerInfo:
-    """The DICOM peer that sent a study, recorded so results can go back to it.
-
-    Attributes:
-        ae_title: The peer's calling AE title, as it presented itself.
-        host: The address its association came from.
-    """
-
-    ae_title: str
-    host: str
-
-    @classmethod
-    def from_association(cls, assoc: Any) -> PeerInfo:
-        """Take the requestor's AE title and address from a pynetdicom ``Association``.
-
-        In a storage SCP handler: ``PeerInfo.from_association(event.assoc)``.
-        """
-        requestor = assoc.requestor
-        return cls(ae_title=str(requestor.ae_title).strip(), host=str(requestor.address))
-
-
-@dataclass(frozen=True)
 class StoreTarget:
     """Where a C-STORE goes: called AE title, host and port."""
 
@@ -144,7 +121,7 @@ def destinations_by_name(cfg: Config) -> dict[str, DestinationConfig]:
     return resolved
 
 
-def resolve_store_target(destination: DestinationConfig, sender: PeerInfo | None) -> StoreTarget:
+def resolve_store_target(destination: DestinationConfig, sender: Peer | None) -> StoreTarget:
     """The C-STORE target of a ``dicom`` or ``sender`` destination.
 
     Raises:
@@ -167,7 +144,7 @@ def resolve_store_target(destination: DestinationConfig, sender: PeerInfo | None
                 retryable=False,
             )
         ae_title = getattr(destination, "ae_title", None) or sender.ae_title
-        return StoreTarget(ae_title=ae_title, host=sender.host, port=int(port))
+        return StoreTarget(ae_title=ae_title, host=sender.address, port=int(port))
     missing = [key for key in ("ae_title", "host", "port") if getattr(destination, key, None) is None]
     if missing:
         raise DispatchError(
@@ -182,7 +159,7 @@ def send_files(
     files: Sequence[Path],
     *,
     calling_ae_title: str,
-    sender: PeerInfo | None = None,
+    sender: Peer | None = None,
     timeout: float = 30,
 ) -> None:
     """Deliver every one of ``files`` to ``destination``, or raise saying why not.
@@ -226,17 +203,14 @@ def _read_header(path: Path) -> Dataset:
         raise DispatchError(f"result file {str(path)!r} cannot be read as DICOM: {exc}", retryable=False) from None
 
 
-def _safe_name(value: str) -> str:
-    # UIDs and modalities are already safe; this guards against odd input only.
-    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in value) or "unknown"
-
-
 def copy_to_folder(files: Sequence[Path], folder: Path) -> list[Path]:
-    """Copy each file atomically to ``folder/<StudyInstanceUID>/<Modality>_<SOPInstanceUID>.dcm``.
+    """Copy each file durably to ``folder/<StudyInstanceUID>/<Modality>_<SOPInstanceUID>.dcm``.
 
-    Each file is written to a temporary name in the target folder, fsynced,
-    then renamed over the final name, and the folder is fsynced, so a reader
-    never sees a partial file and a crash leaves either the old or the new one.
+    Each copy is written like every durable file of the node
+    (:func:`spectnode.fsutil.copy_durably`: temporary file, fsync, rename,
+    fsync of the study folder and, for a new study folder, of ``folder``), so
+    a reader never sees a partial file and a crash leaves either the old or
+    the new one. Names follow :func:`spectnode.fsutil.instance_file_name`.
 
     Returns:
         The written paths, in the order of ``files``.
@@ -249,28 +223,11 @@ def copy_to_folder(files: Sequence[Path], folder: Path) -> list[Path]:
     headers = [(Path(path), _read_header(Path(path))) for path in files]
     written: list[Path] = []
     for source, header in headers:
-        study_dir = folder / _safe_name(str(header.get("StudyInstanceUID", "unknown-study")))
-        modality = _safe_name(str(header.get("Modality", "OT")))
-        name = f"{modality}_{_safe_name(str(header.get('SOPInstanceUID', source.stem)))}.dcm"
-        target = study_dir / name
+        study_dir = folder / safe_file_name(str(header.get("StudyInstanceUID", "") or "unknown-study"))
+        target = study_dir / instance_file_name(str(header.get("Modality", "") or ""),
+                                                str(header.get("SOPInstanceUID", "") or source.stem))
         try:
-            study_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=study_dir, prefix=f".{name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp_name, target)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
-            dir_fd = os.open(study_dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            copy_durably(source, target)
         except FileNotFoundError as exc:
             if not source.exists():
                 raise DispatchError(f"result file {str(source)!r} does not exist", retryable=False) from None

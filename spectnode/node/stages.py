@@ -33,7 +33,8 @@ from pydicom.uid import generate_uid
 
 from spectnode.config import DestinationConfig
 from spectnode.imaging.views import NotAssessable, StudyViews, read_study_views
-from spectnode.receive import spool_path, write_durably
+from spectnode.fsutil import instance_file_name, write_durably
+from spectnode.receive import spool_path
 from spectnode.store import (
     CLASSIFIED,
     COMPLETE,
@@ -182,7 +183,7 @@ def _encode(ds: Dataset) -> bytes:
 def _output_record(study: StudyRecord, kind: str, ds: Dataset, folder: Path) -> OutputRecord:
     # Named as the folder destination names copies (<Modality>_<SOP>.dcm), so a
     # folder destination pointing at the results folder overwrites nothing else.
-    path = folder / f"{str(ds.Modality).strip() or kind.upper()}_{ds.SOPInstanceUID}.dcm"
+    path = folder / instance_file_name(str(ds.Modality).strip() or kind.upper(), str(ds.SOPInstanceUID))
     return OutputRecord(study.study_uid, study.generation, kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID),
                         str(ds.SeriesInstanceUID), path, True, 0.0)
 
@@ -312,10 +313,7 @@ def enqueue_for_destinations(
     study: StudyRecord,
 ) -> Callable[[str, Mapping[str, Sequence[Path]]], list[int]]:
     """The ``enqueue`` argument of :func:`report_study` for an outbox and destinations."""
-    from spectnode.dispatch import PeerInfo
-
-    peer = study.peer
-    sender = PeerInfo(ae_title=peer.ae_title, host=peer.address) if peer is not None else None
+    sender = study.peer
 
     def enqueue(study_uid: str, outputs: Mapping[str, Sequence[Path]]) -> list[int]:
         return outbox.enqueue_outputs(study_uid, outputs, destinations, sender=sender)
