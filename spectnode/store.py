@@ -21,8 +21,9 @@ follows every study from its first received object to its end::
   when it is retried.
 
 Every transition is conditional on the state *and* the study's
-``generation``: an object that arrives for a study that is being (or has been)
-processed re-opens it (back to ``received``, generation + 1), and a stage that
+``generation``: an NM object that arrives for a study that is being (or has
+been) processed re-opens it (back to ``received``, generation + 1; other
+objects, such as a reader's SR or a later CT, are only recorded), and a stage that
 was working on the old generation then finds its update refused and drops its
 work. So a study is never processed twice at once and never lost.
 
@@ -248,6 +249,10 @@ class OutputRecord:
     created_at: float
 
 
+def _can_hold_view(record: InstanceRecord) -> bool:
+    return record.modality.strip().upper() == "NM"
+
+
 def _study(row: sqlite3.Row) -> StudyRecord:
     return StudyRecord(
         study_uid=row["study_uid"],
@@ -391,8 +396,10 @@ class JobStore:
             ``own_output`` for an object this node made itself (an SR or SC
             echoed back by a PACS), which is not added to the study.
 
-            A ``new`` or ``changed`` object for a study past ``received``
-            re-opens it: state ``received``, generation + 1.
+            A ``new`` or ``changed`` object with Modality NM (any SOP class)
+            for a study past ``received`` re-opens it: state ``received``,
+            generation + 1. Other objects are added to the study without
+            re-opening it.
         """
         now = time.time() if now is None else now
         with self._write() as db:
@@ -424,7 +431,11 @@ class JobStore:
                 )
                 self._event(db, record.study_uid, RECEIVED, f"first object from {peer.ae_title}@{peer.address}", now)
                 return outcome
-            reopen = study["state"] != RECEIVED
+            # Only an object that can hold a view (Modality NM, whatever its SOP
+            # class) can change the result; an SR, KOS or GSPS from a reader or
+            # another AI, or a later CT, is kept with the study but does not
+            # make the node process it (and report on it) again.
+            reopen = study["state"] != RECEIVED and _can_hold_view(record)
             db.execute(
                 "UPDATE studies SET calling_ae = ?, peer_address = ?, peer_port = ?, called_ae = ?, "
                 "instance_count = (SELECT COUNT(*) FROM instances WHERE study_uid = ?), "
@@ -443,6 +454,10 @@ class JobStore:
                 what = "changed object" if outcome == "changed" else "new object"
                 self._event(db, record.study_uid, RECEIVED,
                             f"re-opened from {study['state']} by a {what} {record.sop_instance_uid}", now)
+            elif study["state"] != RECEIVED:
+                self._event(db, record.study_uid, study["state"],
+                            f"{record.modality or 'an'} object {record.sop_instance_uid} recorded; not re-opened "
+                            "(only NM objects can hold a view)", now)
             return outcome
 
     # ------------------------------------------------------------------- queries

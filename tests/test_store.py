@@ -172,3 +172,22 @@ def test_a_file_that_is_not_a_job_store_is_refused(tmp_path):
     bad.write_bytes(b"this is not SQLite" * 100)
     with pytest.raises(StoreError, match="cannot open the job store"):
         JobStore(bad)
+
+
+def test_only_objects_that_can_hold_a_view_reopen_a_finished_study(store):
+    store.record_instance(instance("9.1", "9.1.1"), PEER)
+    store.advance("9.1", 1, RECEIVED, COMPLETE, "complete")
+    store.advance("9.1", 1, COMPLETE, CLASSIFIED, "classified", result={"label": "normal"})
+    store.advance("9.1", 1, CLASSIFIED, REPORTED, "reported")
+    # A radiologist's SR, another AI's KOS, a presentation state, a later CT: recorded, not re-opened.
+    for sop, modality in (("9.1.2", "SR"), ("9.1.3", "KO"), ("9.1.4", "PR"), ("9.1.5", "CT")):
+        assert store.record_instance(instance("9.1", sop, modality=modality), PEER) == "new"
+    study = store.study("9.1")
+    assert (study.state, study.generation, study.instance_count) == (REPORTED, 1, 5)
+    assert study.result == {"label": "normal"}
+    assert "not re-opened" in store.events("9.1")[-1][2]
+    # An NM object (also a secondary capture with Modality NM) can hold a view: it re-opens the study.
+    sc_nm = InstanceRecord("9.1", "9.1.6", "9.1.9", "1.2.840.10008.5.1.4.1.1.7", "NM", "1.2.840.10008.1.2.1",
+                           Path("/spool/9.1/9.1.6.dcm"), "c" * 64, 100)
+    assert store.record_instance(sc_nm, PEER) == "new"
+    assert (store.study("9.1").state, store.study("9.1").generation) == (RECEIVED, 2)
