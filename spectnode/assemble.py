@@ -11,10 +11,14 @@ and the classify stage then says what it is (a one-view result, or "not
 assessable" with the reason).
 
 Looking is cheap: the job store already knows each object's Modality, so only
-NM objects are read at all, and only once they could hold two views (two NM
-objects, or one with several frames) are their views identified with
-:func:`spectnode.imaging.views.read_study_views`. Their pixel data is read
-lazily (``defer_size``), so only the frames that name a view are decoded.
+NM objects are read at all, and only up to their pixel data: whether both
+views are there is decided from the headers alone (view codes, detector
+vectors, labels; see :mod:`spectnode.imaging.views`). Pixel data is decoded
+once per study, by the classify stage; if it cannot be decoded the study ends
+``not_assessable`` right away instead of waiting for the idle timeout.
+
+:func:`read_spooled_study` reads a study's spooled objects the way each stage
+needs them (headers only, or NM objects with their pixel data deferred).
 
 This stage knows nothing of the stages after it.
 """
@@ -31,15 +35,51 @@ from typing import Final
 import pydicom
 from pydicom.dataset import Dataset
 
-from spectnode.imaging.views import ANTERIOR, POSTERIOR, StudyViews, read_study_views
+# The header-level part of the view rules; the same function read_study_views uses.
+from spectnode.imaging.views import ANTERIOR, POSTERIOR, _object_candidates
 from spectnode.store import COMPLETE, RECEIVED, JobStore, StudyRecord
 
-__all__ = ["Completion", "check_completion", "Assembler"]
+__all__ = ["Completion", "check_completion", "read_spooled_study", "Assembler"]
 
 _log = logging.getLogger("spectnode.assemble")
 
-# Values longer than this are read from the file only when used (pixel data).
-_DEFER_SIZE: Final = "64 KB"
+#: Values longer than this are read from a spooled file only when used (pixel data).
+DEFER_SIZE: Final = "64 KB"
+
+
+def read_spooled_study(
+    store: JobStore, study_uid: str, *, nm_only: bool = False, pixel_data: bool = False
+) -> tuple[list[Dataset], list[str]]:
+    """A study's spooled objects, in the order received, and why any could not be read.
+
+    Args:
+        store: The job store that lists the study's spooled files and their Modality.
+        study_uid: The study.
+        nm_only: Read only objects with Modality NM, the only ones that can
+            hold a view.
+        pixel_data: Read NM objects with their pixel data deferred (loaded and
+            decoded only when used, for the frames that hold a view). Otherwise,
+            and for other objects always, only the header is read (up to the
+            pixel data), which is all that completion checks and reports need.
+
+    Returns:
+        ``(datasets, problems)``: one message per file that could not be read.
+    """
+    datasets: list[Dataset] = []
+    problems: list[str] = []
+    for row in store.instances(study_uid):
+        is_nm = str(row["modality"] or "").strip().upper() == "NM"
+        if nm_only and not is_nm:
+            continue
+        path = Path(row["path"])
+        try:
+            if pixel_data and is_nm:
+                datasets.append(pydicom.dcmread(path, defer_size=DEFER_SIZE))
+            else:
+                datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception as exc:  # noqa: BLE001 - a spooled file that no longer reads is reported, not fatal
+            problems.append(f"{path.name}: cannot be read as DICOM: {exc}")
+    return datasets, problems
 
 
 @dataclass(frozen=True)
@@ -47,8 +87,9 @@ class Completion:
     """Whether a study's objects hold both views.
 
     Attributes:
-        complete: True when both anterior and posterior are identified.
-        views: The views identified so far.
+        complete: True when the headers name exactly one anterior and one
+            posterior view (object or frame).
+        views: The views named so far.
         detail: What was found, for logs.
     """
 
@@ -57,41 +98,37 @@ class Completion:
     detail: str
 
 
-def _frames(ds: Dataset) -> int:
-    try:
-        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
-    except (TypeError, ValueError):
-        return 1
+def check_completion(nm_headers: Sequence[Dataset], unreadable: int = 0) -> Completion:
+    """Check whether the headers of a study's NM objects name both whole-body views.
 
-
-def check_completion(nm_paths: Sequence[Path]) -> Completion:
-    """Check whether the NM objects of a study hold both whole-body views.
+    Only headers are used: pixel data need not be read (objects read with
+    ``stop_before_pixels``), and nothing is decoded. Two different objects or
+    frames naming the same view make the study not complete (yet): it is
+    then completed by the idle timeout, and the classify stage explains the
+    ambiguity.
 
     Args:
-        nm_paths: The study's spooled objects whose Modality is NM (others
-            cannot hold a view and need not be read).
-
-    Returns:
-        A :class:`Completion`. Objects that cannot be read count as holding
-        no view (the classify stage reports them properly).
+        nm_headers: The study's objects whose Modality is NM.
+        unreadable: How many further NM objects could not be read (for the detail).
     """
-    datasets: list[Dataset] = []
-    unreadable = 0
-    for path in nm_paths:
-        try:
-            datasets.append(pydicom.dcmread(path, defer_size=_DEFER_SIZE))
-        except Exception:  # noqa: BLE001 - corrupt files fail in many ways; classify explains them
-            unreadable += 1
-    frames = sum(_frames(ds) for ds in datasets)
-    if frames < 2:
-        return Completion(False, (), f"{len(datasets)} NM object(s) with {frames} frame(s) so far"
-                          + (f", {unreadable} unreadable" if unreadable else ""))
-    found = read_study_views(datasets)
-    if isinstance(found, StudyViews):
-        views = found.available_views
-        return Completion(ANTERIOR in views and POSTERIOR in views, views,
-                          f"views found: {', '.join(views)} in {len(datasets)} NM object(s)")
-    return Completion(False, (), f"no usable pair of views yet: {found.reason}")
+    named: dict[str, set[tuple[str, int | None]]] = {ANTERIOR: set(), POSTERIOR: set()}
+    rejections: list[str] = []
+    for ds in nm_headers:
+        outcome = _object_candidates(ds)
+        if isinstance(outcome, list):
+            for candidate in outcome:
+                named[candidate.view].add(candidate.key)
+        else:
+            rejections.append(outcome.reason)
+    views = tuple(view for view in (ANTERIOR, POSTERIOR) if named[view])
+    complete = all(len(keys) == 1 for keys in named.values())
+    detail = (f"views named by the headers: {', '.join(f'{v} ({len(named[v])})' for v in views) or 'none'} "
+              f"in {len(nm_headers)} NM object(s)")
+    if unreadable:
+        detail += f", {unreadable} unreadable"
+    if rejections and not complete:
+        detail += "; " + "; ".join(rejections)
+    return Completion(complete, views, detail)
 
 
 class Assembler:
@@ -109,16 +146,13 @@ class Assembler:
         self.timeout_seconds = float(timeout_seconds)
         self.clock = clock
 
-    def _nm_paths(self, study_uid: str) -> list[Path]:
-        return [Path(row["path"]) for row in self.store.instances(study_uid)
-                if str(row["modality"] or "").upper() == "NM"]
-
     def check_study(self, study: StudyRecord) -> bool:
         """Look at one ``received`` study; complete it if both views are there
         or if it has been idle past the timeout. Returns True if it moved."""
         log_extra = {"study_uid": study.study_uid, "calling_ae": study.calling_ae}
         if study.content_version != study.checked_version:
-            completion = check_completion(self._nm_paths(study.study_uid))
+            headers, problems = read_spooled_study(self.store, study.study_uid, nm_only=True)
+            completion = check_completion(headers, unreadable=len(problems))
             if completion.complete:
                 moved = self.store.advance(
                     study.study_uid, study.generation, RECEIVED, COMPLETE,
@@ -166,10 +200,3 @@ class Assembler:
                                                 "completion check failed; processed after the idle timeout",
                                                 completed_by="timeout")
         return moved
-
-    def next_deadline(self) -> float | None:
-        """Epoch time at which the earliest ``received`` study times out, if any."""
-        studies = self.store.studies([RECEIVED])
-        if not studies:
-            return None
-        return min(s.last_received for s in studies) + self.timeout_seconds

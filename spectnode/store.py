@@ -61,6 +61,7 @@ __all__ = [
     "OutputRecord",
     "StoredOutcome",
     "JobStore",
+    "StudyTransaction",
 ]
 
 RECEIVED: Final = "received"
@@ -288,6 +289,58 @@ def _output(row: sqlite3.Row) -> OutputRecord:
         is_current=bool(row["is_current"]),
         created_at=float(row["created_at"]),
     )
+
+
+class StudyTransaction:
+    """Changes to one study inside :meth:`JobStore.transaction`; all or none are committed.
+
+    Attributes:
+        db: The transaction's connection, for writes to other tables of the
+            job store database (the outbox) that must commit with the study's.
+        study_uid: The study.
+        generation: Its generation, as checked when the transaction began.
+    """
+
+    def __init__(self, store: JobStore, db: sqlite3.Connection, study_uid: str, generation: int,
+                 now: float) -> None:
+        self._store = store
+        self.db = db
+        self.study_uid = study_uid
+        self.generation = generation
+        self._now = now
+
+    def move(
+        self,
+        to_state: str,
+        message: str,
+        *,
+        reason: str | None = None,
+        result: dict[str, Any] | None = None,
+        completed_by: str | None = None,
+        report_pending: bool | None = None,
+    ) -> None:
+        """Move the study to ``to_state`` (arguments as for :meth:`JobStore.advance`)."""
+        sets = ["state = ?", "updated_at = ?", "error_stage = NULL"]
+        values: list[Any] = [to_state, self._now]
+        if reason is not None or to_state in (DISPATCHED, CLASSIFIED, REPORTED, COMPLETE):
+            sets.append("reason = ?")
+            values.append(reason)
+        if result is not None:
+            sets.append("result = ?")
+            values.append(json.dumps(result))
+        if completed_by is not None:
+            sets.append("completed_by = ?")
+            values.append(completed_by)
+        if report_pending is not None:
+            sets.append("report_pending = ?")
+            values.append(int(report_pending))
+        self.db.execute(f"UPDATE studies SET {', '.join(sets)} WHERE study_uid = ?", (*values, self.study_uid))
+        self._store._event(self.db, self.study_uid, to_state, message, self._now)
+
+    def set_report_pending(self, pending: bool) -> None:
+        """Set or clear ``report_pending`` (the SR of a not-assessable study is queued)."""
+        self.db.execute("UPDATE studies SET report_pending = ?, updated_at = ? WHERE study_uid = ?",
+                        (int(pending), self._now, self.study_uid))
 
 
 class JobStore:
@@ -522,6 +575,37 @@ class JobStore:
             db.execute("UPDATE studies SET checked_version = MAX(checked_version, ?) WHERE study_uid = ?",
                        (content_version, study_uid))
 
+    @contextmanager
+    def transaction(
+        self,
+        study_uid: str,
+        generation: int,
+        from_states: str | Iterable[str],
+        *,
+        content_version: int | None = None,
+        now: float | None = None,
+    ) -> Iterator[StudyTransaction | None]:
+        """A write transaction on a study that is still in ``from_states`` at ``generation``.
+
+        Yields a :class:`StudyTransaction`, or None if the study has changed
+        meanwhile (a new object re-opened it, or another stage or a retry
+        moved it), in which case the caller drops its work. Everything done
+        through the transaction, including writes of other tables of the same
+        database through :attr:`StudyTransaction.db` (the outbox), is
+        committed together when the block ends, or rolled back if it raises.
+
+        ``content_version``, when given, must also still match (see
+        :meth:`advance`).
+        """
+        now = time.time() if now is None else now
+        states = (from_states,) if isinstance(from_states, str) else tuple(from_states)
+        with self._write() as db:
+            row = db.execute("SELECT state, generation, content_version FROM studies WHERE study_uid = ?",
+                             (study_uid,)).fetchone()
+            current = (row is not None and row["generation"] == generation and row["state"] in states
+                       and (content_version is None or row["content_version"] == content_version))
+            yield StudyTransaction(self, db, study_uid, generation, now) if current else None
+
     def advance(
         self,
         study_uid: str,
@@ -548,32 +632,13 @@ class JobStore:
             object re-opened it, or another stage or a retry moved it), in
             which case the caller drops its work.
         """
-        now = time.time() if now is None else now
-        states = (from_states,) if isinstance(from_states, str) else tuple(from_states)
-        sets = ["state = ?", "updated_at = ?", "error_stage = NULL"]
-        values: list[Any] = [to_state, now]
-        if reason is not None or to_state in (DISPATCHED, CLASSIFIED, REPORTED, COMPLETE):
-            sets.append("reason = ?")
-            values.append(reason)
-        if result is not None:
-            sets.append("result = ?")
-            values.append(json.dumps(result))
-        if completed_by is not None:
-            sets.append("completed_by = ?")
-            values.append(completed_by)
-        if report_pending is not None:
-            sets.append("report_pending = ?")
-            values.append(int(report_pending))
-        where = f"study_uid = ? AND generation = ? AND state IN ({','.join('?' * len(states))})"
-        args: list[Any] = [study_uid, generation, *states]
-        if content_version is not None:
-            where += " AND content_version = ?"
-            args.append(content_version)
-        with self._write() as db:
-            moved = db.execute(f"UPDATE studies SET {', '.join(sets)} WHERE {where}", (*values, *args)).rowcount
-            if moved:
-                self._event(db, study_uid, to_state, message, now)
-        return bool(moved)
+        with self.transaction(study_uid, generation, from_states, content_version=content_version,
+                              now=now) as tx:
+            if tx is None:
+                return False
+            tx.move(to_state, message, reason=reason, result=result, completed_by=completed_by,
+                    report_pending=report_pending)
+            return True
 
     def set_report_pending(self, study_uid: str, generation: int, pending: bool) -> bool:
         """Set or clear ``report_pending`` of a study still at ``generation``."""
@@ -632,15 +697,23 @@ class JobStore:
     # -------------------------------------------------------------------- outputs
 
     def record_outputs(self, study_uid: str, generation: int, outputs: Sequence[OutputRecord],
-                       now: float | None = None) -> None:
+                       now: float | None = None) -> bool:
         """Record the SR/SC objects made for ``generation`` of a study as current.
 
         Outputs of earlier generations stop being current (they are superseded;
         the new SR names the old one in Predecessor Documents). Recording the
         same generation again replaces its earlier, never sent, outputs.
+
+        Returns:
+            False, recording nothing, if the study is no longer at
+            ``generation`` (a new object re-opened it): its outputs would never
+            be sent, so no later SR may name them as its predecessor.
         """
         now = time.time() if now is None else now
         with self._write() as db:
+            row = db.execute("SELECT generation FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            if row is None or row["generation"] != generation:
+                return False
             db.execute("DELETE FROM outputs WHERE study_uid = ? AND generation = ?", (study_uid, generation))
             db.execute("UPDATE outputs SET is_current = 0 WHERE study_uid = ?", (study_uid,))
             for out in outputs:
@@ -649,6 +722,33 @@ class JobStore:
                     (study_uid, generation, out.kind, out.sop_instance_uid, out.sop_class_uid, out.series_uid,
                      str(out.path), now),
                 )
+            return True
+
+    def discard_outputs(self, study_uid: str, generation: int) -> list[OutputRecord]:
+        """Forget the outputs of ``generation`` of a study that has been re-opened since.
+
+        For a report stage whose work was refused after it recorded its
+        outputs (the study was re-opened in between): those outputs are never
+        sent, so they must not remain current or become a predecessor.
+        Nothing happens while the study is still at ``generation``.
+
+        Returns:
+            The forgotten outputs (whose files the caller may delete).
+        """
+        with self._write() as db:
+            row = db.execute("SELECT generation FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+            if row is None or row["generation"] == generation:
+                return []
+            rows = db.execute("SELECT * FROM outputs WHERE study_uid = ? AND generation = ?",
+                              (study_uid, generation)).fetchall()
+            db.execute("DELETE FROM outputs WHERE study_uid = ? AND generation = ?", (study_uid, generation))
+            latest = db.execute("SELECT MAX(generation) AS g FROM outputs WHERE study_uid = ?",
+                                (study_uid,)).fetchone()["g"]
+            if rows and latest is not None:
+                # The outputs these had superseded are the study's current ones again.
+                db.execute("UPDATE outputs SET is_current = 1 WHERE study_uid = ? AND generation = ?",
+                           (study_uid, latest))
+            return [_output(r) for r in rows]
 
     def outputs(self, study_uid: str, current_only: bool = True) -> list[OutputRecord]:
         """Outputs of a study (only the current ones by default), oldest first."""

@@ -290,10 +290,20 @@ def test_sop_class_the_peer_does_not_support_is_reported(
         f"STATUSSCP@127.0.0.1:{status_scp.port} accepted the association but none of the proposed "
         "presentation contexts"
     )
+    # The peer is up and says it takes no such object: permanent, and no reason to hold back other items.
+    assert not only_unsupported.value.retryable and not only_unsupported.value.peer_unreachable
     with pytest.raises(DispatchError) as mixed:
         send_files(status_scp.destination(), [*study_a[1], tmp_path / "enhanced.dcm"], calling_ae_title=NODE_AE)
     assert "accepted no presentation context for Enhanced SR Storage" in mixed.value.reason
+    assert not mixed.value.retryable
     assert set(status_scp.received) == sop_uids(study_a[1])  # the supported files went through
+
+    # In the outbox such an item is dead at the first attempt, with the reason.
+    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=8)
+    item_id = outbox.enqueue(study_a[0], "scp", "sr", [tmp_path / "enhanced.dcm"])
+    (dead,) = outbox.deliver_due({"scp": status_scp.destination()}, NODE_AE)
+    assert (dead.id, dead.state, dead.attempts) == (item_id, "dead", 1)
+    assert dead.last_error == f"not retryable: {only_unsupported.value.reason}"
 
 
 # --------------------------------------------------------------------------- outbox
@@ -326,7 +336,7 @@ def test_outbox_backs_off_exponentially_then_dead_letters(tmp_path: Path, study_
     assert dead.state == "dead" and dead.attempts == 4
     assert dead.last_error is not None and dead.last_error.startswith("gave up after 4 attempts: connection refused")
     assert outbox.dead_letters() == [dead]
-    assert outbox.pending_for_study(study_a[0]) == 0 and not outbox.study_delivered(study_a[0])
+    assert not outbox.study_delivered(study_a[0], 1)
     clock.advance(10_000)
     assert outbox.due() == []
 
@@ -370,10 +380,10 @@ def test_outbox_survives_restart_and_interrupted_send(tmp_path: Path, study_a: t
     second = Outbox(db)
     assert [(i.id, i.state) for i in second.list_items()] == [(ids[0], "sending"), (ids[1], "pending")]
     assert second.recover_interrupted() == 1
-    assert second.pending_for_study(study_a[0]) == 2
+    assert [i.state for i in second.list_items(study_uid=study_a[0])] == ["pending", "pending"]
     delivered = second.deliver_due(dest, NODE_AE)
     assert [(i.id, i.state) for i in delivered] == [(ids[0], "delivered"), (ids[1], "delivered")]
-    assert second.study_delivered(study_a[0]) and second.pending_for_study(study_a[0]) == 0
+    assert second.study_delivered(study_a[0], 1)
     assert len(list((folder / study_a[0]).iterdir())) == len(study_a[1])
 
     # The table lives in the job store's database, in WAL mode.
@@ -464,7 +474,7 @@ def test_destination_down_then_up_receives_everything(tmp_path: Path, files_root
         delivered = outbox.deliver_due(dest, NODE_AE, timeout=10)
         assert [i.state for i in delivered] == ["delivered"] * 4
         assert pacs.sop_instance_uids() == set().union(*(sop_uids(files) for _, files in studies))
-        assert all(outbox.study_delivered(uid) for uid, _ in studies)
+        assert all(outbox.study_delivered(uid, 1) for uid, _ in studies)
         assert format_outbox_status(outbox.list_items(), now=clock.now) == (
             "outbox: 0 pending (0 retrying), 0 sending, 4 delivered, 0 dead"
         )
@@ -486,7 +496,7 @@ def test_format_outbox_status_lists_undelivered_items_with_reasons(
     assert lines[2].split() == ["1", "dead", "gone", "sr", "0/2", "-", "1.2.3.1"]
     assert lines[3].strip() == "destination 'gone' is not in the configuration (configured: local)"
     assert lines[4].split() == ["3", "pending", "pacs", "sr", "0/2", "due", "now", "1.2.3.3"]
-    assert lines[-1] == "dead items can be sent again with: spectnode retry [--item ID | --study UID]"
+    assert lines[-1] == "dead items can be sent again with: spectnode retry ID | STUDY_UID | --all"
     assert "1.2.3.2" not in text  # delivered items are only counted
 
 
@@ -520,4 +530,118 @@ def test_enqueue_outputs_routes_kinds_by_destination_outputs(tmp_path: Path, stu
     ]
     assert all(i.sender == peer and i.state == "pending" for i in items)
     assert outbox.enqueue_outputs(study_a[0], {"sr": sr, "sc": sc}, cfg.destinations, sender=peer) == ids
-    assert outbox.counts() == {"pending": 3, "sending": 0, "delivered": 0, "dead": 0}
+    assert outbox.counts() == {"pending": 3, "sending": 0, "delivered": 0, "dead": 0, "superseded": 0}
+
+
+def test_items_of_an_older_generation_are_superseded_not_sent(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=2, clock=clock)
+    study_uid, files = study_a
+    sent: list[tuple[Path, ...]] = []
+
+    def send(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        if destination.name == "down":
+            raise DispatchError("connection refused", peer_unreachable=True)
+        sent.append(files)
+
+    down = DestinationConfig(name="down", type="dicom", ae_title="DOWN", host="127.0.0.1", port=free_port())
+    dests = {"down": down, "local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    old_dead = outbox.enqueue(study_uid, "down", "sr", files[:1], generation=1)
+    outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 1)
+    clock.advance(60)
+    outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 1)
+    assert outbox.get(old_dead).state == "dead"
+    old_pending = outbox.enqueue(study_uid, "local", "sr", files[:1], generation=1)
+    # The study is re-opened (generation 2): the pending item of generation 1 is not sent.
+    assert outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 2) == []
+    tried = outbox.get(old_pending)
+    assert tried.state == "superseded" and sent == []
+    assert tried.last_error == "superseded by generation 2 of the study"
+    # Queueing generation 2 supersedes the dead item of generation 1: retrying everything cannot resend it.
+    new = outbox.enqueue(study_uid, "local", "sr", files[1:2], generation=2)
+    assert outbox.get(old_dead).state == "superseded"
+    assert outbox.retry() == 0
+    assert not outbox.study_delivered(study_uid, 2)
+    outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 2)
+    assert sent == [tuple(files[1:2])] and outbox.get(new).state == "delivered"
+    # Only the current generation counts: the study is delivered despite its older, undelivered items.
+    assert outbox.study_delivered(study_uid, 2) and not outbox.study_delivered(study_uid, 1)
+    assert [i.id for i in outbox.list_items(generation=2)] == [new]
+    text = format_outbox_status(outbox.list_items(), now=clock.now, counts=outbox.counts())
+    assert text == "outbox: 0 pending (0 retrying), 0 sending, 1 delivered, 0 dead, 2 superseded"
+
+
+def test_new_items_for_a_destination_in_backoff_wait_without_a_connection_attempt(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    clock = FakeClock()
+    outbox = Outbox(tmp_path / "jobs.sqlite", base_delay_s=5, clock=clock)
+    calls: list[str] = []
+
+    def counting_send(destination: DestinationConfig, files: list[Path], **kwargs: object) -> None:
+        calls.append(destination.name)
+        send_files(destination, files, **kwargs)  # type: ignore[arg-type]
+
+    dests = {"pacs": refused_destination(), "local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    first = outbox.enqueue("1.2.3.1", "pacs", "sr", study_a[1][-1:])
+    outbox.deliver_due(dests, NODE_AE, send=counting_send, timeout=5)
+    assert calls == ["pacs"]
+    # A later study's results: the item for "pacs" is due, but "pacs" is backing off; the folder is not.
+    later = outbox.enqueue("1.2.3.2", "pacs", "sr", study_a[1][-1:])
+    local = outbox.enqueue("1.2.3.2", "local", "sr", study_a[1][-1:])
+    clock.advance(1)
+    tried = outbox.deliver_due(dests, NODE_AE, send=counting_send, timeout=5)
+    assert [i.id for i in tried] == [local] and calls == ["pacs", "local"]
+    assert (outbox.get(later).state, outbox.get(later).attempts) == ("pending", 0)
+    # An operator's retry is tried at once, backoff or not.
+    assert outbox.retry(item_id=first) == 1
+    outbox.deliver_due(dests, NODE_AE, send=counting_send, timeout=5)
+    assert calls == ["pacs", "local", "pacs"]
+    assert outbox.get(later).attempts == 0  # still waiting for the destination's backoff
+    # Once the backoff is over, both are due: one connection attempt, and both fail with its reason.
+    clock.advance(5)
+    outbox.deliver_due(dests, NODE_AE, send=counting_send, timeout=5)
+    assert calls == ["pacs", "local", "pacs", "pacs"]
+    assert [outbox.get(i).attempts for i in (first, later)] == [2, 1]
+    assert outbox.get(first).last_error == outbox.get(later).last_error
+
+
+def test_an_outbox_table_of_the_first_version_is_upgraded(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.executescript("""
+            CREATE TABLE studies (study_uid TEXT PRIMARY KEY, generation INTEGER NOT NULL);
+            INSERT INTO studies VALUES ('1.2.3', 3);
+            CREATE TABLE outbox_items (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL, destination TEXT NOT NULL,
+                kind TEXT NOT NULL, files_json TEXT NOT NULL, files_key TEXT NOT NULL, sender_ae_title TEXT,
+                sender_host TEXT,
+                state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
+                attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, last_error TEXT,
+                created_at REAL NOT NULL, updated_at REAL NOT NULL, claimed_at REAL, delivered_at REAL,
+                UNIQUE (study_uid, destination, kind, files_key));
+            INSERT INTO outbox_items (study_uid, destination, kind, files_json, files_key, state, attempts,
+                                      next_attempt_at, created_at, updated_at)
+                VALUES ('1.2.3', 'pacs', 'sr', '["/r/sr.dcm"]', 'k1', 'dead', 8, 0, 0, 0),
+                       ('4.5.6', 'pacs', 'sr', '["/r/sr2.dcm"]', 'k2', 'pending', 0, 0, 0, 0);
+        """)
+    outbox = Outbox(db)
+    items = outbox.list_items()
+    assert [(i.id, i.study_uid, i.generation, i.state, i.attempts) for i in items] == [
+        (1, "1.2.3", 3, "dead", 8), (2, "4.5.6", 1, "pending", 0)
+    ]
+    assert outbox.enqueue("4.5.6", "pacs", "sr", [Path("/r/sr3.dcm")], generation=2) == 3
+    assert outbox.get(2).state == "superseded"
+    outbox.close()
+
+
+def test_an_unusable_outbox_table_is_a_store_error(tmp_path: Path) -> None:
+    from spectnode.store import StoreError
+
+    db = tmp_path / "jobs.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE outbox_items (something_else TEXT)")
+    with pytest.raises(StoreError, match="cannot set up the outbox table"):
+        Outbox(db)

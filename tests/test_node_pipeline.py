@@ -54,7 +54,7 @@ def setup(tmp_path_factory, pacs):
                  "allowed_calling_ae_titles": ["CAMERA", "SCU"]},
         "storage": {"data_dir": str(root / "data")},
         "destinations": [
-            {"name": "local", "type": "folder", "path": "results", "outputs": ["sr", "sc"]},
+            {"name": "local", "type": "folder", "path": "delivered", "outputs": ["sr", "sc"]},
             {"name": "pacs", "type": "dicom", "ae_title": pacs.ae_title, "host": "127.0.0.1",
              "port": pacs.dicom_port, "outputs": ["sr", "sc"]},
         ],
@@ -203,17 +203,32 @@ def _ct_dataset(study_uid: str) -> Dataset:
     return ds
 
 
-def test_a_ct_study_ends_not_assessable_with_its_reason(setup, pacs):
+def test_a_ct_study_ends_not_assessable_with_its_reason_and_no_sr(setup, pacs):
     study_uid = generate_uid()
     assert _send(setup["port"], _ct_dataset(study_uid), CTImageStorage) == 0
     (study,) = settle(setup["store"], [study_uid], timeout=60)
     assert study.state == NOT_ASSESSABLE and study.completed_by == "timeout"
     assert "Modality CT" in study.reason and "NM" in study.reason
+    # A study without any NM object was routed here by mistake: even with report.not_assessable_sr
+    # on, no SR about it is written into PACS.
+    assert not study.report_pending and setup["store"].outputs(study_uid) == []
+    assert pacs.instances_of_study(study_uid) == []
+
+
+def test_an_nm_study_that_is_no_whole_body_scan_gets_a_not_assessable_sr(setup, pacs):
+    study_uid = generate_uid()
+    ds = _ct_dataset(study_uid)  # a small static NM image: not a whole-body scan
+    ds.SOPClassUID = NuclearMedicineImageStorage
+    ds.Modality = "NM"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "STATIC", "EMISSION"]
+    assert _send(setup["port"], ds, NuclearMedicineImageStorage) == 0
+    (study,) = settle(setup["store"], [study_uid], timeout=60)
+    assert study.state == NOT_ASSESSABLE and "not a whole-body scan" in study.reason
     # report.not_assessable_sr is on: the PACS gets an SR that says why.
     srs = wait_for(lambda: [i for i in pacs.instances_of_study(study_uid)
                             if pacs.instance_tags(i).get("Modality") == SR_MODALITY], 30, "the not-assessable SR")
     texts = sr_text_values(pacs.instance_dataset(srs[0]))
-    assert any("Modality CT" in t for t in texts)
+    assert any("not a whole-body scan" in t for t in texts)
 
 
 def test_identical_resend_is_no_new_work_and_a_change_gets_a_successor_sr(setup, layouts, pacs, tmp_path):
@@ -294,3 +309,22 @@ def test_a_single_view_is_processed_after_the_idle_timeout(setup, tmp_path):
     assert study.state == DISPATCHED and study.completed_by == "timeout"
     assert study.result["views"] == ["anterior"]
     assert sorted(o.kind for o in store.outputs(record.study_uid)) == ["sc", "sr"]
+
+
+def test_views_named_by_headers_complete_a_study_whose_pixels_cannot_be_decoded(setup, tmp_path):
+    """Completion reads headers only; the one decode is the classify stage's, and when it fails the
+    study ends not assessable at once instead of waiting for the idle timeout."""
+    record = generate_phantoms(tmp_path, n=1, seed=515, layout="split-instances")[0]
+    broken = []
+    for i, source in enumerate(record.files):
+        ds = pydicom.dcmread(source)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 4]  # a quarter of the frame: cannot be decoded
+        broken.append(tmp_path / f"broken{i}.dcm")
+        ds.save_as(broken[-1])
+    assert storescu(setup["port"], broken).returncode == 0
+    (study,) = settle(setup["store"], [record.study_uid], timeout=60)
+    assert study.state == NOT_ASSESSABLE and study.completed_by == "content"
+    assert study.result["reason_code"] == "unreadable" and "pixel data" in study.reason
+    events = setup["store"].events(record.study_uid)
+    complete_at = next(at for at, state, _ in events if state == "complete")
+    assert complete_at - study.last_received < 2.0  # the idle timeout is 3 s

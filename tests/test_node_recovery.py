@@ -35,7 +35,7 @@ def env(tmp_path_factory):
             "node": {"ae_title": "SPECTNODE", "port": port, "allowed_calling_ae_titles": ["CAMERA", "ORTHANC"]},
             "storage": {"data_dir": str(root / "data")},
             "destinations": [
-                {"name": "local", "type": "folder", "path": "results", "outputs": ["sr", "sc"]},
+                {"name": "local", "type": "folder", "path": "delivered", "outputs": ["sr", "sc"]},
                 # Results go back to whoever sent the study, at the PACS's port.
                 {"name": "back", "type": "sender", "port": pacs.dicom_port, "outputs": ["sr"]},
             ],
@@ -156,6 +156,14 @@ def test_dead_letters_are_listed_and_retry_sends_them(env, tmp_path):
     assert store.study(record.study_uid).state == REPORTED
     text = run_spectnode("status", "--config", str(env["config"])).stdout
     assert "dead" in text and "archive" in text and "spectnode retry" in text
+    # The study itself says why it is not dispatched.
+    (line,) = [row for row in text.splitlines() if row.startswith("reported") and record.study_uid in row]
+    assert f"dispatch failed: sr to archive: {dead['last_error']} [outbox item {dead['id']}]" in line
+    report = json.loads(run_spectnode("status", "--config", str(env["config"]), "--json").stdout)
+    (study_json,) = [s for s in report["studies"] if s["study_uid"] == record.study_uid]
+    assert study_json["dispatch_failed"] == [{"item": dead["id"], "destination": "archive", "kind": "sr",
+                                              "reason": dead["last_error"]}]
+    assert not [i for i in report["outbox"]["items"] if i["state"] == "dead"]  # listed once, as a dead letter
 
     # The node crashes with the item dead; the archive comes up; after a restart, retry sends it.
     env["node"].kill()

@@ -116,17 +116,52 @@ def test_outputs_supersede_and_predecessor(store):
     def sr(gen: int, uid: str) -> OutputRecord:
         return OutputRecord("6.1", gen, "sr", uid, "1.2.840.10008.5.1.4.1.1.88.34", "6.9", Path(f"/r/{uid}"), True, 0)
 
+    def reopen(sop: str) -> None:
+        study = store.study("6.1")
+        store.advance("6.1", study.generation, RECEIVED, COMPLETE, "complete")
+        store.record_instance(instance("6.1", sop), PEER)
+
     store.record_instance(instance("6.1", "6.1.1"), PEER)
     assert store.predecessor_sr("6.1", 1) is None
-    store.record_outputs("6.1", 1, [sr(1, "6.1.100")])
-    store.record_outputs("6.1", 2, [sr(2, "6.1.200")])
+    assert store.record_outputs("6.1", 1, [sr(1, "6.1.100")])
+    reopen("6.1.2")
+    # A report of generation 1 that finishes after the re-opening records nothing.
+    assert not store.record_outputs("6.1", 1, [sr(1, "6.1.101")])
+    assert store.record_outputs("6.1", 2, [sr(2, "6.1.200")])
     assert [o.sop_instance_uid for o in store.outputs("6.1")] == ["6.1.200"]  # only one current result
     assert store.predecessor_sr("6.1", 2).sop_instance_uid == "6.1.100"
     assert store.predecessor_sr("6.1", 3).sop_instance_uid == "6.1.200"
     # Recording generation 2 again (a re-run after a crash) replaces it, keeping one current SR.
-    store.record_outputs("6.1", 2, [sr(2, "6.1.201")])
+    assert store.record_outputs("6.1", 2, [sr(2, "6.1.201")])
     assert [o.sop_instance_uid for o in store.outputs("6.1")] == ["6.1.201"]
     assert {o.sop_instance_uid for o in store.outputs("6.1", current_only=False)} == {"6.1.100", "6.1.201"}
+    # Generation 2's report is refused after it recorded its outputs (re-opened again):
+    # they are forgotten, and generation 3 names generation 1's SR as its predecessor.
+    assert store.discard_outputs("6.1", 2) == []  # still current: nothing happens
+    reopen("6.1.3")
+    assert [o.sop_instance_uid for o in store.discard_outputs("6.1", 2)] == ["6.1.201"]
+    assert [o.sop_instance_uid for o in store.outputs("6.1")] == ["6.1.100"]
+    assert store.predecessor_sr("6.1", 3).sop_instance_uid == "6.1.100"
+
+
+def test_a_transaction_commits_with_the_move_or_not_at_all(store):
+    store.record_instance(instance("6.2", "6.2.1"), PEER)
+    with store.transaction("6.2", 1, RECEIVED) as tx:
+        assert tx is not None
+        tx.db.execute("CREATE TABLE side (x TEXT)")
+        tx.db.execute("INSERT INTO side VALUES ('queued')")
+        tx.move(COMPLETE, "complete", completed_by="content")
+    assert store.study("6.2").state == COMPLETE
+    with pytest.raises(RuntimeError):
+        with store.transaction("6.2", 1, COMPLETE) as tx:
+            tx.db.execute("INSERT INTO side VALUES ('lost')")
+            tx.move(CLASSIFIED, "classified")
+            raise RuntimeError("the enqueue failed")
+    assert store.study("6.2").state == COMPLETE
+    with store.transaction("6.2", 2, COMPLETE) as stale:
+        assert stale is None  # another generation: the caller drops its work
+    with sqlite3.connect(store.path) as raw:
+        assert raw.execute("SELECT x FROM side").fetchall() == [("queued",)]
 
 
 def test_wal_and_concurrent_writers(tmp_path):

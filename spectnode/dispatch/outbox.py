@@ -9,21 +9,31 @@ same item twice.
 Life of an item::
 
     enqueue ──► pending ──claim──► sending ──ok──► delivered
-                  ▲  ▲                │
-                  │  └──failure, ─────┤ attempts < max_attempts:
-                  │     backoff       │ next_attempt_at = now + min(base·2^(n-1), max)
-                  │                   ▼
-                  └──── retry() ◄─── dead  (max_attempts reached, a local problem
-                                            such as a missing file, or a destination
-                                            no longer in the configuration)
+                  ▲  ▲ │              │
+                  │  │ │  failure, ───┤ attempts < max_attempts:
+                  │  │ │  backoff     │ next_attempt_at = now + min(base·2^(n-1), max)
+                  │  │ │              ▼
+                  │  └─┼── retry() ◄─ dead  (max_attempts reached, a local problem
+                  │    │                │    such as a missing file, a peer that takes
+                  │    │                │    no such object, or a destination no
+                  │    ▼                ▼    longer in the configuration)
+                  │   superseded ◄──────┘   (a later generation of the study exists)
+
+Every item carries the ``generation`` of the study result it delivers (the job
+store's generation of the study). Enqueueing a generation supersedes the
+study's older pending and dead items, and :meth:`Outbox.deliver_due`, given
+the studies' current generations, supersedes instead of sending an item whose
+study has been re-opened since: an outdated result never reaches a
+destination after (or instead of) its successor.
 
 Typical use in the node::
 
     outbox = Outbox(data_dir / "jobs.sqlite")
     outbox.recover_interrupted()                     # once, at start-up
-    outbox.enqueue_outputs(study_uid, {"sr": [sr], "sc": [sc]}, cfg.destinations, sender=peer)
+    outbox.enqueue_outputs(study_uid, {"sr": [sr], "sc": [sc]}, cfg.destinations, sender=peer, generation=2)
     ...
-    outbox.deliver_due(destinations_by_name(cfg), cfg.node.ae_title)   # in a worker loop
+    outbox.deliver_due(destinations_by_name(cfg), cfg.node.ae_title,
+                       current_generation=lambda uid: store.study(uid).generation)   # in a worker loop
 """
 
 from __future__ import annotations
@@ -41,29 +51,33 @@ from typing import Any
 
 from spectnode.config import DestinationConfig
 from spectnode.dispatch.senders import DispatchError, send_files
-from spectnode.store import Peer
+from spectnode.store import Peer, StoreError
 
 __all__ = ["ITEM_STATES", "Outbox", "OutboxItem", "SendFunction", "format_outbox_status"]
 
 LOGGER = logging.getLogger("spectnode.dispatch")
 
 #: Every state an outbox item can be in.
-ITEM_STATES: tuple[str, ...] = ("pending", "sending", "delivered", "dead")
+ITEM_STATES: tuple[str, ...] = ("pending", "sending", "delivered", "dead", "superseded")
+
+# How the last_error of an item that an operator retried begins.
+_RETRY_REQUESTED = "retry requested after: "
 
 #: What :meth:`Outbox.deliver_due` calls to deliver one item (:func:`send_files` by default).
 SendFunction = Callable[..., None]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox_items (
+_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     study_uid        TEXT    NOT NULL,
+    generation       INTEGER NOT NULL DEFAULT 1,
     destination      TEXT    NOT NULL,
     kind             TEXT    NOT NULL,
     files_json       TEXT    NOT NULL,
     files_key        TEXT    NOT NULL,
     sender_ae_title  TEXT,
     sender_host      TEXT,
-    state            TEXT    NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
+    state            TEXT    NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead', 'superseded')),
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  REAL    NOT NULL,
     last_error       TEXT,
@@ -73,9 +87,16 @@ CREATE TABLE IF NOT EXISTS outbox_items (
     delivered_at     REAL,
     UNIQUE (study_uid, destination, kind, files_key)
 );
-CREATE INDEX IF NOT EXISTS outbox_items_due ON outbox_items (state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS outbox_items_study ON outbox_items (study_uid);
 """
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_items_due ON outbox_items (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_items_study ON outbox_items (study_uid, generation);
+"""
+# Columns of the first version of the table (no generation, no 'superseded' state).
+_V1_COLUMNS = (
+    "id, study_uid, destination, kind, files_json, files_key, sender_ae_title, sender_host, state, attempts, "
+    "next_attempt_at, last_error, created_at, updated_at, claimed_at, delivered_at"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,7 @@ class OutboxItem:
     Attributes:
         id: Row id, stable for the item's life (``spectnode retry --item ID``).
         study_uid: StudyInstanceUID of the classified study.
+        generation: The study's generation whose result the item delivers.
         destination: Destination name, as in the configuration.
         kind: Output kind, ``"sr"`` or ``"sc"``.
         files: The files to deliver, in sending order.
@@ -100,6 +122,7 @@ class OutboxItem:
 
     id: int
     study_uid: str
+    generation: int
     destination: str
     kind: str
     files: tuple[Path, ...]
@@ -125,6 +148,7 @@ def _item_from_row(row: sqlite3.Row) -> OutboxItem:
     return OutboxItem(
         id=row["id"],
         study_uid=row["study_uid"],
+        generation=row["generation"],
         destination=row["destination"],
         kind=row["kind"],
         files=tuple(Path(p) for p in json.loads(row["files_json"])),
@@ -155,6 +179,10 @@ class Outbox:
         claim_timeout_s: An item left in ``sending`` this long (its worker
             died mid-send) is due again.
         clock: Returns the current time in epoch seconds; tests pass a fake one.
+
+    Raises:
+        StoreError: If the outbox table cannot be created or brought up to
+            date in ``db_path`` (not an SQLite file, locked, read-only ...).
     """
 
     def __init__(
@@ -180,8 +208,14 @@ class Outbox:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        # Destinations found unreachable, and until when their items are left alone.
+        self._unreachable_until: dict[str, float] = {}
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection().executescript(_SCHEMA)
+        try:
+            self._create_or_upgrade_table()
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"{self.db_path}: cannot set up the outbox table: {exc}") from exc
 
     # ---------------------------------------------------------------- plumbing
 
@@ -199,6 +233,34 @@ class Outbox:
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
+
+    def _create_or_upgrade_table(self) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox_items'").fetchone()
+            if row is not None and "generation" not in row[0]:
+                # A table of the first version: rebuild it with the generation column and
+                # the 'superseded' state; an item takes the generation its study has now.
+                conn.execute(_TABLE.format(name="outbox_items_v2"))
+                has_studies = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
+                generation = ("COALESCE((SELECT s.generation FROM studies s WHERE s.study_uid = o.study_uid), 1)"
+                              if has_studies else "1")
+                conn.execute(f"INSERT INTO outbox_items_v2 ({_V1_COLUMNS}, generation) "
+                             f"SELECT {', '.join('o.' + c.strip() for c in _V1_COLUMNS.split(','))}, {generation} "
+                             "FROM outbox_items o")
+                conn.execute("DROP TABLE outbox_items")
+                conn.execute("ALTER TABLE outbox_items_v2 RENAME TO outbox_items")
+                LOGGER.info("outbox table of %s upgraded: items now carry their study's generation", self.db_path)
+            else:
+                conn.execute(_TABLE.format(name="outbox_items"))
+            for statement in filter(str.strip, _INDEXES.split(";")):
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         conn = self._connection()
@@ -234,6 +296,56 @@ class Outbox:
 
     # ---------------------------------------------------------------- enqueue
 
+    @staticmethod
+    def _files_key(files: Sequence[Path]) -> tuple[list[str], str]:
+        paths = [str(Path(p).absolute()) for p in files]
+        return paths, hashlib.sha256(json.dumps(sorted(paths)).encode("utf-8")).hexdigest()
+
+    def _in_transaction(self, connection: sqlite3.Connection | None, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``work`` in the caller's transaction on ``connection``, or in one of its own."""
+        if connection is not None:
+            return work(connection)
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _insert(self, conn: sqlite3.Connection, study_uid: str, generation: int, destination: str, kind: str,
+                files: Sequence[Path], sender: Peer | None, now: float) -> int:
+        if not files:
+            raise ValueError("an outbox item needs at least one file")
+        paths, files_key = self._files_key(files)
+        conn.execute(
+            "INSERT INTO outbox_items (study_uid, generation, destination, kind, files_json, files_key,"
+            " sender_ae_title, sender_host, state, attempts, next_attempt_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
+            " ON CONFLICT (study_uid, destination, kind, files_key) DO NOTHING",
+            (
+                study_uid, generation, destination, kind, json.dumps(paths), files_key,
+                sender.ae_title if sender else None, sender.address if sender else None,
+                now, now, now,
+            ),
+        )
+        row = conn.execute(
+            "SELECT id FROM outbox_items WHERE study_uid = ? AND destination = ? AND kind = ? AND files_key = ?",
+            (study_uid, destination, kind, files_key),
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _supersede_older(conn: sqlite3.Connection, study_uid: str, generation: int, now: float) -> int:
+        return conn.execute(
+            "UPDATE outbox_items SET state = 'superseded', claimed_at = NULL, updated_at = ?,"
+            " last_error = 'superseded by generation ' || ? || ' of the study'"
+            " WHERE study_uid = ? AND generation < ? AND state IN ('pending', 'dead')",
+            (now, generation, study_uid, generation),
+        ).rowcount
+
     def enqueue(
         self,
         study_uid: str,
@@ -241,41 +353,31 @@ class Outbox:
         kind: str,
         files: Sequence[Path],
         sender: Peer | None = None,
+        *,
+        generation: int = 1,
+        connection: sqlite3.Connection | None = None,
     ) -> int:
         """Add a delivery, due now, and return its id.
 
         Idempotent: enqueueing the same study, destination, kind and set of
         files again returns the existing item's id and changes nothing (so a
-        study processed again after a crash is not sent twice).
+        study processed again after a crash is not sent twice). The study's
+        pending and dead items of older generations become ``superseded``.
+
+        Args:
+            generation: The study's generation whose result ``files`` are.
+            connection: Run in the caller's open transaction on this
+                connection to the same database (so that the job store can
+                queue and move the study on atomically); by default the
+                outbox commits on its own.
         """
-        if not files:
-            raise ValueError("an outbox item needs at least one file")
-        paths = [str(Path(p).absolute()) for p in files]
-        files_key = hashlib.sha256(json.dumps(sorted(paths)).encode("utf-8")).hexdigest()
         now = self.clock()
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "INSERT INTO outbox_items (study_uid, destination, kind, files_json, files_key,"
-                " sender_ae_title, sender_host, state, attempts, next_attempt_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
-                " ON CONFLICT (study_uid, destination, kind, files_key) DO NOTHING",
-                (
-                    study_uid, destination, kind, json.dumps(paths), files_key,
-                    sender.ae_title if sender else None, sender.address if sender else None,
-                    now, now, now,
-                ),
-            )
-            row = conn.execute(
-                "SELECT id FROM outbox_items WHERE study_uid = ? AND destination = ? AND kind = ? AND files_key = ?",
-                (study_uid, destination, kind, files_key),
-            ).fetchone()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return int(row["id"])
+
+        def work(conn: sqlite3.Connection) -> int:
+            self._supersede_older(conn, study_uid, generation, now)
+            return self._insert(conn, study_uid, generation, destination, kind, files, sender, now)
+
+        return int(self._in_transaction(connection, work))
 
     def enqueue_outputs(
         self,
@@ -283,24 +385,32 @@ class Outbox:
         outputs: Mapping[str, Sequence[Path]],
         destinations: Iterable[DestinationConfig],
         sender: Peer | None = None,
+        *,
+        generation: int = 1,
+        connection: sqlite3.Connection | None = None,
     ) -> list[int]:
-        """Enqueue each output kind for every destination whose ``outputs`` name it.
+        """Enqueue each output kind for every destination whose ``outputs`` name it, in one transaction.
 
         Args:
             outputs: Files by kind, e.g. ``{"sr": [sr_path], "sc": [sc_path]}``;
                 kinds with no files are skipped.
             destinations: The configured destinations (``cfg.destinations``).
+            generation, connection: As for :meth:`enqueue`.
 
         Returns:
             The item ids, destinations in configuration order, kinds in
             ``outputs`` order.
         """
-        ids = []
-        for dest in destinations:
-            for kind, files in outputs.items():
-                if files and kind in dest.outputs:
-                    ids.append(self.enqueue(study_uid, dest.name, kind, files, sender))
-        return ids
+        now = self.clock()
+        routes = [(dest.name, kind, files) for dest in destinations for kind, files in outputs.items()
+                  if files and kind in dest.outputs]
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            self._supersede_older(conn, study_uid, generation, now)
+            return [self._insert(conn, study_uid, generation, name, kind, files, sender, now)
+                    for name, kind, files in routes]
+
+        return list(self._in_transaction(connection, work))
 
     # ---------------------------------------------------------------- queries
 
@@ -324,8 +434,10 @@ class Outbox:
         *,
         study_uid: str | None = None,
         destination: str | None = None,
+        generation: int | None = None,
     ) -> list[OutboxItem]:
-        """Items in any of ``states`` (all by default), optionally of one study or destination, by id."""
+        """Items in any of ``states`` (all by default), optionally of one study, destination or
+        study generation, by id."""
         states = list(states)
         unknown = [s for s in states if s not in ITEM_STATES]
         if unknown:
@@ -338,6 +450,9 @@ class Outbox:
         if destination is not None:
             sql += " AND destination = ?"
             params.append(destination)
+        if generation is not None:
+            sql += " AND generation = ?"
+            params.append(generation)
         return self._select(sql + " ORDER BY id", params)
 
     def dead_letters(self) -> list[OutboxItem]:
@@ -351,19 +466,17 @@ class Outbox:
             counts[state] = n
         return counts
 
-    def pending_for_study(self, study_uid: str) -> int:
-        """Items of the study not yet delivered and not dead (pending or sending)."""
-        row = self._connection().execute(
-            "SELECT COUNT(*) FROM outbox_items WHERE study_uid = ? AND state IN ('pending', 'sending')",
-            (study_uid,),
-        ).fetchone()
-        return int(row[0])
+    def study_delivered(self, study_uid: str, generation: int) -> bool:
+        """True if ``generation`` of the study has at least one item and every one of them is delivered.
 
-    def study_delivered(self, study_uid: str) -> bool:
-        """True if the study has at least one item and every one of them is delivered."""
+        Items of other generations do not count: a superseded or dead item of
+        an older result neither holds a study back nor stands in for the
+        current one.
+        """
         row = self._connection().execute(
-            "SELECT COUNT(*), COALESCE(SUM(state = 'delivered'), 0) FROM outbox_items WHERE study_uid = ?",
-            (study_uid,),
+            "SELECT COUNT(*), COALESCE(SUM(state = 'delivered'), 0) FROM outbox_items"
+            " WHERE study_uid = ? AND generation = ?",
+            (study_uid, generation),
         ).fetchone()
         return row[0] > 0 and row[0] == row[1]
 
@@ -400,11 +513,11 @@ class Outbox:
         now = self.clock()
         sql = (
             "UPDATE outbox_items SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,"
-            " last_error = CASE WHEN state = 'dead' THEN 'retry requested after: ' || COALESCE(last_error, '')"
-            " ELSE last_error END"
+            " last_error = CASE WHEN COALESCE(last_error, '') LIKE ? || '%' THEN last_error"
+            " ELSE ? || COALESCE(last_error, '') END"
             " WHERE (state = 'dead' OR (state = 'pending' AND attempts > 0))"
         )
-        params: list[Any] = [now, now]
+        params: list[Any] = [now, now, _RETRY_REQUESTED, _RETRY_REQUESTED]
         if item_id is not None:
             sql += " AND id = ?"
             params.append(item_id)
@@ -466,6 +579,19 @@ class Outbox:
 
     # ---------------------------------------------------------------- delivery
 
+    def _supersede(self, item: OutboxItem, current: int) -> bool:
+        now = self.clock()
+        moved = self._write(
+            "UPDATE outbox_items SET state = 'superseded', claimed_at = NULL, updated_at = ?,"
+            " last_error = 'superseded by generation ' || ? || ' of the study'"
+            " WHERE id = ? AND state IN ('pending', 'dead')",
+            (now, current, item.id),
+        ).rowcount
+        if moved:
+            LOGGER.info("outbox item %d (%s of %s, generation %d, to %s) not sent: the study is at generation %d now",
+                        item.id, item.kind, item.study_uid, item.generation, item.destination, current)
+        return bool(moved)
+
     def deliver_due(
         self,
         destinations: Mapping[str, DestinationConfig],
@@ -473,6 +599,7 @@ class Outbox:
         send: SendFunction = send_files,
         *,
         timeout: float = 30,
+        current_generation: Callable[[str], int | None] | None = None,
     ) -> list[OutboxItem]:
         """Try every due item once and return the items tried, in their new state.
 
@@ -480,7 +607,11 @@ class Outbox:
         workers (threads or processes) never send one item twice. When a
         destination cannot be reached at all (connection refused, timed out,
         association rejected), the other due items for it in this pass are
-        not tried: they fail with the same reason and back off together.
+        not tried: they fail with the same reason and back off together; and
+        until that backoff is over, items that become due for it meanwhile
+        (a new study's results) are left alone, not even claimed, so that one
+        unreachable destination does not hold up the others pass after pass.
+        Items an operator retried (:meth:`retry`) are tried at once.
 
         Args:
             destinations: Destinations by name (:func:`destinations_by_name`);
@@ -490,11 +621,22 @@ class Outbox:
                 sender=..., timeout=...)``; it raises :class:`DispatchError`
                 on failure.
             timeout: Passed to ``send``.
+            current_generation: The job store's current generation of a study
+                (None if unknown); an item of an older generation is
+                superseded instead of sent.
         """
         now = self.clock()
         unreachable: dict[str, str] = {}
         tried: list[OutboxItem] = []
         for item in self.due(now):
+            if (item.destination not in unreachable and self._unreachable_until.get(item.destination, now) > now
+                    and not (item.last_error or "").startswith(_RETRY_REQUESTED)):
+                continue  # its destination is backing off (an operator's retry is tried at once)
+            if current_generation is not None:
+                current = current_generation(item.study_uid)
+                if current is not None and item.generation < current:
+                    self._supersede(item, current)
+                    continue
             if not self._claim(item.id, now):
                 continue
             dest = destinations.get(item.destination)
@@ -512,6 +654,10 @@ class Outbox:
                     self._record_failure(item, exc.reason, exc.retryable)
                     if exc.peer_unreachable:
                         unreachable[item.destination] = exc.reason
+                        retry_at = (self.get(item.id) or item).next_attempt_at
+                        self._unreachable_until[item.destination] = retry_at
+                    else:
+                        self._unreachable_until.pop(item.destination, None)
                 except Exception as exc:  # a bug must not stop the worker; keep the item retrying
                     LOGGER.exception("outbox item %d: unexpected error while sending", item.id)
                     self._record_failure(item, f"unexpected error: {type(exc).__name__}: {exc}", retryable=True)
@@ -519,6 +665,7 @@ class Outbox:
                     LOGGER.info("outbox item %d delivered: %s of %s to %s", item.id, item.kind, item.study_uid,
                                 item.destination)
                     self._mark_delivered(item.id)
+                    self._unreachable_until.pop(item.destination, None)
             updated = self.get(item.id)
             if updated is not None:
                 tried.append(updated)
@@ -544,6 +691,7 @@ def format_outbox_status(
     now: float | None = None,
     max_attempts: int | None = None,
     show_delivered: bool = False,
+    counts: Mapping[str, int] | None = None,
 ) -> str:
     """Text for ``spectnode status``: a summary line, then one block per undelivered item.
 
@@ -555,24 +703,33 @@ def format_outbox_status(
             connection refused by 127.0.0.1:4242 (nothing listens there)
         9   dead      pacs         sc    8/8       -         1.2.826.0.1.3680043.8.498.2
             gave up after 8 attempts: association rejected by ...
-        dead items can be sent again with: spectnode retry [--item ID | --study UID]
+        dead items can be sent again with: spectnode retry ID | STUDY_UID | --all
+
+    Superseded items (results of an older generation of their study, never
+    to be sent) are counted when there are any, not listed.
 
     Args:
         items: Items to show, e.g. ``outbox.list_items()``.
         now: Epoch seconds for "next try" (default: the current time).
         max_attempts: Shown as the denominator of ATTEMPTS when given.
         show_delivered: List delivered items too, not only count them.
+        counts: Items per state for the summary line (``Outbox.counts()``),
+            when ``items`` are not all the items (e.g. undelivered ones only);
+            by default ``items`` are counted.
     """
     now = time.time() if now is None else now
-    counts = dict.fromkeys(ITEM_STATES, 0)
-    for item in items:
-        counts[item.state] = counts.get(item.state, 0) + 1
+    if counts is None:
+        counts = dict.fromkeys(ITEM_STATES, 0)
+        for item in items:
+            counts[item.state] = counts.get(item.state, 0) + 1
     retrying = sum(1 for item in items if item.retrying)
     lines = [
-        f"outbox: {counts['pending']} pending ({retrying} retrying), {counts['sending']} sending, "
-        f"{counts['delivered']} delivered, {counts['dead']} dead"
+        f"outbox: {counts.get('pending', 0)} pending ({retrying} retrying), {counts.get('sending', 0)} sending, "
+        f"{counts.get('delivered', 0)} delivered, {counts.get('dead', 0)} dead"
+        + (f", {counts['superseded']} superseded" if counts.get("superseded") else "")
     ]
-    shown = [item for item in items if show_delivered or item.state != "delivered"]
+    shown = [item for item in items
+             if item.state != "superseded" and (show_delivered or item.state != "delivered")]
     if not shown:
         return lines[0]
 
@@ -600,6 +757,6 @@ def format_outbox_status(
         lines.append(render(row))
         if item.last_error and item.state != "delivered":
             lines.append(indent + item.last_error)
-    if counts["dead"]:
-        lines.append("dead items can be sent again with: spectnode retry [--item ID | --study UID]")
+    if any(item.state == "dead" for item in shown):
+        lines.append("dead items can be sent again with: spectnode retry ID | STUDY_UID | --all")
     return "\n".join(lines)

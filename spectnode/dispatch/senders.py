@@ -71,6 +71,8 @@ SENDER_DESTINATION_TYPE = "sender"
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # PS3.8 9.3.1: at most 128 presentation contexts (odd IDs 1-255) per association.
 _MAX_CONTEXTS = 128
+# Longest wait of the plain TCP probe that explains a failed connection.
+_PROBE_TIMEOUT_S = 2.0
 
 
 class DispatchError(Exception):
@@ -80,8 +82,9 @@ class DispatchError(Exception):
         reason: What went wrong, for logs, ``spectnode status`` and the outbox.
         retryable: False when trying again cannot help without someone
             changing something (a result file is missing, the destination needs
-            a sender that was not recorded); the outbox dead-letters such items
-            at once instead of retrying them.
+            a sender that was not recorded, the peer accepts no presentation
+            context for the object's SOP class); the outbox dead-letters such
+            items at once, with the reason, instead of retrying them.
         peer_unreachable: True when no DICOM association could be opened at
             all (connection refused, timeout, rejected); other items for the
             same destination would fail the same way right now.
@@ -248,14 +251,20 @@ def describe_store_status(code: int) -> str:
 
 
 def _connect_failure_reason(target: StoreTarget, timeout: float) -> str:
-    """Find out why TCP to ``target`` fails, by trying once more with a plain socket."""
+    """Find out why TCP to ``target`` fails, by trying once more with a plain socket.
+
+    The probe waits at most :data:`_PROBE_TIMEOUT_S`: the association attempt
+    has already waited its full timeout, and the dispatcher must not spend
+    that twice on one unreachable destination while others wait.
+    """
+    probe_timeout = min(timeout, _PROBE_TIMEOUT_S)
     try:
-        with socket.create_connection((target.host, target.port), timeout=timeout):
+        with socket.create_connection((target.host, target.port), timeout=probe_timeout):
             return f"could not open a TCP connection to {target} (it answered a later attempt)"
     except socket.gaierror as exc:
         return f"cannot resolve host {target.host!r}: {exc.strerror or exc}"
     except TimeoutError:
-        return f"connection to {target} timed out after {timeout:g} s"
+        return f"connection to {target} timed out after {timeout:g} s (and a {probe_timeout:g} s probe)"
     except ConnectionRefusedError:
         return f"connection refused by {target.host}:{target.port} (nothing listens there)"
     except OSError as exc:
@@ -308,8 +317,9 @@ def store_to_peer(
     Raises:
         DispatchError: Connection refused or timed out, association rejected
             (with the peer's result, source and reason) or aborted, no
-            presentation context accepted for a file's SOP class, or a
-            C-STORE failure status (hex code and meaning).
+            presentation context accepted for a file's SOP class (not
+            retryable: the peer does not take such objects), or a C-STORE
+            failure status (hex code and meaning).
     """
     paths = [Path(p) for p in files]
     headers = [_read_header(p) for p in paths]
@@ -339,17 +349,19 @@ def store_to_peer(
             f"cannot resolve host {target.host!r}: {exc.strerror or exc}", peer_unreachable=True
         ) from None
     if not assoc.is_established:
-        raise DispatchError(_association_failure(assoc, target, events, timeout, started), peer_unreachable=True)
+        raise _association_failure(assoc, target, events, timeout, started)
 
     try:
         for path, header in zip(paths, headers):
             encoding = _choose_encoding(assoc, header)
             sop_class = UID(header.SOPClassUID)
             if encoding is None:
+                # The peer's configuration says it takes no such object: retrying cannot help.
                 syntax = UID(header.file_meta.TransferSyntaxUID)
                 raise DispatchError(
                     f"{target} accepted no presentation context for {sop_class.name} ({sop_class}) "
-                    f"in {syntax.name} or an uncompressed transfer syntax"
+                    f"in {syntax.name} or an uncompressed transfer syntax",
+                    retryable=False,
                 )
             dataset = pydicom.dcmread(path)
             if encoding == "decompress":
@@ -379,18 +391,27 @@ def store_to_peer(
             assoc.release()
 
 
-def _association_failure(assoc: Any, target: StoreTarget, events: set[str], timeout: float, started: float) -> str:
+def _association_failure(
+    assoc: Any, target: StoreTarget, events: set[str], timeout: float, started: float
+) -> DispatchError:
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
-        return (
+        return DispatchError(
             f"association rejected by {target}: {rsp.result_str}, source {rsp.source_str}, "
-            f"reason {rsp.reason_str!r}"
+            f"reason {rsp.reason_str!r}",
+            peer_unreachable=True,
         )
     if "connected" not in events:
-        return _connect_failure_reason(target, timeout)
+        return DispatchError(_connect_failure_reason(target, timeout), peer_unreachable=True)
     if "accepted" in events:
-        return f"{target} accepted the association but none of the proposed presentation contexts"
+        # The peer is up but takes none of these objects: a permanent refusal,
+        # and other items (other SOP classes) for it may well go through.
+        return DispatchError(
+            f"{target} accepted the association but none of the proposed presentation contexts",
+            retryable=False,
+        )
     if time.monotonic() - started >= 0.9 * timeout:
-        return f"no answer to the association request from {target} within {timeout:g} s"
-    return f"association with {target} aborted during negotiation"
+        return DispatchError(f"no answer to the association request from {target} within {timeout:g} s",
+                             peer_unreachable=True)
+    return DispatchError(f"association with {target} aborted during negotiation", peer_unreachable=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -51,7 +52,8 @@ def serve(cfg: Config) -> int:
 
     Logs go where ``cfg.logging`` says. The model bundle is verified before
     anything listens (exit 2 if it does not verify); a port that cannot be
-    bound or a job store that cannot be opened exits 1. On SIGTERM/SIGINT the
+    bound or a job store (or its outbox table) that cannot be opened exits 1
+    with the reason on stderr (and in the log). On SIGTERM/SIGINT the
     listener stops, each stage finishes its current step, and the exit code
     is 0; anything unfinished resumes at the next start.
     """
@@ -72,8 +74,10 @@ def serve(cfg: Config) -> int:
     try:
         try:
             node.start()
-        except (OSError, StoreError) as exc:
+        except (OSError, StoreError, sqlite3.Error) as exc:
             _log.error("cannot start: %s", exc)
+            if cfg.logging.file is not None:  # the log file is not where a person starting it looks
+                print(f"spectnode serve: cannot start: {exc}", file=sys.stderr)
             node.stop(timeout=5)
             return EXIT_FAILURE
         _log.info("spectnode node %s ready on %s:%d, data in %s. %s", cfg.node.ae_title, cfg.node.bind_address,
@@ -91,7 +95,7 @@ def serve(cfg: Config) -> int:
 # ----------------------------------------------------------------------- status
 
 
-def _study_json(study: StudyRecord, outputs: list[Any]) -> dict[str, Any]:
+def _study_json(study: StudyRecord, outputs: list[Any], dead_items: list[Any]) -> dict[str, Any]:
     result = study.result or {}
     return {
         "study_uid": study.study_uid,
@@ -113,6 +117,9 @@ def _study_json(study: StudyRecord, outputs: list[Any]) -> dict[str, Any]:
         "probabilities": result.get("probabilities"),
         "views": result.get("views"),
         "outputs": [{"kind": o.kind, "sop_instance_uid": o.sop_instance_uid, "path": str(o.path)} for o in outputs],
+        # Dead outbox items of the study's current result: why it is not delivered.
+        "dispatch_failed": [{"item": i.id, "destination": i.destination, "kind": i.kind,
+                             "reason": i.last_error} for i in dead_items],
     }
 
 
@@ -120,6 +127,7 @@ def _item_json(item: Any) -> dict[str, Any]:
     return {
         "id": item.id,
         "study_uid": item.study_uid,
+        "generation": item.generation,
         "destination": item.destination,
         "kind": item.kind,
         "state": item.state,
@@ -130,14 +138,8 @@ def _item_json(item: Any) -> dict[str, Any]:
     }
 
 
-def status_report(cfg: Config) -> dict[str, Any]:
-    """Everything ``spectnode status --json`` prints, as a dict.
-
-    Keys: ``data_dir``, ``job_store`` (path), ``counts`` (studies per state),
-    ``studies`` (one object per study, oldest first), ``outbox`` with
-    ``counts`` per item state, ``items`` (not yet delivered) and
-    ``dead_letters``.
-    """
+def _read_status(cfg: Config) -> tuple[dict[str, Any], list[Any]]:
+    """The status report, and the outbox items not yet delivered (for the text)."""
     from spectnode.dispatch import ITEM_STATES, Outbox
 
     db = node_paths(cfg.storage.data_dir)["db"]
@@ -149,21 +151,47 @@ def status_report(cfg: Config) -> dict[str, Any]:
         "outbox": {"counts": dict.fromkeys(ITEM_STATES, 0), "items": [], "dead_letters": []},
     }
     if not db.exists():
-        return report
+        return report, []
     store = JobStore(db)
-    outbox = Outbox(db)
     try:
+        outbox = Outbox(db)
+    except StoreError:
+        store.close()
+        raise
+    try:
+        waiting = outbox.list_items(["pending", "sending"])
+        dead = outbox.dead_letters()
+        dead_by_result: dict[tuple[str, int], list[Any]] = {}
+        for item in dead:
+            dead_by_result.setdefault((item.study_uid, item.generation), []).append(item)
         report["counts"] = store.counts_by_state()
-        report["studies"] = [_study_json(s, store.outputs(s.study_uid)) for s in store.studies()]
+        report["studies"] = [_study_json(s, store.outputs(s.study_uid),
+                                         dead_by_result.get((s.study_uid, s.generation), []))
+                             for s in store.studies()]
         report["outbox"] = {
             "counts": outbox.counts(),
-            "items": [_item_json(i) for i in outbox.list_items(["pending", "sending", "dead"])],
-            "dead_letters": [_item_json(i) for i in outbox.dead_letters()],
+            "items": [_item_json(i) for i in waiting],
+            "dead_letters": [_item_json(i) for i in dead],
         }
     finally:
         outbox.close()
         store.close()
-    return report
+    return report, waiting + dead
+
+
+def status_report(cfg: Config) -> dict[str, Any]:
+    """Everything ``spectnode status --json`` prints, as a dict.
+
+    Keys: ``data_dir``, ``job_store`` (path), ``counts`` (studies per state),
+    ``studies`` (one object per study, oldest first; ``dispatch_failed``
+    lists the dead outbox items of its current result), ``outbox`` with
+    ``counts`` per item state, ``items`` (pending or being sent) and
+    ``dead_letters`` (given up on; each item is in one list only).
+
+    Raises:
+        StoreError: If the job store or its outbox table cannot be read.
+    """
+    return _read_status(cfg)[0]
 
 
 def _age(seconds: float) -> str:
@@ -190,12 +218,14 @@ def _study_line(study: dict[str, Any], now: float) -> list[str]:
         what += f" [retry returns it to {study['error_stage']}]"
     if study["state"] == NOT_ASSESSABLE and study["report_pending"]:
         what += " [SR pending]"
+    for failed in study.get("dispatch_failed") or []:
+        what = (what + "; " if what else "") + (f"dispatch failed: {failed['kind']} to {failed['destination']}: "
+                                                f"{failed['reason']} [outbox item {failed['item']}]")
     return [study["state"], _age(now - study["updated_at"]), study["calling_ae"] or "-", study["study_uid"], what]
 
 
-def _format_status(report: dict[str, Any], cfg: Config) -> str:
+def _format_status(report: dict[str, Any], items: list[Any], cfg: Config) -> str:
     from spectnode.dispatch import format_outbox_status
-    from spectnode.dispatch.outbox import OutboxItem
 
     now = time.time()
     counts = report["counts"]
@@ -214,21 +244,8 @@ def _format_status(report: dict[str, Any], cfg: Config) -> str:
         lines.append(f"... and {len(finished) - _MAX_FINISHED_SHOWN} more dispatched studies (see --json)")
     if counts.get(ERROR):
         lines.append("studies in error can be processed again with: spectnode retry STUDY_UID (or --all)")
-    items = [
-        OutboxItem(
-            id=i["id"], study_uid=i["study_uid"], destination=i["destination"], kind=i["kind"],
-            files=tuple(Path(p) for p in i["files"]), sender=None, state=i["state"], attempts=i["attempts"],
-            next_attempt_at=i["next_attempt_at"], last_error=i["last_error"], created_at=0.0, updated_at=0.0,
-            delivered_at=None,
-        )
-        for i in report["outbox"]["items"]
-    ]
-    text = format_outbox_status(items, now=now, max_attempts=cfg.dispatch.max_attempts)
-    # format_outbox_status counts what it is given; the delivered count comes from the store.
-    delivered = report["outbox"]["counts"].get("delivered", 0)
-    first, _, rest = text.partition("\n")
-    first = first.replace(" 0 delivered,", f" {delivered} delivered,")
-    lines.append(first + ("\n" + rest if rest else ""))
+    lines.append(format_outbox_status(items, now=now, max_attempts=cfg.dispatch.max_attempts,
+                                      counts=report["outbox"]["counts"]))
     return "\n".join(lines)
 
 
@@ -236,7 +253,7 @@ def status(cfg: Config, json: bool = False) -> int:
     """Print studies by state and the outbox, dead letters with their reasons
     (``spectnode status [--json]``). Works while the node runs."""
     try:
-        report = status_report(cfg)
+        report, items = _read_status(cfg)
     except StoreError as exc:
         print(f"spectnode status: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -246,7 +263,7 @@ def status(cfg: Config, json: bool = False) -> int:
     if not Path(report["job_store"]).exists():
         print(f"no job store at {report['job_store']}: no node has run with data directory {report['data_dir']}")
         return EXIT_OK
-    print(_format_status(report, cfg))
+    print(_format_status(report, items, cfg))
     return EXIT_OK
 
 
@@ -273,8 +290,17 @@ def retry(cfg: Config, item_or_study: str | None) -> int:
     if not db.exists():
         print(f"spectnode retry: no job store at {db}", file=sys.stderr)
         return EXIT_FAILURE
-    store = JobStore(db)
-    outbox = Outbox(db)
+    try:
+        store = JobStore(db)
+    except StoreError as exc:
+        print(f"spectnode retry: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        outbox = Outbox(db)
+    except StoreError as exc:
+        store.close()
+        print(f"spectnode retry: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         if item_or_study is None:
             studies = [s.study_uid for s in store.studies([ERROR]) if store.retry_study(s.study_uid)]

@@ -134,7 +134,8 @@ class Node:
         """Open the store, resume unfinished work and start listening.
 
         Raises:
-            spectnode.store.StoreError: If the job store cannot be opened.
+            spectnode.store.StoreError: If the job store (or its outbox
+                table) cannot be opened.
             OSError: If the port cannot be bound.
         """
         from spectnode.dispatch import Outbox
@@ -145,6 +146,11 @@ class Node:
         dispatch = self.cfg.dispatch
         self.outbox = Outbox(self.paths["db"], max_attempts=dispatch.max_attempts,
                              base_delay_s=dispatch.retry_base_seconds, max_delay_s=dispatch.retry_max_seconds)
+        results = self.paths["results"].resolve()
+        for name, dest in self._destinations().items():
+            if dest.type == "folder" and dest.path is not None and Path(dest.path).resolve() == results:
+                _log.warning("folder destination %r is the results folder %s itself: delivering to it copies "
+                             "each file onto itself; point it at another folder", name, results)
         resumed = self.outbox.recover_interrupted()
         unfinished = {state: n for state, n in self.store.counts_by_state().items() if n and state not in END_STATES}
         if unfinished or resumed:
@@ -181,10 +187,19 @@ class Node:
         for stage in self._stages:
             stage.wake.set()
         deadline = time.monotonic() + timeout
+        busy = []
         for stage in self._stages:
             stage.join(max(0.0, deadline - time.monotonic()))
             if stage.is_alive():
-                _log.warning("%s stage still busy at shutdown; its study resumes at the next start", stage.name)
+                busy.append(stage.name)
+        if busy:
+            # Their threads still use the store's and the outbox's connections:
+            # closing those under them would fail their step half-way. They are
+            # daemon threads, so they end with the process; SQLite rolls back a
+            # transaction they leave open, and their studies resume at the next start.
+            _log.warning("%s stage(s) still busy at shutdown; their connections are left open and their "
+                         "studies resume at the next start", ", ".join(busy))
+            return
         if self.outbox is not None:
             self.outbox.close()
         if self.store is not None:
@@ -246,19 +261,22 @@ class Node:
             except Exception as exc:  # noqa: BLE001 - the studies will carry the error
                 _log.error("the model cannot be loaded from %s: %s: %s", self.bundle or "the shipped default bundle",
                            type(exc).__name__, exc)
-        pending = self.store.studies([CLASSIFIED]) + [
+        to_report = self.store.studies([CLASSIFIED]) + [
             s for s in self.store.studies([NOT_ASSESSABLE]) if s.report_pending
         ]
-        for study in pending:
+        if to_report:
+            study = to_report[0]
             try:
                 self._load_classifier()
-                enqueue = enqueue_for_destinations(self.outbox, self.cfg.destinations, study)
+                enqueue = enqueue_for_destinations(self.outbox, self.cfg.destinations)
                 report_study(self.store, study, self._algorithm, self.paths["work"], self.paths["results"], enqueue)
             except Exception as exc:  # noqa: BLE001 - recorded as the study's visible error
                 self._fail(study, "report", exc)
             self._wake_dispatch.set()
             return True
-        for study in self.store.studies([COMPLETE]):
+        to_classify = self.store.studies([COMPLETE])
+        if to_classify:
+            study = to_classify[0]
             try:
                 classify_study(self.store, study, self._load_classifier(), self.paths["work"],
                                self.cfg.report.not_assessable_sr)
@@ -272,11 +290,17 @@ class Node:
 
         return destinations_by_name(self.cfg)
 
+    def _current_generation(self, study_uid: str) -> int | None:
+        assert self.store is not None
+        study = self.store.study(study_uid)
+        return study.generation if study is not None else None
+
     def _dispatch_step(self) -> bool:
         assert self.store is not None
-        tried = self.outbox.deliver_due(self._destinations(), self.cfg.node.ae_title)
+        tried = self.outbox.deliver_due(self._destinations(), self.cfg.node.ae_title,
+                                        current_generation=self._current_generation)
         for study in self.store.studies([REPORTED]):
-            if self.outbox.study_delivered(study.study_uid):
+            if self.outbox.study_delivered(study.study_uid, study.generation):
                 if self.store.advance(study.study_uid, study.generation, REPORTED, DISPATCHED,
                                       "every output delivered"):
                     _log.info("study %s from %s: dispatched to every destination", study.study_uid,
