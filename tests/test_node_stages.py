@@ -1,0 +1,87 @@
+"""The report stage against a real job store and outbox: queueing is atomic with the study's transition."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from spectnode.config import DestinationConfig
+from spectnode.dispatch import Outbox
+from spectnode.node.stages import enqueue_for_destinations, report_study
+from spectnode.phantom.generate import generate_phantoms
+from spectnode.report import AlgorithmInfo
+from spectnode.store import COMPLETE, NOT_ASSESSABLE, RECEIVED, InstanceRecord, JobStore, Peer
+
+PEER = Peer("CAMERA", "127.0.0.1", 40000, "SPECTNODE")
+ALGORITHM = AlgorithmInfo(name="test-model", version="1", device_uid="1.2.826.0.1.3680043.8.498.77",
+                          research_use_statement="Research use only.", classes=("normal", "metastatic"),
+                          scheme="binary")
+REASON = "NM object 1.2.3 is not a whole-body scan: ImageType STATIC"
+
+
+def _record(path: Path) -> InstanceRecord:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return InstanceRecord(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
+                          str(ds.SOPClassUID), str(ds.Modality), str(ds.file_meta.TransferSyntaxUID), path,
+                          hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
+
+
+class ReopeningStore(JobStore):
+    """A job store in which an NM object arrives right after the report stage recorded its outputs."""
+
+    arriving: InstanceRecord | None = None
+
+    def record_outputs(self, *args, **kwargs) -> bool:
+        recorded = super().record_outputs(*args, **kwargs)
+        if self.arriving is not None:
+            self.record_instance(self.arriving, PEER)
+            self.arriving = None
+        return recorded
+
+
+@pytest.fixture
+def node(tmp_path):
+    record = generate_phantoms(tmp_path / "phantoms", n=1, seed=61, layout="split-instances")[0]
+    store = ReopeningStore(tmp_path / "spectnode.sqlite")
+    outbox = Outbox(tmp_path / "spectnode.sqlite")
+    first, second = record.files
+    store.record_instance(_record(first), PEER)
+    store.advance(record.study_uid, 1, RECEIVED, COMPLETE, "complete", completed_by="timeout")
+    store.advance(record.study_uid, 1, COMPLETE, NOT_ASSESSABLE, "not assessable", reason=REASON,
+                  result={"outcome": "not_assessable", "reason": REASON, "reason_code": "not_whole_body"},
+                  report_pending=True)
+    destinations = [DestinationConfig(name="local", type="folder", path=tmp_path / "delivered")]
+    yield {"store": store, "outbox": outbox, "uid": record.study_uid, "later": _record(second),
+           "enqueue": enqueue_for_destinations(outbox, destinations), "results": tmp_path / "results",
+           "work": tmp_path / "work"}
+    outbox.close()
+    store.close()
+
+
+def test_the_not_assessable_sr_is_queued_with_the_study_generation(node):
+    store, uid = node["store"], node["uid"]
+    study = store.study(uid)
+    assert report_study(store, study, ALGORITHM, node["work"], node["results"], node["enqueue"]) == NOT_ASSESSABLE
+    assert not store.study(uid).report_pending
+    (item,) = node["outbox"].list_items()
+    (sr,) = store.outputs(uid)
+    assert (item.study_uid, item.generation, item.kind, item.files) == (uid, 1, "sr", (sr.path,))
+    assert item.sender == Peer("CAMERA", "127.0.0.1", 0)
+
+
+def test_a_report_refused_because_the_study_reopened_queues_and_keeps_nothing(node):
+    store, uid = node["store"], node["uid"]
+    study = store.study(uid)
+    store.arriving = node["later"]  # the second view arrives while the SR is being made
+    assert report_study(store, study, ALGORITHM, node["work"], node["results"], node["enqueue"]) is None
+    reopened = store.study(uid)
+    assert (reopened.state, reopened.generation) == (RECEIVED, 2)
+    assert node["outbox"].list_items() == []  # nothing of generation 1 goes out
+    assert store.outputs(uid, current_only=False) == []  # nor can it become generation 2's predecessor
+    assert not list((node["results"] / uid).glob("*.dcm"))
+    # A report of a snapshot that is already stale is refused before anything is recorded.
+    assert report_study(store, study, ALGORITHM, node["work"], node["results"], node["enqueue"]) is None
+    assert node["outbox"].list_items() == [] and store.outputs(uid, current_only=False) == []
