@@ -23,3 +23,21 @@ def test_status_and_retry_before_the_node_ever_ran(tmp_path):
     assert status.returncode == 0 and "no job store" in status.stdout
     retry = run_spectnode("retry", "--config", str(config), "--all")
     assert retry.returncode == 1 and "no job store" in retry.stderr
+
+
+def test_serve_with_an_unusable_outbox_table_exits_1_with_the_reason(tmp_path, tmp_path_factory):
+    import sqlite3
+
+    from nodetools import tiny_bundle
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "spectnode.sqlite") as db:
+        db.execute("CREATE TABLE outbox_items (something_else TEXT)")  # not the outbox this node knows
+    config = write_config(tmp_path / "node.yaml", {"node": {"port": free_port()},
+                                                   "storage": {"data_dir": str(data)},
+                                                   "model": {"bundle": str(tiny_bundle(tmp_path_factory))}})
+    proc = run_spectnode("serve", "--config", str(config), timeout=120)
+    assert proc.returncode == 1
+    assert "cannot start" in proc.stderr and "cannot set up the outbox table" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
