@@ -85,3 +85,14 @@ def test_a_report_refused_because_the_study_reopened_queues_and_keeps_nothing(no
     # A report of a snapshot that is already stale is refused before anything is recorded.
     assert report_study(store, study, ALGORITHM, node["work"], node["results"], node["enqueue"]) is None
     assert node["outbox"].list_items() == [] and store.outputs(uid, current_only=False) == []
+
+
+def test_report_headers_leave_deferred_pixel_data_unread(tmp_path):
+    from spectnode.report._sources import header_with_study_defaults
+
+    (record,) = generate_phantoms(tmp_path, n=1, seed=62, layout="split-instances")
+    ds = pydicom.dcmread(record.files[0], defer_size="64 KB")
+    # Reading a deferred value opens the file again: with the file gone, that would fail.
+    record.files[0].rename(tmp_path / "moved.dcm")
+    header = header_with_study_defaults(ds)
+    assert "PixelData" not in header and header.StudyInstanceUID == record.study_uid

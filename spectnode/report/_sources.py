@@ -59,9 +59,11 @@ def header_with_study_defaults(ds: Dataset) -> Dataset:
     Pixel data (group 7FE0) is left out, and ``ds`` itself is not modified.
     """
     header = Dataset()
-    for element in ds:
-        if element.tag.group != 0x7FE0:
-            header.add(element)
+    # Iterate over tags, not elements: touching a deferred Pixel Data element
+    # would read it from the file just to leave it out.
+    for tag in ds.keys():
+        if tag.group != 0x7FE0:
+            header.add(ds[tag])
     for keyword in _TYPE2_STUDY_ATTRIBUTES:
         if keyword not in header or header[keyword].value is None:
             setattr(header, keyword, "")
