@@ -96,3 +96,54 @@ def test_report_headers_leave_deferred_pixel_data_unread(tmp_path):
     record.files[0].rename(tmp_path / "moved.dcm")
     header = header_with_study_defaults(ds)
     assert "PixelData" not in header and header.StudyInstanceUID == record.study_uid
+
+
+def test_the_report_of_a_classified_study_decodes_no_pixel_data(tmp_path):
+    """Pixel data is decoded once, by the classify stage, which keeps the views it used; the report
+    reads only the sources' headers. Here the spooled pixel data cannot even be decoded."""
+    import numpy as np
+
+    from spectnode.node.stages import study_folder
+    from spectnode.store import CLASSIFIED, REPORTED
+
+    (phantom,) = generate_phantoms(tmp_path / "phantoms", n=1, seed=63, layout="split-instances")
+    uid = phantom.study_uid
+    store = JobStore(tmp_path / "spectnode.sqlite")
+    outbox = Outbox(tmp_path / "spectnode.sqlite")
+    arrays, sources = {}, {}
+    for view, (path, frame_index) in phantom.views.items():
+        ds = pydicom.dcmread(path)
+        arrays["view_" + view] = ds.pixel_array.astype(np.float32)
+        arrays[view] = np.linspace(0, 1, ds.pixel_array.size, dtype=np.float32).reshape(ds.pixel_array.shape)
+        sources[view] = {"sop_instance_uid": str(ds.SOPInstanceUID), "sop_class_uid": str(ds.SOPClassUID),
+                         "frame_number": frame_index + 1, "pixel_spacing_mm": None}
+        ds.PixelData = ds.PixelData[:100]  # undecodable from now on
+        spooled = tmp_path / "spool" / f"{view}.dcm"
+        spooled.parent.mkdir(exist_ok=True)
+        ds.save_as(spooled)
+        store.record_instance(_record(spooled), PEER)
+    work = study_folder(tmp_path / "work", uid)
+    work.mkdir(parents=True)
+    np.savez_compressed(work / "gen1.npz", **arrays)  # what the classify stage keeps for generation 1
+    probabilities = {"normal": 0.1, "metastatic": 0.6, "arthritic": 0.2, "both": 0.1}
+    store.advance(uid, 1, RECEIVED, COMPLETE, "complete", completed_by="content")
+    store.advance(uid, 1, COMPLETE, CLASSIFIED, "classified", result={
+        "study_uid": uid, "outcome": "classified", "reason": None, "reason_code": None,
+        "views": ["anterior", "posterior"], "label": "metastatic", "second_label": "arthritic",
+        "probabilities": probabilities, "view_sources": sources})
+    algorithm = AlgorithmInfo(name="test-model", version="1", device_uid="1.2.826.0.1.3680043.8.498.78",
+                              research_use_statement="Research use only.", classes=tuple(probabilities),
+                              scheme="dspic4")
+    enqueue = enqueue_for_destinations(outbox, [DestinationConfig(name="local", type="folder",
+                                                                  path=tmp_path / "delivered")])
+    try:
+        assert report_study(store, store.study(uid), algorithm, tmp_path / "work", tmp_path / "results",
+                            enqueue) == REPORTED
+        outputs = store.outputs(uid)
+        assert sorted(o.kind for o in outputs) == ["sc", "sc", "sr"]
+        captures = [pydicom.dcmread(o.path) for o in outputs if o.kind == "sc"]
+        assert [c.pixel_array.shape[2] for c in captures] == [3, 3] and all(c.Rows >= 1024 for c in captures)
+        assert [i.kind for i in outbox.list_items(generation=1)] == ["sr", "sc"]
+    finally:
+        outbox.close()
+        store.close()
