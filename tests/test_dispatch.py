@@ -553,12 +553,16 @@ def test_items_of_an_older_generation_are_superseded_not_sent(
     clock.advance(60)
     outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 1)
     assert outbox.get(old_dead).state == "dead"
+    backing_off = outbox.enqueue(study_uid, "down", "sc", files[1:2], generation=1)
+    outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 1)
+    assert outbox.get(backing_off).next_attempt_at > clock.now  # waiting, not due
     old_pending = outbox.enqueue(study_uid, "local", "sr", files[:1], generation=1)
-    # The study is re-opened (generation 2): the pending item of generation 1 is not sent.
+    # The study is re-opened (generation 2): the items of generation 1 are not sent, due or not.
     assert outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 2) == []
     tried = outbox.get(old_pending)
     assert tried.state == "superseded" and sent == []
     assert tried.last_error == "superseded by generation 2 of the study"
+    assert outbox.get(backing_off).state == "superseded"
     # Queueing generation 2 supersedes the dead item of generation 1: retrying everything cannot resend it.
     new = outbox.enqueue(study_uid, "local", "sr", files[1:2], generation=2)
     assert outbox.get(old_dead).state == "superseded"
@@ -570,7 +574,7 @@ def test_items_of_an_older_generation_are_superseded_not_sent(
     assert outbox.study_delivered(study_uid, 2) and not outbox.study_delivered(study_uid, 1)
     assert [i.id for i in outbox.list_items(generation=2)] == [new]
     text = format_outbox_status(outbox.list_items(), now=clock.now, counts=outbox.counts())
-    assert text == "outbox: 0 pending (0 retrying), 0 sending, 1 delivered, 0 dead, 2 superseded"
+    assert text == "outbox: 0 pending (0 retrying), 0 sending, 1 delivered, 0 dead, 3 superseded"
 
 
 def test_new_items_for_a_destination_in_backoff_wait_without_a_connection_attempt(

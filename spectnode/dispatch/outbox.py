@@ -592,6 +592,26 @@ class Outbox:
                         item.id, item.kind, item.study_uid, item.generation, item.destination, current)
         return bool(moved)
 
+    def supersede_outdated(self, current_generation: Callable[[str], int | None]) -> int:
+        """Supersede every pending or dead item whose study has a later generation now.
+
+        Args:
+            current_generation: The job store's current generation of a study
+                (None if unknown, which leaves its items alone).
+
+        Returns:
+            How many items were superseded.
+        """
+        superseded = 0
+        currents: dict[str, int | None] = {}
+        for item in self.list_items(["pending", "dead"]):
+            if item.study_uid not in currents:
+                currents[item.study_uid] = current_generation(item.study_uid)
+            current = currents[item.study_uid]
+            if current is not None and item.generation < current:
+                superseded += self._supersede(item, current)
+        return superseded
+
     def deliver_due(
         self,
         destinations: Mapping[str, DestinationConfig],
@@ -622,9 +642,11 @@ class Outbox:
                 on failure.
             timeout: Passed to ``send``.
             current_generation: The job store's current generation of a study
-                (None if unknown); an item of an older generation is
-                superseded instead of sent.
+                (None if unknown); items of an older generation, due or not,
+                are superseded (:meth:`supersede_outdated`), never sent.
         """
+        if current_generation is not None:
+            self.supersede_outdated(current_generation)
         now = self.clock()
         unreachable: dict[str, str] = {}
         tried: list[OutboxItem] = []
