@@ -236,6 +236,11 @@ class Outbox:
 
     def _create_or_upgrade_table(self) -> None:
         conn = self._connection()
+        table = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox_items'").fetchone()
+        indexes = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox_items'")}
+        if table is not None and "generation" in table[0] and {"outbox_items_due", "outbox_items_study"} <= indexes:
+            return  # up to date: no write lock needed (``spectnode status`` while the node is busy)
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'outbox_items'").fetchone()

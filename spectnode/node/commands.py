@@ -176,7 +176,7 @@ def _read_status(cfg: Config) -> tuple[dict[str, Any], list[Any]]:
     finally:
         outbox.close()
         store.close()
-    return report, waiting + dead
+    return report, sorted(waiting + dead, key=lambda item: item.id)
 
 
 def status_report(cfg: Config) -> dict[str, Any]:
