@@ -275,10 +275,11 @@ def _build_outputs(
 
 
 def _drop_stale(store: JobStore, study: StudyRecord) -> None:
-    """The study was re-opened while its report was made: forget and delete the outputs."""
+    """The study changed while its report was made (a new object re-opened it): the report
+    is dropped, and its outputs, if the study has a new generation, forgotten and deleted."""
     for output in store.discard_outputs(study.study_uid, study.generation):
         output.path.unlink(missing_ok=True)
-    _log.info("study %s: re-opened while its report was made; the report of generation %d is dropped",
+    _log.info("study %s changed while the report of its generation %d was made; that report is dropped",
               study.study_uid, study.generation, extra=_extra(study))
 
 
