@@ -219,6 +219,21 @@ def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir
     return CheckpointProgressEarlyStop()
 
 
+#: BatchNormalization momentum while training. Keras's default 0.99 needs about a
+#: thousand steps to forget the initial moving variance of 1, which is far above the
+#: variance of min-max-normalised counts: until then inference-mode outputs collapse
+#: onto one class. 0.9 forgets it within a few dozen steps.
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def _set_batch_norm_momentum(model) -> None:
+    import keras
+
+    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (also layers inside blocks)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BATCH_NORM_MOMENTUM
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -256,6 +271,7 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
         import spectnode.models  # noqa: F401  (registers custom layers)
 
         model = keras.saving.load_model(checkpoint_dir / "last.keras")
+        _set_batch_norm_momentum(model)
         state["settings"] = settings_json
         state["stopped_early"] = state["stopped_early"] and state["wait"] >= settings.patience
         log(f"resuming after epoch {state['epoch']} (best validation loss {state['best_val_loss']:.4f})")
@@ -266,6 +282,7 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
                  "stopped_early": False}
         model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
                             **settings.arch_options)
+        _set_batch_norm_momentum(model)
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                       loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
     if state["epoch"] < settings.epochs and not state["stopped_early"]:
