@@ -18,7 +18,10 @@ Failures answer with the status a peer can act on:
   written (disk full, file size limit, read-only file system ...);
 * 0xA900 (Error: data set does not match SOP class) when the dataset has no
   StudyInstanceUID or SOPInstanceUID;
-* 0xC210 (Error: cannot understand) when the dataset cannot be parsed.
+* 0xC210 (Error: cannot understand) when the dataset cannot be parsed or is
+  malformed: encoded in another VR encoding than its transfer syntax says,
+  or truncated (an element, pixel data included, running past its end). The
+  check is explicit and thread-safe; it does not rely on pydicom's warnings.
 
 Associations are refused (A-ASSOCIATE-RJ, rejected-permanent, service user)
 when the calling AE title is not allowed (reason 3, calling AE title not
