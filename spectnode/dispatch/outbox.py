@@ -104,7 +104,7 @@ class OutboxItem:
     """One delivery of one study's output of one kind to one destination.
 
     Attributes:
-        id: Row id, stable for the item's life (``spectnode retry --item ID``).
+        id: Row id, stable for the item's life (``spectnode retry ID``).
         study_uid: StudyInstanceUID of the classified study.
         generation: The study's generation whose result the item delivers.
         destination: Destination name, as in the configuration.
