@@ -36,7 +36,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 # The header-level part of the view rules; the same function read_study_views uses.
-from spectnode.imaging.views import ANTERIOR, POSTERIOR, _object_candidates
+from spectnode.imaging.views import ANTERIOR, POSTERIOR, object_view_candidates
 from spectnode.store import COMPLETE, RECEIVED, JobStore, StudyRecord
 
 __all__ = ["Completion", "check_completion", "read_spooled_study", "Assembler"]
@@ -114,7 +114,7 @@ def check_completion(nm_headers: Sequence[Dataset], unreadable: int = 0) -> Comp
     named: dict[str, set[tuple[str, int | None]]] = {ANTERIOR: set(), POSTERIOR: set()}
     rejections: list[str] = []
     for ds in nm_headers:
-        outcome = _object_candidates(ds)
+        outcome = object_view_candidates(ds)
         if isinstance(outcome, list):
             for candidate in outcome:
                 named[candidate.view].add(candidate.key)

@@ -462,7 +462,7 @@ def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate]
     ]
 
 
-def _object_candidates(ds: Dataset) -> list[_Candidate] | _Rejection:
+def object_view_candidates(ds: Dataset) -> list[_Candidate] | _Rejection:
     """Identify the views held by one NM object (headers only, no pixel decoding)."""
     rejection = _whole_body_rejection(ds)
     if rejection is not None:
@@ -658,7 +658,7 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
     rejections: list[_Rejection] = []
     candidates: dict[str, dict[tuple[str, int | None], _Candidate]] = {ANTERIOR: {}, POSTERIOR: {}}
     for ds in nm_objects:
-        outcome = _object_candidates(ds)
+        outcome = object_view_candidates(ds)
         if isinstance(outcome, _Rejection):
             rejections.append(outcome)
             continue
