@@ -210,3 +210,19 @@ def test_card_validation_and_default_intended_use() -> None:
     with pytest.raises(ValueError, match="metrics are for classes"):
         _card(metrics={"classes": ["a", "b", "c", "d"]})
     assert dataclasses.replace(card, version="0.0.2").version == "0.0.2"
+
+
+def test_trained_model_is_saved_without_optimizer_state(tmp_path) -> None:
+    """A compiled, trained model keeps Adam's two moment copies; a bundle must not ship them."""
+    import numpy as np
+
+    plain = save_bundle(_tiny_model(), _card(), tmp_path / "plain")
+    trained = _tiny_model()
+    trained.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    trained.fit(np.zeros((4, 32, 32, 1), "float32"), np.zeros(4, "int64"), epochs=1, verbose=0)
+    saved = save_bundle(trained, _card(), tmp_path / "trained")
+    plain_size = (plain / "model.keras").stat().st_size
+    assert (saved / "model.keras").stat().st_size < 1.2 * plain_size
+    loaded = load_bundle(saved)
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(loaded.model.predict(x, verbose=0), trained.predict(x, verbose=0), rtol=1e-5)

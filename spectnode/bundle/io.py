@@ -127,6 +127,19 @@ def _shape_problems(
     return problems
 
 
+def _without_optimizer(model: keras.Model) -> keras.Model:
+    """The same architecture and weights without the optimizer state.
+
+    A compiled model saves its optimizer too (Adam: two more copies of every
+    weight), which a bundle for inference does not need: it would triple its size.
+    """
+    if getattr(model, "optimizer", None) is None:
+        return model
+    bare = model.__class__.from_config(model.get_config())
+    bare.set_weights(model.get_weights())
+    return bare
+
+
 def save_bundle(model: keras.Model, card: ModelCard, out_dir: str | Path) -> Path:
     """Write ``model`` and its card as a bundle in ``out_dir``.
 
@@ -157,7 +170,7 @@ def save_bundle(model: keras.Model, card: ModelCard, out_dir: str | Path) -> Pat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with _temporary_path(out_dir, ".keras") as model_tmp:
-        model.save(model_tmp)  # Keras requires the .keras suffix, hence the temp name
+        _without_optimizer(model).save(model_tmp)  # Keras requires the .keras suffix, hence the temp name
         fsync_file(model_tmp)
         content_hash = file_sha256(model_tmp)
         saved_card = dataclasses.replace(
