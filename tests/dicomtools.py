@@ -7,6 +7,7 @@ package to install.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,20 +22,35 @@ TOOL_PACKAGES = {
     "dcmdjpls": "dcmtk",
     "dcmdrle": "dcmtk",
     "dsr2html": "dcmtk",
+    "storescu": "dcmtk",
+    "storescp": "dcmtk",
+    "echoscu": "dcmtk",
 }
 
 
+def _is_native(path: str) -> bool:
+    """True for a compiled executable, False for a script.
+
+    pynetdicom installs Python console scripts named like DCMTK's tools
+    (storescu, echoscu, findscu, getscu, movescu) into the virtual environment,
+    which comes first on PATH once it is activated; the tests mean DCMTK's.
+    """
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"\x7fELF"
+
+
 def require_tool(name: str) -> str:
-    """Return the path of executable ``name``, or fail the test saying what to install."""
-    path = shutil.which(name)
-    if path is None:
-        package = TOOL_PACKAGES.get(name, name)
-        pytest.fail(
-            f"{name} is not on PATH; install it to run this test "
-            f"(Debian/Ubuntu: apt install {package})",
-            pytrace=False,
-        )
-    return path
+    """Return the path of the native executable ``name`` on PATH, or fail the test saying what to install."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(name, path=folder)
+        if path is not None and _is_native(path):
+            return path
+    package = TOOL_PACKAGES.get(name, name)
+    pytest.fail(
+        f"{name} (native, not a Python script of the same name) is not on PATH; install it to run this test "
+        f"(Debian/Ubuntu: apt install {package})",
+        pytrace=False,
+    )
 
 
 def dciodvfy_messages(path: Path) -> list[str]:

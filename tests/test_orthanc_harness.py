@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -10,17 +9,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+
+from dicomtools import require_tool
 from orthanc import OrthancError, OrthancServer
 
 from spectnode.phantom.generate import generate_phantoms
-
-
-def _dcmtk(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not on PATH; install it to run this test (Debian/Ubuntu: apt install dcmtk)",
-                    pytrace=False)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +30,7 @@ def test_orthanc_receives_storescu_and_keeps_it_across_restart(tmp_path: Path, p
         assert pacs.instances() == []
 
         result = subprocess.run(
-            [_dcmtk("storescu"), "-aet", "MODALITY", "-aec", pacs.ae_title,
+            [require_tool("storescu"), "-aet", "MODALITY", "-aec", pacs.ae_title,
              pacs.host, str(pacs.dicom_port), *map(str, phantom_files)],
             capture_output=True, text=True, timeout=60, check=False,
         )
@@ -66,7 +59,7 @@ def test_orthanc_receives_storescu_and_keeps_it_across_restart(tmp_path: Path, p
 
 
 def test_orthanc_checks_called_ae_title_when_asked(tmp_path: Path) -> None:
-    echoscu = _dcmtk("echoscu")
+    echoscu = require_tool("echoscu")
     with OrthancServer(tmp_path / "strict", ae_title="STRICT", check_called_aet=True) as pacs:
         good = subprocess.run([echoscu, "-aec", "STRICT", pacs.host, str(pacs.dicom_port)],
                               capture_output=True, text=True, timeout=30, check=False)

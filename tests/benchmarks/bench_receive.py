@@ -36,6 +36,17 @@ import pydicom
 from pydicom.uid import generate_uid
 
 
+def _native(tool: str) -> str | None:
+    """DCMTK's executable: pynetdicom puts Python scripts of the same names into the venv."""
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which(tool, path=folder)
+        if path is not None:
+            with open(path, "rb") as handle:
+                if handle.read(4) == b"\x7fELF":
+                    return path
+    return None
+
+
 def _free_port() -> int:
     import socket
 
@@ -47,7 +58,7 @@ def _free_port() -> int:
 def _wait_for_port(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if subprocess.run(["echoscu", "-to", "1", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
+        if subprocess.run([_native("echoscu"), "-to", "1", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
             return
         time.sleep(0.2)
     raise RuntimeError(f"nothing answers C-ECHO on port {port}")
@@ -73,7 +84,7 @@ def _make_files(out: Path, n: int, layout: str) -> list[Path]:
 
 def _send(port: int, files: list[Path]) -> float:
     started = time.perf_counter()
-    proc = subprocess.run(["storescu", "-aec", "BENCH", "127.0.0.1", str(port), *map(str, files)],
+    proc = subprocess.run([_native("storescu"), "-aec", "BENCH", "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
@@ -88,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", default="multiframe", help="phantom layout of the objects (default multiframe)")
     args = parser.parse_args(argv)
     for tool in ("storescu", "storescp", "echoscu"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is not on PATH (Debian/Ubuntu: apt install dcmtk)", file=sys.stderr)
+        if _native(tool) is None:
+            print(f"{tool} (DCMTK's, not pynetdicom's script of that name) is not on PATH "
+                  "(Debian/Ubuntu: apt install dcmtk)", file=sys.stderr)
             return 2
 
     from spectnode.receive import StorageSCP
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     stored = len(list((target / "spool").rglob("*.dcm")))
                 else:
                     env = {**os.environ, "TCP_NODELAY": "1"} if receiver == "storescp-nodelay" else None
-                    proc = subprocess.Popen(["storescp", "-aet", "BENCH", "-od", str(target), str(port)],
+                    proc = subprocess.Popen([_native("storescp"), "-aet", "BENCH", "-od", str(target), str(port)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
                     try:
                         _wait_for_port(port)
