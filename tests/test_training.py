@@ -79,11 +79,24 @@ def test_resume_continues_and_refuses_other_settings(bundle, phantoms, tmp_path)
     shutil.copytree(bundle, copy)
     base = ["train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch", "dSPIC-AM",
             "--scheme", "dspic4", "--out", str(copy)]
-    proc = spectnode(*base, "--epochs", "3", "--resume", *TINY)
+    # A learning-rate and batch-size step is the usual manual schedule, so resume allows it.
+    stepped = [a if a != "8" else "4" for a in TINY]
+    proc = spectnode(*base, "--epochs", "3", "--resume", "--learning-rate", "5e-05", *stepped)
     assert "resuming after epoch 2" in proc.stdout and "epoch 3/3" in proc.stdout
     assert "epoch 1/3" not in proc.stdout
+    assert "resuming with learning_rate 5e-05 (was 0.0001)" in proc.stdout
+    assert "resuming with batch_size 4 (was 8)" in proc.stdout
     state = json.loads((copy / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 3 and len(state["history"]) == 3
+    assert state["resumes"] == [{"after_epoch": 2, "changed": {"learning_rate": 5e-05, "batch_size": 4,
+                                                                "epochs": 3}}]
+    import importlib
+
+    import keras
+
+    importlib.import_module("spectnode.models")  # registers the custom layers
+    resumed = keras.saving.load_model(copy / "checkpoints" / "last.keras")
+    assert float(resumed.optimizer.learning_rate) == pytest.approx(5e-05)
     other = spectnode(*base, "--epochs", "3", "--resume", "--input-shape", "128x32", "--arch-options",
                       '{"fc_units": [8]}', "--batch-size", "8", check=False)
     assert other.returncode == 2 and "made with other settings" in other.stderr

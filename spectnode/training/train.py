@@ -33,7 +33,9 @@ __all__ = ["TrainSettings", "paper_defaults", "LoadedSamples", "load_samples", "
            "TrainingResult", "predict_studies", "class_weights"]
 
 #: Settings that may differ when a run is resumed.
-_RESUMABLE_CHANGES = ("epochs", "patience")
+#: Settings a resumed run may change: a longer run, or a learning-rate / batch-size step
+#: (the usual manual schedule).  Anything else would make the checkpoint another experiment.
+_RESUMABLE_CHANGES = ("epochs", "patience", "learning_rate", "batch_size")
 
 # Which paper's table gives an architecture's defaults, and its view handling.
 _INRAC_FAMILY = ("Classifier-inRAC", "Classifier-outRAC", "Classifier-18", "Classifier-34", "VGG11", "Inception-v1")
@@ -272,6 +274,12 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
 
         model = keras.saving.load_model(checkpoint_dir / "last.keras")
         _set_batch_norm_momentum(model)
+        model.optimizer.learning_rate.assign(settings.learning_rate)
+        changed = {k: (state["settings"].get(k), v) for k, v in settings_json.items()
+                   if k in _RESUMABLE_CHANGES and state["settings"].get(k) != v}
+        for key, (old, new) in changed.items():
+            log(f"resuming with {key} {new} (was {old})")
+        state.setdefault("resumes", []).append({"after_epoch": state["epoch"], "changed": {k: v[1] for k, v in changed.items()}})
         state["settings"] = settings_json
         state["stopped_early"] = state["stopped_early"] and state["wait"] >= settings.patience
         log(f"resuming after epoch {state['epoch']} (best validation loss {state['best_val_loss']:.4f})")
