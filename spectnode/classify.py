@@ -40,7 +40,7 @@ class StudyResult:
     second_label: str | None = None
     #: Class -> probability, in the model's class order.
     probabilities: dict[str, float] = field(default_factory=dict)
-    #: View -> Grad-CAM heatmap of ``label`` in [0, 1], at the view's own matrix
+    #: View -> class-activation heatmap (LayerCAM) of ``label`` in [0, 1], at the view's own matrix
     #: and stored orientation (only when explanations were asked for).
     heatmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -66,7 +66,7 @@ class StudyClassifier:
         self.card = card
         self.classes: tuple[str, ...] = tuple(card.classes)
         self.spec = InputSpec.from_card(card.preprocessing)
-        self._grad_cam = None  # built on first use: explanations are optional
+        self._cam = None  # built on first use: explanations are optional
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None,
@@ -107,12 +107,13 @@ class StudyClassifier:
         return result
 
     def explain(self, study: StudyViews, inputs: Sequence[NetworkInput], class_index: int) -> dict[str, np.ndarray]:
-        """Grad-CAM of ``class_index`` per view, at each view's own matrix."""
-        from .explain import GradCam
+        """Class-activation map (LayerCAM, see :mod:`spectnode.explain`) of ``class_index`` per view,
+        at each view's own matrix."""
+        from .explain import LayerCam
 
-        if self._grad_cam is None:
-            self._grad_cam = GradCam(self.model)
-        maps = {i.name: self._grad_cam(i.array, class_index) for i in inputs}
+        if self._cam is None:
+            self._cam = LayerCam(self.model)
+        maps = {i.name: self._cam(i.array, class_index) for i in inputs}
         out: dict[str, np.ndarray] = {}
         for view in study.available_views:
             image = getattr(study, view)

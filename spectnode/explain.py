@@ -1,80 +1,109 @@
-"""Class-activation heatmaps (Grad-CAM, Selvaraju et al. 2017) for the predicted class.
+"""Class-activation heatmaps for the predicted class: LayerCAM over two resolutions.
 
-Grad-CAM weights the feature maps of the last spatial layer by the spatially
-averaged gradient of the class logit, keeps the positive part, and scales the
-map to [0, 1].  The map is resized to the network input (linear interpolation), and
-:func:`spectnode.imaging.network_input.heatmap_to_view` takes it to the view's
-own matrix and orientation for the report stage to overlay.
+Grad-CAM (Selvaraju et al. 2017) weights the last spatial layer's feature maps by
+their spatially averaged gradient.  On a whole-body bone scan that layer is far too
+coarse: Inception-v1 at 384 x 96 ends in a 12 x 3 map, cells of about 200 mm, and a
+peak can only fall on a cell centre.  A metastasis is 1 to 3 cm across.
 
-Gradients are backend-specific: this module uses TensorFlow's GradientTape,
-the backend spectnode installs. The networks themselves stay pure
-``keras.ops``; only explanations need the TensorFlow backend.
+LayerCAM (Jiang et al., IEEE TIP 2021) weights every feature *position* by its own
+positive gradient, ``relu(sum_k relu(dy/dA_k) * A_k)``, which stays class-specific
+in shallower, finer layers where Grad-CAM's channel-averaged weights wash out.  Here
+it is taken at the layers of output stride 8 and 16 (for a 384-row input: 48 and 24
+rows, about 50 and 100 mm cells on a 2.4 mm whole-body matrix), each scaled to
+[0, 1], resized to the input and averaged: the stride-16 map says which region the
+class rests on, the stride-8 map puts the peak on the spot within it.
+
+The class score is the pre-softmax logit: the gradient of a softmax probability
+vanishes exactly when the model is most confident, which would blank the heatmaps
+readers see most.
+
+Gradients are backend-specific: this module uses TensorFlow's GradientTape, the
+backend spectnode installs.  The networks themselves stay pure ``keras.ops``; only
+explanations need the TensorFlow backend.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
 from .imaging.preprocess import resample_to
 
-__all__ = ["find_cam_layer", "GradCam", "grad_cam"]
+__all__ = ["CAM_STRIDES", "find_cam_layers", "LayerCam", "layer_cam"]
+
+#: Output strides (input rows per feature-map row) whose layers the heatmap fuses.
+CAM_STRIDES: tuple[int, ...] = (8, 16)
 
 
-def find_cam_layer(model) -> str:
-    """Name of the last layer with a 4-D (batch, rows, cols, channels) output.
+def _spatial_layers(model) -> list[tuple[str, int]]:
+    out = []
+    for layer in model.layers:
+        shape = getattr(getattr(layer, "output", None), "shape", None)
+        if shape is not None and len(shape) == 4 and shape[1]:
+            out.append((layer.name, int(shape[1])))
+    return out
 
-    That layer holds the finest class-discriminative spatial features: the
-    input to global pooling or flattening.
+
+def find_cam_layers(model, strides: Sequence[int] = CAM_STRIDES) -> list[str]:
+    """For each stride, the last layer whose output has the nearest number of rows to input rows / stride.
+
+    A model whose feature maps never get that fine (or coarse) gets its nearest
+    layer instead; duplicates are dropped, so a small model may get one layer.
     """
-    for layer in reversed(model.layers):
-        shape = getattr(layer, "output", None)
-        shape = getattr(shape, "shape", None)
-        if shape is not None and len(shape) == 4 and shape[1] and shape[1] > 1:
-            return layer.name
-    raise ValueError(f"model {model.name!r} has no spatial layer for Grad-CAM")
+    input_rows = int(model.inputs[0].shape[1])
+    candidates = [(name, rows) for name, rows in _spatial_layers(model)[1:] if rows > 1]  # [0] is the input
+    if not candidates:
+        raise ValueError(f"model {model.name!r} has no spatial layer for a class-activation map")
+    chosen: list[str] = []
+    for stride in strides:
+        target = input_rows / stride
+        best = min(abs(rows - target) for _, rows in candidates)
+        name = [n for n, rows in candidates if abs(rows - target) == best][-1]
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
 
 
-class GradCam:
-    """Grad-CAM for one model; build once, call per image (building the tapped model is slow).
+class LayerCam:
+    """LayerCAM of one model; build once, call per image (building the tapped model is slow)."""
 
-    The class score is the pre-softmax logit: the gradient of a softmax
-    probability vanishes exactly when the model is most confident, which would
-    blank the heatmaps readers see most.
-    """
-
-    def __init__(self, model, layer_name: str | None = None) -> None:
+    def __init__(self, model, layer_names: Sequence[str] | None = None) -> None:
         import keras
 
-        self.layer_name = layer_name or find_cam_layer(model)
+        self.layer_names = list(layer_names or find_cam_layers(model))
         head = model.get_layer("predictions") if "predictions" in [l.name for l in model.layers] else model.layers[-1]
         if not isinstance(head, keras.layers.Dense):
             raise ValueError(f"model {model.name!r} does not end in a Dense layer; cannot take its logits")
         self._kernel, self._bias = head.kernel, head.bias
-        self._tapped = keras.Model(model.inputs, [model.get_layer(self.layer_name).output, head.input])
+        self._tapped = keras.Model(model.inputs,
+                                   [model.get_layer(n).output for n in self.layer_names] + [head.input])
 
     def __call__(self, image: np.ndarray, class_index: int) -> np.ndarray:
         """Map of ``class_index`` for one input (rows, cols, channels): float32 (rows, cols) in [0, 1]."""
         import keras
 
         if keras.backend.backend() != "tensorflow":
-            raise NotImplementedError(f"Grad-CAM needs the TensorFlow Keras backend, not {keras.backend.backend()!r}")
+            raise NotImplementedError(f"heatmaps need the TensorFlow Keras backend, not {keras.backend.backend()!r}")
         import tensorflow as tf
 
         x = tf.convert_to_tensor(image[None].astype("float32"))
         with tf.GradientTape() as tape:
-            features, penultimate = self._tapped(x, training=False)
+            *features, penultimate = self._tapped(x, training=False)
             logit = tf.linalg.matvec(penultimate, self._kernel[:, class_index])
             if self._bias is not None:
                 logit = logit + self._bias[class_index]
-        grads = tape.gradient(logit, features).numpy()[0]
-        features = features.numpy()[0]
-        weights = grads.mean(axis=(0, 1))  # one weight per channel
-        cam = np.maximum((features * weights).sum(axis=-1), 0.0)
-        peak = float(cam.max())
-        cam = cam / peak if peak > 0 else np.zeros_like(cam)
-        return np.clip(resample_to(cam, image.shape[:2]), 0.0, 1.0)
+        grads = tape.gradient(logit, features)
+        fused = np.zeros(image.shape[:2], np.float32)
+        for feature, grad in zip(features, grads):
+            cam = np.maximum((feature.numpy()[0] * np.maximum(grad.numpy()[0], 0.0)).sum(axis=-1), 0.0)
+            peak = float(cam.max())
+            if peak > 0:
+                fused += np.clip(resample_to(cam / peak, image.shape[:2]), 0.0, 1.0)
+        peak = float(fused.max())
+        return fused / peak if peak > 0 else fused
 
 
-def grad_cam(model, image: np.ndarray, class_index: int, layer_name: str | None = None) -> np.ndarray:
-    """One-off Grad-CAM map of ``class_index`` (see :class:`GradCam` to reuse the tapped model)."""
-    return GradCam(model, layer_name)(image, class_index)
+def layer_cam(model, image: np.ndarray, class_index: int, layer_names: Sequence[str] | None = None) -> np.ndarray:
+    """One-off map of ``class_index`` (see :class:`LayerCam` to reuse the tapped model)."""
+    return LayerCam(model, layer_names)(image, class_index)

@@ -1,4 +1,4 @@
-"""Views -> network inputs -> heatmaps back onto the views, and Grad-CAM itself."""
+"""Views -> network inputs -> heatmaps back onto the views, and the class-activation maps themselves."""
 
 from __future__ import annotations
 
@@ -67,11 +67,11 @@ def test_input_spec_round_trip_and_validation():
         InputSpec.from_card({"views": "per_view", "normalization": "zscore", "resample_to": [64, 16]})
 
 
-def test_grad_cam_peaks_on_the_evidence_even_when_confident():
+def test_class_activation_map_peaks_on_the_evidence_even_when_confident():
     """Class 0's logit is the mean activation, so its evidence is exactly the bright spot."""
     import keras
 
-    from spectnode.explain import GradCam
+    from spectnode.explain import LayerCam
 
     inputs = keras.Input((64, 16, 1))
     features = keras.layers.Conv2D(1, 1, use_bias=False, activation="relu", name="features")(inputs)
@@ -83,7 +83,7 @@ def test_grad_cam_peaks_on_the_evidence_even_when_confident():
     image = np.zeros((64, 16, 1), np.float32)
     image[40:44, 3:6] = 20.0
     assert model.predict(image[None], verbose=0)[0, 0] > 0.999  # saturated softmax
-    cam = GradCam(model)(image, 0)
+    cam = LayerCam(model)(image, 0)
     assert cam.shape == (64, 16) and cam.max() == pytest.approx(1.0)
     r, c = np.unravel_index(np.argmax(cam), cam.shape)
     assert 40 <= r < 44 and 3 <= c < 6

@@ -2,7 +2,7 @@
 
 Captures are built from phantom studies with a heatmap of known shape, checked
 with dciodvfy, and their pixels are inspected where the heatmap is and is not.
-The last test runs a real (tiny) classifier bundle with Grad-CAM through the
+The last test runs a real (tiny) classifier bundle with its heatmap through the
 SR and the captures.
 """
 
@@ -218,7 +218,7 @@ def test_captures_refuse_a_not_assessable_result(study, algorithm):
 
 
 def test_real_classifier_result_makes_valid_sr_and_captures(tmp_path):
-    """A tiny Keras model in a real bundle, classified with Grad-CAM, reported."""
+    """A tiny Keras model in a real bundle, classified with its heatmap, reported."""
     import keras
 
     from spectnode.bundle import save_bundle

@@ -10,7 +10,7 @@ where it was; the worker then records it as ``error`` with the message.
 * :func:`classify_study`: ``complete`` -> ``classified`` or ``not_assessable``.
   The only stage that decodes pixel data. The result (class, probabilities,
   reason) goes into the store; the views it was computed from and their
-  Grad-CAM heatmaps go into ``<work>/<study>/gen<N>.npz``, so the report stage
+  LayerCAM heatmaps go into ``<work>/<study>/gen<N>.npz``, so the report stage
   (or a restarted node) needs neither a second inference nor a second decode.
 * :func:`report_study`: ``classified`` -> ``reported`` (or a
   ``not_assessable`` study whose SR is pending): SR and secondary captures

@@ -10,7 +10,7 @@ job storage or dispatch.
   class, the most probable class(es), the algorithm's identification and the
   model's research-use statement.
 * :func:`build_overlay_captures`: one RGB secondary capture per view, the scan
-  with the Grad-CAM heatmap and the result burned in.
+  with the class-activation heatmap (LayerCAM) and the result burned in.
 
 Typical use::
 

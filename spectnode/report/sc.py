@@ -9,7 +9,7 @@ presentation states or 1-bit overlay planes. Each capture holds:
   saturate instead of washing out the skeleton (at the 99th percentile the
   bladder of a typical scan sets the window and the skeleton fades to a pale
   grey); upscaled by nearest neighbour to about 2048 rows so the text fits;
-* the Grad-CAM heatmap of the most probable class as a semi-transparent
+* the class-activation heatmap (LayerCAM) of the most probable class as a semi-transparent
   yellow-to-red colour wash where it exceeds :data:`HEATMAP_THRESHOLD`;
 * side markers (R / L) at the top corners;
 * a panel on the right with "RESEARCH USE ONLY - NOT FOR CLINICAL USE", the
@@ -60,7 +60,7 @@ SC_SERIES_NUMBER = 991
 SC_SERIES_DESCRIPTION = "spectnode overlay"
 #: Percentile of the counted (non-zero) pixels shown black.
 WINDOW_PERCENTILE = 98.0
-#: Heatmap values at or below this are not drawn (Grad-CAM maps are scaled to [0, 1]).
+#: Heatmap values at or below this are not drawn (the maps are scaled to [0, 1]).
 HEATMAP_THRESHOLD = 0.2
 
 _TARGET_ROWS = 2048  # a 1024-row scan is shown twice as large
@@ -156,7 +156,7 @@ def build_overlay_captures(
         capture.BodyPartExamined = "WHOLEBODY"
         capture.SourceImageSequence = DicomSequence([_source_image_item(source, image)])
         heatmap_note = (
-            f"Grad-CAM heatmap of class {result.label} above {HEATMAP_THRESHOLD:g}"
+            f"LayerCAM heatmap of class {result.label} above {HEATMAP_THRESHOLD:g}"
             if name in result.heatmaps else "no heatmap"
         )
         capture.DerivationDescription = (
@@ -318,7 +318,7 @@ def _draw_panel(
     y += margin // 2
 
     if has_heatmap:
-        y = _wrapped(draw, x, y, f"Heatmap: Grad-CAM of '{_display_name(top)}'", regular, _MUTED, inner)
+        y = _wrapped(draw, x, y, f"Heatmap: LayerCAM of '{_display_name(top)}'", regular, _MUTED, inner)
         ramp = np.linspace(0.0, 1.0, inner)
         colours = _LOW_COLOUR[None, :] + ramp[:, None] * (_HIGH_COLOUR - _LOW_COLOUR)[None, :]
         for i, colour in enumerate(colours):

@@ -5,7 +5,7 @@
 Generates N phantom studies (mixed layouts), then times, per study:
   read   - reading the DICOM files and finding the views,
   infer  - preprocessing and the network (both views),
-  cam    - Grad-CAM heatmaps for both views,
+  cam    - LayerCAM heatmaps for both views,
 after one warm-up study. TensorFlow is limited to the cores it can see
 (2 on the reference machine); the figures are medians.
 """

@@ -1,4 +1,4 @@
-"""On demand: does the default model's Grad-CAM peak lie on a single strong lesion?
+"""On demand: does the default model's heatmap (LayerCAM) peak lie on a single strong lesion?
 
     python tests/benchmarks/bench_heatmap_localisation.py [--bundle B]
 
