@@ -206,3 +206,22 @@ def test_separate_held_out_set(phantoms, tmp_path):
     assert card["metrics"]["n"] == 8
     assert sum(card["training_data"]["counts"]["train"].values()) == 16
     assert "separate held-out set of 8 studies" in card["training_data"]["description"]
+
+
+def test_resumed_batches_continue_the_augmentation_stream():
+    # Epoch 3 of a resumed run must see the batches epoch 3 of an unbroken run sees, not epoch 1's again.
+    from spectnode.training.train import LoadedSamples, TrainSettings, _augmented_batches
+
+    rng = np.random.default_rng(0)
+    samples = LoadedSamples(rng.random((12, 32, 16, 1), dtype=np.float32), np.arange(12) % 4, np.arange(12), [], {})
+    settings = TrainSettings(arch="SI_CLF", scheme="dspic4", learning_rate=1e-3, batch_size=4, epochs=5,
+                             input_mode="per_view", input_shape=(32, 16))
+    unbroken = _augmented_batches(samples, settings, 4)
+    first = unbroken[0][0]
+    unbroken.on_epoch_end()
+    unbroken.on_epoch_end()
+    resumed = _augmented_batches(samples, settings, 4, first_epoch=2)
+    for index in range(len(unbroken)):
+        np.testing.assert_array_equal(resumed[index][0], unbroken[index][0])
+        np.testing.assert_array_equal(resumed[index][1], unbroken[index][1])
+    assert not np.array_equal(resumed[0][0], first)

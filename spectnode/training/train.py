@@ -133,17 +133,20 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
-def _augmented_batches(samples: LoadedSamples, settings: TrainSettings, n_classes: int):
+def _augmented_batches(samples: LoadedSamples, settings: TrainSettings, n_classes: int, first_epoch: int = 0):
     import keras
 
     weights = class_weights(samples.y, n_classes)
 
     class AugmentedBatches(keras.utils.PyDataset):
-        """Shuffled, augmented batches; the order and augmentation depend on (seed, epoch) only."""
+        """Shuffled, augmented batches; the order and augmentation depend on (seed, epoch) only.
+
+        A resumed run starts at its own epoch, so it does not replay epoch 1's draws.
+        """
 
         def __init__(self) -> None:
             super().__init__()
-            self.epoch = 0
+            self.epoch = first_epoch
             self.order = np.arange(len(samples.y))
             self.on_epoch_end()
 
@@ -294,7 +297,7 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                       loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
     if state["epoch"] < settings.epochs and not state["stopped_early"]:
-        model.fit(_augmented_batches(fit, settings, len(classes)),
+        model.fit(_augmented_batches(fit, settings, len(classes), state["epoch"]),
                   validation_data=(val.x, val.y, class_weights(fit.y, len(classes))[val.y]),
                   epochs=settings.epochs, initial_epoch=state["epoch"],
                   callbacks=[_progress_callback(settings, state_path, checkpoint_dir, state, log)],
