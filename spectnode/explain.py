@@ -8,10 +8,13 @@ peak can only fall on a cell centre.  A metastasis is 1 to 3 cm across.
 LayerCAM (Jiang et al., IEEE TIP 2021) weights every feature *position* by its own
 positive gradient, ``relu(sum_k relu(dy/dA_k) * A_k)``, which stays class-specific
 in shallower, finer layers where Grad-CAM's channel-averaged weights wash out.  Here
-it is taken at the layers of output stride 8 and 16 (for a 384-row input: 48 and 24
-rows, about 50 and 100 mm cells on a 2.4 mm whole-body matrix), each scaled to
-[0, 1], resized to the input and averaged: the stride-16 map says which region the
-class rests on, the stride-8 map puts the peak on the spot within it.
+it is taken at the layers of output stride 4, 8 and 16 (for a 384-row input: 96, 48
+and 24 rows, cells of about 25, 50 and 100 mm on a 2.3 mm whole-body matrix), each
+scaled to [0, 1], resized to the input and averaged, so the peak lies where the
+coarse and the fine maps agree.  The choice was measured, not assumed
+(``tests/benchmarks/bench_heatmap_localisation.py``, single-lesion phantoms the
+model calls metastatic): the stride-16 map alone peaked 145-165 mm from the lesion,
+the stride-8 map alone 9-70 mm, the three averaged 9-37 mm.
 
 The class score is the pre-softmax logit: the gradient of a softmax probability
 vanishes exactly when the model is most confident, which would blank the heatmaps
@@ -33,7 +36,7 @@ from .imaging.preprocess import resample_to
 __all__ = ["CAM_STRIDES", "find_cam_layers", "LayerCam", "layer_cam"]
 
 #: Output strides (input rows per feature-map row) whose layers the heatmap fuses.
-CAM_STRIDES: tuple[int, ...] = (8, 16)
+CAM_STRIDES: tuple[int, ...] = (4, 8, 16)
 
 
 def _spatial_layers(model) -> list[tuple[str, int]]:
