@@ -59,8 +59,9 @@ def test_classifies_fresh_phantoms(classifier):
         assert result.second_label in result.probabilities and result.second_label != result.label
 
 
-def test_heatmap_layers_are_the_stride_8_and_16_maps(classifier):
+def test_heatmap_layers_are_the_stride_4_8_and_16_maps(classifier):
     from spectnode.explain import find_cam_layers
 
-    # 384 x 96 input: inception3b is 48 x 12 (stride 8), inception4e 24 x 6 (stride 16).
-    assert find_cam_layers(classifier.model) == ["inception3b", "inception4e"]
+    # 384 x 96 input: conv2_relu is 96 x 24 (stride 4), inception3b 48 x 12, inception4e 24 x 6.
+    assert find_cam_layers(classifier.model) == ["conv2_relu", "inception3b", "inception4e"]
+
