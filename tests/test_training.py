@@ -90,6 +90,10 @@ def test_resume_continues_and_refuses_other_settings(bundle, phantoms, tmp_path)
     assert state["epoch"] == 3 and len(state["history"]) == 3
     assert state["resumes"] == [{"after_epoch": 2, "changed": {"learning_rate": 5e-05, "batch_size": 4,
                                                                 "epochs": 3}}]
+    card = json.loads((copy / "card.json").read_text())
+    assert card["training_data"]["counts"]["resumes"] == state["resumes"]
+    assert "resumed 1 times" in card["training_data"]["description"]
+    assert "weights of epoch" in card["training_data"]["description"]
     import importlib
 
     import keras

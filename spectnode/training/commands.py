@@ -100,13 +100,16 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
     description = (f"{len(samples.studies)} studies from {data}"
                    + (" (spectnode synthetic phantoms, not patients)" if synthetic else "")
                    + f"; {held_out}; {len(result.history)} epochs"
-                   + (" (early stopping)" if result.stopped_early else ""))
+                   + (" (early stopping)" if result.stopped_early else "")
+                   + f", weights of epoch {result.best_epoch} (lowest validation loss)"
+                   + (f"; resumed {len(result.resumes)} times (counts.resumes)" if result.resumes else ""))
     card = ModelCard(
         name=name, version=version, architecture=settings.arch, scheme=settings.scheme, classes=list(classes),
         input_shape=[*settings.input_shape, 1], preprocessing=settings.input_spec().to_card(),
         training_data=TrainingData(description, counts={
             "train": _counts(result.train, classes), "test": _counts(test.studies, classes),
-            "skipped": len(samples.skipped), "settings": json.loads(json.dumps(asdict(settings)))},
+            "skipped": len(samples.skipped), "settings": json.loads(json.dumps(asdict(settings))),
+            "resumes": result.resumes},
             synthetic=synthetic),
         metrics=metrics,
     )

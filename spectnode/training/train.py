@@ -179,6 +179,10 @@ class TrainingResult:
     train: list[LabelledStudy]
     test: list[LabelledStudy]
     stopped_early: bool
+    #: Epoch of the kept (lowest validation loss) weights.
+    best_epoch: int = 0
+    #: Each --resume: after which epoch, and the settings it changed.
+    resumes: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir: Path, state: dict[str, Any],
@@ -307,7 +311,10 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
         import spectnode.models  # noqa: F401
 
         model = keras.saving.load_model(best)
-    return TrainingResult(model, settings, state["history"], train_studies, test_studies, state["stopped_early"])
+    best_epoch = next((h["epoch"] for h in state["history"]
+                       if float(h.get("val_loss", h.get("loss", math.inf))) == state["best_val_loss"]), state["epoch"])
+    return TrainingResult(model, settings, state["history"], train_studies, test_studies, state["stopped_early"],
+                          best_epoch, state.get("resumes", []))
 
 
 def predict_studies(model: Any, samples: LoadedSamples, batch_size: int = 16) -> np.ndarray:
