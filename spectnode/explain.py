@@ -1,4 +1,4 @@
-"""Class-activation heatmaps for the predicted class: LayerCAM over two resolutions.
+"""Class-activation heatmaps for the predicted class: LayerCAM over three resolutions.
 
 Grad-CAM (Selvaraju et al. 2017) weights the last spatial layer's feature maps by
 their spatially averaged gradient.  On a whole-body bone scan that layer is far too
@@ -11,9 +11,9 @@ in shallower, finer layers where Grad-CAM's channel-averaged weights wash out.  
 it is taken at the layers of output stride 4, 8 and 16 (for a 384-row input: 96, 48
 and 24 rows, cells of about 25, 50 and 100 mm on a 2.3 mm whole-body matrix), each
 scaled to [0, 1], resized to the input and averaged, so the peak lies where the
-coarse and the fine maps agree.  The choice was measured, not assumed, on the eleven single-strong-lesion phantoms of
-``tests/benchmarks/bench_heatmap_localisation.py`` with the shipped model (map of
-the metastatic class, anterior view): median peak-to-lesion distance 117 mm for the
+coarse and the fine maps agree.  The choice was measured, not assumed, on the eleven
+single-strong-lesion phantoms of ``tests/benchmarks/bench_heatmap_localisation.py``
+with the shipped model (map of the metastatic class, anterior view): median peak-to-lesion distance 117 mm for the
 stride-16 map alone (0 of 11 within 50 mm), 48 mm for stride 8 alone (6 of 11), and
 35 mm for the three averaged (8 of 11).
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from .imaging.preprocess import resample_to
 
-__all__ = ["CAM_STRIDES", "find_cam_layers", "LayerCam", "layer_cam"]
+__all__ = ["CAM_STRIDES", "find_cam_layers", "LayerCam"]
 
 #: Output strides (input rows per feature-map row) whose layers the heatmap fuses.
 CAM_STRIDES: tuple[int, ...] = (4, 8, 16)
@@ -107,7 +107,3 @@ class LayerCam:
         peak = float(fused.max())
         return fused / peak if peak > 0 else fused
 
-
-def layer_cam(model, image: np.ndarray, class_index: int, layer_names: Sequence[str] | None = None) -> np.ndarray:
-    """One-off map of ``class_index`` (see :class:`LayerCam` to reuse the tapped model)."""
-    return LayerCam(model, layer_names)(image, class_index)

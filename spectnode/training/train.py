@@ -32,7 +32,6 @@ from .labels import LabelledStudy, scheme_classes, split_by_patient
 __all__ = ["TrainSettings", "paper_defaults", "LoadedSamples", "load_samples", "subset_samples", "train",
            "TrainingResult", "predict_studies", "class_weights"]
 
-#: Settings that may differ when a run is resumed.
 #: Settings a resumed run may change: a longer run, or a learning-rate / batch-size step
 #: (the usual manual schedule).  Anything else would make the checkpoint another experiment.
 _RESUMABLE_CHANGES = ("epochs", "patience", "learning_rate", "batch_size")
