@@ -90,6 +90,7 @@ def _data_files(path: str) -> list[Path]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
     from .models import ARCHITECTURES
     from .training.commands import run_training
     from .training.labels import LabelError
@@ -116,9 +117,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         test_set = None
         if args.test_data is not None:
             test_set = (Path(args.test_data), Path(args.test_labels), _data_files(args.test_data))
+        initial = None
+        if args.init_from is not None:
+            from .bundle import load_bundle
+
+            initial = load_bundle(args.init_from, compile=False)
         run_training(Path(args.data), Path(args.labels), settings, Path(args.out), name=args.name or Path(args.out).name,
-                     version=args.version, resume=args.resume, files=files, test_set=test_set)
-    except (ValueError, LabelError, FileNotFoundError) as exc:
+                     version=args.version, resume=args.resume, files=files, test_set=test_set, initial=initial)
+    except (ValueError, LabelError, FileNotFoundError, BundleError) as exc:
         print(f"spectnode train: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
@@ -216,6 +222,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spectnode",
@@ -254,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-labels", help="labels of --test-data")
     p.add_argument("--epochs", type=_positive_int, help="default: the paper's (300)")
     p.add_argument("--batch-size", type=_positive_int, help="default: the paper's (dSPIC 16, inRAC 32)")
-    p.add_argument("--learning-rate", type=float, help="Adam learning rate; default: the paper's")
+    p.add_argument("--learning-rate", type=_positive_float, help="Adam learning rate; default: the paper's")
     p.add_argument("--input-mode", choices=["per_view", "aggregate"],
                    help="default: per_view for dSPIC-family, aggregate for inRAC-family networks")
     p.add_argument("--input-shape", type=_parse_shape, default=(1024, 256), help="ROWSxCOLS (default 1024x256)")
@@ -267,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the card and in reports (default: OUT's folder name)")
     p.add_argument("--version", default="1.0.0", help="model version in the card")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    p.add_argument("--init-from", metavar="BUNDLE",
+                   help="fine-tune: start from this bundle's weights (same architecture, scheme and input)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a model bundle on labelled scans")

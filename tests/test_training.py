@@ -106,6 +106,46 @@ def test_resume_continues_and_refuses_other_settings(bundle, phantoms, tmp_path)
     assert other.returncode == 2 and "made with other settings" in other.stderr
 
 
+def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_path):
+    """--init-from starts from the bundle's weights (not random ones) and the card keeps its provenance."""
+    import importlib
+
+    import keras
+
+    from spectnode.bundle import read_card
+
+    importlib.import_module("spectnode.models")
+    base = ["train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch", "dSPIC-AM",
+            "--scheme", "dspic4"]
+    out = tmp_path / "tuned"
+    # A negligible learning rate leaves the weights as loaded (Adam steps are about lr in size).
+    proc = spectnode(*base, "--out", str(out), "--epochs", "1", "--learning-rate", "1e-12", "--init-from", str(bundle),
+                     *TINY)
+    initial = read_card(bundle)
+    assert f"starting from the weights of {initial.content_hash}" in proc.stdout
+    first = keras.saving.load_model(bundle / "model.keras", compile=False)
+    tuned = keras.saving.load_model(out / "checkpoints" / "last.keras", compile=False)
+    kernels = [(w.path, w) for w in first.weights if "kernel" in w.path]
+    assert kernels
+    by_path = {w.path: w for w in tuned.weights}
+    for path, weight in kernels:
+        np.testing.assert_allclose(np.asarray(by_path[path]), np.asarray(weight), rtol=0, atol=1e-9)
+    card = json.loads((out / "card.json").read_text())
+    assert card["training_data"]["counts"]["settings"]["initial_weights"] == initial.content_hash
+    assert card["training_data"]["counts"]["initial_bundle"]["content_hash"] == initial.content_hash
+    assert card["training_data"]["counts"]["initial_bundle"]["training_data"]["description"] == \
+        initial.training_data.description
+    assert "started from the weights of bundle" in card["training_data"]["description"]
+    # Another input shape (or architecture, or scheme) is refused before any data are read.
+    wrong = spectnode(*base, "--out", str(tmp_path / "wrong"), "--epochs", "1", "--init-from", str(bundle),
+                      "--input-shape", "256x64", "--arch-options", '{"fc_units": [16]}', check=False)
+    assert wrong.returncode == 2 and "cannot start from bundle" in wrong.stderr and "input_shape" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    missing = spectnode(*base, "--out", str(tmp_path / "wrong"), "--init-from", str(tmp_path / "nothing"),
+                        check=False)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
 def test_evaluate_prints_and_writes_metrics(bundle, phantoms, tmp_path):
     proc = spectnode("evaluate", "--bundle", str(bundle), "--data", str(phantoms), "--labels",
                      str(phantoms / "labels.csv"), "--out", str(tmp_path / "eval"))
@@ -169,6 +209,10 @@ def test_train_rejects_bad_input(phantoms, tmp_path):
     proc = spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch",
                      "ResNet-1000", "--scheme", "dspic4", "--out", str(tmp_path / "b"), check=False)
     assert proc.returncode == 2 and "unknown architecture" in proc.stderr
+    proc = spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch",
+                     "dSPIC-AM", "--scheme", "dspic4", "--out", str(tmp_path / "b"), "--learning-rate", "0",
+                     check=False)
+    assert proc.returncode == 2 and "must be a positive number" in proc.stderr
 
 
 def test_labels_from_labelme(phantoms, tmp_path):

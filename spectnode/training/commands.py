@@ -68,22 +68,41 @@ def _load(labels: Path, files: Sequence[Path], settings: TrainSettings, log: Cal
     return samples
 
 
+def _check_initial_bundle(initial: Any, settings: TrainSettings) -> None:
+    """Refuse to fine-tune from a bundle that is another architecture, scheme or input."""
+    card = initial.card
+    wanted = {"architecture": settings.arch, "classes": list(scheme_classes(settings.scheme)),
+              "input_shape": [*settings.input_shape, 1], "views": settings.input_mode}
+    found = {"architecture": card.architecture, "classes": card.classes, "input_shape": card.input_shape,
+             "views": card.preprocessing.get("views")}
+    problems = [f"{key} {found[key]!r} (this run: {wanted[key]!r})" for key in wanted if found[key] != wanted[key]]
+    if problems:
+        raise ValueError(f"cannot start from bundle {initial.path}: its " + ", ".join(problems))
+
+
 def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *, name: str, version: str,
                  resume: bool, files: Sequence[Path], test_set: tuple[Path, Path, Sequence[Path]] | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+                 initial: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, evaluate on held-out studies, and write the bundle to ``out``.
 
     The held-out studies are the 30 % of the patient-wise 7:3 split, or, when
     ``test_set`` (data folder, labels, files) is given, that separate set; then
-    all of ``data`` is used for training.
+    all of ``data`` is used for training.  ``initial`` (a
+    :class:`spectnode.bundle.LoadedBundle`) fine-tunes that bundle's model instead
+    of training from random weights; its card's training data are carried into the
+    new card, so the whole provenance stays readable.
     """
     from ..bundle import ModelCard, TrainingData, save_bundle
 
     classes = scheme_classes(settings.scheme)
+    if initial is not None:
+        _check_initial_bundle(initial, settings)
+        settings = dataclasses.replace(settings, initial_weights=initial.card.content_hash)
     samples = _load(labels, files, settings, log)
     if test_set is not None:
         settings = dataclasses.replace(settings, train_fraction=1.0)
-    result = train(samples, settings, out, resume=resume, log=log)
+    result = train(samples, settings, out, resume=resume, log=log,
+                   initial_model=initial.model if initial is not None else None)
 
     if test_set is None:
         test = subset_samples(samples, result.test)
@@ -102,15 +121,22 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
                    + f"; {held_out}; {len(result.history)} epochs"
                    + (" (early stopping)" if result.stopped_early else "")
                    + f", weights of epoch {result.best_epoch} (lowest validation loss)"
-                   + (f"; resumed {len(result.resumes)} times (counts.resumes)" if result.resumes else ""))
+                   + (f"; resumed {len(result.resumes)} times (counts.resumes)" if result.resumes else "")
+                   + (f"; started from the weights of bundle {initial.card.name} {initial.card.version} "
+                      f"(counts.initial_bundle)" if initial is not None else ""))
+    counts: dict[str, Any] = {
+        "train": _counts(result.train, classes), "test": _counts(test.studies, classes),
+        "skipped": len(samples.skipped), "settings": json.loads(json.dumps(asdict(settings))),
+        "resumes": result.resumes}
+    if initial is not None:
+        counts["initial_bundle"] = {"name": initial.card.name, "version": initial.card.version,
+                                    "content_hash": initial.card.content_hash,
+                                    "training_data": asdict(initial.card.training_data)}
     card = ModelCard(
         name=name, version=version, architecture=settings.arch, scheme=settings.scheme, classes=list(classes),
         input_shape=[*settings.input_shape, 1], preprocessing=settings.input_spec().to_card(),
-        training_data=TrainingData(description, counts={
-            "train": _counts(result.train, classes), "test": _counts(test.studies, classes),
-            "skipped": len(samples.skipped), "settings": json.loads(json.dumps(asdict(settings))),
-            "resumes": result.resumes},
-            synthetic=synthetic),
+        training_data=TrainingData(description, counts=counts,
+                                   synthetic=synthetic and (initial is None or initial.card.training_data.synthetic)),
         metrics=metrics,
     )
     save_bundle(result.model, card, out)

@@ -71,6 +71,9 @@ class TrainSettings:
     seed: int = 0
     #: Extra keyword arguments for the architecture builder (e.g. {"fc_units": [256]}).
     arch_options: dict[str, Any] = field(default_factory=dict)
+    #: Content hash of the bundle whose weights the run starts from (fine-tuning);
+    #: empty for the builder's random initialisation.
+    initial_weights: str = ""
 
     def input_spec(self) -> InputSpec:
         return InputSpec(mode=self.input_mode, shape=tuple(self.input_shape))
@@ -248,8 +251,14 @@ def _fmt_duration(seconds: float) -> str:
 
 
 def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume: bool = False,
-          log: Callable[[str], None] = print, verbose: int | None = None) -> TrainingResult:
-    """Train ``settings.arch`` on ``samples``; checkpoints go to ``out_dir/checkpoints``."""
+          log: Callable[[str], None] = print, verbose: int | None = None,
+          initial_model: Any = None) -> TrainingResult:
+    """Train ``settings.arch`` on ``samples``; checkpoints go to ``out_dir/checkpoints``.
+
+    ``initial_model`` (a trained model of the same architecture, classes and input
+    shape, named by ``settings.initial_weights``) replaces the random initialisation
+    of a new run; a resumed run continues from its own checkpoint instead.
+    """
     import keras
 
     from ..models import build_model
@@ -271,7 +280,10 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
     settings_json = json.loads(json.dumps(dataclasses.asdict(settings)))
     if resume and state_path.exists():
         state = json.loads(state_path.read_text())
-        # More epochs or patience may be asked for on resume; anything else must match.
+        # Settings added since the checkpoint was written take their defaults.
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.default is not dataclasses.MISSING}
+        state["settings"] = {k: v for k, v in defaults.items() if k in settings_json} | state["settings"]
+        # A longer run or a schedule step may be asked for on resume; anything else must match.
         same = {k: v for k, v in settings_json.items() if k not in _RESUMABLE_CHANGES}
         if {k: v for k, v in state["settings"].items() if k not in _RESUMABLE_CHANGES} != same:
             raise ValueError(f"{state_path}: the checkpoint was made with other settings; "
@@ -294,8 +306,12 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
             log(f"nothing to resume in {checkpoint_dir}; starting afresh")
         state = {"settings": settings_json, "epoch": 0, "best_val_loss": math.inf, "wait": 0, "history": [],
                  "stopped_early": False}
-        model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
-                            **settings.arch_options)
+        if initial_model is not None:
+            model = initial_model
+            log(f"starting from the weights of {settings.initial_weights}")
+        else:
+            model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
+                                **settings.arch_options)
         _set_batch_norm_momentum(model)
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                       loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
