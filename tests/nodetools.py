@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import yaml
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
 from dicomtools import require_tool
+from orthanc import free_port  # noqa: F401  (one allocator, so no two servers get the same port)
 
 #: storescu option that proposes a compressed file's own transfer syntax
 #: (storescu proposes only uncompressed syntaxes unless told).
@@ -28,12 +28,6 @@ STORESCU_TS_OPTION = {
     JPEGLosslessSV1: "-xs",
     JPEG2000Lossless: "-xv",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def storescu(port: int, files: list[Path], aet: str = "CAMERA", aec: str = "SPECTNODE",

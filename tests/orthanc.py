@@ -66,11 +66,23 @@ def require_orthanc() -> str:
     return path
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port on loopback that nothing listens on now, never the same one twice.
+
+    A port is only bound later by the server it is for, so the kernel may offer a port
+    handed out a moment ago to the next caller too (seen: Orthanc's DICOM port equal to
+    the node's, and the node's C-ECHO check answered by Orthanc).
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((_HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class OrthancServer:
