@@ -45,7 +45,11 @@ def env(tmp_path_factory):
         }
         config = write_config(root / "spectnode.yaml", settings)
         node = NodeProcess(config, port, root / "node.log").start()
-        store = JobStore(root / "data" / "spectnode.sqlite")
+        try:
+            store = JobStore(root / "data" / "spectnode.sqlite")
+        except BaseException:
+            node.kill()  # a failed setup must not leave a node process behind
+            raise
         state = {"root": root, "port": port, "pacs": pacs, "node": node, "store": store, "config": config,
                  "settings": settings, "phantoms": root / "phantoms"}
         yield state
