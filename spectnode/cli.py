@@ -90,7 +90,7 @@ def _data_files(path: str) -> list[Path]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .bundle import BundleError
+    from .bundle import BundleError, load_bundle
     from .models import ARCHITECTURES
     from .training.commands import run_training
     from .training.labels import LabelError
@@ -117,11 +117,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         test_set = None
         if args.test_data is not None:
             test_set = (Path(args.test_data), Path(args.test_labels), _data_files(args.test_data))
-        initial = None
-        if args.init_from is not None:
-            from .bundle import load_bundle
-
-            initial = load_bundle(args.init_from, compile=False)
+        initial = load_bundle(args.init_from) if args.init_from is not None else None
         run_training(Path(args.data), Path(args.labels), settings, Path(args.out), name=args.name or Path(args.out).name,
                      version=args.version, resume=args.resume, files=files, test_set=test_set, initial=initial)
     except (ValueError, LabelError, FileNotFoundError, BundleError) as exc:

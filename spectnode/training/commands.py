@@ -6,7 +6,7 @@ import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from ..imaging.network_input import InputSpec
 from .labels import LabelledStudy, read_labelme_dir, read_labels_csv, scheme_classes
 from .metrics import compute_metrics, format_metrics_table, write_evaluation_plots
 from .train import TrainSettings, load_samples, predict_studies, subset_samples, train
+
+if TYPE_CHECKING:  # keras loads only when a bundle does
+    from ..bundle import LoadedBundle
 
 __all__ = ["read_labels", "run_training", "run_evaluation", "PHANTOM_INSTITUTION"]
 
@@ -68,7 +71,7 @@ def _load(labels: Path, files: Sequence[Path], settings: TrainSettings, log: Cal
     return samples
 
 
-def _check_initial_bundle(initial: Any, settings: TrainSettings) -> None:
+def _check_initial_bundle(initial: LoadedBundle, settings: TrainSettings) -> None:
     """Refuse to fine-tune from a bundle that is another architecture, scheme or input."""
     card = initial.card
     wanted = {"architecture": settings.arch, "classes": list(scheme_classes(settings.scheme)),
@@ -82,7 +85,7 @@ def _check_initial_bundle(initial: Any, settings: TrainSettings) -> None:
 
 def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *, name: str, version: str,
                  resume: bool, files: Sequence[Path], test_set: tuple[Path, Path, Sequence[Path]] | None = None,
-                 initial: Any = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 initial: LoadedBundle | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, evaluate on held-out studies, and write the bundle to ``out``.
 
     The held-out studies are the 30 % of the patient-wise 7:3 split, or, when
