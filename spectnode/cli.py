@@ -109,7 +109,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             epochs=args.epochs or defaults["epochs"],
             input_mode=args.input_mode or defaults["input_mode"],
             input_shape=args.input_shape, translate_px=args.translate, rotate_deg=args.rotate,
-            mirror=not args.no_mirror, patience=args.patience, seed=args.seed, arch_options=arch_options)
+            mirror=not args.no_mirror, patience=args.patience, seed=args.seed, arch_options=arch_options,
+            normalization=args.normalization)
         settings.input_spec()
         files = _data_files(args.data)
         if (args.test_data is None) != (args.test_labels is None):
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-mode", choices=["per_view", "aggregate"],
                    help="default: per_view for dSPIC-family, aggregate for inRAC-family networks")
     p.add_argument("--input-shape", type=_parse_shape, default=(1024, 256), help="ROWSxCOLS (default 1024x256)")
+    p.add_argument("--normalization", choices=["minmax", "bone_window"], default="minmax",
+                   help="input scaling: the papers' min-max (default), or a window from 0 to 5 times "
+                        "the body's bone uptake (the hottest pixels saturate)")
     p.add_argument("--translate", type=int, default=3, help="augmentation: +/- pixels of translation")
     p.add_argument("--rotate", type=float, default=3.0, help="augmentation: +/- degrees of rotation")
     p.add_argument("--no-mirror", action="store_true", help="augmentation: no left-right mirroring")

@@ -16,6 +16,8 @@ from spectnode.imaging.preprocess import (
     augment,
     find_body_bounds,
     minmax_normalize,
+    bone_window_normalize,
+    normalize,
     prepare_aggregate,
     prepare_view,
     resample_to,
@@ -85,6 +87,44 @@ def test_minmax_normalize_is_dspic_eq1() -> None:
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, [[0, 0.25], [0.5, 1.0]])
     np.testing.assert_array_equal(minmax_normalize(np.full((3, 3), 7)), np.zeros((3, 3)))
+
+
+def phantom_counts(bladder: float, rng_seed: int = 0) -> np.ndarray:
+    """Background, a body of soft tissue and bone, a lesion at 4x bone, and a bladder."""
+    rng = np.random.default_rng(rng_seed)
+    image = rng.poisson(1.0, (200, 60)).astype(np.float32)
+    image[10:190, 15:45] = 20.0   # soft tissue
+    image[10:190, 25:35] = 50.0   # spine: bone
+    image[80:84, 28:32] = 200.0   # lesion, 4x bone
+    image[150:160, 20:40] = bladder
+    return image
+
+
+def test_bone_window_puts_bone_at_the_same_level_whatever_the_bladder() -> None:
+    for bladder in (300.0, 3000.0, 30000.0):
+        out = bone_window_normalize(phantom_counts(bladder))
+        assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+        # The 90th body percentile is bone (50): bone -> 1/5, the lesion -> 4/5, the bladder saturates.
+        assert out[100, 30] == pytest.approx(0.2)
+        assert out[82, 30] == pytest.approx(0.8)
+        assert out[155, 30] == 1.0
+    # Min-max, by contrast, dims the bone as the bladder gets hotter.
+    assert minmax_normalize(phantom_counts(30000.0))[100, 30] < 0.01
+
+
+def test_bone_window_of_empty_or_negative_images() -> None:
+    np.testing.assert_array_equal(bone_window_normalize(np.zeros((8, 8))), np.zeros((8, 8)))
+    assert bone_window_normalize(np.zeros((0, 4))).shape == (0, 4)
+    out = bone_window_normalize(phantom_counts(300.0) - 5.0)
+    assert out.min() == 0.0
+
+
+def test_normalize_by_name() -> None:
+    image = phantom_counts(3000.0)
+    np.testing.assert_array_equal(normalize(image, "minmax"), minmax_normalize(image))
+    np.testing.assert_array_equal(normalize(image, "bone_window"), bone_window_normalize(image))
+    with pytest.raises(ValueError, match="unknown normalization"):
+        normalize(image, "zscore")
 
 
 # ---------------------------------------------------------------- resampling

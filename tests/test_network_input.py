@@ -61,10 +61,33 @@ def test_heatmap_goes_back_to_each_view_in_its_stored_orientation():
 def test_input_spec_round_trip_and_validation():
     spec = InputSpec("aggregate", (512, 128))
     assert InputSpec.from_card(spec.to_card()) == spec
+    bone = InputSpec("aggregate", (512, 128), normalization="bone_window")
+    assert bone.to_card()["normalization"] == "bone_window"
+    assert InputSpec.from_card(bone.to_card()) == bone
+    # Cards written before the field existed meant min-max.
+    assert InputSpec.from_card({"views": "per_view", "resample_to": [64, 16]}).normalization == "minmax"
     with pytest.raises(ValueError, match="input mode"):
         InputSpec("stacked", (512, 128))
     with pytest.raises(ValueError, match="normalization"):
         InputSpec.from_card({"views": "per_view", "normalization": "zscore", "resample_to": [64, 16]})
+    with pytest.raises(ValueError, match="normalization"):
+        InputSpec("per_view", (64, 16), normalization="zscore")
+
+
+def test_bone_window_inputs_do_not_depend_on_the_bladder():
+    """Under min-max a hotter bladder dims the whole skeleton; under the bone window it does not."""
+    quiet, loud = study(), study()
+    for views, bladder in ((quiet, 10.0), (loud, 60.0)):
+        for view in (views.anterior, views.posterior):
+            view.pixels[100:104, 30:34] = bladder * view.pixels.max()  # mid-line, so in both views alike
+    spec = InputSpec("aggregate", (128, 32), normalization="bone_window")
+    minmax = InputSpec("aggregate", (128, 32))
+    bone_quiet, bone_loud = (network_inputs(s, spec)[0].array for s in (quiet, loud))
+    away = np.ones((128, 32), bool)
+    away[46:58, 12:20] = False
+    np.testing.assert_allclose(bone_quiet[..., 0][away], bone_loud[..., 0][away], atol=1e-6)
+    mm_quiet, mm_loud = (network_inputs(s, minmax)[0].array[..., 0] for s in (quiet, loud))
+    assert mm_loud[away].max() < 0.5 * mm_quiet[away].max()
 
 
 def test_class_activation_map_peaks_on_the_evidence_even_when_confident():

@@ -119,8 +119,9 @@ def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_pat
             "--scheme", "dspic4"]
     out = tmp_path / "tuned"
     # A negligible learning rate leaves the weights as loaded (Adam steps are about lr in size).
+    # The normalisation may change: the weights are then the starting point for another input scale.
     proc = spectnode(*base, "--out", str(out), "--epochs", "1", "--learning-rate", "1e-12", "--init-from", str(bundle),
-                     *TINY)
+                     "--normalization", "bone_window", *TINY)
     initial = read_card(bundle)
     assert f"starting from the weights of {initial.content_hash}" in proc.stdout
     first = keras.saving.load_model(bundle / "model.keras", compile=False)
@@ -136,6 +137,8 @@ def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_pat
     assert card["training_data"]["counts"]["initial_bundle"]["training_data"]["description"] == \
         initial.training_data.description
     assert "started from the weights of bundle" in card["training_data"]["description"]
+    assert card["preprocessing"]["normalization"] == "bone_window"
+    assert read_card(bundle).preprocessing["normalization"] == "minmax"
     # Another input shape (or architecture, or scheme) is refused before any data are read.
     wrong = spectnode(*base, "--out", str(tmp_path / "wrong"), "--epochs", "1", "--init-from", str(bundle),
                       "--input-shape", "256x64", "--arch-options", '{"fc_units": [16]}', check=False)

@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from .preprocess import prepare_aggregate, prepare_view, resample_to
+from .preprocess import NORMALIZATIONS, prepare_aggregate, prepare_view, resample_to
 from .views import StudyViews
 
 __all__ = ["InputSpec", "NetworkInput", "network_inputs", "heatmap_to_view"]
@@ -39,21 +39,26 @@ class InputSpec:
     mode: InputMode = "per_view"
     #: Network input (rows, cols); views are resampled to it (area average when shrinking).
     shape: tuple[int, int] = (1024, 256)
+    #: ``"minmax"`` (the papers' Eq. 1) or ``"bone_window"``
+    #: (see :func:`spectnode.imaging.preprocess.bone_window_normalize`).
+    normalization: str = "minmax"
 
     def __post_init__(self) -> None:
         if self.mode not in ("per_view", "aggregate"):
             raise ValueError(f"input mode must be 'per_view' or 'aggregate', got {self.mode!r}")
         if len(self.shape) != 2 or min(self.shape) < 16:
             raise ValueError(f"input shape must be (rows, cols) of at least 16, got {self.shape!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unsupported normalization {self.normalization!r}; "
+                             f"known: {', '.join(NORMALIZATIONS)}")
 
     def to_card(self) -> dict[str, Any]:
-        return {"views": self.mode, "normalization": "minmax", "resample_to": list(self.shape)}
+        return {"views": self.mode, "normalization": self.normalization, "resample_to": list(self.shape)}
 
     @classmethod
     def from_card(cls, preprocessing: Mapping[str, Any]) -> "InputSpec":
-        if preprocessing.get("normalization", "minmax") != "minmax":
-            raise ValueError(f"unsupported normalization {preprocessing.get('normalization')!r}")
-        return cls(mode=preprocessing["views"], shape=tuple(int(v) for v in preprocessing["resample_to"]))
+        return cls(mode=preprocessing["views"], shape=tuple(int(v) for v in preprocessing["resample_to"]),
+                   normalization=preprocessing.get("normalization", "minmax"))
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,14 @@ def network_inputs(views: StudyViews, spec: InputSpec) -> list[NetworkInput]:
     posterior = views.posterior.pixels if views.posterior is not None else None
     if spec.mode == "aggregate" and anterior is not None and posterior is not None:
         # prepare_aggregate flips the stored posterior itself before aligning it.
-        return [NetworkInput("aggregate", prepare_aggregate(anterior, posterior, spec.shape))]
+        return [NetworkInput("aggregate", prepare_aggregate(anterior, posterior, spec.shape,
+                                                            normalization=spec.normalization))]
     inputs = []
     if anterior is not None:
-        inputs.append(NetworkInput("anterior", prepare_view(anterior, spec.shape)))
+        inputs.append(NetworkInput("anterior", prepare_view(anterior, spec.shape, normalization=spec.normalization)))
     if posterior is not None:
-        inputs.append(NetworkInput("posterior", prepare_view(np.fliplr(posterior), spec.shape)))
+        inputs.append(NetworkInput("posterior", prepare_view(np.fliplr(posterior), spec.shape,
+                                                             normalization=spec.normalization)))
     return inputs
 
 

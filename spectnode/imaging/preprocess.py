@@ -1,6 +1,8 @@
 """Preprocessing of whole-body views as the two papers describe it.
 
 * :func:`minmax_normalize`: dSPIC Eq. 1, ``x_N = (x - x_min) / (x_max - x_min)``.
+* :func:`bone_window_normalize`: a reading window referenced to the body's
+  bone uptake instead of the hottest pixel (see its docstring for why).
 * :func:`resample_to`: bring any matrix (e.g. 512x2048) to the networks'
   256 columns x 1024 rows.
 * :func:`find_body_bounds` and :func:`aggregate_views`: Classifier-inRAC's view
@@ -27,7 +29,10 @@ __all__ = [
     "NETWORK_INPUT_SHAPE",
     "BodyBounds",
     "AugmentationParams",
+    "NORMALIZATIONS",
     "minmax_normalize",
+    "bone_window_normalize",
+    "normalize",
     "resample_to",
     "find_body_bounds",
     "align_to_bounds",
@@ -58,6 +63,64 @@ def minmax_normalize(image: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.zeros_like(values)
     return ((values - low) / (high - low)).astype(np.float32)
+
+
+#: Body pixels: above this share of the image's 98th percentile.  In a
+#: whole-body scan the body covers 30-50 % of the frame, so that percentile
+#: lies in the body, and one tenth of it separates the body from background.
+_BODY_THRESHOLD: Final = 0.1
+#: The bone reference: this percentile of the body pixels.  About 90 % of a
+#: bone scan's body pixels are soft tissue and ordinary bone, so it sits at
+#: bright normal bone and is moved neither by the bladder nor by a few lesions.
+_BONE_REFERENCE_PERCENTILE: Final = 90.0
+#: The window's top, in multiples of the bone reference.  Hotter pixels (the
+#: bladder, the injection site, intense lesions) saturate at 1.
+_BONE_WINDOW_TOP: Final = 5.0
+
+
+def bone_window_normalize(image: np.ndarray) -> np.ndarray:
+    """Scale an image to a bone window: 0 to 5 times the body's bone reference, clipped.
+
+    Min-max normalisation (dSPIC Eq. 1) divides by the hottest pixel, which in
+    a bone scan is usually the bladder or the injection site at 5 to 60 times
+    bone uptake.  Bone then lands anywhere between about 0.02 and 0.2, and a
+    network must find the same lesion at every one of those scales.  A
+    physician reads the scan with a window set to the skeleton and lets the
+    bladder saturate; this does the same, reproducibly: the reference is the
+    90th percentile of the body's pixels, and the window runs from 0 to five
+    times that.  Ordinary bone lands near 0.2 in every scan, and a lesion at
+    several times its bone's uptake stands out at the same level in every scan.
+
+    Args:
+        image: Array of counts (any real dtype); negative values count as 0.
+
+    Returns:
+        float32 array of the same shape in [0, 1].  An image with no counts
+        gives all zeros.
+    """
+    values = np.maximum(np.asarray(image, dtype=np.float32), 0.0)
+    if not values.size:
+        return values
+    body = values > _BODY_THRESHOLD * float(np.percentile(values, 98.0))
+    if not body.any():
+        return np.zeros_like(values)
+    reference = float(np.percentile(values[body], _BONE_REFERENCE_PERCENTILE))
+    if reference <= 0.0:
+        return np.zeros_like(values)
+    return np.clip(values / (_BONE_WINDOW_TOP * reference), 0.0, 1.0).astype(np.float32)
+
+
+#: Normalisations by the name a model card gives them.
+NORMALIZATIONS: Final = {"minmax": minmax_normalize, "bone_window": bone_window_normalize}
+
+
+def normalize(image: np.ndarray, normalization: str = "minmax") -> np.ndarray:
+    """Apply the normalisation named ``normalization`` (a key of :data:`NORMALIZATIONS`)."""
+    try:
+        function = NORMALIZATIONS[normalization]
+    except KeyError:
+        raise ValueError(f"unknown normalization {normalization!r}; known: {', '.join(NORMALIZATIONS)}") from None
+    return function(image)
 
 
 def _axis_weights(n_in: int, n_out: int) -> np.ndarray:
@@ -441,19 +504,21 @@ def prepare_view(
     shape: tuple[int, int] = NETWORK_INPUT_SHAPE,
     *,
     keep_aspect: bool = False,
+    normalization: str = "minmax",
 ) -> np.ndarray:
-    """Network input from one view: resample, min-max normalise, add a channel.
+    """Network input from one view: resample, normalise, add a channel.
 
     Args:
         pixels: 2-D view (e.g. ``ViewImage.pixels``).
         shape: (rows, cols) of the network input.
         keep_aspect: See :func:`resample_to`.
+        normalization: A key of :data:`NORMALIZATIONS` (the papers' ``"minmax"`` by default).
 
     Returns:
         float32 array (rows, cols, 1) in [0, 1]; (1024, 256, 1) by default.
     """
     resampled = resample_to(pixels, shape, keep_aspect=keep_aspect)
-    return minmax_normalize(resampled)[..., np.newaxis]
+    return normalize(resampled, normalization)[..., np.newaxis]
 
 
 def prepare_aggregate(
@@ -462,8 +527,11 @@ def prepare_aggregate(
     shape: tuple[int, int] = NETWORK_INPUT_SHAPE,
     *,
     keep_aspect: bool = False,
+    normalization: str = "minmax",
 ) -> np.ndarray:
     """Network input from both views (Classifier-inRAC): resample, aggregate, normalise.
+
+    ``normalization`` is as for :func:`prepare_view`.
 
     Returns:
         float32 array (rows, cols, 1) in [0, 1].
@@ -472,4 +540,4 @@ def prepare_aggregate(
         resample_to(anterior, shape, keep_aspect=keep_aspect),
         resample_to(posterior, shape, keep_aspect=keep_aspect),
     )
-    return minmax_normalize(fused)[..., np.newaxis]
+    return normalize(fused, normalization)[..., np.newaxis]

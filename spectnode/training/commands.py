@@ -72,7 +72,12 @@ def _load(labels: Path, files: Sequence[Path], settings: TrainSettings, log: Cal
 
 
 def _check_initial_bundle(initial: LoadedBundle, settings: TrainSettings) -> None:
-    """Refuse to fine-tune from a bundle that is another architecture, scheme or input."""
+    """Refuse to fine-tune from a bundle that is another architecture, scheme or input.
+
+    The normalisation may differ: the bundle's weights are then only a
+    starting point whose learnt features (edges, blobs, anatomy) carry over,
+    and the run adapts them to the new input scale.
+    """
     card = initial.card
     wanted = {"architecture": settings.arch, "classes": list(scheme_classes(settings.scheme)),
               "input_shape": [*settings.input_shape, 1], "views": settings.input_mode}

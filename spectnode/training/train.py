@@ -74,9 +74,11 @@ class TrainSettings:
     #: Content hash of the bundle whose weights the run starts from (fine-tuning);
     #: empty for the builder's random initialisation.
     initial_weights: str = ""
+    #: How inputs are scaled: the papers' "minmax" or "bone_window".
+    normalization: str = "minmax"
 
     def input_spec(self) -> InputSpec:
-        return InputSpec(mode=self.input_mode, shape=tuple(self.input_shape))
+        return InputSpec(mode=self.input_mode, shape=tuple(self.input_shape), normalization=self.normalization)
 
 
 @dataclass
