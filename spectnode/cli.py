@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-mode", choices=["per_view", "aggregate"],
                    help="default: per_view for dSPIC-family, aggregate for inRAC-family networks")
     p.add_argument("--input-shape", type=_parse_shape, default=(1024, 256), help="ROWSxCOLS (default 1024x256)")
-    p.add_argument("--normalization", choices=["minmax", "bone_window"], default="minmax",
+    # Checked by InputSpec against the one table of normalisations, not repeated here.
+    p.add_argument("--normalization", default="minmax",
                    help="input scaling: the papers' min-max (default), or a window from 0 to 5 times "
                         "the body's bone uptake (the hottest pixels saturate)")
     p.add_argument("--translate", type=int, default=3, help="augmentation: +/- pixels of translation")

@@ -216,6 +216,11 @@ def test_train_rejects_bad_input(phantoms, tmp_path):
                      "dSPIC-AM", "--scheme", "dspic4", "--out", str(tmp_path / "b"), "--learning-rate", "0",
                      check=False)
     assert proc.returncode == 2 and "must be a positive number" in proc.stderr
+    proc = spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch",
+                     "dSPIC-AM", "--scheme", "dspic4", "--out", str(tmp_path / "b"), "--normalization", "zscore",
+                     check=False)
+    assert proc.returncode == 2 and "unsupported normalization 'zscore'" in proc.stderr
+    assert "bone_window" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_labels_from_labelme(phantoms, tmp_path):
