@@ -177,3 +177,20 @@ def test_lesion_is_frozen() -> None:
     lesion = Lesion("metastasis", "T8 vertebral body", 10.0, 20.0, 0.6, 8.0, 3.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         lesion.row = 5.0  # type: ignore[misc]
+
+
+def test_every_metastatic_label_has_a_visible_metastasis() -> None:
+    # findings only; the label must be one a reader could give, but the rest may be faint
+    from spectnode.phantom.findings import MIN_INDEX_CONSPICUITY_MM2, conspicuity_mm2
+    from spectnode.phantom.synth import sample_findings
+
+    faint_companions = 0
+    for seed in range(60):
+        for label in ("metastatic", "both"):
+            rng = np.random.default_rng(seed)
+            lesions, superscan = sample_findings(sample_anatomy(rng), label, rng)
+            mets = [conspicuity_mm2(lesion) for lesion in lesions if lesion.kind == "metastasis"]
+            if not superscan:
+                assert max(mets) >= MIN_INDEX_CONSPICUITY_MM2, (seed, label, max(mets))
+            faint_companions += sum(c < MIN_INDEX_CONSPICUITY_MM2 for c in mets)
+    assert faint_companions > 100

@@ -17,6 +17,11 @@ in all four classes at the same rates, so it cannot give the label away:
 ``hot_patella``, ``hyperostosis_frontalis``, ``dental``
     Common benign variants.
 
+Labels are what a reader would call from the images, as in the papers' data sets: a
+metastatic study (other than a superscan) has at least one metastasis a reader can see, one
+whose :func:`conspicuity_mm2` reaches :data:`MIN_INDEX_CONSPICUITY_MM2`.  Its other
+metastases may be as faint as real ones are.
+
 ``relative_uptake`` is the activity concentration of the finding as a multiple of the
 patient's normal-bone concentration.  Bone findings replace the bone they sit in, so they
 add ``relative_uptake - 1`` times the bone concentration; soft-tissue findings (injection,
@@ -38,6 +43,8 @@ __all__ = [
     "DISEASE_KINDS",
     "SOFT_TISSUE_KINDS",
     "sample_metastases",
+    "conspicuity_mm2",
+    "MIN_INDEX_CONSPICUITY_MM2",
     "sample_arthritis",
     "sample_confounders",
     "lesion_primitive",
@@ -127,14 +134,40 @@ _MET_REGIONS = {
 }
 
 
+#: The least conspicuity of a metastatic study's most conspicuous metastasis: for example a
+#: 10 mm-radius lesion at 3 times bone uptake, 15 mm at 1.9 times or 7 mm at about 5 times.  Fainter
+#: single lesions are invisible on a planar whole-body scan, and no reader would call the study
+#: metastatic from it.
+MIN_INDEX_CONSPICUITY_MM2: float = 200.0
+
+
+def conspicuity_mm2(lesion: Lesion) -> float:
+    """How plainly a bone finding shows: its excess over bone uptake times its area.
+
+    ``(relative_uptake - 1) * min(radius_mm, 15)**2``.  The radius is capped because a large,
+    faint lesion spreads its excess over bone that already shows, rather than standing out.
+    """
+    return (lesion.relative_uptake - 1.0) * min(lesion.radius_mm, 15.0) ** 2
+
+
 def sample_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: bool = False) -> list[Lesion]:
     """Draw 1 to ~40 skeletal metastases, mostly in the axial skeleton.
+
+    Unless ``superscan``, draws are repeated until one metastasis reaches
+    :data:`MIN_INDEX_CONSPICUITY_MM2`, so that the label is one a reader could give.
 
     Args:
         anatomy: The patient.
         rng: Randomness.
         superscan: Draw many small, low-contrast lesions (the caller raises axial uptake).
     """
+    while True:
+        lesions = _draw_metastases(anatomy, rng, superscan)
+        if superscan or max(map(conspicuity_mm2, lesions)) >= MIN_INDEX_CONSPICUITY_MM2:
+            return lesions
+
+
+def _draw_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: bool) -> list[Lesion]:
     s = anatomy.pixel_spacing_mm
     by_region: dict[str, list[BoneSite]] = {}
     for site in anatomy.bone_sites:
