@@ -12,10 +12,10 @@ it is taken at the layers of output stride 4, 8 and 16 (for a 384-row input: 96,
 and 24 rows, cells of about 25, 50 and 100 mm on a 2.3 mm whole-body matrix), each
 scaled to [0, 1], resized to the input and averaged, so the peak lies where the
 coarse and the fine maps agree.  The choice was measured, not assumed, on the eleven
-single-strong-lesion phantoms of ``tests/benchmarks/bench_heatmap_localisation.py``
-with the shipped model (map of the metastatic class, anterior view): median peak-to-lesion distance 117 mm for the
-stride-16 map alone (0 of 11 within 50 mm), 48 mm for stride 8 alone (6 of 11), and
-35 mm for the three averaged (8 of 11).
+single-strong-lesion phantoms that ``tests/benchmarks/bench_heatmap_localisation.py`` then
+ran, with default model 1.1.0 (map of the metastatic class, anterior view): median
+peak-to-lesion distance 117 mm for the stride-16 map alone (0 of 11 within 50 mm), 48 mm for
+stride 8 alone (6 of 11), and 35 mm for the three averaged (8 of 11).
 
 The class score is the pre-softmax logit: the gradient of a softmax probability
 vanishes exactly when the model is most confident, which would blank the heatmaps

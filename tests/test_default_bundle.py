@@ -67,10 +67,11 @@ def test_heatmap_layers_are_the_stride_4_8_and_16_maps(classifier):
 
 
 # Phantoms whose metastatic scan has exactly one finding, a metastasis of at least 4x bone uptake,
-# that the shipped model calls metastatic. tests/benchmarks/bench_heatmap_localisation.py runs all
-# eleven such seeds it knows: of the six the model calls metastatic, these five are within 50 mm;
-# seed 24 (left ischium, p 0.51) peaks 292 mm away.
-SINGLE_STRONG_LESION_SEEDS = (385, 523, 585, 702, 903)
+# that the shipped model calls metastatic, from spine, rib, skull and humerus.
+# tests/benchmarks/bench_heatmap_localisation.py runs all 37 such seeds of 0-2999: the model calls
+# 28 metastatic, and for 27 of those both views peak within 50 mm (seed 2619, right proximal femur,
+# p 0.70, peaks 364 mm away).
+SINGLE_STRONG_LESION_SEEDS = (385, 523, 585, 695, 702, 903, 1576)
 
 
 @pytest.mark.parametrize("seed", SINGLE_STRONG_LESION_SEEDS)
