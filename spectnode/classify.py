@@ -1,61 +1,27 @@
-"""The classify stage: a study's views in, a result out.
+"""Classifying studies: a study's views in, a :class:`~spectnode.result.StudyResult` out.
 
-Used by ``spectnode classify`` (offline), ``spectnode evaluate`` and the node.
-Knows nothing of DICOM networking or reports: it takes what
-:mod:`spectnode.imaging.views` read and returns a :class:`StudyResult`.
+A library, used by ``spectnode classify`` (offline), ``spectnode evaluate``
+and the node's classify stage (:mod:`spectnode.node.stages.classify`). It
+knows nothing of the job store, DICOM networking or reports: it takes what
+:mod:`spectnode.imaging.views` read and returns a result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .imaging.network_input import InputSpec, NetworkInput, heatmap_to_view, network_inputs
 from .imaging.views import NotAssessable, StudyViews, load_study_views
+from .result import StudyResult
 
 __all__ = ["DEFAULT_BUNDLE", "StudyResult", "StudyClassifier", "find_dicom_files"]
 
 #: The bundle shipped inside the package, trained on synthetic phantoms only.
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "data" / "default_bundle"
-
-
-@dataclass
-class StudyResult:
-    """What the classifier concluded about one study."""
-
-    study_uid: str
-    outcome: Literal["classified", "not_assessable"]
-    #: Why the study could not be assessed (None when classified).
-    reason: str | None = None
-    #: Short machine code of ``reason`` (see ``spectnode.imaging.views.REASON_CODES``).
-    reason_code: str | None = None
-    #: Views that went into the result ("anterior", "posterior").
-    views: list[str] = field(default_factory=list)
-    #: Most probable class.
-    label: str | None = None
-    #: Second most probable class: dSPIC reads images with several diseases.
-    second_label: str | None = None
-    #: Class -> probability, in the model's class order.
-    probabilities: dict[str, float] = field(default_factory=dict)
-    #: View -> class-activation heatmap (LayerCAM) of ``label`` in [0, 1], at the view's own matrix
-    #: and stored orientation (only when explanations were asked for).
-    heatmaps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready summary (heatmaps left out)."""
-        return {
-            "study_uid": self.study_uid,
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "reason_code": self.reason_code,
-            "views": list(self.views),
-            "label": self.label,
-            "second_label": self.second_label,
-            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
-        }
 
 
 class StudyClassifier:

@@ -5,20 +5,57 @@ Tests import this module directly (pytest puts ``tests/`` on ``sys.path``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import yaml
+from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
+
+from spectnode.imaging.views import StudyViews
+from spectnode.phantom.generate import PhantomStudyRecord
+from spectnode.store import InstanceRecord
 
 from dicomtools import require_tool
 from orthanc import free_port  # noqa: F401  (one allocator, so no two servers get the same port)
+
+
+class FakeClock:
+    """Epoch seconds that only move when the test says so."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class PhantomStudy:
+    """A phantom study as the report tests use it: its record, its datasets and its views."""
+
+    record: PhantomStudyRecord
+    datasets: list[Dataset]
+    views: StudyViews
+
+
+def instance_record(path: Path) -> InstanceRecord:
+    """The job-store record of a DICOM file, as the receive stage makes it."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return InstanceRecord(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
+                          str(ds.SOPClassUID), str(ds.Modality), str(ds.file_meta.TransferSyntaxUID), path,
+                          hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
 
 #: storescu option that proposes a compressed file's own transfer syntax
 #: (storescu proposes only uncompressed syntaxes unless told).

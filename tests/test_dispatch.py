@@ -7,13 +7,12 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from orthanc import UNCOMPRESSED_ONLY, OrthancServer, free_port
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ComprehensiveSRStorage,
@@ -26,17 +25,36 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import NuclearMedicineImageStorage
 
 from spectnode.config import DestinationConfig
-from spectnode.dispatch import (
-    DispatchError,
-    Outbox,
-    Peer,
-    copy_to_folder,
-    format_outbox_status,
-    send_files,
-)
+from spectnode.dispatch import DispatchError, copy_to_folder, send_files
+from spectnode.node.datadir import DataDir
+from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy, SendFunction
+from spectnode.node.status import format_outbox_status
+from spectnode.peer import Peer
 from spectnode.phantom.generate import generate_phantoms
+from spectnode.store import COMPLETE, RECEIVED, InstanceRecord, JobStore
+
+from nodetools import FakeClock
+from orthanc import UNCOMPRESSED_ONLY, OrthancServer, free_port
 
 NODE_AE = "SPECTNODE"
+
+
+def dispatcher(root: Path, destinations: dict[str, DestinationConfig], *, clock: Callable[[], float] = time.time,
+               send: SendFunction = send_files, **policy: float) -> DispatchStage:
+    """A dispatch stage on the job store in ``root`` (its queue: ``stage.outbox``)."""
+    store = JobStore(root / "jobs.sqlite", clock=clock)
+    return DispatchStage(store, DataDir(root), destinations, NODE_AE, policy=RetryPolicy(**policy),  # type: ignore[arg-type]
+                         send=send, timeout=5)
+
+
+def at_generation(store: JobStore, study_uid: str, generation: int) -> None:
+    """Bring a study to ``generation`` the way the node does: each new NM object re-opens it."""
+    for n in range(generation):
+        if n:
+            store.advance(study_uid, n, RECEIVED, COMPLETE, "complete")
+        store.record_instance(InstanceRecord(study_uid, f"{study_uid}.{n}", "1.2", "1.2.840.10008.5.1.4.1.1.20", "NM",
+                                             "1.2.840.10008.1.2.1", Path(f"/spool/{n}.dcm"), f"{n:064d}", 1),
+                              Peer("CAMERA", "127.0.0.1", 1))
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -130,19 +148,6 @@ def status_scp(request: pytest.FixtureRequest) -> Iterator[StatusSCP]:
     scp = StatusSCP(request.param)
     yield scp
     scp.server.shutdown()
-
-
-class FakeClock:
-    """Epoch seconds that only move when the test says so."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # --------------------------------------------------------------------------- send_files
@@ -299,9 +304,9 @@ def test_sop_class_the_peer_does_not_support_is_reported(
     assert set(status_scp.received) == sop_uids(study_a[1])  # the supported files went through
 
     # In the outbox such an item is dead at the first attempt, with the reason.
-    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=8)
-    item_id = outbox.enqueue(study_a[0], "scp", "sr", [tmp_path / "enhanced.dcm"])
-    (dead,) = outbox.deliver_due({"scp": status_scp.destination()}, NODE_AE)
+    stage = dispatcher(tmp_path, {"scp": status_scp.destination()}, max_attempts=8)
+    item_id = stage.outbox.enqueue(study_a[0], "scp", "sr", [tmp_path / "enhanced.dcm"])
+    (dead,) = stage.deliver_due()
     assert (dead.id, dead.state, dead.attempts) == (item_id, "dead", 1)
     assert dead.last_error == f"not retryable: {only_unsupported.value.reason}"
 
@@ -315,24 +320,25 @@ def refused_destination() -> DestinationConfig:
 
 def test_outbox_backs_off_exponentially_then_dead_letters(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
     clock = FakeClock()
-    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=4, base_delay_s=5, max_delay_s=12, clock=clock)
     dest = refused_destination()
+    stage = dispatcher(tmp_path, {"pacs": dest}, clock=clock, max_attempts=4, base_delay_s=5, max_delay_s=12)
+    outbox = stage.outbox
     item_id = outbox.enqueue(study_a[0], "pacs", "sr", study_a[1][-1:])
     start = clock.now
 
     schedule = []
     for _ in range(3):
-        (tried,) = outbox.deliver_due({"pacs": dest}, NODE_AE, timeout=5)
+        (tried,) = stage.deliver_due()
         assert tried.id == item_id and tried.state == "pending" and tried.retrying
         assert "connection refused" in (tried.last_error or "")
         schedule.append(tried.next_attempt_at - clock.now)
         clock.advance(schedule[-1] - 0.5)
-        assert outbox.deliver_due({"pacs": dest}, NODE_AE) == []  # not due yet
+        assert stage.deliver_due() == []  # not due yet
         clock.advance(0.5)
     assert schedule == [5, 10, 12]  # 5 · 2^(n-1), capped at 12
     assert clock.now - start == 27
 
-    (dead,) = outbox.deliver_due({"pacs": dest}, NODE_AE, timeout=5)
+    (dead,) = stage.deliver_due()
     assert dead.state == "dead" and dead.attempts == 4
     assert dead.last_error is not None and dead.last_error.startswith("gave up after 4 attempts: connection refused")
     assert outbox.dead_letters() == [dead]
@@ -343,10 +349,11 @@ def test_outbox_backs_off_exponentially_then_dead_letters(tmp_path: Path, study_
 
 def test_outbox_retry_moves_dead_items_back(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
     clock = FakeClock()
-    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=1, clock=clock)
     dest = refused_destination()
+    stage = dispatcher(tmp_path, {"pacs": dest}, clock=clock, max_attempts=1)
+    outbox = stage.outbox
     ids = [outbox.enqueue(f"1.2.3.{i}", "pacs", "sr", study_a[1][-1:]) for i in range(3)]
-    outbox.deliver_due({"pacs": dest}, NODE_AE, timeout=5)
+    stage.deliver_due()
     assert [i.id for i in outbox.dead_letters()] == ids
 
     clock.advance(60)
@@ -366,22 +373,24 @@ def test_outbox_survives_restart_and_interrupted_send(tmp_path: Path, study_a: t
     db = tmp_path / "jobs.sqlite"
     folder = tmp_path / "out"
     dest = {"local": DestinationConfig(name="local", type="folder", path=folder)}
-    first = Outbox(db)
-    ids = [first.enqueue(study_a[0], "local", kind, study_a[1]) for kind in ("sr", "sc")]
-    assert first.enqueue(study_a[0], "local", "sr", list(reversed(study_a[1]))) == ids[0]  # idempotent
 
     def dies_mid_send(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # the process is killed while sending
 
-    with pytest.raises(KeyboardInterrupt):
-        first.deliver_due(dest, NODE_AE, send=dies_mid_send)
-    first.close()
+    first = dispatcher(tmp_path, dest, send=dies_mid_send)
+    ids = [first.outbox.enqueue(study_a[0], "local", kind, study_a[1]) for kind in ("sr", "sc")]
+    assert first.outbox.enqueue(study_a[0], "local", "sr", list(reversed(study_a[1]))) == ids[0]  # idempotent
 
-    second = Outbox(db)
+    with pytest.raises(KeyboardInterrupt):
+        first.deliver_due()
+    first.store.close()
+
+    stage = dispatcher(tmp_path, dest)
+    second = stage.outbox
     assert [(i.id, i.state) for i in second.list_items()] == [(ids[0], "sending"), (ids[1], "pending")]
     assert second.recover_interrupted() == 1
     assert [i.state for i in second.list_items(study_uid=study_a[0])] == ["pending", "pending"]
-    delivered = second.deliver_due(dest, NODE_AE)
+    delivered = stage.deliver_due()
     assert [(i.id, i.state) for i in delivered] == [(ids[0], "delivered"), (ids[1], "delivered")]
     assert second.study_delivered(study_a[0], 1)
     assert len(list((folder / study_a[0]).iterdir())) == len(study_a[1])
@@ -395,11 +404,10 @@ def test_outbox_survives_restart_and_interrupted_send(tmp_path: Path, study_a: t
 def test_outbox_dead_letters_unknown_destination_and_missing_file(
     tmp_path: Path, study_a: tuple[str, list[Path]]
 ) -> None:
-    outbox = Outbox(tmp_path / "jobs.sqlite")
-    gone = outbox.enqueue(study_a[0], "old-pacs", "sr", study_a[1])
-    missing = outbox.enqueue(study_a[0], "local", "sc", [tmp_path / "deleted.dcm"])
-    dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
-    tried = {i.id: i for i in outbox.deliver_due(dest, NODE_AE)}
+    stage = dispatcher(tmp_path, {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")})
+    gone = stage.outbox.enqueue(study_a[0], "old-pacs", "sr", study_a[1])
+    missing = stage.outbox.enqueue(study_a[0], "local", "sc", [tmp_path / "deleted.dcm"])
+    tried = {i.id: i for i in stage.deliver_due()}
     assert tried[gone].state == "dead"
     assert tried[gone].last_error == "destination 'old-pacs' is not in the configuration (configured: local)"
     assert tried[missing].state == "dead" and tried[missing].attempts == 1
@@ -409,16 +417,16 @@ def test_outbox_dead_letters_unknown_destination_and_missing_file(
 def test_outbox_tries_an_unreachable_destination_once_per_pass(
     tmp_path: Path, study_a: tuple[str, list[Path]]
 ) -> None:
-    outbox = Outbox(tmp_path / "jobs.sqlite")
     calls: list[str] = []
 
     def counting_send(destination: DestinationConfig, files: list[Path], **kwargs: object) -> None:
         calls.append(destination.name)
         send_files(destination, files, **kwargs)  # type: ignore[arg-type]
 
+    stage = dispatcher(tmp_path, {"pacs": refused_destination()}, send=counting_send)
     for i in range(3):
-        outbox.enqueue(f"1.2.3.{i}", "pacs", "sr", study_a[1][-1:])
-    tried = outbox.deliver_due({"pacs": refused_destination()}, NODE_AE, send=counting_send, timeout=5)
+        stage.outbox.enqueue(f"1.2.3.{i}", "pacs", "sr", study_a[1][-1:])
+    tried = stage.deliver_due()
     assert calls == ["pacs"]
     assert [(i.state, i.attempts) for i in tried] == [("pending", 1)] * 3
     assert len({i.last_error for i in tried}) == 1
@@ -427,7 +435,7 @@ def test_outbox_tries_an_unreachable_destination_once_per_pass(
 def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
     db = tmp_path / "jobs.sqlite"
     dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
-    setup = Outbox(db)
+    setup = JobStore(db).outbox
     ids = [setup.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:]) for i in range(24)]
     sent: Counter[tuple[Path, ...]] = Counter()
     lock = threading.Lock()
@@ -437,10 +445,10 @@ def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: 
         with lock:
             sent[files] += 1
 
-    shared = Outbox(db)  # one object used by two threads, plus a second object: both paths
+    shared = dispatcher(tmp_path, dest, send=slow_send)  # one stage used by two threads, plus a second one
     workers = [
-        threading.Thread(target=box.deliver_due, args=(dest, NODE_AE, slow_send))
-        for box in (shared, shared, Outbox(db))
+        threading.Thread(target=stage.deliver_due)
+        for stage in (shared, shared, dispatcher(tmp_path, dest, send=slow_send))
     ]
     for worker in workers:
         worker.start()
@@ -453,25 +461,26 @@ def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: 
 def test_destination_down_then_up_receives_everything(tmp_path: Path, files_root: Path) -> None:
     studies = [study_files(files_root, 1), study_files(files_root, 2)]
     clock = FakeClock()
-    outbox = Outbox(tmp_path / "jobs.sqlite", clock=clock, base_delay_s=5)
     with OrthancServer(tmp_path / "pacs", ae_title="PACS") as pacs:
         dest = {"pacs": dicom_destination("pacs", pacs)}
+        stage = dispatcher(tmp_path, dest, clock=clock, base_delay_s=5)
+        outbox = stage.outbox
         for study_uid, files in studies:
             outbox.enqueue(study_uid, "pacs", "sr", files[-1:])
             outbox.enqueue(study_uid, "pacs", "sc", files[:-1])
 
         pacs.stop(graceful=False)
-        failed = outbox.deliver_due(dest, NODE_AE, timeout=5)
+        failed = stage.deliver_due()
         assert [(i.state, i.attempts) for i in failed] == [("pending", 1)] * 4
         assert all("connection refused" in (i.last_error or "") for i in failed)
-        text = format_outbox_status(outbox.list_items(), now=clock.now, max_attempts=outbox.max_attempts)
+        text = format_outbox_status(outbox.list_items(), now=clock.now, max_attempts=stage.policy.max_attempts)
         assert "outbox: 4 pending (4 retrying), 0 sending, 0 delivered, 0 dead" in text
         assert "in 5 s" in text and "connection refused by 127.0.0.1" in text
 
         pacs.start()
-        assert outbox.deliver_due(dest, NODE_AE) == []  # backoff not over yet
+        assert stage.deliver_due() == []  # backoff not over yet
         clock.advance(5)
-        delivered = outbox.deliver_due(dest, NODE_AE, timeout=10)
+        delivered = stage.deliver_due()
         assert [i.state for i in delivered] == ["delivered"] * 4
         assert pacs.sop_instance_uids() == set().union(*(sop_uids(files) for _, files in studies))
         assert all(outbox.study_delivered(uid, 1) for uid, _ in studies)
@@ -484,10 +493,12 @@ def test_format_outbox_status_lists_undelivered_items_with_reasons(
     tmp_path: Path, study_a: tuple[str, list[Path]]
 ) -> None:
     clock = FakeClock()
-    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=2, clock=clock)
+    stage = dispatcher(tmp_path, {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")},
+                       clock=clock, max_attempts=2)
+    outbox = stage.outbox
     outbox.enqueue("1.2.3.1", "gone", "sr", study_a[1][-1:])
     outbox.enqueue("1.2.3.2", "local", "sc", study_a[1][-1:])
-    outbox.deliver_due({"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}, NODE_AE)
+    stage.deliver_due()
     outbox.enqueue("1.2.3.3", "pacs", "sr", study_a[1][-1:])
     text = format_outbox_status(outbox.list_items(), now=clock.now, max_attempts=2)
     lines = text.splitlines()
@@ -519,7 +530,7 @@ def test_enqueue_outputs_routes_kinds_by_destination_outputs(tmp_path: Path, stu
     assert resolved["local"].path == tmp_path / "data" / "results"
     assert resolved["pacs"] == cfg.destinations[1]
 
-    outbox = Outbox(tmp_path / "jobs.sqlite")
+    outbox = JobStore(tmp_path / "jobs.sqlite").outbox
     sr, sc = study_a[1][-1:], study_a[1][:1]
     peer = Peer(ae_title="MODALITY", address="10.0.0.5", port=0)
     ids = outbox.enqueue_outputs(study_a[0], {"sr": sr, "sc": sc}, cfg.destinations, sender=peer)
@@ -537,7 +548,6 @@ def test_items_of_an_older_generation_are_superseded_not_sent(
     tmp_path: Path, study_a: tuple[str, list[Path]]
 ) -> None:
     clock = FakeClock()
-    outbox = Outbox(tmp_path / "jobs.sqlite", max_attempts=2, clock=clock)
     study_uid, files = study_a
     sent: list[tuple[Path, ...]] = []
 
@@ -548,17 +558,21 @@ def test_items_of_an_older_generation_are_superseded_not_sent(
 
     down = DestinationConfig(name="down", type="dicom", ae_title="DOWN", host="127.0.0.1", port=free_port())
     dests = {"down": down, "local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dests, clock=clock, send=send, max_attempts=2)
+    outbox, store = stage.outbox, stage.store
+    at_generation(store, study_uid, 1)
     old_dead = outbox.enqueue(study_uid, "down", "sr", files[:1], generation=1)
-    outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 1)
+    stage.deliver_due()
     clock.advance(60)
-    outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 1)
+    stage.deliver_due()
     assert outbox.get(old_dead).state == "dead"
     backing_off = outbox.enqueue(study_uid, "down", "sc", files[1:2], generation=1)
-    outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 1)
+    stage.deliver_due()
     assert outbox.get(backing_off).next_attempt_at > clock.now  # waiting, not due
     old_pending = outbox.enqueue(study_uid, "local", "sr", files[:1], generation=1)
     # The study is re-opened (generation 2): the items of generation 1 are not sent, due or not.
-    assert outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 2) == []
+    at_generation(store, study_uid, 2)
+    assert stage.deliver_due() == []
     tried = outbox.get(old_pending)
     assert tried.state == "superseded" and sent == []
     assert tried.last_error == "superseded by generation 2 of the study"
@@ -568,7 +582,7 @@ def test_items_of_an_older_generation_are_superseded_not_sent(
     assert outbox.get(old_dead).state == "superseded"
     assert outbox.retry() == 0
     assert not outbox.study_delivered(study_uid, 2)
-    outbox.deliver_due(dests, NODE_AE, send=send, current_generation=lambda uid: 2)
+    stage.deliver_due()
     assert sent == [tuple(files[1:2])] and outbox.get(new).state == "delivered"
     # Only the current generation counts: the study is delivered despite its older, undelivered items.
     assert outbox.study_delivered(study_uid, 2) and not outbox.study_delivered(study_uid, 1)
@@ -581,7 +595,6 @@ def test_new_items_for_a_destination_in_backoff_wait_without_a_connection_attemp
     tmp_path: Path, study_a: tuple[str, list[Path]]
 ) -> None:
     clock = FakeClock()
-    outbox = Outbox(tmp_path / "jobs.sqlite", base_delay_s=5, clock=clock)
     calls: list[str] = []
 
     def counting_send(destination: DestinationConfig, files: list[Path], **kwargs: object) -> None:
@@ -589,63 +602,26 @@ def test_new_items_for_a_destination_in_backoff_wait_without_a_connection_attemp
         send_files(destination, files, **kwargs)  # type: ignore[arg-type]
 
     dests = {"pacs": refused_destination(), "local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dests, clock=clock, send=counting_send, base_delay_s=5)
+    outbox = stage.outbox
     first = outbox.enqueue("1.2.3.1", "pacs", "sr", study_a[1][-1:])
-    outbox.deliver_due(dests, NODE_AE, send=counting_send, timeout=5)
+    stage.deliver_due()
     assert calls == ["pacs"]
     # A later study's results: the item for "pacs" is due, but "pacs" is backing off; the folder is not.
     later = outbox.enqueue("1.2.3.2", "pacs", "sr", study_a[1][-1:])
     local = outbox.enqueue("1.2.3.2", "local", "sr", study_a[1][-1:])
     clock.advance(1)
-    tried = outbox.deliver_due(dests, NODE_AE, send=counting_send, timeout=5)
+    tried = stage.deliver_due()
     assert [i.id for i in tried] == [local] and calls == ["pacs", "local"]
     assert (outbox.get(later).state, outbox.get(later).attempts) == ("pending", 0)
     # An operator's retry is tried at once, backoff or not.
     assert outbox.retry(item_id=first) == 1
-    outbox.deliver_due(dests, NODE_AE, send=counting_send, timeout=5)
+    stage.deliver_due()
     assert calls == ["pacs", "local", "pacs"]
     assert outbox.get(later).attempts == 0  # still waiting for the destination's backoff
     # Once the backoff is over, both are due: one connection attempt, and both fail with its reason.
     clock.advance(5)
-    outbox.deliver_due(dests, NODE_AE, send=counting_send, timeout=5)
+    stage.deliver_due()
     assert calls == ["pacs", "local", "pacs", "pacs"]
     assert [outbox.get(i).attempts for i in (first, later)] == [2, 1]
     assert outbox.get(first).last_error == outbox.get(later).last_error
-
-
-def test_an_outbox_table_of_the_first_version_is_upgraded(tmp_path: Path) -> None:
-    db = tmp_path / "jobs.sqlite"
-    with sqlite3.connect(db) as conn:
-        conn.executescript("""
-            CREATE TABLE studies (study_uid TEXT PRIMARY KEY, generation INTEGER NOT NULL);
-            INSERT INTO studies VALUES ('1.2.3', 3);
-            CREATE TABLE outbox_items (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, study_uid TEXT NOT NULL, destination TEXT NOT NULL,
-                kind TEXT NOT NULL, files_json TEXT NOT NULL, files_key TEXT NOT NULL, sender_ae_title TEXT,
-                sender_host TEXT,
-                state TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'dead')),
-                attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL, last_error TEXT,
-                created_at REAL NOT NULL, updated_at REAL NOT NULL, claimed_at REAL, delivered_at REAL,
-                UNIQUE (study_uid, destination, kind, files_key));
-            INSERT INTO outbox_items (study_uid, destination, kind, files_json, files_key, state, attempts,
-                                      next_attempt_at, created_at, updated_at)
-                VALUES ('1.2.3', 'pacs', 'sr', '["/r/sr.dcm"]', 'k1', 'dead', 8, 0, 0, 0),
-                       ('4.5.6', 'pacs', 'sr', '["/r/sr2.dcm"]', 'k2', 'pending', 0, 0, 0, 0);
-        """)
-    outbox = Outbox(db)
-    items = outbox.list_items()
-    assert [(i.id, i.study_uid, i.generation, i.state, i.attempts) for i in items] == [
-        (1, "1.2.3", 3, "dead", 8), (2, "4.5.6", 1, "pending", 0)
-    ]
-    assert outbox.enqueue("4.5.6", "pacs", "sr", [Path("/r/sr3.dcm")], generation=2) == 3
-    assert outbox.get(2).state == "superseded"
-    outbox.close()
-
-
-def test_an_unusable_outbox_table_is_a_store_error(tmp_path: Path) -> None:
-    from spectnode.store import StoreError
-
-    db = tmp_path / "jobs.sqlite"
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE outbox_items (something_else TEXT)")
-    with pytest.raises(StoreError, match="cannot set up the outbox table"):
-        Outbox(db)

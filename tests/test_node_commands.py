@@ -39,5 +39,5 @@ def test_serve_with_an_unusable_outbox_table_exits_1_with_the_reason(tmp_path, t
                                                    "model": {"bundle": str(tiny_bundle(tmp_path_factory))}})
     proc = run_spectnode("serve", "--config", str(config), timeout=120)
     assert proc.returncode == 1
-    assert "cannot start" in proc.stderr and "cannot set up the outbox table" in proc.stderr
+    assert "cannot start" in proc.stderr and "cannot open the job store" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -101,16 +101,16 @@ def test_every_layout_is_completed_by_content_classified_and_dispatched(setup, l
         complete_at = next(at for at, state, _ in events if state == "complete")
         assert complete_at - study.last_received < 2.0, record.layout
         assert (study.calling_ae, study.peer_address) == ("CAMERA", "127.0.0.1")
-        probabilities = study.result["probabilities"]
-        assert study.result["label"] == max(probabilities, key=probabilities.get)
-        assert sorted(study.result["views"]) == ["anterior", "posterior"]
+        probabilities = study.result.probabilities
+        assert study.result.label == max(probabilities, key=probabilities.get)
+        assert sorted(study.result.views) == ["anterior", "posterior"]
         outputs = store.outputs(record.study_uid)
         assert sorted(o.kind for o in outputs) == ["sc", "sc", "sr"]
         for output in outputs:
             assert output.path.is_file()
             assert output.path.parent == setup["root"] / "data" / "results" / record.study_uid
         summary = json.loads((output.path.parent / "result.json").read_text())
-        assert summary["label"] == study.result["label"]
+        assert summary["label"] == study.result.label
 
 
 def test_pacs_receives_sr_and_sc_that_match_the_classification(setup, layouts, pacs, tmp_path):
@@ -122,9 +122,9 @@ def test_pacs_receives_sr_and_sc_that_match_the_classification(setup, layouts, p
         scs = [ds for ds in datasets if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"]
         assert len(srs) == 1 and len(scs) == 2, record.layout
         sr = srs[0]
-        expected = {class_code(name).value: certainty_percent(p) for name, p in study.result["probabilities"].items()}
+        expected = {class_code(name).value: certainty_percent(p) for name, p in study.result.probabilities.items()}
         assert sr_findings(sr) == pytest.approx(expected, abs=0.006)
-        assert ("99SPECTNODE:TOPCLASS", class_code(study.result["label"]).value) in sr_code_values(sr)
+        assert ("99SPECTNODE:TOPCLASS", class_code(study.result.label).value) in sr_code_values(sr)
         assert sr.StudyInstanceUID == record.study_uid and sr.PatientID == record.patient_id
         assert {str(o.sop_instance_uid) for o in store.outputs(record.study_uid)} == \
             {str(ds.SOPInstanceUID) for ds in (sr, *scs)}
@@ -295,7 +295,7 @@ def test_status_lists_studies_by_state(setup, layouts):
     report = json.loads(run_spectnode("status", "--config", str(setup["config"]), "--json").stdout)
     assert report["counts"]["dispatched"] >= len(layouts)
     by_uid = {s["study_uid"]: s for s in report["studies"]}
-    assert by_uid[layouts[0].study_uid]["label"] == setup["store"].study(layouts[0].study_uid).result["label"]
+    assert by_uid[layouts[0].study_uid]["label"] == setup["store"].study(layouts[0].study_uid).result.label
 
 
 def test_a_single_view_is_processed_after_the_idle_timeout(setup, tmp_path):
@@ -307,7 +307,7 @@ def test_a_single_view_is_processed_after_the_idle_timeout(setup, tmp_path):
     assert store.study(record.study_uid).state == "received"  # waiting: one view is not complete
     (study,) = settle(store, [record.study_uid], timeout=30)
     assert study.state == DISPATCHED and study.completed_by == "timeout"
-    assert study.result["views"] == ["anterior"]
+    assert study.result.views == ["anterior"]
     assert sorted(o.kind for o in store.outputs(record.study_uid)) == ["sc", "sr"]
 
 
@@ -324,7 +324,7 @@ def test_views_named_by_headers_complete_a_study_whose_pixels_cannot_be_decoded(
     assert storescu(setup["port"], broken).returncode == 0
     (study,) = settle(setup["store"], [record.study_uid], timeout=60)
     assert study.state == NOT_ASSESSABLE and study.completed_by == "content"
-    assert study.result["reason_code"] == "unreadable" and "pixel data" in study.reason
+    assert study.result.reason_code == "unreadable" and "pixel data" in study.reason
     events = setup["store"].events(record.study_uid)
     complete_at = next(at for at, state, _ in events if state == "complete")
     assert complete_at - study.last_received < 2.0  # the idle timeout is 3 s

@@ -84,7 +84,7 @@ def test_killed_between_two_instances_the_study_completes_after_restart(env):
     assert storescu(env["port"], [second]).returncode == 0
     study = finished(store, record.study_uid)
     assert study.state == DISPATCHED and study.completed_by == "content"
-    assert study.result["views"] == ["anterior", "posterior"]
+    assert study.result.views == ["anterior", "posterior"]
 
 
 def test_killed_after_complete_the_study_is_finished_after_restart(env):

@@ -1,32 +1,25 @@
-"""The report stage against a real job store and outbox: queueing is atomic with the study's transition."""
+"""The report stage against a real job store and its outbox: queueing is atomic with the study's transition."""
 
 from __future__ import annotations
-
-import hashlib
-from pathlib import Path
 
 import pydicom
 import pytest
 
 from spectnode.config import DestinationConfig
-from spectnode.dispatch import Outbox
-from spectnode.node.stages import enqueue_for_destinations, report_study
+from spectnode.node.datadir import DataDir
+from spectnode.node.stages.report import ReportStage
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.report import AlgorithmInfo
+from spectnode.result import StudyResult
 from spectnode.store import COMPLETE, NOT_ASSESSABLE, RECEIVED, InstanceRecord, JobStore, Peer
+
+from nodetools import instance_record
 
 PEER = Peer("CAMERA", "127.0.0.1", 40000, "SPECTNODE")
 ALGORITHM = AlgorithmInfo(name="test-model", version="1", device_uid="1.2.826.0.1.3680043.8.498.77",
                           research_use_statement="Research use only.", classes=("normal", "metastatic"),
                           scheme="binary")
 REASON = "NM object 1.2.3 is not a whole-body scan: ImageType STATIC"
-
-
-def _record(path: Path) -> InstanceRecord:
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return InstanceRecord(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID),
-                          str(ds.SOPClassUID), str(ds.Modality), str(ds.file_meta.TransferSyntaxUID), path,
-                          hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_size)
 
 
 class ReopeningStore(JobStore):
@@ -45,26 +38,24 @@ class ReopeningStore(JobStore):
 @pytest.fixture
 def node(tmp_path):
     record = generate_phantoms(tmp_path / "phantoms", n=1, seed=61, layout="split-instances")[0]
-    store = ReopeningStore(tmp_path / "spectnode.sqlite")
-    outbox = Outbox(tmp_path / "spectnode.sqlite")
+    data_dir = DataDir(tmp_path)
+    store = ReopeningStore(data_dir.database)
     first, second = record.files
-    store.record_instance(_record(first), PEER)
+    store.record_instance(instance_record(first), PEER)
     store.advance(record.study_uid, 1, RECEIVED, COMPLETE, "complete", completed_by="timeout")
     store.advance(record.study_uid, 1, COMPLETE, NOT_ASSESSABLE, "not assessable", reason=REASON,
-                  result={"outcome": "not_assessable", "reason": REASON, "reason_code": "not_whole_body"},
+                  result=StudyResult(record.study_uid, "not_assessable", reason=REASON, reason_code="not_whole_body"),
                   report_pending=True)
     destinations = [DestinationConfig(name="local", type="folder", path=tmp_path / "delivered")]
-    yield {"store": store, "outbox": outbox, "uid": record.study_uid, "later": _record(second),
-           "enqueue": enqueue_for_destinations(outbox, destinations), "results": tmp_path / "results",
-           "work": tmp_path / "work"}
-    outbox.close()
+    yield {"store": store, "outbox": store.outbox, "uid": record.study_uid, "later": instance_record(second),
+           "stage": ReportStage(store, data_dir, lambda: ALGORITHM, destinations), "results": data_dir.results}
     store.close()
 
 
 def test_the_not_assessable_sr_is_queued_with_the_study_generation(node):
     store, uid = node["store"], node["uid"]
     study = store.study(uid)
-    assert report_study(store, study, ALGORITHM, node["work"], node["results"], node["enqueue"]) == NOT_ASSESSABLE
+    assert node["stage"].report(study) == NOT_ASSESSABLE
     assert not store.study(uid).report_pending
     (item,) = node["outbox"].list_items()
     (sr,) = store.outputs(uid)
@@ -76,14 +67,14 @@ def test_a_report_refused_because_the_study_reopened_queues_and_keeps_nothing(no
     store, uid = node["store"], node["uid"]
     study = store.study(uid)
     store.arriving = node["later"]  # the second view arrives while the SR is being made
-    assert report_study(store, study, ALGORITHM, node["work"], node["results"], node["enqueue"]) is None
+    assert node["stage"].report(study) is None
     reopened = store.study(uid)
     assert (reopened.state, reopened.generation) == (RECEIVED, 2)
     assert node["outbox"].list_items() == []  # nothing of generation 1 goes out
     assert store.outputs(uid, current_only=False) == []  # nor can it become generation 2's predecessor
     assert not list((node["results"] / uid).glob("*.dcm"))
     # A report of a snapshot that is already stale is refused before anything is recorded.
-    assert report_study(store, study, ALGORITHM, node["work"], node["results"], node["enqueue"]) is None
+    assert node["stage"].report(study) is None
     assert node["outbox"].list_items() == [] and store.outputs(uid, current_only=False) == []
 
 
@@ -103,13 +94,13 @@ def test_the_report_of_a_classified_study_decodes_no_pixel_data(tmp_path):
     reads only the sources' headers. Here the spooled pixel data cannot even be decoded."""
     import numpy as np
 
-    from spectnode.node.stages import study_folder
     from spectnode.store import CLASSIFIED, REPORTED
 
     (phantom,) = generate_phantoms(tmp_path / "phantoms", n=1, seed=63, layout="split-instances")
     uid = phantom.study_uid
-    store = JobStore(tmp_path / "spectnode.sqlite")
-    outbox = Outbox(tmp_path / "spectnode.sqlite")
+    data_dir = DataDir(tmp_path)
+    store = JobStore(data_dir.database)
+    outbox = store.outbox
     arrays, sources = {}, {}
     for view, (path, frame_index) in phantom.views.items():
         ds = pydicom.dcmread(path)
@@ -121,29 +112,27 @@ def test_the_report_of_a_classified_study_decodes_no_pixel_data(tmp_path):
         spooled = tmp_path / "spool" / f"{view}.dcm"
         spooled.parent.mkdir(exist_ok=True)
         ds.save_as(spooled)
-        store.record_instance(_record(spooled), PEER)
-    work = study_folder(tmp_path / "work", uid)
-    work.mkdir(parents=True)
-    np.savez_compressed(work / "gen1.npz", **arrays)  # what the classify stage keeps for generation 1
+        store.record_instance(instance_record(spooled), PEER)
+    work = data_dir.work_file(uid, 1)
+    work.parent.mkdir(parents=True)
+    np.savez_compressed(work, **arrays)  # what the classify stage keeps for generation 1
     probabilities = {"normal": 0.1, "metastatic": 0.6, "arthritic": 0.2, "both": 0.1}
     store.advance(uid, 1, RECEIVED, COMPLETE, "complete", completed_by="content")
-    store.advance(uid, 1, COMPLETE, CLASSIFIED, "classified", result={
+    store.advance(uid, 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult.from_json({
         "study_uid": uid, "outcome": "classified", "reason": None, "reason_code": None,
         "views": ["anterior", "posterior"], "label": "metastatic", "second_label": "arthritic",
-        "probabilities": probabilities, "view_sources": sources})
+        "probabilities": probabilities, "view_sources": sources}))
     algorithm = AlgorithmInfo(name="test-model", version="1", device_uid="1.2.826.0.1.3680043.8.498.78",
                               research_use_statement="Research use only.", classes=tuple(probabilities),
                               scheme="dspic4")
-    enqueue = enqueue_for_destinations(outbox, [DestinationConfig(name="local", type="folder",
-                                                                  path=tmp_path / "delivered")])
+    stage = ReportStage(store, data_dir, lambda: algorithm,
+                        [DestinationConfig(name="local", type="folder", path=tmp_path / "delivered")])
     try:
-        assert report_study(store, store.study(uid), algorithm, tmp_path / "work", tmp_path / "results",
-                            enqueue) == REPORTED
+        assert stage.report(store.study(uid)) == REPORTED
         outputs = store.outputs(uid)
         assert sorted(o.kind for o in outputs) == ["sc", "sc", "sr"]
         captures = [pydicom.dcmread(o.path) for o in outputs if o.kind == "sc"]
         assert [c.pixel_array.shape[2] for c in captures] == [3, 3] and all(c.Rows >= 1024 for c in captures)
         assert [i.kind for i in outbox.list_items(generation=1)] == ["sr", "sc"]
     finally:
-        outbox.close()
         store.close()

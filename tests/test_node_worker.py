@@ -16,7 +16,7 @@ def test_stop_leaves_the_connections_of_a_still_busy_stage_open(tmp_path, caplog
     release = threading.Event()
 
     def slow_loader(_bundle):
-        # The process stage loads the model first; here it takes longer than the shutdown waits.
+        # The classify stage loads the model first; here it takes longer than the shutdown waits.
         loading.set()
         release.wait(30)
         raise RuntimeError("no model in this test")
@@ -27,7 +27,7 @@ def test_stop_leaves_the_connections_of_a_still_busy_stage_open(tmp_path, caplog
     assert loading.wait(30)
     node.stop(timeout=0.5)
     assert any("still busy at shutdown" in r.getMessage() for r in caplog.records)
-    process = next(stage for stage in node._stages if stage.name == "process")
+    process = next(stage for stage in node._stages if stage.name == "classify")
     assert process.is_alive()
     release.set()  # the stage finishes its step: it still reads the job store, then ends
     process.join(30)
@@ -36,4 +36,3 @@ def test_stop_leaves_the_connections_of_a_still_busy_stage_open(tmp_path, caplog
     assert not [r for r in caplog.records if "unexpected error" in r.getMessage()], \
         [r.getMessage() for r in caplog.records]
     node.store.close()
-    node.outbox.close()

@@ -33,12 +33,12 @@ from pynetdicom.sop_class import CTImageStorage, NuclearMedicineImageStorage
 from nodetools import echoscu, storescu
 from spectnode.phantom.dicom import LAYOUTS
 from spectnode.phantom.generate import generate_phantoms
-from spectnode.receive import (
+from spectnode.node.datadir import DataDir
+from spectnode.node.stages.receive import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_OUT_OF_RESOURCES,
-    StorageSCP,
-    spool_path,
+    ReceiveStage,
 )
 from spectnode.store import JobStore
 
@@ -53,7 +53,7 @@ class Node:
     def __init__(self, root: Path, allowed=("CAMERA", "PACS")) -> None:
         self.store = JobStore(root / "jobs.sqlite")
         self.stored: list[str] = []
-        self.scp = StorageSCP(self.store, root / "spool", ae_title="SPECTNODE", port=0,
+        self.scp = ReceiveStage(self.store, DataDir(root), ae_title="SPECTNODE", port=0,
                               allowed_calling_ae_titles=allowed, on_stored=self.stored.append)
         self.scp.start()
 
@@ -92,7 +92,7 @@ def test_every_layout_is_spooled_as_received_and_recorded(node, phantoms):
         assert (study.calling_ae, study.peer_address) == ("CAMERA", "127.0.0.1")
         for source in record.files:
             sop = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
-            spooled = spool_path(node.scp.spool_dir, record.study_uid, sop)
+            spooled = node.scp.data_dir.spooled_object(record.study_uid, sop)
             # The dataset bytes are exactly what the camera sent (no re-encoding).
             assert dataset_bytes(spooled) == dataset_bytes(source), record.layout
             ts = pydicom.dcmread(spooled, stop_before_pixels=True).file_meta.TransferSyntaxUID
@@ -100,7 +100,7 @@ def test_every_layout_is_spooled_as_received_and_recorded(node, phantoms):
             row = {r["sop_instance_uid"]: r for r in node.store.instances(record.study_uid)}[sop]
             assert row["sha256"] == hashlib.sha256(spooled.read_bytes()).hexdigest()
             assert row["modality"] == "NM"
-    assert not list(node.scp.spool_dir.rglob("*.tmp"))
+    assert not list(node.scp.data_dir.spool.rglob("*.tmp"))
 
 
 def test_c_echo(node):
@@ -198,7 +198,7 @@ def test_duplicates_are_idempotent_and_changed_objects_are_noticed(node, phantom
     assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == 0
     changed = node.store.study(record.study_uid)
     assert changed.content_version == study.content_version + 1 and node.stored == [record.study_uid]
-    spooled = spool_path(node.scp.spool_dir, record.study_uid, ds.SOPInstanceUID)
+    spooled = node.scp.data_dir.spooled_object(record.study_uid, ds.SOPInstanceUID)
     assert pydicom.dcmread(spooled, stop_before_pixels=True).SeriesDescription == "WB edited"
 
 
@@ -213,7 +213,7 @@ def test_deflated_dataset_is_stored(node):
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     assert _send(node.port, ds, sop_class=CTImageStorage, ts=DeflatedExplicitVRLittleEndian) == 0
-    spooled = spool_path(node.scp.spool_dir, ds.StudyInstanceUID, ds.SOPInstanceUID)
+    spooled = node.scp.data_dir.spooled_object(ds.StudyInstanceUID, ds.SOPInstanceUID)
     back = pydicom.dcmread(spooled)
     assert back.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     assert back.PatientName == "Deflate^Test"
@@ -224,8 +224,8 @@ def test_a_broken_spool_answers_out_of_resources(tmp_path, phantoms, caplog):
     broken = Node(tmp_path)
     try:
         # The spool folder is replaced by a plain file: every write fails with ENOTDIR.
-        shutil.rmtree(broken.scp.spool_dir)
-        broken.scp.spool_dir.write_text("not a folder")
+        shutil.rmtree(broken.scp.data_dir.spool)
+        broken.scp.data_dir.spool.write_text("not a folder")
         assert storescu(broken.port, phantoms[0].files).returncode != 0
         assert _send(broken.port, pydicom.dcmread(phantoms[0].files[0])) == STATUS_OUT_OF_RESOURCES
         assert broken.store.studies() == []
@@ -251,7 +251,7 @@ def test_a_full_disk_answers_out_of_resources(tmp_path, phantoms, caplog):
     try:
         assert status == STATUS_OUT_OF_RESOURCES
         assert small.store.studies() == []
-        assert not [p for p in small.scp.spool_dir.rglob("*") if p.is_file()]  # no partial file left
+        assert not [p for p in small.scp.data_dir.spool.rglob("*") if p.is_file()]  # no partial file left
         assert any("File too large" in r.getMessage() for r in caplog.records)
     finally:
         small.close()

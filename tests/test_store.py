@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from spectnode.result import StudyResult, ViewSource
 from spectnode.store import (
     CLASSIFIED,
     COMPLETE,
@@ -68,7 +69,7 @@ def test_the_pipeline_and_stale_generations(store):
     study = store.study("2.1")
     assert store.advance("2.1", study.generation, RECEIVED, COMPLETE, "both views", completed_by="content",
                          content_version=study.content_version)
-    assert store.advance("2.1", 1, COMPLETE, CLASSIFIED, "classified", result={"label": "normal"})
+    assert store.advance("2.1", 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult("2.1", "classified", label="normal"))
     # A stage holding an older view of the study is refused.
     assert not store.advance("2.1", 1, COMPLETE, CLASSIFIED, "again")
     assert store.advance("2.1", 1, CLASSIFIED, REPORTED, "reported")
@@ -105,7 +106,7 @@ def test_not_assessable_keeps_its_reason_through_an_error_and_retry(store):
     store.advance("5.1", 1, RECEIVED, COMPLETE, "timeout", completed_by="timeout")
     reason = "no NM object in the study: found Modality CT"
     store.advance("5.1", 1, COMPLETE, NOT_ASSESSABLE, "not assessable", reason=reason,
-                  result={"outcome": "not_assessable", "reason": reason}, report_pending=True)
+                  result=StudyResult("5.1", "not_assessable", reason=reason), report_pending=True)
     assert store.fail("5.1", 1, NOT_ASSESSABLE, "report failed: OSError: disk full")
     assert store.retry_study("5.1") == NOT_ASSESSABLE
     study = store.study("5.1")
@@ -193,13 +194,27 @@ def test_wal_and_concurrent_writers(tmp_path):
         store.study("7.0")
 
 
-def test_result_json_round_trip(store):
+def test_a_stored_result_reads_back_typed_from_another_connection(store, tmp_path):
     store.record_instance(instance("8.1", "8.1.1"), PEER)
     store.advance("8.1", 1, RECEIVED, COMPLETE, "c")
     probabilities = {"normal": 0.1, "metastatic": 0.7, "arthritic": 0.1, "both": 0.1}
-    store.advance("8.1", 1, COMPLETE, CLASSIFIED, "c", result={"label": "metastatic", "probabilities": probabilities})
-    assert store.study("8.1").result == {"label": "metastatic", "probabilities": probabilities}
-    assert json.loads(json.dumps(store.study("8.1").result)) == store.study("8.1").result
+    source = ViewSource("8.1.1", "1.2.840.10008.5.1.4.1.1.20", 2, (2.4, 2.4))
+    result = StudyResult("8.1", "classified", views=["anterior"], label="metastatic", second_label="arthritic",
+                         probabilities=probabilities, view_sources={"anterior": source})
+    store.advance("8.1", 1, COMPLETE, CLASSIFIED, "c", result=result)
+    # What the column holds, written out by hand: the keys a reader of the database sees.
+    with sqlite3.connect(store.path) as raw:
+        (text,) = raw.execute("SELECT result FROM studies WHERE study_uid = '8.1'").fetchone()
+    assert json.loads(text) == {
+        "study_uid": "8.1", "outcome": "classified", "reason": None, "reason_code": None, "views": ["anterior"],
+        "label": "metastatic", "second_label": "arthritic", "probabilities": probabilities,
+        "view_sources": {"anterior": {"sop_instance_uid": "8.1.1", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.20",
+                                      "frame_number": 2, "pixel_spacing_mm": [2.4, 2.4]}},
+    }
+    with JobStore(store.path) as other:  # another process's view of the same file
+        read = other.study("8.1").result
+    assert isinstance(read, StudyResult) and isinstance(read.view_sources["anterior"], ViewSource)
+    assert read == result
 
 
 def test_a_file_that_is_not_a_job_store_is_refused(tmp_path):
@@ -212,14 +227,14 @@ def test_a_file_that_is_not_a_job_store_is_refused(tmp_path):
 def test_only_objects_that_can_hold_a_view_reopen_a_finished_study(store):
     store.record_instance(instance("9.1", "9.1.1"), PEER)
     store.advance("9.1", 1, RECEIVED, COMPLETE, "complete")
-    store.advance("9.1", 1, COMPLETE, CLASSIFIED, "classified", result={"label": "normal"})
+    store.advance("9.1", 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult("9.1", "classified", label="normal"))
     store.advance("9.1", 1, CLASSIFIED, REPORTED, "reported")
     # A radiologist's SR, another AI's KOS, a presentation state, a later CT: recorded, not re-opened.
     for sop, modality in (("9.1.2", "SR"), ("9.1.3", "KO"), ("9.1.4", "PR"), ("9.1.5", "CT")):
         assert store.record_instance(instance("9.1", sop, modality=modality), PEER) == "new"
     study = store.study("9.1")
     assert (study.state, study.generation, study.instance_count) == (REPORTED, 1, 5)
-    assert study.result == {"label": "normal"}
+    assert study.result == StudyResult("9.1", "classified", label="normal")
     assert "not re-opened" in store.events("9.1")[-1][2]
     # An NM object (also a secondary capture with Modality NM) can hold a view: it re-opens the study.
     sc_nm = InstanceRecord("9.1", "9.1.6", "9.1.9", "1.2.840.10008.5.1.4.1.1.7", "NM", "1.2.840.10008.1.2.1",

@@ -49,7 +49,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from spectnode.config import Config, DestinationConfig, resolve_folder
 from spectnode.fsutil import copy_durably, instance_file_name, safe_file_name
-from spectnode.store import Peer
+from spectnode.peer import Peer
 
 __all__ = [
     "SENDER_DESTINATION_TYPE",

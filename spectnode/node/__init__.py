@@ -1,15 +1,13 @@
-"""The running DICOM node: stages wired around the job store, and its commands.
+"""The running DICOM node: its stages, the threads that run them, and its commands.
 
-* :class:`~spectnode.node.worker.Node`: receive -> assemble -> classify ->
-  report -> dispatch, each stage a thread that shares only the job store.
-* :mod:`spectnode.node.commands`: ``serve(cfg)``, ``status(cfg, json)``,
-  ``retry(cfg, item_or_study)`` and ``demo(workdir)``, the functions behind
-  the ``spectnode`` subcommands of the same names.
+* :mod:`spectnode.node.stages`: receive -> assemble -> classify -> report ->
+  dispatch, one module per stage, sharing only the job store;
+* :class:`~spectnode.node.worker.Node`: wires one thread to each stage;
+* :class:`~spectnode.node.datadir.DataDir`: the layout of the data directory;
+* :mod:`spectnode.node.status`: what ``spectnode status`` shows;
+* :mod:`spectnode.node.commands`: ``serve``, ``status``, ``retry`` and
+  ``demo``, the functions behind the ``spectnode`` subcommands.
 
 TensorFlow is imported only when the classifier loads, so ``status`` and
-``retry`` answer quickly.
+``retry`` answer quickly; importing this package imports no stage.
 """
-
-from spectnode.node.worker import Node, node_paths
-
-__all__ = ["Node", "node_paths"]

@@ -18,19 +18,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from spectnode.config import Config
-from spectnode.node.worker import Node, node_paths
-from spectnode.store import ERROR, NOT_ASSESSABLE, STATES, JobStore, StoreError, StudyRecord
+from spectnode.node.datadir import DataDir
+from spectnode.node.status import format_status, read_status
+from spectnode.store import ERROR, JobStore, StoreError
 
-__all__ = ["serve", "status", "retry", "demo", "status_report"]
+__all__ = ["serve", "status", "retry", "demo"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 _log = logging.getLogger("spectnode.node")
-
-# `status` lists at most this many finished (dispatched) studies, newest first.
-_MAX_FINISHED_SHOWN = 20
 
 
 def _verify_bundle(cfg: Config, out: TextIO) -> bool:
@@ -59,6 +57,7 @@ def serve(cfg: Config) -> int:
     """
     from spectnode import RESEARCH_USE_NOTICE
     from spectnode.node.logs import configure_logging
+    from spectnode.node.worker import Node
 
     configure_logging(cfg.logging)
     if not _verify_bundle(cfg, sys.stderr):
@@ -92,168 +91,11 @@ def serve(cfg: Config) -> int:
             signal.signal(sig, handler)
 
 
-# ----------------------------------------------------------------------- status
-
-
-def _study_json(study: StudyRecord, outputs: list[Any], dead_items: list[Any]) -> dict[str, Any]:
-    result = study.result or {}
-    return {
-        "study_uid": study.study_uid,
-        "state": study.state,
-        "generation": study.generation,
-        "reason": study.reason,
-        "error_stage": study.error_stage,
-        "report_pending": study.report_pending,
-        "calling_ae": study.calling_ae,
-        "peer_address": study.peer_address,
-        "instances": study.instance_count,
-        "first_received": study.first_received,
-        "last_received": study.last_received,
-        "updated_at": study.updated_at,
-        "completed_by": study.completed_by,
-        "outcome": result.get("outcome"),
-        "label": result.get("label"),
-        "second_label": result.get("second_label"),
-        "probabilities": result.get("probabilities"),
-        "views": result.get("views"),
-        "outputs": [{"kind": o.kind, "sop_instance_uid": o.sop_instance_uid, "path": str(o.path)} for o in outputs],
-        # Dead outbox items of the study's current result: why it is not delivered.
-        "dispatch_failed": [{"item": i.id, "destination": i.destination, "kind": i.kind,
-                             "reason": i.last_error} for i in dead_items],
-    }
-
-
-def _item_json(item: Any) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "study_uid": item.study_uid,
-        "generation": item.generation,
-        "destination": item.destination,
-        "kind": item.kind,
-        "state": item.state,
-        "attempts": item.attempts,
-        "next_attempt_at": item.next_attempt_at,
-        "last_error": item.last_error,
-        "files": [str(p) for p in item.files],
-    }
-
-
-def _read_status(cfg: Config) -> tuple[dict[str, Any], list[Any]]:
-    """The status report, and the outbox items not yet delivered (for the text)."""
-    from spectnode.dispatch import ITEM_STATES, Outbox
-
-    db = node_paths(cfg.storage.data_dir)["db"]
-    report: dict[str, Any] = {
-        "data_dir": str(cfg.storage.data_dir),
-        "job_store": str(db),
-        "counts": dict.fromkeys(STATES, 0),
-        "studies": [],
-        "outbox": {"counts": dict.fromkeys(ITEM_STATES, 0), "items": [], "dead_letters": []},
-    }
-    if not db.exists():
-        return report, []
-    store = JobStore(db)
-    try:
-        outbox = Outbox(db)
-    except StoreError:
-        store.close()
-        raise
-    try:
-        waiting = outbox.list_items(["pending", "sending"])
-        dead = outbox.dead_letters()
-        dead_by_result: dict[tuple[str, int], list[Any]] = {}
-        for item in dead:
-            dead_by_result.setdefault((item.study_uid, item.generation), []).append(item)
-        report["counts"] = store.counts_by_state()
-        report["studies"] = [_study_json(s, store.outputs(s.study_uid),
-                                         dead_by_result.get((s.study_uid, s.generation), []))
-                             for s in store.studies()]
-        report["outbox"] = {
-            "counts": outbox.counts(),
-            "items": [_item_json(i) for i in waiting],
-            "dead_letters": [_item_json(i) for i in dead],
-        }
-    finally:
-        outbox.close()
-        store.close()
-    return report, sorted(waiting + dead, key=lambda item: item.id)
-
-
-def status_report(cfg: Config) -> dict[str, Any]:
-    """Everything ``spectnode status --json`` prints, as a dict.
-
-    Keys: ``data_dir``, ``job_store`` (path), ``counts`` (studies per state),
-    ``studies`` (one object per study, oldest first; ``dispatch_failed``
-    lists the dead outbox items of its current result), ``outbox`` with
-    ``counts`` per item state, ``items`` (pending or being sent) and
-    ``dead_letters`` (given up on; each item is in one list only).
-
-    Raises:
-        StoreError: If the job store or its outbox table cannot be read.
-    """
-    return _read_status(cfg)[0]
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.0f} d ago"
-
-
-def _study_line(study: dict[str, Any], now: float) -> list[str]:
-    if study["label"] and study["state"] not in (ERROR,):
-        probs = study["probabilities"] or {}
-        what = f"{study['label']} ({probs.get(study['label'], 0.0):.2f})"
-    elif study["state"] == "received":
-        what = f"{study['instances']} object(s), waiting for both views"
-    else:
-        what = ""
-    if study["reason"]:
-        what = (what + "; " if what else "") + study["reason"]
-    if study["state"] == ERROR and study["error_stage"]:
-        what += f" [retry returns it to {study['error_stage']}]"
-    if study["state"] == NOT_ASSESSABLE and study["report_pending"]:
-        what += " [SR pending]"
-    for failed in study.get("dispatch_failed") or []:
-        what = (what + "; " if what else "") + (f"dispatch failed: {failed['kind']} to {failed['destination']}: "
-                                                f"{failed['reason']} [outbox item {failed['item']}]")
-    return [study["state"], _age(now - study["updated_at"]), study["calling_ae"] or "-", study["study_uid"], what]
-
-
-def _format_status(report: dict[str, Any], items: list[Any], cfg: Config) -> str:
-    from spectnode.dispatch import format_outbox_status
-
-    now = time.time()
-    counts = report["counts"]
-    lines = [f"job store: {report['job_store']}"]
-    lines.append("studies: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
-    order = {state: i for i, state in enumerate((ERROR, *[s for s in STATES if s != ERROR]))}
-    studies = sorted(report["studies"], key=lambda s: (order[s["state"]], -s["updated_at"]))
-    finished = [s for s in studies if s["state"] == "dispatched"]
-    shown = [s for s in studies if s["state"] != "dispatched"] + finished[:_MAX_FINISHED_SHOWN]
-    if shown:
-        rows = [["STATE", "UPDATED", "CALLING AE", "STUDY", "RESULT / REASON"]] + [_study_line(s, now) for s in shown]
-        widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        for row in rows:
-            lines.append("  ".join(v.ljust(w) for v, w in zip(row[:4], widths)) + "  " + row[4])
-    if len(finished) > _MAX_FINISHED_SHOWN:
-        lines.append(f"... and {len(finished) - _MAX_FINISHED_SHOWN} more dispatched studies (see --json)")
-    if counts.get(ERROR):
-        lines.append("studies in error can be processed again with: spectnode retry STUDY_UID (or --all)")
-    lines.append(format_outbox_status(items, now=now, max_attempts=cfg.dispatch.max_attempts,
-                                      counts=report["outbox"]["counts"]))
-    return "\n".join(lines)
-
-
 def status(cfg: Config, json: bool = False) -> int:
     """Print studies by state and the outbox, dead letters with their reasons
     (``spectnode status [--json]``). Works while the node runs."""
     try:
-        report, items = _read_status(cfg)
+        report, items = read_status(cfg)
     except StoreError as exc:
         print(f"spectnode status: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -263,7 +105,7 @@ def status(cfg: Config, json: bool = False) -> int:
     if not Path(report["job_store"]).exists():
         print(f"no job store at {report['job_store']}: no node has run with data directory {report['data_dir']}")
         return EXIT_OK
-    print(_format_status(report, items, cfg))
+    print(format_status(report, items, cfg))
     return EXIT_OK
 
 
@@ -284,9 +126,7 @@ def retry(cfg: Config, item_or_study: str | None) -> int:
         0 if something was re-queued (or, for ``--all``, if there was nothing
         to do), 1 if the id or study has nothing to retry.
     """
-    from spectnode.dispatch import Outbox
-
-    db = node_paths(cfg.storage.data_dir)["db"]
+    db = DataDir(cfg.storage.data_dir).database
     if not db.exists():
         print(f"spectnode retry: no job store at {db}", file=sys.stderr)
         return EXIT_FAILURE
@@ -295,12 +135,7 @@ def retry(cfg: Config, item_or_study: str | None) -> int:
     except StoreError as exc:
         print(f"spectnode retry: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    try:
-        outbox = Outbox(db)
-    except StoreError as exc:
-        store.close()
-        print(f"spectnode retry: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    outbox = store.outbox
     try:
         if item_or_study is None:
             studies = [s.study_uid for s in store.studies([ERROR]) if store.retry_study(s.study_uid)]
@@ -338,7 +173,6 @@ def retry(cfg: Config, item_or_study: str | None) -> int:
         print(f"study {target}: {', '.join(done)}")
         return EXIT_OK
     finally:
-        outbox.close()
         store.close()
 
 

@@ -95,19 +95,20 @@ def run_demo(workdir: Path | None = None, *, bundle: Path | None = None, timeout
         ok = True
         for record in records:
             study = finished[record.study_uid]
-            result = study.result or {}
+            result = study.result
             _say("")
             _say(f"study {record.study_uid}")
             _say(f"  phantom truth: {record.label} ({record.layout})")
-            if study.state != DISPATCHED:
+            if study.state != DISPATCHED or result is None:
                 ok = False
                 _say(f"  {study.state}: {study.reason}")
                 continue
-            probabilities = ", ".join(f"{k} {v:.3f}" for k, v in (result.get("probabilities") or {}).items())
-            second = f", second: {result['second_label']}" if result.get("second_label") else ""
-            _say(f"  result: {result.get('label')}{second}  [{probabilities}]")
+            probabilities = ", ".join(f"{k} {v:.3f}" for k, v in result.probabilities.items())
+            second = f", second: {result.second_label}" if result.second_label else ""
+            _say(f"  result: {result.label}{second}  [{probabilities}]")
             folder = results / record.study_uid
-            outputs = node.store.outputs(record.study_uid)  # type: ignore[union-attr]
+            assert node.store is not None
+            outputs = node.store.outputs(record.study_uid)
             for output in sorted(outputs, key=lambda o: (o.kind != "sr", o.path.name)):
                 copy = folder / output.path.name
                 _say(f"  {output.kind.upper()}: {copy if copy.exists() else output.path}")

@@ -8,7 +8,7 @@ It writes N copies of a phantom NM object (each with its own study and SOP
 Instance UID, so that nothing is deduplicated), then, for each round, sends
 all of them with one ``storescu`` association to
 
-* spectnode's :class:`~spectnode.receive.StorageSCP` (spool write with fsync
+* spectnode's :class:`~spectnode.node.stages.receive.ReceiveStage` (spool write with fsync
   of file and folder, SQLite commit with ``synchronous=FULL``, before each
   Success), running in this process, and
 * DCMTK ``storescp -od DIR`` (writes each file, no fsync), as installed, and
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                   "(Debian/Ubuntu: apt install dcmtk)", file=sys.stderr)
             return 2
 
-    from spectnode.receive import StorageSCP
+    from spectnode.node.datadir import DataDir
+    from spectnode.node.stages.receive import ReceiveStage
     from spectnode.store import JobStore
 
     with tempfile.TemporaryDirectory(prefix="spectnode-bench-") as tmp:
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 port = _free_port()
                 if receiver == "spectnode":
                     store = JobStore(target / "spectnode.sqlite")
-                    scp = StorageSCP(store, target / "spool", ae_title="BENCH", port=port)
+                    scp = ReceiveStage(store, DataDir(target), ae_title="BENCH", port=port)
                     scp.start()
                     try:
                         times[receiver].append(_send(port, files))

@@ -1,4 +1,4 @@
-"""The assemble stage: decide from content when a received study is complete.
+"""Stage 2, assemble: decide from content when a received study is complete.
 
 A whole-body bone scan is complete the moment both its anterior and its
 posterior view are present, whatever the layout (one multi-frame object, two
@@ -17,70 +17,28 @@ vectors, labels; see :mod:`spectnode.imaging.views`). Pixel data is decoded
 once per study, by the classify stage; if it cannot be decoded the study ends
 ``not_assessable`` right away instead of waiting for the idle timeout.
 
-:func:`read_spooled_study` reads a study's spooled objects the way each stage
-needs them (headers only, or NM objects with their pixel data deferred).
-
-This stage knows nothing of the stages after it.
+Like every stage, it knows nothing of the stages after it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Final
 
-import pydicom
 from pydicom.dataset import Dataset
 
 # The header-level part of the view rules; the same function read_study_views uses.
 from spectnode.imaging.views import ANTERIOR, POSTERIOR, object_view_candidates
+from spectnode.node.datadir import DataDir
+from spectnode.node.stages import study_log_extra
+from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.store import COMPLETE, RECEIVED, JobStore, StudyRecord
 
-__all__ = ["Completion", "check_completion", "read_spooled_study", "Assembler"]
+__all__ = ["Completion", "check_completion", "AssembleStage"]
 
 _log = logging.getLogger("spectnode.assemble")
-
-#: Values longer than this are read from a spooled file only when used (pixel data).
-DEFER_SIZE: Final = "64 KB"
-
-
-def read_spooled_study(
-    store: JobStore, study_uid: str, *, nm_only: bool = False, pixel_data: bool = False
-) -> tuple[list[Dataset], list[str]]:
-    """A study's spooled objects, in the order received, and why any could not be read.
-
-    Args:
-        store: The job store that lists the study's spooled files and their Modality.
-        study_uid: The study.
-        nm_only: Read only objects with Modality NM, the only ones that can
-            hold a view.
-        pixel_data: Read NM objects with their pixel data deferred (loaded and
-            decoded only when used, for the frames that hold a view). Otherwise,
-            and for other objects always, only the header is read (up to the
-            pixel data), which is all that completion checks and reports need.
-
-    Returns:
-        ``(datasets, problems)``: one message per file that could not be read.
-    """
-    datasets: list[Dataset] = []
-    problems: list[str] = []
-    for row in store.instances(study_uid):
-        is_nm = str(row["modality"] or "").strip().upper() == "NM"
-        if nm_only and not is_nm:
-            continue
-        path = Path(row["path"])
-        try:
-            if pixel_data and is_nm:
-                datasets.append(pydicom.dcmread(path, defer_size=DEFER_SIZE))
-            else:
-                datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
-        except Exception as exc:  # noqa: BLE001 - a spooled file that no longer reads is reported, not fatal
-            problems.append(f"{path.name}: cannot be read as DICOM: {exc}")
-    return datasets, problems
-
 
 @dataclass(frozen=True)
 class Completion:
@@ -131,25 +89,34 @@ def check_completion(nm_headers: Sequence[Dataset], unreadable: int = 0) -> Comp
     return Completion(complete, views, detail)
 
 
-class Assembler:
+class AssembleStage:
     """Moves studies from ``received`` to ``complete``.
 
     Args:
         store: The job store.
+        data_dir: The data directory (the spooled objects are found through the store).
         timeout_seconds: Idle time after which an incomplete study is
             completed anyway (``completion.timeout_seconds``).
         clock: Current time in epoch seconds (tests may pass another).
     """
 
-    def __init__(self, store: JobStore, timeout_seconds: float, clock=time.time) -> None:
+    name = "assemble"
+
+    def __init__(self, store: JobStore, data_dir: DataDir, timeout_seconds: float,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.data_dir = data_dir
         self.timeout_seconds = float(timeout_seconds)
         self.clock = clock
+
+    def step(self) -> bool:
+        """Check every ``received`` study once; True if any became complete."""
+        return self.run_once() > 0
 
     def check_study(self, study: StudyRecord) -> bool:
         """Look at one ``received`` study; complete it if both views are there
         or if it has been idle past the timeout. Returns True if it moved."""
-        log_extra = {"study_uid": study.study_uid, "calling_ae": study.calling_ae}
+        log_extra = study_log_extra(study)
         if study.content_version != study.checked_version:
             headers, problems = read_spooled_study(self.store, study.study_uid, nm_only=True)
             completion = check_completion(headers, unreadable=len(problems))
@@ -192,8 +159,7 @@ class Assembler:
             try:
                 moved += self.check_study(study)
             except Exception:  # noqa: BLE001 - one bad study must not stop assembling the others
-                _log.exception("study %s: completion check failed", study.study_uid,
-                               extra={"study_uid": study.study_uid, "calling_ae": study.calling_ae})
+                _log.exception("study %s: completion check failed", study.study_uid, extra=study_log_extra(study))
                 self.store.mark_checked(study.study_uid, study.content_version)
                 if self.clock() - study.last_received >= self.timeout_seconds:
                     moved += self.store.advance(study.study_uid, study.generation, RECEIVED, COMPLETE,

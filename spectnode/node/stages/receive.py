@@ -1,9 +1,9 @@
-"""The receive stage: a C-STORE / C-ECHO SCP with a durable spool.
+"""Stage 1, receive: a C-STORE / C-ECHO SCP with a durable spool.
 
 Every object a peer sends is
 
 1. parsed far enough to know its study and instance (never its pixels),
-2. written to ``<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` exactly as
+2. written to the spool (:meth:`spectnode.node.datadir.DataDir.spooled_object`) exactly as
    it was received (the encoded dataset with a file meta header), through a
    temporary file that is fsynced, renamed into place, and followed by an
    fsync of the folder, and
@@ -30,9 +30,9 @@ storage SOP class is accepted, in the uncompressed and the common compressed
 transfer syntaxes: what an object is gets decided by its content later, so a
 CT ends as "not assessable" rather than as a refused association.
 
-This stage knows nothing of the stages after it: it calls ``on_stored`` with
-the study UID after each newly stored object, which the node uses to wake the
-assembler.
+Like every stage, it knows nothing of the stages after it: it calls
+``on_stored`` with the study UID after each newly stored object, which the
+node uses to wake the assemble stage.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from spectnode.fsutil import safe_file_name, write_durably
-from spectnode.store import InstanceRecord, JobStore, Peer, StoreError
+from spectnode.fsutil import write_durably
+from spectnode.node.datadir import DataDir
+from spectnode.peer import Peer
+from spectnode.store import InstanceRecord, JobStore, StoreError
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
@@ -82,8 +84,7 @@ __all__ = [
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_DOES_NOT_MATCH_SOP_CLASS",
     "STATUS_CANNOT_UNDERSTAND",
-    "StorageSCP",
-    "spool_path",
+    "ReceiveStage",
 ]
 
 _log = logging.getLogger("spectnode.receive")
@@ -121,15 +122,6 @@ ACCEPTED_TRANSFER_SYNTAXES: Final = (
 _DEFER_BYTES: Final = 1024
 
 
-def spool_path(spool_dir: Path, study_uid: str, sop_instance_uid: str) -> Path:
-    """Where an object is spooled: ``<spool>/<study>/<sop>.dcm``.
-
-    UIDs that are not safe as file names (so could hold ``/`` or ``..``) are
-    replaced by a hash of themselves (:func:`spectnode.fsutil.safe_file_name`).
-    """
-    return Path(spool_dir) / safe_file_name(study_uid) / f"{safe_file_name(sop_instance_uid)}.dcm"
-
-
 @dataclass(frozen=True)
 class _Identity:
     study_uid: str
@@ -139,12 +131,12 @@ class _Identity:
     modality: str
 
 
-class StorageSCP:
+class ReceiveStage:
     """The node's DICOM listener: C-STORE into the spool and job store, C-ECHO.
 
     Args:
         store: The job store objects are recorded in.
-        spool_dir: Root of the spool.
+        data_dir: The data directory whose spool takes the objects.
         ae_title: This node's AE title; associations calling another title
             are refused.
         bind_address: Address to listen on.
@@ -160,7 +152,7 @@ class StorageSCP:
     def __init__(
         self,
         store: JobStore,
-        spool_dir: Path,
+        data_dir: DataDir,
         *,
         ae_title: str,
         bind_address: str = "127.0.0.1",
@@ -170,7 +162,7 @@ class StorageSCP:
         transfer_syntaxes: Sequence[str] = ACCEPTED_TRANSFER_SYNTAXES,
     ) -> None:
         self.store = store
-        self.spool_dir = Path(spool_dir)
+        self.data_dir = data_dir
         self.ae_title = ae_title
         self.bind_address = bind_address
         self._requested_port = port
@@ -205,7 +197,7 @@ class StorageSCP:
         Raises:
             OSError: If the address cannot be bound (port in use ...).
         """
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.spool.mkdir(parents=True, exist_ok=True)
         ae = self._application_entity()
         handlers = [
             (evt.EVT_C_STORE, self._handle_store),
@@ -378,7 +370,7 @@ class StorageSCP:
             _log.warning("study %s from %s: C-STORE names instance %s but the dataset says %s; using the dataset's",
                          study_uid, peer.ae_title, request_sop, identity.sop_instance_uid, extra=where)
         digest = hashlib.sha256(data).hexdigest()
-        path = spool_path(self.spool_dir, study_uid, identity.sop_instance_uid)
+        path = self.data_dir.spooled_object(study_uid, identity.sop_instance_uid)
         try:
             known = self.store.known_instance(study_uid, identity.sop_instance_uid)
             if known == "own_output":

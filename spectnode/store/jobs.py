@@ -27,21 +27,26 @@ objects, such as a reader's SR or a later CT, are only recorded), and a stage th
 was working on the old generation then finds its update refused and drops its
 work. So a study is never processed twice at once and never lost.
 
-Each thread gets its own connection; other processes (``spectnode status``,
-``spectnode retry``) open the same file concurrently, which WAL allows.
+The database and its connections are :class:`~spectnode.store.database.Database`'s;
+other processes (``spectnode status``, ``spectnode retry``) open the same file
+concurrently, which WAL allows.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
+
+from spectnode.peer import Peer
+from spectnode.result import StudyResult
+from spectnode.store.database import Database, StoreError
+from spectnode.store.outbox import Outbox
 
 __all__ = [
     "STATES",
@@ -54,8 +59,6 @@ __all__ = [
     "DISPATCHED",
     "NOT_ASSESSABLE",
     "ERROR",
-    "StoreError",
-    "Peer",
     "InstanceRecord",
     "StudyRecord",
     "OutputRecord",
@@ -80,103 +83,6 @@ ACTIVE_STATES: Final = (RECEIVED, COMPLETE, CLASSIFIED, REPORTED)
 END_STATES: Final = (DISPATCHED, NOT_ASSESSABLE, ERROR)
 
 StoredOutcome = Literal["new", "duplicate", "changed", "own_output"]
-
-_SCHEMA_VERSION: Final = 1
-
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS store_meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 1,
-    reason TEXT,
-    error_stage TEXT,
-    report_pending INTEGER NOT NULL DEFAULT 0,
-    calling_ae TEXT,
-    peer_address TEXT,
-    peer_port INTEGER,
-    called_ae TEXT,
-    instance_count INTEGER NOT NULL DEFAULT 0,
-    first_received REAL NOT NULL,
-    last_received REAL NOT NULL,
-    content_version INTEGER NOT NULL DEFAULT 0,
-    checked_version INTEGER NOT NULL DEFAULT 0,
-    completed_by TEXT,
-    result TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS studies_by_state ON studies(state);
-CREATE TABLE IF NOT EXISTS instances (
-    study_uid TEXT NOT NULL,
-    sop_instance_uid TEXT NOT NULL,
-    series_uid TEXT,
-    sop_class_uid TEXT,
-    modality TEXT,
-    transfer_syntax TEXT,
-    path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    calling_ae TEXT,
-    received_at REAL NOT NULL,
-    PRIMARY KEY (study_uid, sop_instance_uid)
-);
-CREATE TABLE IF NOT EXISTS outputs (
-    study_uid TEXT NOT NULL,
-    generation INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    sop_instance_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    is_current INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (study_uid, sop_instance_uid)
-);
-CREATE INDEX IF NOT EXISTS outputs_by_uid ON outputs(sop_instance_uid);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_uid TEXT NOT NULL,
-    at REAL NOT NULL,
-    state TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_study ON events(study_uid);
-"""
-
-
-class StoreError(Exception):
-    """The job store cannot be opened or used (its message says why)."""
-
-
-@dataclass(frozen=True)
-class Peer:
-    """The remote application entity of an association: who sent a study, and
-    where results go back to (a ``sender`` destination)."""
-
-    #: Calling AE title of the peer (stripped).
-    ae_title: str
-    #: IP address the association came from.
-    address: str
-    #: TCP port of the peer's side of the association (not its listening port).
-    port: int
-    #: Called AE title the peer asked for (ours).
-    called_ae_title: str = ""
-
-    @classmethod
-    def from_association(cls, assoc: Any) -> Peer:
-        """The requestor of a pynetdicom ``Association`` (in an SCP's event handler:
-        ``Peer.from_association(event.assoc)``)."""
-        requestor = assoc.requestor
-        return cls(
-            ae_title=str(requestor.ae_title).strip(),
-            address=str(requestor.address),
-            port=int(requestor.port or 0),
-            called_ae_title=str(assoc.acceptor.ae_title).strip(),
-        )
-
 
 @dataclass(frozen=True)
 class InstanceRecord:
@@ -221,8 +127,8 @@ class StudyRecord:
     checked_version: int
     #: ``content`` (both views present) or ``timeout`` (idle fallback).
     completed_by: str | None
-    #: The classify stage's result (``StudyResult.to_json()``), if any.
-    result: dict[str, Any] | None
+    #: The classify stage's result, if any.
+    result: StudyResult | None
     updated_at: float
 
     @property
@@ -272,7 +178,7 @@ def _study(row: sqlite3.Row) -> StudyRecord:
         content_version=int(row["content_version"]),
         checked_version=int(row["checked_version"]),
         completed_by=row["completed_by"],
-        result=json.loads(row["result"]) if row["result"] else None,
+        result=StudyResult.from_json(json.loads(row["result"])) if row["result"] else None,
         updated_at=float(row["updated_at"]),
     )
 
@@ -315,7 +221,7 @@ class StudyTransaction:
         message: str,
         *,
         reason: str | None = None,
-        result: dict[str, Any] | None = None,
+        result: StudyResult | None = None,
         completed_by: str | None = None,
         report_pending: bool | None = None,
     ) -> None:
@@ -327,7 +233,7 @@ class StudyTransaction:
             values.append(reason)
         if result is not None:
             sets.append("result = ?")
-            values.append(json.dumps(result))
+            values.append(json.dumps(result.to_json()))
         if completed_by is not None:
             sets.append("completed_by = ?")
             values.append(completed_by)
@@ -355,82 +261,24 @@ class JobStore:
         StoreError: If the file cannot be opened as a job store.
     """
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0) -> None:
-        self.path = Path(path)
-        self._busy_timeout_ms = int(busy_timeout_s * 1000)
-        self._idle: list[sqlite3.Connection] = []
-        self._closed = False
-        self._lock = threading.Lock()
-        try:
-            with self._borrow() as db:
-                # executescript commits by itself, so it runs outside _write().
-                db.executescript(_SCHEMA)
-            with self._write() as db:
-                row = db.execute("SELECT value FROM store_meta WHERE key = 'schema_version'").fetchone()
-                if row is None:
-                    db.execute("INSERT INTO store_meta VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
-                elif int(row["value"]) != _SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path}: job store schema version {row['value']} is not {_SCHEMA_VERSION}, "
-                        "the version this spectnode reads"
-                    )
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the job store: {exc}") from exc
-
-    # ---------------------------------------------------------------- connections
-
-    def _open(self) -> sqlite3.Connection:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), so
-        # a writer takes the lock up front instead of failing on upgrade.
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        db.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit is on disk before the SCP answers success.
-        db.execute("PRAGMA synchronous = FULL")
-        return db
-
-    @contextmanager
-    def _borrow(self) -> Iterator[sqlite3.Connection]:
-        """A connection for one operation (a pool: each association has its own thread)."""
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"{self.path}: the job store is closed")
-            db = self._idle.pop() if self._idle else None
-        if db is None:
-            db = self._open()
-        try:
-            yield db
-        finally:
-            with self._lock:
-                if self._closed:
-                    db.close()
-                else:
-                    self._idle.append(db)
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._borrow() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            else:
-                db.execute("COMMIT")
-
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._borrow() as db:
-            return db.execute(sql, tuple(args)).fetchall()
+    def __init__(self, path: str | Path, busy_timeout_s: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = Database(path, busy_timeout_s)
+        self.path = self.db.path
+        #: Current time in epoch seconds, for every time stamp the store writes (tests pass a fake one).
+        self.clock = clock
+        #: The durable outbox: its items live in the same database.
+        self.outbox = Outbox(self.db, clock)
 
     def close(self) -> None:
         """Close the store's connections; later calls raise :class:`StoreError`."""
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for db in idle:
-            db.close()
+        self.db.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @staticmethod
     def _event(db: sqlite3.Connection, study_uid: str, state: str, message: str, now: float) -> None:
@@ -454,8 +302,8 @@ class JobStore:
             generation + 1. Other objects are added to the study without
             re-opening it.
         """
-        now = time.time() if now is None else now
-        with self._write() as db:
+        now = self.clock() if now is None else now
+        with self.db.write() as db:
             if db.execute("SELECT 1 FROM outputs WHERE sop_instance_uid = ?",
                           (record.sop_instance_uid,)).fetchone():
                 return "own_output"
@@ -522,56 +370,56 @@ class JobStore:
             ``"own_output"`` if this node made the object, the sha256 of the
             spooled copy if it was received before, else None.
         """
-        if self._read("SELECT 1 FROM outputs WHERE sop_instance_uid = ?", (sop_instance_uid,)):
+        if self.db.read("SELECT 1 FROM outputs WHERE sop_instance_uid = ?", (sop_instance_uid,)):
             return "own_output"
-        rows = self._read("SELECT sha256 FROM instances WHERE study_uid = ? AND sop_instance_uid = ?",
+        rows = self.db.read("SELECT sha256 FROM instances WHERE study_uid = ? AND sop_instance_uid = ?",
                           (study_uid, sop_instance_uid))
         return rows[0]["sha256"] if rows else None
 
     def study(self, study_uid: str) -> StudyRecord | None:
         """One study, or None if the store has never seen it."""
-        rows = self._read("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
+        rows = self.db.read("SELECT * FROM studies WHERE study_uid = ?", (study_uid,))
         return _study(rows[0]) if rows else None
 
     def studies(self, states: Sequence[str] | None = None) -> list[StudyRecord]:
         """Studies in ``states`` (all if None), oldest first."""
         if states is None:
-            rows = self._read("SELECT * FROM studies ORDER BY first_received, study_uid")
+            rows = self.db.read("SELECT * FROM studies ORDER BY first_received, study_uid")
         else:
             marks = ",".join("?" * len(states))
-            rows = self._read(f"SELECT * FROM studies WHERE state IN ({marks}) ORDER BY first_received, study_uid",
+            rows = self.db.read(f"SELECT * FROM studies WHERE state IN ({marks}) ORDER BY first_received, study_uid",
                               states)
         return [_study(r) for r in rows]
 
     def instance_paths(self, study_uid: str) -> list[Path]:
         """Spooled files of a study, in the order they were first received."""
-        rows = self._read("SELECT path FROM instances WHERE study_uid = ? ORDER BY received_at, sop_instance_uid",
+        rows = self.db.read("SELECT path FROM instances WHERE study_uid = ? ORDER BY received_at, sop_instance_uid",
                           (study_uid,))
         return [Path(r["path"]) for r in rows]
 
     def instances(self, study_uid: str) -> list[dict[str, Any]]:
         """The instance rows of a study (for status and tests)."""
-        rows = self._read("SELECT * FROM instances WHERE study_uid = ? ORDER BY received_at, sop_instance_uid",
+        rows = self.db.read("SELECT * FROM instances WHERE study_uid = ? ORDER BY received_at, sop_instance_uid",
                           (study_uid,))
         return [dict(r) for r in rows]
 
     def counts_by_state(self) -> dict[str, int]:
         """Number of studies in each state (every state present, zero if none)."""
         counts = dict.fromkeys(STATES, 0)
-        for row in self._read("SELECT state, COUNT(*) AS n FROM studies GROUP BY state"):
+        for row in self.db.read("SELECT state, COUNT(*) AS n FROM studies GROUP BY state"):
             counts[row["state"]] = int(row["n"])
         return counts
 
     def events(self, study_uid: str) -> list[tuple[float, str, str]]:
         """(time, state, message) history of a study, oldest first."""
-        rows = self._read("SELECT at, state, message FROM events WHERE study_uid = ? ORDER BY id", (study_uid,))
+        rows = self.db.read("SELECT at, state, message FROM events WHERE study_uid = ? ORDER BY id", (study_uid,))
         return [(float(r["at"]), r["state"], r["message"]) for r in rows]
 
     # --------------------------------------------------------------- transitions
 
     def mark_checked(self, study_uid: str, content_version: int) -> None:
         """Remember that the assembler looked at ``content_version`` of a study."""
-        with self._write() as db:
+        with self.db.write() as db:
             db.execute("UPDATE studies SET checked_version = MAX(checked_version, ?) WHERE study_uid = ?",
                        (content_version, study_uid))
 
@@ -597,9 +445,9 @@ class JobStore:
         ``content_version``, when given, must also still match (see
         :meth:`advance`).
         """
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         states = (from_states,) if isinstance(from_states, str) else tuple(from_states)
-        with self._write() as db:
+        with self.db.write() as db:
             row = db.execute("SELECT state, generation, content_version FROM studies WHERE study_uid = ?",
                              (study_uid,)).fetchone()
             current = (row is not None and row["generation"] == generation and row["state"] in states
@@ -615,7 +463,7 @@ class JobStore:
         message: str,
         *,
         reason: str | None = None,
-        result: dict[str, Any] | None = None,
+        result: StudyResult | None = None,
         completed_by: str | None = None,
         report_pending: bool | None = None,
         content_version: int | None = None,
@@ -642,10 +490,10 @@ class JobStore:
 
     def set_report_pending(self, study_uid: str, generation: int, pending: bool) -> bool:
         """Set or clear ``report_pending`` of a study still at ``generation``."""
-        with self._write() as db:
+        with self.db.write() as db:
             return bool(db.execute(
                 "UPDATE studies SET report_pending = ?, updated_at = ? WHERE study_uid = ? AND generation = ?",
-                (int(pending), time.time(), study_uid, generation),
+                (int(pending), self.clock(), study_uid, generation),
             ).rowcount)
 
     def fail(self, study_uid: str, generation: int, stage_state: str, message: str,
@@ -661,8 +509,8 @@ class JobStore:
             False if the study had meanwhile moved on (re-opened by a new
             object); the failure is then moot.
         """
-        now = time.time() if now is None else now
-        with self._write() as db:
+        now = self.clock() if now is None else now
+        with self.db.write() as db:
             moved = db.execute(
                 "UPDATE studies SET state = ?, error_stage = ?, reason = ?, updated_at = ? "
                 "WHERE study_uid = ? AND generation = ? AND state = ?",
@@ -678,8 +526,8 @@ class JobStore:
         Returns:
             The state the study returned to, or None if it is not in ``error``.
         """
-        now = time.time() if now is None else now
-        with self._write() as db:
+        now = self.clock() if now is None else now
+        with self.db.write() as db:
             row = db.execute("SELECT state, error_stage, result FROM studies WHERE study_uid = ?",
                              (study_uid,)).fetchone()
             if row is None or row["state"] != ERROR:
@@ -709,8 +557,8 @@ class JobStore:
             ``generation`` (a new object re-opened it): its outputs would never
             be sent, so no later SR may name them as its predecessor.
         """
-        now = time.time() if now is None else now
-        with self._write() as db:
+        now = self.clock() if now is None else now
+        with self.db.write() as db:
             row = db.execute("SELECT generation FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
             if row is None or row["generation"] != generation:
                 return False
@@ -735,7 +583,7 @@ class JobStore:
         Returns:
             The forgotten outputs (whose files the caller may delete).
         """
-        with self._write() as db:
+        with self.db.write() as db:
             row = db.execute("SELECT generation FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
             if row is None or row["generation"] == generation:
                 return []
@@ -753,7 +601,7 @@ class JobStore:
     def outputs(self, study_uid: str, current_only: bool = True) -> list[OutputRecord]:
         """Outputs of a study (only the current ones by default), oldest first."""
         sql = "SELECT * FROM outputs WHERE study_uid = ?" + (" AND is_current = 1" if current_only else "")
-        rows = self._read(sql + " ORDER BY created_at, kind, sop_instance_uid", (study_uid,))
+        rows = self.db.read(sql + " ORDER BY created_at, kind, sop_instance_uid", (study_uid,))
         return [_output(r) for r in rows]
 
     def predecessor_sr(self, study_uid: str, generation: int) -> OutputRecord | None:
@@ -762,7 +610,7 @@ class JobStore:
         That is the SR of the latest earlier generation of the study, or None
         for a study that never had one.
         """
-        rows = self._read(
+        rows = self.db.read(
             "SELECT * FROM outputs WHERE study_uid = ? AND kind = 'sr' AND generation < ? "
             "ORDER BY generation DESC, created_at DESC LIMIT 1",
             (study_uid, generation),

@@ -1,0 +1,53 @@
+"""The node's five stages, one module each; data flows one way through them::
+
+    receive ──► assemble ──► classify ──► report ──► dispatch
+    (SCP, spool)  (complete?)  (views, model)  (SR, SC)   (outbox)
+
+Every stage is a class built from the job store, the data directory and its
+typed collaborators, with one :meth:`Stage.step` that does one unit of work
+and says whether it did any. The job store is the only state they share: a
+stage finds its work by a study's state, and moves the study on with a
+transition that is conditional on the state and the study's generation, so a
+stage whose study was re-opened meanwhile drops its work. Each stage can be
+stopped and restarted alone, and resumes where the store says.
+
+The receive stage is the exception in form only: pynetdicom drives it (one
+thread per association), so it has ``start``/``stop`` instead of ``step``.
+
+:mod:`spectnode.node.worker` only wires threads to these steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Protocol
+
+from spectnode.store import JobStore, StudyRecord
+
+__all__ = ["Stage", "record_failure", "study_log_extra"]
+
+
+class Stage(Protocol):
+    """What the worker runs: a named step that does at most one unit of work."""
+
+    #: Name of the stage (the thread and the log name it).
+    name: str
+
+    def step(self) -> bool:
+        """Do one unit of work; True if there was any (the worker then steps again at once)."""
+        ...
+
+
+def study_log_extra(study: StudyRecord) -> dict[str, str | None]:
+    """The structured-log fields of a study."""
+    return {"study_uid": study.study_uid, "calling_ae": study.calling_ae}
+
+
+def record_failure(store: JobStore, log: logging.Logger, study: StudyRecord, stage: str,
+                   exc: BaseException) -> None:
+    """Put a study whose stage raised into the visible ``error`` state, with the message and a logged traceback."""
+    message = f"{stage} failed: {type(exc).__name__}: {exc}"
+    log.error("study %s from %s: %s\n%s", study.study_uid, study.calling_ae, message,
+              "".join(traceback.format_exception(exc)).rstrip(), extra=study_log_extra(study))
+    store.fail(study.study_uid, study.generation, study.state, message)

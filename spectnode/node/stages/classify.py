@@ -1,0 +1,148 @@
+"""Stage 3, classify: ``complete`` -> ``classified`` or ``not_assessable``.
+
+The only stage that decodes pixel data. It reads a complete study's spooled
+NM objects, finds its views (:mod:`spectnode.imaging.views`), runs the
+classifier (:class:`spectnode.classify.StudyClassifier`, a library that knows
+nothing of the store) and stores the :class:`~spectnode.result.StudyResult`
+with the study. The views it was computed from and their LayerCAM heatmaps go
+into the data directory's work file of the study's generation, so the report
+stage (or a restarted node) needs neither a second inference nor a second
+decode.
+
+A not-assessable study gets ``report_pending`` set when it will get an SR
+saying so (:func:`wants_not_assessable_sr`). An exception leaves the study in
+``error`` with the message (``spectnode retry`` returns it here).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from spectnode.fsutil import write_durably
+from spectnode.imaging.views import WRONG_MODALITY, NotAssessable, StudyViews, read_study_views
+from spectnode.node.datadir import DataDir
+from spectnode.node.stages import record_failure, study_log_extra
+from spectnode.node.stages.spooled import read_spooled_study
+from spectnode.result import ViewSource
+from spectnode.store import CLASSIFIED, COMPLETE, NOT_ASSESSABLE, JobStore, StudyRecord
+
+if TYPE_CHECKING:
+    from spectnode.classify import StudyClassifier
+
+__all__ = ["VIEW_KEY", "ClassifyStage", "wants_not_assessable_sr"]
+
+_log = logging.getLogger("spectnode.node")
+
+#: Keys of the work file: "<view>" is a heatmap, "view_<view>" the view's pixels.
+VIEW_KEY = "view_"
+
+
+def wants_not_assessable_sr(reason_code: str | None, not_assessable_sr: bool) -> bool:
+    """Whether a not-assessable study gets an SR saying so.
+
+    Only when ``report.not_assessable_sr`` is on and the study is an NM study
+    (one that is not a usable whole-body bone scan): a study without any NM
+    object (``wrong_modality``, e.g. a CT sent by mistake) is none of this
+    node's business, and no SR about it is written into PACS.
+    """
+    return not_assessable_sr and reason_code != WRONG_MODALITY
+
+
+def _view_sources(views: StudyViews) -> dict[str, ViewSource]:
+    """What the report needs of each view besides its pixels (kept in the study's result)."""
+    return {
+        image.view: ViewSource(
+            sop_instance_uid=image.source_sop_instance_uid,
+            sop_class_uid=image.source_sop_class_uid,
+            frame_number=image.frame_number,
+            pixel_spacing_mm=(float(image.pixel_spacing_mm[0]), float(image.pixel_spacing_mm[1]))
+            if image.pixel_spacing_mm else None,
+        )
+        for image in (views.anterior, views.posterior) if image is not None
+    }
+
+
+class ClassifyStage:
+    """Classifies one ``complete`` study per step.
+
+    Args:
+        store: The job store.
+        data_dir: Where the work files go.
+        classifier: Returns the loaded classifier (it loads the model on
+            first use; see :class:`spectnode.node.model.NodeModel`).
+        not_assessable_sr: ``report.not_assessable_sr``.
+    """
+
+    name = "classify"
+
+    def __init__(self, store: JobStore, data_dir: DataDir, classifier: Callable[[], StudyClassifier],
+                 not_assessable_sr: bool) -> None:
+        self.store = store
+        self.data_dir = data_dir
+        self.classifier = classifier
+        self.not_assessable_sr = not_assessable_sr
+
+    def step(self) -> bool:
+        """Classify the oldest ``complete`` study; True if there was one."""
+        studies = self.store.studies([COMPLETE])
+        if not studies:
+            return False
+        study = studies[0]
+        try:
+            self.classify(study)
+        except Exception as exc:  # noqa: BLE001 - recorded as the study's visible error
+            record_failure(self.store, _log, study, "classify", exc)
+        return True
+
+    def _read_views(self, study_uid: str) -> StudyViews | NotAssessable:
+        datasets, problems = read_spooled_study(self.store, study_uid, pixel_data=True)
+        if not datasets:
+            return NotAssessable(study_uid, "no object of the study could be read: " + ("; ".join(problems) or
+                                                                                         "no objects"), "unreadable")
+        found = read_study_views(datasets)
+        if problems:
+            _log.warning("study %s: %s", study_uid, "; ".join(problems), extra={"study_uid": study_uid})
+            if isinstance(found, NotAssessable):
+                found = NotAssessable(study_uid, f"{found.reason}; also: {'; '.join(problems)}", found.code)
+        return found
+
+    def classify(self, study: StudyRecord) -> str | None:
+        """Classify a ``complete`` study.
+
+        Returns:
+            The new state, or None if the study had changed meanwhile (its
+            result is then dropped).
+        """
+        views = self._read_views(study.study_uid)
+        result = self.classifier().classify(views, explain=True)
+        if not result.classified:
+            moved = self.store.advance(study.study_uid, study.generation, COMPLETE, NOT_ASSESSABLE,
+                                       f"not assessable ({result.reason_code}): {result.reason}",
+                                       reason=result.reason, result=result,
+                                       report_pending=wants_not_assessable_sr(result.reason_code,
+                                                                              self.not_assessable_sr))
+            if moved:
+                _log.info("study %s from %s: not assessable (%s): %s", study.study_uid, study.calling_ae,
+                          result.reason_code, result.reason, extra=study_log_extra(study))
+            return NOT_ASSESSABLE if moved else None
+        assert isinstance(views, StudyViews)
+        result.view_sources = _view_sources(views)
+        arrays = {view: np.asarray(m, dtype=np.float32) for view, m in result.heatmaps.items()}
+        arrays.update({VIEW_KEY + image.view: np.asarray(image.pixels, dtype=np.float32)
+                       for image in (views.anterior, views.posterior) if image is not None})
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+        write_durably(self.data_dir.work_file(study.study_uid, study.generation), buffer.getvalue())
+        probabilities = ", ".join(f"{k} {v:.3f}" for k, v in result.probabilities.items())
+        moved = self.store.advance(study.study_uid, study.generation, COMPLETE, CLASSIFIED,
+                                   f"classified as {result.label} ({probabilities}) from {'+'.join(result.views)}",
+                                   result=result)
+        if moved:
+            _log.info("study %s from %s: classified as %s (%s) from %s", study.study_uid, study.calling_ae,
+                      result.label, probabilities, "+".join(result.views), extra=study_log_extra(study))
+        return CLASSIFIED if moved else None

@@ -1,0 +1,248 @@
+"""Stage 5, dispatch: the outbox's items to their destinations; ``reported`` -> ``dispatched``.
+
+The outbox (:class:`spectnode.store.Outbox`) is only the durable queue; the
+delivery policy is here:
+
+* **retry with exponential backoff**: after the n-th failed attempt an item
+  waits ``min(base * 2^(n-1), max)`` seconds (:class:`RetryPolicy`); after
+  ``max_attempts`` failures, or at once for a failure that trying again
+  cannot cure (a missing file, a peer that takes no such object, a
+  destination no longer configured), it is a dead letter until ``spectnode
+  retry``;
+* **unreachable destinations**: when a destination cannot be reached at all
+  (connection refused, timed out, association rejected), the other due
+  items for it in the same pass are not tried: they fail with the same
+  reason and back off together; and until that backoff is over, items that
+  become due for it meanwhile are left alone, not even claimed, so one
+  unreachable destination does not hold up the others pass after pass. An
+  item an operator retried is tried at once;
+* **superseded results**: an item of an older generation of its study than
+  the store's current one is superseded, never sent;
+* a study whose current generation has every item delivered becomes
+  ``dispatched``.
+
+Sending is :func:`spectnode.dispatch.send_files` (a library that knows
+nothing of the store), or another function with its signature.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from spectnode.dispatch.senders import DispatchError, send_files
+from spectnode.node.datadir import DataDir
+from spectnode.node.stages import study_log_extra
+from spectnode.store import DEFAULT_CLAIM_TIMEOUT_S, DISPATCHED, REPORTED, JobStore, OutboxItem
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from spectnode.config import DestinationConfig
+    from spectnode.peer import Peer
+
+__all__ = ["DispatchStage", "RetryPolicy", "SendFunction"]
+
+_log = logging.getLogger("spectnode.dispatch")
+
+
+class SendFunction(Protocol):
+    """Delivers files to one destination now, or raises :class:`~spectnode.dispatch.DispatchError`."""
+
+    def __call__(self, destination: DestinationConfig, files: Sequence[Path], *, calling_ae_title: str,
+                 sender: Peer | None = None, timeout: float = 30) -> object: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failed delivery is tried again, and when it is given up.
+
+    Attributes:
+        max_attempts: Failed attempts after which an item is a dead letter
+            (``dispatch.max_attempts``).
+        base_delay_s: Wait after the first failure; it doubles with every
+            further failure (``dispatch.retry_base_seconds``) ...
+        max_delay_s: ... up to this cap (``dispatch.retry_max_seconds``).
+        claim_timeout_s: An item left in ``sending`` this long (its worker
+            died mid-send while the node kept running) is due again.
+    """
+
+    max_attempts: int = 8
+    base_delay_s: float = 5.0
+    max_delay_s: float = 600.0
+    claim_timeout_s: float = DEFAULT_CLAIM_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.base_delay_s < 0 or self.max_delay_s < self.base_delay_s:
+            raise ValueError(f"need 0 <= base_delay_s <= max_delay_s, got {self.base_delay_s}, {self.max_delay_s}")
+        if self.claim_timeout_s <= 0:
+            raise ValueError(f"claim_timeout_s must be positive, got {self.claim_timeout_s}")
+
+    def backoff_delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failure: ``min(base · 2^(attempts-1), max)``."""
+        return float(min(self.base_delay_s * 2 ** max(attempts - 1, 0), self.max_delay_s))
+
+
+class DispatchStage:
+    """Delivers due outbox items and marks fully delivered studies ``dispatched``.
+
+    Args:
+        store: The job store (and its outbox).
+        data_dir: The data directory (outputs are found through the store).
+        destinations: Destinations by name (:func:`spectnode.dispatch.destinations_by_name`);
+            an item whose destination is missing is dead-lettered.
+        calling_ae_title: This node's AE title.
+        policy: Retries and backoff.
+        send: Delivers one item's files (default :func:`spectnode.dispatch.send_files`).
+        timeout: Network timeout passed to ``send``.
+
+    The stage's clock is the job store's (``store.clock``).
+    """
+
+    name = "dispatch"
+
+    def __init__(
+        self,
+        store: JobStore,
+        data_dir: DataDir,
+        destinations: Mapping[str, DestinationConfig],
+        calling_ae_title: str,
+        *,
+        policy: RetryPolicy | None = None,
+        send: SendFunction = send_files,
+        timeout: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.outbox = store.outbox
+        self.data_dir = data_dir
+        self.destinations = dict(destinations)
+        self.calling_ae_title = calling_ae_title
+        self.policy = policy or RetryPolicy()
+        self.send = send
+        self.timeout = timeout
+        self.clock = store.clock
+        # Destinations found unreachable, and until when their items are left alone.
+        self._unreachable_until: dict[str, float] = {}
+
+    def step(self) -> bool:
+        """One delivery pass, then the studies it finished; True if any item was tried."""
+        tried = self.deliver_due()
+        self.finish_delivered()
+        return bool(tried)
+
+    # ------------------------------------------------------------------ policy
+
+    def _current_generation(self, study_uid: str) -> int | None:
+        study = self.store.study(study_uid)
+        return study.generation if study is not None else None
+
+    def supersede_outdated(self) -> int:
+        """Supersede every pending or dead item whose study has a later generation now; returns how many."""
+        superseded = 0
+        currents: dict[str, int | None] = {}
+        now = self.clock()
+        for item in self.outbox.list_items(["pending", "dead"]):
+            if item.study_uid not in currents:
+                currents[item.study_uid] = self._current_generation(item.study_uid)
+            current = currents[item.study_uid]
+            if current is not None and item.generation < current:
+                superseded += self._supersede(item, current, now)
+        return superseded
+
+    def _supersede(self, item: OutboxItem, current: int, now: float) -> bool:
+        moved = self.outbox.supersede(item.id, current, now=now)
+        if moved:
+            _log.info("outbox item %d (%s of %s, generation %d, to %s) not sent: the study is at generation %d now",
+                      item.id, item.kind, item.study_uid, item.generation, item.destination, current)
+        return moved
+
+    def _record_failure(self, item: OutboxItem, reason: str, retryable: bool) -> None:
+        attempts = item.attempts + 1
+        now = self.clock()
+        if not retryable:
+            _log.error("outbox item %d (%s to %s) dead: %s", item.id, item.kind, item.destination, reason)
+            self.outbox.dead(item.id, attempts, f"not retryable: {reason}", now=now)
+            return
+        if attempts >= self.policy.max_attempts:
+            _log.error("outbox item %d (%s to %s) dead after %d attempts: %s",
+                       item.id, item.kind, item.destination, attempts, reason)
+            self.outbox.dead(item.id, attempts, f"gave up after {attempts} attempts: {reason}", now=now)
+            return
+        delay = self.policy.backoff_delay(attempts)
+        _log.warning("outbox item %d (%s to %s) attempt %d/%d failed, next in %g s: %s",
+                     item.id, item.kind, item.destination, attempts, self.policy.max_attempts, delay, reason)
+        self.outbox.failed(item.id, attempts, now + delay, reason, now=now)
+
+    def _deliver(self, item: OutboxItem, unreachable: dict[str, str]) -> None:
+        """Send one claimed item and record what happened."""
+        dest = self.destinations.get(item.destination)
+        if dest is None:
+            known = ", ".join(sorted(self.destinations)) or "none"
+            reason = f"destination {item.destination!r} is not in the configuration (configured: {known})"
+            _log.error("outbox item %d dead: %s", item.id, reason)
+            self.outbox.dead(item.id, item.attempts, reason, now=self.clock())
+            return
+        if item.destination in unreachable:
+            self._record_failure(item, unreachable[item.destination], retryable=True)
+            return
+        try:
+            self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
+                      timeout=self.timeout)
+        except DispatchError as exc:
+            self._record_failure(item, exc.reason, exc.retryable)
+            if exc.peer_unreachable:
+                unreachable[item.destination] = exc.reason
+                retry_at = (self.outbox.get(item.id) or item).next_attempt_at
+                self._unreachable_until[item.destination] = retry_at
+            else:
+                self._unreachable_until.pop(item.destination, None)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the stage; keep the item retrying
+            _log.exception("outbox item %d: unexpected error while sending", item.id)
+            self._record_failure(item, f"unexpected error: {type(exc).__name__}: {exc}", retryable=True)
+        else:
+            _log.info("outbox item %d delivered: %s of %s to %s", item.id, item.kind, item.study_uid,
+                      item.destination)
+            self.outbox.delivered(item.id, now=self.clock())
+            self._unreachable_until.pop(item.destination, None)
+
+    def deliver_due(self) -> list[OutboxItem]:
+        """Try every due item once and return the items tried, in their new state.
+
+        Each item is claimed first (:meth:`spectnode.store.Outbox.claim`), so
+        concurrent workers (threads or processes) never send one item twice.
+        """
+        self.supersede_outdated()
+        now = self.clock()
+        unreachable: dict[str, str] = {}
+        tried: list[OutboxItem] = []
+        for item in self.outbox.due(now, claim_timeout_s=self.policy.claim_timeout_s):
+            if (item.destination not in unreachable and self._unreachable_until.get(item.destination, now) > now
+                    and not item.retry_requested):
+                continue  # its destination is backing off (an operator's retry is tried at once)
+            current = self._current_generation(item.study_uid)
+            if current is not None and item.generation < current:
+                self._supersede(item, current, now)
+                continue
+            if not self.outbox.claim(item.id, now, claim_timeout_s=self.policy.claim_timeout_s):
+                continue
+            self._deliver(item, unreachable)
+            updated = self.outbox.get(item.id)
+            if updated is not None:
+                tried.append(updated)
+        return tried
+
+    def finish_delivered(self) -> int:
+        """Move every ``reported`` study whose current outputs are all delivered to ``dispatched``."""
+        finished = 0
+        for study in self.store.studies([REPORTED]):
+            if self.outbox.study_delivered(study.study_uid, study.generation) and self.store.advance(
+                    study.study_uid, study.generation, REPORTED, DISPATCHED, "every output delivered"):
+                finished += 1
+                _log.info("study %s from %s: dispatched to every destination", study.study_uid,
+                          study.calling_ae, extra=study_log_extra(study))
+        return finished
