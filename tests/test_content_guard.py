@@ -115,10 +115,15 @@ class _ModelThatMustNotRun:
         raise AssertionError("the model ran on a study the guards refuse")
 
 
-def test_classify_runs_the_guards_before_the_model() -> None:
+def classifier_that_must_not_run() -> StudyClassifier:
+    """A classifier whose model fails the test if it runs: proves the guards decide first."""
     card = SimpleNamespace(classes=("normal", "metastatic", "arthritic", "both"), scheme="dspic4",
                            preprocessing={"views": "per_view", "resample_to": [1024, 256]})
-    classifier = StudyClassifier(_ModelThatMustNotRun(), card)
+    return StudyClassifier(_ModelThatMustNotRun(), card)
+
+
+def test_classify_runs_the_guards_before_the_model() -> None:
+    classifier = classifier_that_must_not_run()
     anterior, posterior, spacing = blood_pool_views(0)
     study = StudyViews("1.2.3.4", view_image(anterior, spacing), view_image(posterior, spacing, "posterior"))
     assert check_study(study) is not None

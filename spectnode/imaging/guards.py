@@ -41,7 +41,6 @@ legs, and no check bounds the hottest pixel.
 
 from __future__ import annotations
 
-import re
 from typing import Final
 
 import numpy as np
@@ -49,7 +48,13 @@ from scipy import ndimage
 
 from spectnode.imaging.safe_text import quote
 from spectnode.imaging.view_labels import label_words
-from spectnode.imaging.views import EARLY_PHASE, NOT_BONE_SCAN, NotAssessable, StudyViews, ViewImage
+from spectnode.imaging.views import (
+    EARLY_PHASE,
+    NOT_BONE_SCAN,
+    NotAssessable,
+    StudyViews,
+    ViewImage,
+)
 
 __all__ = [
     "COUNTS_RANGE",
@@ -84,7 +89,6 @@ _EARLY_WORDS: Final = frozenset({"EARLY", "FLOW", "POOL", "BLOODPOOL", "PERFUSIO
 _EARLY_PREFIXES: Final = ("FRUEH", "BLUTPOOL", "WEICHTEIL", "PERFUSION", "BLOODPOOL")
 _DELAYED_WORDS: Final = frozenset({"SPAET", "SPAT", "LATE", "DELAYED", "DELAY", "SPAETPHASE",
                                    "SPATPHASE", "SPAETAUFNAHME", "KNOCHENPHASE", "MINERALISATION"})
-_WORD: Final = re.compile(r"[A-Z]+")
 
 
 def early_phase_words(text: str) -> list[str]:
@@ -139,7 +143,7 @@ def check_view(image: ViewImage) -> NotAssessable | None:
     smoothed = ndimage.gaussian_filter(pixels, _SMOOTHING_MM / spacing)
     body = _body(smoothed)
     rows_with_body = np.flatnonzero(body.any(axis=1))
-    n_rows, n_cols = pixels.shape
+    n_rows = pixels.shape[0]
     length_mm = (rows_with_body[-1] - rows_with_body[0] + 1) * spacing if rows_with_body.size else 0.0
     area = float(body.mean())
     if length_mm < MIN_BODY_LENGTH_MM or rows_with_body.size < 0.35 * n_rows or not 0.03 <= area <= 0.85:
