@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .imaging.guards import check_study
 from .imaging.network_input import InputSpec, NetworkInput, heatmap_to_view, network_inputs
 from .imaging.views import NotAssessable, StudyViews, load_study_views
 from .result import StudyResult
@@ -55,15 +56,24 @@ class StudyClassifier:
         return inputs, probs.mean(axis=0)
 
     def classify(self, study: StudyViews | NotAssessable, explain: bool = False) -> StudyResult:
-        """Classify one study; a not-assessable study keeps its reason."""
+        """Classify one study; a not-assessable study keeps its reason.
+
+        The guards of :mod:`spectnode.imaging.guards` (early phase, not a bone
+        scan) run before the model and may make a study not assessable.
+        """
+        if not isinstance(study, NotAssessable):
+            study = check_study(study) or study
         if isinstance(study, NotAssessable):
             return StudyResult(study.study_uid, "not_assessable", reason=study.reason, reason_code=study.code)
+        images = [image for image in (study.anterior, study.posterior) if image is not None]
         inputs, probs = self.study_probabilities(study)
         order = np.argsort(-probs)
         result = StudyResult(
             study_uid=study.study_uid,
             outcome="classified",
             views=list(study.available_views),
+            view_certainty={image.view: float(image.view_certainty) for image in images},
+            inferred_views=[image.view for image in images if image.view_inferred],
             label=self.classes[order[0]],
             second_label=self.classes[order[1]] if self.card.scheme == "dspic4" else None,
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},

@@ -64,6 +64,10 @@ class StudyResult:
     reason_code: str | None = None
     #: Views that went into the result ("anterior", "posterior").
     views: list[str] = field(default_factory=list)
+    #: View -> certainty that it is that view: 1.0 when a header names it, less when inferred.
+    view_certainty: dict[str, float] = field(default_factory=dict)
+    #: Views that no header named and that were inferred from the image.
+    inferred_views: list[str] = field(default_factory=list)
     #: Most probable class.
     label: str | None = None
     #: Second most probable class: dSPIC reads images with several diseases.
@@ -90,6 +94,8 @@ class StudyResult:
             "reason": self.reason,
             "reason_code": self.reason_code,
             "views": list(self.views),
+            "view_certainty": {k: round(v, 3) for k, v in self.view_certainty.items()},
+            "inferred_views": list(self.inferred_views),
             "label": self.label,
             "second_label": self.second_label,
             "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
@@ -114,6 +120,8 @@ class StudyResult:
             reason=data.get("reason"),
             reason_code=data.get("reason_code"),
             views=[str(v) for v in data.get("views") or []],
+            view_certainty={str(k): float(v) for k, v in (data.get("view_certainty") or {}).items()},
+            inferred_views=[str(v) for v in data.get("inferred_views") or []],
             label=data.get("label"),
             second_label=data.get("second_label"),
             probabilities={str(k): float(v) for k, v in (data.get("probabilities") or {}).items()},

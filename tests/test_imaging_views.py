@@ -186,6 +186,19 @@ def assert_not_assessable(result: StudyViews | NotAssessable, code: str, *words:
         ("ANTIBODY", None),
         ("POSTOP", None),
         ("WHOLE BODY", None),
+        ("R VENTRAL L FRUEH", "anterior"),
+        ("L DORSAL R FRUEH", "posterior"),
+        ("ventral", "anterior"),
+        ("Dorsal", "posterior"),
+        ("GK von vorne", "anterior"),
+        ("GK von hinten", "posterior"),
+        ("VENTRALIS", None),
+        ("DORSALGIE", None),
+        ("antero-posterior", None),
+        ("postero-anterior", None),
+        ("VENTRAL DORSAL", None),
+        ("R VENTRAL SCHRÄG", None),
+        ("DORSAL SEITLICH", None),
         ("", None),
         (None, None),
     ],
@@ -708,3 +721,23 @@ def test_every_phantom_layout_reads_back_as_synthesized(tmp_path: Path) -> None:
             assert image.source_sop_instance_uid == pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
             assert image.frame_number == frame_index + 1, record.layout
             assert image.pixel_spacing_mm == pytest.approx((scan.pixel_spacing_mm,) * 2, abs=1e-3)  # DS text
+
+
+@pytest.mark.parametrize("term", ["TOMO", "GATED", "DYNAMIC", "RECON TOMO", "GATED TOMO"])
+def test_tomo_gated_dynamic_recon_refused_even_with_whole_body_geometry(term: str) -> None:
+    anterior, _ = truth_views()
+    ds = make_dataset([anterior], study_uid=generate_uid(), multiframe=False,
+                      image_type=["ORIGINAL", "PRIMARY", term], ImageID="ANT")
+    assert_not_assessable(read_study_views([ds]), "not_whole_body", "not a whole-body bone scan", term)
+
+
+@pytest.mark.parametrize(("spacing", "accepted"), [(2.4, True), (1.5, False)])
+def test_static_image_accepted_only_when_its_field_covers_a_body(spacing: float, accepted: bool) -> None:
+    anterior, _ = truth_views()  # 512 rows: 1229 mm at 2.4 mm, 768 mm at 1.5 mm
+    ds = make_dataset([anterior], study_uid=generate_uid(), multiframe=False,
+                      image_type=["ORIGINAL", "PRIMARY", "STATIC"], ImageID="ANT", PixelSpacing=[spacing, spacing])
+    result = read_study_views([ds])
+    if accepted:
+        assert isinstance(result, StudyViews)
+    else:
+        assert_not_assessable(result, "not_whole_body", "768 mm")

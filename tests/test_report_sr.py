@@ -388,3 +388,12 @@ def test_a_single_view_study_references_only_that_view(phantom_study, algorithm,
         assert reference.referenced_sop_instance_uid == phantom_study.views.anterior.source_sop_instance_uid
     (capture,) = build_overlay_captures(phantom_study.datasets, anterior_only, result, algorithm)
     assert list(capture.PatientOrientation) == ["L", "F"]
+
+
+def test_every_not_assessable_reason_code_has_a_coded_category():
+    from spectnode.imaging.views import REASON_CODES
+    from spectnode.report.content import reason_category_code
+
+    codes = {code: reason_category_code(code) for code in REASON_CODES}
+    assert all(codes.values()), [c for c, concept in codes.items() if concept is None]
+    assert len({concept.value for concept in codes.values()}) == len(codes)  # each its own code

@@ -207,7 +207,7 @@ def test_a_stored_result_reads_back_typed_from_another_connection(store, tmp_pat
         (text,) = raw.execute("SELECT result FROM studies WHERE study_uid = '8.1'").fetchone()
     assert json.loads(text) == {
         "study_uid": "8.1", "outcome": "classified", "reason": None, "reason_code": None, "views": ["anterior"],
-        "label": "metastatic", "second_label": "arthritic", "probabilities": probabilities,
+        "view_certainty": {}, "inferred_views": [], "label": "metastatic", "second_label": "arthritic", "probabilities": probabilities,
         "view_sources": {"anterior": {"sop_instance_uid": "8.1.1", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.20",
                                       "frame_number": 2, "pixel_spacing_mm": [2.4, 2.4]}},
     }

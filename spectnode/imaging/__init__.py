@@ -4,6 +4,9 @@
   in any DICOM layout (:func:`read_study_views`, :func:`load_study_views`), or
   say precisely why the study is not assessable.
 * :mod:`spectnode.imaging.view_labels`: the rules for reading ANT/POST text.
+* :mod:`spectnode.imaging.view_inference`: anterior vs posterior from the image, with a certainty.
+* :mod:`spectnode.imaging.guards`: early-phase and not-a-bone-scan checks run before any model.
+* :mod:`spectnode.imaging.safe_text`: which header texts a reason may quote (no patient data).
 * :mod:`spectnode.imaging.preprocess`: min-max normalisation, resampling,
   inRAC view aggregation, augmentation and the network input.
 """

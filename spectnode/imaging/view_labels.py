@@ -9,18 +9,25 @@ on words, not substrings, and refuses anything it cannot read without guessing.
 
 Rules, applied to one text value:
 
-1. The text is upper-cased and split into words: runs of letters and runs of
-   digits are separate words, everything else separates (``"ANT_WB"``,
-   ``"WB-ANT"`` and ``"ANT1"`` all contain the word ``ANT``).
-2. Anterior words: ``ANT``, ``ANTERIOR``; posterior words: ``POST``,
-   ``POSTERIOR``, ``PST``. A word glued to ``WB`` (``ANTWB``, ``WBPOST``) counts
-   too. Substrings never count: ``ANTIBODY`` and ``POSTOP`` are not views.
+1. The text is upper-cased, German umlauts and ``ß`` are spelled out
+   (``ä`` -> ``AE``, ``früh`` -> ``FRUEH``, as cameras without umlauts write
+   them) and other accents dropped; it is then split into words: runs of
+   letters and runs of digits are separate words, everything else separates
+   (``"ANT_WB"``, ``"WB-ANT"`` and ``"ANT1"`` all contain the word ``ANT``).
+2. Anterior words: ``ANT``, ``ANTERIOR``, ``VENTRAL``, ``VORNE`` (German
+   "front"); posterior words: ``POST``, ``POSTERIOR``, ``PST``, ``DORSAL``,
+   ``HINTEN`` (German "back"). A word glued to ``WB`` (``ANTWB``, ``WBPOST``)
+   counts too. Substrings never count: ``ANTIBODY``, ``POSTOP`` and
+   ``VENTRALIS`` are not views. Laterality and phase words around them
+   (``"R VENTRAL L FRUEH"``) do not matter.
 3. ``POST`` (only the short, ambiguous form) is *temporal* and ignored when
    the next word is a procedure word (``INJECTION``, ``INJ``, ``VOID``,
    ``THERAPY``, ``OP``, ...) or a number (``POST 3H``), or when the previous
    word is a number or a time unit (``3H POST``, ``2 HRS POST``).
 4. A label that names an oblique or lateral view (``OBL``, ``LAO``, ``RPO``,
-   ``LAT``, ...) is not a pure anterior/posterior projection: no view.
+   ``LAT``, German ``SCHRAEG``, ``SEITLICH``, ...), or a compound direction
+   (``ANTERO``-posterior, ``POSTERO``-anterior, ``VENTRO``-dorsal), is not a
+   pure anterior/posterior projection: no view.
 5. A label that still names both views (``"ANT/POST"``, ``"ANT POST WB"``)
    describes a pair, not one image: no view.
 
@@ -31,6 +38,7 @@ text does not say", never "guess the other one".
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Final, Literal
 
 ViewName = Literal["anterior", "posterior"]
@@ -38,8 +46,8 @@ ViewName = Literal["anterior", "posterior"]
 ANTERIOR: Final = "anterior"
 POSTERIOR: Final = "posterior"
 
-_ANTERIOR_WORDS: Final = frozenset({"ANT", "ANTERIOR"})
-_POSTERIOR_WORDS: Final = frozenset({"POST", "POSTERIOR", "PST"})
+_ANTERIOR_WORDS: Final = frozenset({"ANT", "ANTERIOR", "VENTRAL", "VORNE"})
+_POSTERIOR_WORDS: Final = frozenset({"POST", "POSTERIOR", "PST", "DORSAL", "HINTEN"})
 # Words after "POST" that make it mean "after" (post injection, post void ...).
 _TEMPORAL_FOLLOWERS: Final = frozenset(
     {
@@ -55,8 +63,14 @@ _TIME_UNITS: Final = frozenset(
     {"H", "HR", "HRS", "HOUR", "HOURS", "M", "MIN", "MINS", "MINUTE", "MINUTES", "D", "DAY", "DAYS"}
 )
 _NON_AP_VIEW_WORDS: Final = frozenset(
-    {"OBL", "OBLIQUE", "LAO", "RAO", "LPO", "RPO", "LAT", "LATERAL", "LLAT", "RLAT"}
+    {
+        "OBL", "OBLIQUE", "LAO", "RAO", "LPO", "RPO", "LAT", "LATERAL", "LLAT", "RLAT",
+        "SCHRAEG", "SCHRAG", "SEITLICH", "SEITL",
+        "ANTERO", "POSTERO", "VENTRO", "DORSO", "AP", "PA",
+    }
 )
+# German umlauts as written on keyboards without them; other accents are dropped.
+_SPELLED_OUT: Final = str.maketrans({"Ä": "AE", "Ö": "OE", "Ü": "UE", "ß": "SS", "ẞ": "SS"})
 _WORD_PATTERN: Final = re.compile(r"[A-Z]+|[0-9]+")
 
 
@@ -68,9 +82,16 @@ def _strip_wb(word: str) -> str:
     return word
 
 
+def fold_text(text: str) -> str:
+    """Upper-case ``text`` with umlauts spelled out and other accents dropped (rule 1)."""
+    spelled = text.upper().translate(_SPELLED_OUT)
+    decomposed = unicodedata.normalize("NFKD", spelled)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
 def label_words(text: str) -> list[str]:
     """Split a label into the words :func:`view_from_label` looks at (rule 1-2)."""
-    return [_strip_wb(word) for word in _WORD_PATTERN.findall(text.upper())]
+    return [_strip_wb(word) for word in _WORD_PATTERN.findall(fold_text(text))]
 
 
 def _is_temporal_post(words: list[str], index: int) -> bool:

@@ -87,11 +87,14 @@ from typing import Final
 
 import numpy as np
 import pydicom
+from pydicom.datadict import private_dictionary_description
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 
+from spectnode.imaging.safe_text import WITHHELD, attribute_name, quote, term
+from spectnode.imaging.view_inference import infer_view
 from spectnode.imaging.view_labels import ANTERIOR, POSTERIOR, ViewName, view_from_label
 
 __all__ = [
@@ -132,9 +135,14 @@ MISSING_VIEWS: Final = "missing_views"
 UNREADABLE: Final = "unreadable"
 UNUSABLE_GEOMETRY: Final = "unusable_geometry"
 EMPTY_IMAGE: Final = "empty_image"
+#: Set by :mod:`spectnode.imaging.guards`: the pixels are not a whole-body bone scan.
+NOT_BONE_SCAN: Final = "not_bone_scan"
+#: Set by :mod:`spectnode.imaging.guards`: a flow or blood-pool (early) image, not the delayed phase.
+EARLY_PHASE: Final = "early_phase"
 #: Every NotAssessable.code value.
 REASON_CODES: Final = frozenset(
-    {WRONG_MODALITY, NOT_WHOLE_BODY, MISSING_VIEWS, UNUSABLE_GEOMETRY, EMPTY_IMAGE, UNREADABLE}
+    {WRONG_MODALITY, NOT_WHOLE_BODY, MISSING_VIEWS, UNUSABLE_GEOMETRY, EMPTY_IMAGE, UNREADABLE,
+     NOT_BONE_SCAN, EARLY_PHASE}
 )
 # When several objects of a study fail, the one that got furthest explains best.
 _STAGE: Final = {
@@ -151,7 +159,17 @@ _GE_GENIE_CREATOR: Final = "GEMS_GENIE_1"
 # most specific first (pydicom's private dictionary gives their meanings).
 _GE_NAMED_ELEMENTS: Final = ((0x0011, 0x12), (0x0011, 0x10), (0x0009, 0x20))
 _TEXT_VRS: Final = frozenset({"LO", "SH", "LT", "ST", "UT", "CS"})
-_NM_NON_WHOLE_BODY_TYPES: Final = ("STATIC", "DYNAMIC", "GATED", "TOMO", "RECON TOMO", "GATED TOMO")
+# ImageType terms of NM acquisitions that are never a planar whole-body scan
+# (PS3.3 C.8.4.7.1.1: value 3 of NM ImageType; RECON appears in value 3 and 4).
+_NM_NOT_PLANAR_TERMS: Final = frozenset({"TOMO", "GATED", "DYNAMIC", "RECON", "GATED TOMO", "RECON TOMO",
+                                         "RECON GATED TOMO", "TOMO TRANSMISSION"})
+#: A scanned field shorter than this (long side x pixel spacing) cannot hold a whole body:
+#: whole-body scans cover 1.5-2.3 m; a static spot view covers at most about 0.6 m.
+MIN_WHOLE_BODY_FIELD_MM: Final = 1000.0
+# Schemes whose view codes are known by value; a meaning of theirs is never read as text
+# (SCT "antero-posterior" is not "posterior"). Every other scheme (private 99xxx, local L)
+# is read by its CodeMeaning.
+_STANDARD_SCHEMES: Final = frozenset({"SCT", "SRT", "SNM3", "DCM", "LN", "UMLS"})
 
 
 @dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare pixels yourself
@@ -169,6 +187,16 @@ class ViewImage:
         source_sop_class_uid: SOPClassUID of that object.
         frame_number: 1-based frame number in a multi-frame source (any object
             with NumberOfFrames); ``None`` for a single-frame source.
+        view_inferred: True when no header named the view and it was inferred
+            from the image (:mod:`spectnode.imaging.view_inference`).
+        view_certainty: How sure the view is, in [0, 1]: 1.0 when a header
+            names it, the inference's certainty otherwise.
+        view_evidence: What named the view, free of patient data.
+        image_type: ImageType (0008,0008) values, upper case.
+        descriptions: ``(attribute, text)`` of the texts that may name the
+            acquisition phase: SeriesDescription, ImageID, ProtocolName and the
+            view code meanings. Raw values, for the guards to read: never put
+            them in a reason without :func:`spectnode.imaging.safe_text.quote`.
     """
 
     view: ViewName
@@ -177,6 +205,11 @@ class ViewImage:
     source_sop_instance_uid: str
     source_sop_class_uid: str
     frame_number: int | None
+    view_inferred: bool = False
+    view_certainty: float = 1.0
+    view_evidence: str = ""
+    image_type: tuple[str, ...] = ()
+    descriptions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,6 +255,8 @@ class NotAssessable:
 class _Rejection:
     code: str
     reason: str
+    #: A single-frame whole-body object whose view no header names: the view may be inferred.
+    unnamed: Dataset | None = None
 
 
 @dataclass
@@ -283,19 +318,49 @@ def _is_whole_body_like(rows: int, cols: int) -> bool:
     return short_side > 0 and long_side >= 2 * short_side and long_side >= MIN_VIEW_ROWS
 
 
-def _view_of_code_sequence(sequence: object) -> tuple[ViewName | None, str]:
-    """View named by a ViewCodeSequence, and a description of its code(s)."""
+def _view_of_code_sequence(sequence: object, ds: Dataset) -> tuple[ViewName | None, str]:
+    """View named by a ViewCodeSequence, and a PHI-free description of its code(s).
+
+    Standard codes are read by value. A code of any other scheme (Siemens'
+    private ``99NMG``, a local ``L`` code) is read by its CodeMeaning as text
+    (``"R VENTRAL L FRUEH"`` is anterior), under the rules of
+    :func:`~spectnode.imaging.view_labels.view_from_label`.
+    """
     items = _as_list(sequence)
     names = []
     for item in items:
         scheme = str(item.get("CodingSchemeDesignator", "")).strip()
         value = str(item.get("CodeValue", "")).strip()
-        names.append(f"{scheme} {value} {item.get('CodeMeaning', '')!s}".strip())
+        meaning = str(item.get("CodeMeaning", "") or "").strip()
+        names.append(f"{quote(scheme, ds)} {quote(value, ds)} {quote(meaning, ds)}")
         if (scheme, value) in ANTERIOR_VIEW_CODES:
             return ANTERIOR, names[-1]
         if (scheme, value) in POSTERIOR_VIEW_CODES:
             return POSTERIOR, names[-1]
+        if scheme.upper() not in _STANDARD_SCHEMES:
+            view = view_from_label(meaning)
+            if view is not None:
+                return view, f"{names[-1]} (CodeMeaning of a non-standard scheme)"
     return None, "; ".join(names) if names else "empty ViewCodeSequence"
+
+
+def _code_meanings(ds: Dataset) -> list[tuple[str, str]]:
+    """``("ViewCodeSequence CodeMeaning", text)`` of every view code of ``ds``."""
+    sequences = [ds.get("ViewCodeSequence")]
+    sequences += [item.get("ViewCodeSequence") for item in _as_list(ds.get("DetectorInformationSequence"))]
+    return [
+        ("(0008,0104) CodeMeaning of ViewCodeSequence", str(item.get("CodeMeaning", "")))
+        for sequence in sequences for item in _as_list(sequence) if item.get("CodeMeaning")
+    ]
+
+
+def phase_descriptions(ds: Dataset) -> tuple[tuple[str, str], ...]:
+    """The texts of ``ds`` that may name the acquisition phase, as ``(attribute, text)``."""
+    texts = [
+        (attribute_name(Tag(keyword), keyword), _text(ds, keyword))
+        for keyword in ("SeriesDescription", "ImageID", "ProtocolName")
+    ]
+    return tuple((name, text) for name, text in texts + _code_meanings(ds) if text)
 
 
 def _element_text(element: DataElement) -> str | None:
@@ -313,7 +378,10 @@ def _element_text(element: DataElement) -> str | None:
 
 
 def _ge_private_labels(ds: Dataset) -> list[tuple[str, str]]:
-    """(description, text) of GE Genie private elements, most specific first."""
+    """(tag and name, text) of GE Genie private elements, most specific first.
+
+    The text is for reading only: it may hold a patient's name (0009,1040).
+    """
     tags: list[BaseTag] = []
     for group, offset in _GE_NAMED_ELEMENTS:
         try:
@@ -332,24 +400,37 @@ def _ge_private_labels(ds: Dataset) -> list[tuple[str, str]]:
             continue
         text = _element_text(ds[tag])
         if text:
-            labels.append((f"GE private ({tag.group:04X},{tag.element:04X})", text))
+            try:
+                name = private_dictionary_description(tag, _GE_GENIE_CREATOR)
+            except KeyError:
+                name = "unknown"
+            labels.append((f"GE private {attribute_name(tag)} {name}", text))
     return labels
 
 
 def _text_view(ds: Dataset) -> tuple[ViewName | None, str]:
-    """View of a single-frame object from its text fields (rule 2), with evidence."""
-    view, description = _view_of_code_sequence(ds.get("ViewCodeSequence"))
+    """View of a single-frame object from its text fields (rule 2), with PHI-free evidence.
+
+    Evidence quotes standard texts only through :func:`quote`; a private
+    element is named by tag and never quoted.
+    """
+    view, description = _view_of_code_sequence(ds.get("ViewCodeSequence"), ds)
     if view is not None:
         return view, f"ViewCodeSequence {description}"
-    sources: list[tuple[str, str]] = [("ImageID", _text(ds, "ImageID"))]
-    sources += _ge_private_labels(ds)
-    sources.append(("SeriesDescription", _text(ds, "SeriesDescription")))
-    for name, text in sources:
+    sources: list[tuple[str, str, bool]] = [(attribute_name(Tag("ImageID"), "ImageID"), _text(ds, "ImageID"), True)]
+    sources += [(name, text, False) for name, text in _ge_private_labels(ds)]
+    sources.append((attribute_name(Tag("SeriesDescription"), "SeriesDescription"),
+                    _text(ds, "SeriesDescription"), True))
+
+    def shown(name: str, text: str, standard: bool) -> str:
+        return f"{name} {quote(text, ds) if standard else WITHHELD}"
+
+    for name, text, standard in sources:
         view = view_from_label(text)
         if view is not None:
-            return view, f"{name} {text!r}"
-    shown = ", ".join(f"{name} {text!r}" for name, text in sources if text) or "no label text at all"
-    return None, shown
+            return view, shown(name, text, standard)
+    listing = ", ".join(shown(*source) for source in sources if source[1]) or "no label text at all"
+    return None, listing
 
 
 def _energy_window_ranges(ds: Dataset, window: int) -> list[tuple[float, float]]:
@@ -379,19 +460,46 @@ def _choose_energy_window(ds: Dataset, windows: Iterable[int]) -> int:
 # ------------------------------------------------------------- per-object identification
 
 
-def _whole_body_rejection(ds: Dataset) -> _Rejection | None:
-    image_type = _image_type(ds)
-    if any(value.replace("_", " ") in ("WHOLE BODY", "WHOLEBODY") for value in image_type):
-        return None
+def _field_length_mm(ds: Dataset) -> float | None:
+    """Length of the scanned field along its long side, from PixelSpacing; None if unknown."""
     rows, cols = _matrix(ds)
-    if _is_whole_body_like(rows, cols):
+    spacing = _pixel_spacing(ds, transposed=False)
+    if spacing is None or min(spacing) <= 0:
         return None
-    shown_type = "\\".join(image_type) or "(absent)"
+    return max(rows * spacing[0], cols * spacing[1])
+
+
+def _whole_body_rejection(ds: Dataset) -> _Rejection | None:
+    """Header rule: is ``ds`` a planar whole-body acquisition at all?
+
+    ImageType naming a tomographic, gated, dynamic or reconstructed
+    acquisition refuses it, whatever its matrix. ``WHOLE BODY`` accepts it. A
+    ``STATIC`` image, or one without either term, is accepted only when its
+    matrix is whole-body-like and, where PixelSpacing says, its field is at
+    least :data:`MIN_WHOLE_BODY_FIELD_MM` long.
+    """
+    image_type = [value.replace("_", " ") for value in _image_type(ds)]
+    rows, cols = _matrix(ds)
+    uid = ds.get("SOPInstanceUID", "?")
+    shown_type = "\\".join(term(value, ds) for value in image_type) or "(absent)"
+    field_mm = _field_length_mm(ds)
+    found = (
+        f"the image is not a whole-body bone scan: NM object {uid} has ImageType (0008,0008) {shown_type}, "
+        f"matrix {cols}x{rows} (columns x rows)"
+        + ("" if field_mm is None else f", a field {field_mm:.0f} mm long (PixelSpacing (0028,0030))")
+        + f", {_number_of_frames(ds)} frame(s)"
+    )
+    not_planar = sorted(set(image_type) & _NM_NOT_PLANAR_TERMS)
+    if not_planar:
+        return _Rejection(NOT_WHOLE_BODY, f"{found}: a {'/'.join(not_planar)} acquisition, not a planar scan")
+    if any(value in ("WHOLE BODY", "WHOLEBODY") for value in image_type):
+        return None
+    if _is_whole_body_like(rows, cols) and (field_mm is None or field_mm >= MIN_WHOLE_BODY_FIELD_MM):
+        return None
     return _Rejection(
         NOT_WHOLE_BODY,
-        f"NM object {ds.get('SOPInstanceUID', '?')} is not a whole-body scan: "
-        f"ImageType {shown_type}, matrix {cols}x{rows} "
-        f"(columns x rows), {_number_of_frames(ds)} frame(s)",
+        f"{found}; a whole-body field is at least twice as long as wide and "
+        f"{MIN_WHOLE_BODY_FIELD_MM:.0f} mm long",
     )
 
 
@@ -399,7 +507,7 @@ def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate]
     """Rule 1: frames mapped through DetectorVector to coded detector views."""
     uid = ds.get("SOPInstanceUID", "?")
     n_frames = _number_of_frames(ds)
-    detector_views = [_view_of_code_sequence(item.get("ViewCodeSequence")) for item in detectors]
+    detector_views = [_view_of_code_sequence(item.get("ViewCodeSequence"), ds) for item in detectors]
     if "DetectorVector" in ds:
         detector_vector = [int(v) for v in _as_list(ds.DetectorVector)]
     elif len(detectors) == 1:
@@ -473,7 +581,7 @@ def object_view_candidates(ds: Dataset) -> list[_Candidate] | _Rejection:
         return _Rejection(
             UNREADABLE,
             f"object {uid} has colour pixel data (SamplesPerPixel {samples}, "
-            f"{ds.get('PhotometricInterpretation', '?')}): a rendered picture, not counts",
+            f"{term(str(ds.get('PhotometricInterpretation', '?')), ds)}): a rendered picture, not counts",
         )
     # An empty ViewCodeSequence (written as type 2 by some exports) says nothing.
     coded_detectors = [
@@ -493,6 +601,7 @@ def object_view_candidates(ds: Dataset) -> list[_Candidate] | _Rejection:
         return _Rejection(
             MISSING_VIEWS,
             f"object {uid}: no view code and no unambiguous ANT/POST label ({evidence})",
+            unnamed=ds,
         )
     frame_index = 0 if "NumberOfFrames" in ds else None
     return [_Candidate(view, ds, frame_index, frozenset({view}), evidence)]
@@ -541,7 +650,7 @@ def _orient(
         row_direction, column_direction = column_direction, row_direction
         transposed = True
     if row_direction not in "LR" or column_direction not in "HF":
-        shown = "\\".join(orientation)
+        shown = "\\".join(term(value, candidate.dataset) for value in orientation)
         return _Rejection(
             UNUSABLE_GEOMETRY,
             f"object {candidate.dataset.get('SOPInstanceUID', '?')}: PatientOrientation "
@@ -592,6 +701,62 @@ def _empty_rejection(pixels: np.ndarray, candidate: _Candidate) -> _Rejection | 
         return None
     what = "all zero" if high == 0 else f"constant ({high:g})"
     return _Rejection(EMPTY_IMAGE, f"{candidate.view} view {candidate.describe()} is {what}")
+
+
+def _view_image(candidate: _Candidate, frame: np.ndarray, inferred_certainty: float | None = None
+                ) -> ViewImage | _Rejection:
+    """Orient and check one frame of a candidate; its ViewImage or why not."""
+    oriented = _orient(frame, candidate)
+    if isinstance(oriented, _Rejection):
+        return oriented
+    pixels, transposed = oriented
+    for check in (_geometry_rejection, _empty_rejection):
+        problem = check(pixels, candidate)
+        if problem is not None:
+            return problem
+    ds = candidate.dataset
+    return ViewImage(
+        view=candidate.view,
+        pixels=pixels.astype(np.float32, copy=False),
+        pixel_spacing_mm=_pixel_spacing(ds, transposed),
+        source_sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        source_sop_class_uid=str(ds.get("SOPClassUID", "")),
+        frame_number=None if candidate.frame_index is None else candidate.frame_index + 1,
+        view_inferred=inferred_certainty is not None,
+        view_certainty=1.0 if inferred_certainty is None else inferred_certainty,
+        view_evidence=candidate.evidence,
+        image_type=tuple(_image_type(ds)),
+        descriptions=phase_descriptions(ds),
+    )
+
+
+def _inferred_single_view(study_uid: str, ds: Dataset, rejections: list[_Rejection]
+                          ) -> StudyViews | NotAssessable:
+    """The one whole-body object of a study that no header names: infer its view from the image.
+
+    The image is taken head up as PatientOrientation says (H/F only: the L/R
+    part cannot be read without knowing the view), inferred, then oriented as
+    the inferred view.
+    """
+    frames = _decode_frames(ds)
+    if isinstance(frames, _Rejection):
+        return _not_assessable(study_uid, [frames])
+    frame_index = 0 if "NumberOfFrames" in ds else None
+    head_up = _orient(frames[0], _Candidate(ANTERIOR, ds, frame_index, frozenset()))
+    if isinstance(head_up, _Rejection):
+        return _not_assessable(study_uid, [head_up])
+    pixels, transposed = head_up
+    inferred = infer_view(pixels, _pixel_spacing(ds, transposed))
+    if inferred is None:
+        return _not_assessable(study_uid, rejections)
+    candidate = _Candidate(inferred.view, ds, frame_index, frozenset({inferred.view}),
+                           "no view named in the headers; " + inferred.describe())
+    image = _view_image(candidate, frames[0], inferred.certainty)
+    if isinstance(image, _Rejection):
+        return _not_assessable(study_uid, [image])
+    _log.debug("study %s: %s view %s", study_uid, inferred.view, candidate.describe())
+    return StudyViews(study_uid=study_uid, anterior=image if inferred.view == ANTERIOR else None,
+                      posterior=image if inferred.view == POSTERIOR else None)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -647,7 +812,8 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
 
     nm_objects = [ds for ds in datasets if str(ds.get("Modality", "")).strip().upper() == "NM"]
     if not nm_objects:
-        found = sorted({str(ds.get("Modality", "") or "(no Modality)").strip() for ds in datasets})
+        found = sorted({term(str(ds.get("Modality", "")), ds) if ds.get("Modality") else "(no Modality)"
+                        for ds in datasets})
         return NotAssessable(
             study_uid,
             f"no NM object in the study: found Modality {', '.join(found)} "
@@ -675,7 +841,11 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
             )
     chosen = [next(iter(found.values())) for found in candidates.values() if found]
     if not chosen:
-        return _not_assessable(study_uid, rejections)
+        unnamed = {str(r.unnamed.get("SOPInstanceUID", id(r.unnamed))): r.unnamed
+                   for r in rejections if r.unnamed is not None}
+        if len(unnamed) != 1:
+            return _not_assessable(study_uid, rejections)
+        return _inferred_single_view(study_uid, next(iter(unnamed.values())), rejections)
 
     decoded: dict[int, np.ndarray] = {}
     images: dict[str, ViewImage] = {}
@@ -686,23 +856,11 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
             if isinstance(outcome, _Rejection):
                 return _not_assessable(study_uid, [outcome])
             frames = decoded[id(candidate.dataset)] = outcome
-        oriented = _orient(frames[candidate.frame_index or 0], candidate)
-        if isinstance(oriented, _Rejection):
-            return _not_assessable(study_uid, [oriented])
-        pixels, transposed = oriented
-        for check in (_geometry_rejection, _empty_rejection):
-            problem = check(pixels, candidate)
-            if problem is not None:
-                return _not_assessable(study_uid, [problem])
+        image = _view_image(candidate, frames[candidate.frame_index or 0])
+        if isinstance(image, _Rejection):
+            return _not_assessable(study_uid, [image])
         _log.debug("study %s: %s view from %s", study_uid, candidate.view, candidate.describe())
-        images[candidate.view] = ViewImage(
-            view=candidate.view,
-            pixels=pixels.astype(np.float32, copy=False),
-            pixel_spacing_mm=_pixel_spacing(candidate.dataset, transposed),
-            source_sop_instance_uid=str(candidate.dataset.get("SOPInstanceUID", "")),
-            source_sop_class_uid=str(candidate.dataset.get("SOPClassUID", "")),
-            frame_number=None if candidate.frame_index is None else candidate.frame_index + 1,
-        )
+        images[candidate.view] = image
 
     anterior, posterior = images.get(ANTERIOR), images.get(POSTERIOR)
     if anterior is not None and posterior is not None and anterior.pixels.shape != posterior.pixels.shape:

@@ -155,6 +155,8 @@ _REASON_CATEGORIES: Final[dict[str, Code]] = {
     "unreadable": _private("NA-UNREADABLE", "Image data could not be read"),
     "unusable_geometry": _private("NA-GEOMETRY", "Image geometry not usable"),
     "empty_image": _private("NA-EMPTY", "Image without counts"),
+    "not_bone_scan": _private("NA-NOTBONE", "Image is not a whole-body bone scan"),
+    "early_phase": _private("NA-EARLY", "Early (flow or blood-pool) phase, not a delayed bone scan"),
 }
 
 

@@ -1,0 +1,132 @@
+"""Tests of spectnode.imaging.guards: only a delayed whole-body bone scan reaches the model.
+
+Positives are the project's phantoms (delayed phase, both views, mirrored, both matrices) and
+pydicom's real GE Millennium view; negatives are images that are not bone scans at all, and
+early (blood-pool) images built from the phantom's anatomy with an early tracer distribution.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from blood_pool import blood_pool_views
+from pydicom.data import get_testdata_file
+
+from spectnode.classify import StudyClassifier
+from spectnode.imaging.guards import check_study, check_view, early_phase_words
+from spectnode.imaging.views import EARLY_PHASE, NOT_BONE_SCAN, StudyViews, ViewImage
+from spectnode.phantom import LABELS, synthesize_scan
+from spectnode.phantom.anatomy import sample_anatomy
+from spectnode.phantom.synth import render_expected_views
+
+SPACING = 2.3
+
+
+def view_image(pixels: np.ndarray, spacing: float = SPACING, view: str = "anterior",
+               descriptions: tuple[tuple[str, str], ...] = ()) -> ViewImage:
+    return ViewImage(view, np.asarray(pixels, dtype=np.float32), (spacing, spacing), "1.2.3", "1.2.3",
+                     None, descriptions=descriptions)
+
+
+def _noise_images() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    rows, cols = np.indices((1024, 256))
+    phantom = synthesize_scan(np.random.default_rng(1), "normal").anterior.astype(np.float64)
+    single = np.zeros((1024, 256))
+    single[500, 100] = 1000.0
+    return {
+        "uniform noise 0-255": rng.uniform(0, 255, (1024, 256)),
+        "uniform noise 16 bit": rng.uniform(0, 65535, (1024, 256)),
+        "Poisson noise": rng.poisson(5.0, (1024, 256)).astype(np.float64),
+        "checkerboard": 50.0 * (((rows // 16) + (cols // 16)) % 2),
+        "vertical gradient": np.tile(np.linspace(0, 50, 1024)[:, None], (1, 256)),
+        "horizontal gradient": np.tile(np.linspace(0, 50, 256)[None, :], (1024, 1)),
+        "inverted phantom": phantom.max() - phantom,
+        "single hot pixel": single,
+        "background counts only": rng.poisson(0.05, (1024, 256)).astype(np.float64),
+    }
+
+
+@pytest.mark.parametrize("name", list(_noise_images()))
+def test_images_that_are_not_bone_scans_are_refused(name: str) -> None:
+    problem = check_view(view_image(_noise_images()[name]))
+    assert problem is not None and problem.code == NOT_BONE_SCAN, (name, problem)
+    assert problem.reason.startswith("the image is not a whole-body bone scan"), problem.reason
+
+
+@pytest.mark.parametrize("matrix", [(1024, 256), (2048, 512)])
+def test_delayed_phantoms_pass_both_views_and_mirrored(matrix: tuple[int, int]) -> None:
+    for seed in range(12):
+        scan = synthesize_scan(np.random.default_rng(seed), LABELS[seed % 4], matrix=matrix)
+        for name, pixels in (("anterior", scan.anterior), ("posterior", scan.posterior),
+                             ("mirrored", scan.anterior[:, ::-1]), ("mirrored posterior", scan.posterior[:, ::-1])):
+            problem = check_view(view_image(pixels, scan.pixel_spacing_mm))
+            assert problem is None, (seed, name, problem)
+
+
+def test_real_ge_whole_body_view_passes() -> None:
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    assert check_view(view_image(ds.pixel_array, 2.26)) is None
+
+
+def test_delayed_scan_with_hot_bladder_and_kidneys_is_still_a_bone_scan() -> None:
+    rng = np.random.default_rng(3)
+    anatomy = sample_anatomy(rng, (1024, 256))
+    anatomy.gains["bladder"], anatomy.gains["kidney"] = 6.0, 4.0
+    anterior, posterior = render_expected_views(anatomy, [])
+    for image in (anterior, posterior):
+        counts = rng.poisson(image / image.sum() * 1.5e6 + 0.05)
+        assert check_view(view_image(counts, anatomy.pixel_spacing_mm)) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blood_pool_images_are_early_phase_by_content(seed: int) -> None:
+    anterior, posterior, spacing = blood_pool_views(seed)
+    for view, pixels in (("anterior", anterior), ("posterior", posterior)):
+        problem = check_view(view_image(pixels, spacing, view))
+        assert problem is not None and problem.code == EARLY_PHASE, problem
+        assert problem.reason.startswith("early (blood-pool) phase, not a delayed bone scan")
+
+
+@pytest.mark.parametrize(("text", "early"), [
+    ("GK früh", True), ("GK frueh", True), ("GK FRUH", True), ("Frühphase", True), ("Blutpool", True),
+    ("WB Blood Pool", True), ("Flow", True), ("3 phase bone perfusion", True), ("Early WB", True),
+    ("Weichteilphase", True), ("GK spät", False), ("GK SPAET", False), ("Early and delayed", False),
+    ("WB BONE 3H", False), ("Whole Body Bone", False), ("FLOWER", False), ("R VENTRAL L FRUEH", True),
+])
+def test_early_phase_words(text: str, early: bool) -> None:
+    assert bool(early_phase_words(text)) is early
+
+
+def test_described_early_phase_refuses_a_delayed_looking_image() -> None:
+    scan = synthesize_scan(np.random.default_rng(5), "normal")
+    image = view_image(scan.anterior, scan.pixel_spacing_mm,
+                       descriptions=(("(0008,103E) SeriesDescription", "GK früh"),))
+    problem = check_view(image)
+    assert problem is not None and problem.code == EARLY_PHASE
+    assert "SeriesDescription" in problem.reason and "GK früh" in problem.reason
+
+
+class _ModelThatMustNotRun:
+    def predict(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the model ran on a study the guards refuse")
+
+
+def classifier_that_must_not_run() -> StudyClassifier:
+    """A classifier whose model fails the test if it runs: proves the guards decide first."""
+    card = SimpleNamespace(classes=("normal", "metastatic", "arthritic", "both"), scheme="dspic4",
+                           preprocessing={"views": "per_view", "resample_to": [1024, 256]})
+    return StudyClassifier(_ModelThatMustNotRun(), card)
+
+
+def test_classify_runs_the_guards_before_the_model() -> None:
+    classifier = classifier_that_must_not_run()
+    anterior, posterior, spacing = blood_pool_views(0)
+    study = StudyViews("1.2.3.4", view_image(anterior, spacing), view_image(posterior, spacing, "posterior"))
+    assert check_study(study) is not None
+    result = classifier.classify(study)
+    assert result.outcome == "not_assessable" and result.reason_code == EARLY_PHASE
+    assert result.study_uid == "1.2.3.4"
