@@ -19,6 +19,9 @@ from .imaging.network_input import InputSpec, NetworkInput, heatmap_to_view, net
 from .imaging.views import NotAssessable, StudyViews, load_study_views
 from .result import StudyResult
 
+if TYPE_CHECKING:
+    from .explain import LayerCam
+
 __all__ = ["DEFAULT_BUNDLE", "StudyResult", "StudyClassifier", "find_dicom_files"]
 
 #: The bundle shipped inside the package, trained on synthetic phantoms only.
@@ -33,7 +36,7 @@ class StudyClassifier:
         self.card = card
         self.classes: tuple[str, ...] = tuple(card.classes)
         self.spec = InputSpec.from_card(card.preprocessing)
-        self._cam = None  # built on first use: explanations are optional
+        self._cam: LayerCam | None = None  # built on first use: explanations are optional
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None,
@@ -87,13 +90,14 @@ class StudyClassifier:
         at each view's own matrix."""
         from .explain import LayerCam
 
-        if self._cam is None:
-            self._cam = LayerCam(self.model)
-        maps = {i.name: self._cam(i.array, class_index) for i in inputs}
+        cam = self._cam
+        if cam is None:
+            cam = self._cam = LayerCam(self.model)
+        maps = {i.name: cam(i.array, class_index) for i in inputs}
         out: dict[str, np.ndarray] = {}
         for view in study.available_views:
             image = getattr(study, view)
-            source = maps.get(view, maps.get("aggregate"))
+            source = maps[view] if view in maps else maps["aggregate"]
             out[view] = heatmap_to_view(source, view, image.pixels.shape)
         return out
 

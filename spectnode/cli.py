@@ -13,7 +13,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 from . import RESEARCH_USE_NOTICE, __version__
 
@@ -167,7 +171,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _node_config(args: argparse.Namespace, check_dirs: bool = True):
+def _node_config(args: argparse.Namespace, check_dirs: bool = True) -> Config | None:
     """The validated configuration, or None after printing why (exit code 2).
 
     ``status`` and ``retry`` only read: they must work for an operator account

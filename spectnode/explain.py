@@ -28,7 +28,8 @@ explanations need the TensorFlow backend.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ __all__ = ["CAM_STRIDES", "find_cam_layers", "LayerCam"]
 CAM_STRIDES: tuple[int, ...] = (4, 8, 16)
 
 
-def _spatial_layers(model) -> list[tuple[str, int]]:
+def _spatial_layers(model: Any) -> list[tuple[str, int]]:
     out = []
     for layer in model.layers:
         shape = getattr(getattr(layer, "output", None), "shape", None)
@@ -49,7 +50,7 @@ def _spatial_layers(model) -> list[tuple[str, int]]:
     return out
 
 
-def find_cam_layers(model, strides: Sequence[int] = CAM_STRIDES) -> list[str]:
+def find_cam_layers(model: Any, strides: Sequence[int] = CAM_STRIDES) -> list[str]:
     """For each stride, the last layer whose output has the nearest number of rows to input rows / stride.
 
     A model whose feature maps never get that fine (or coarse) gets its nearest
@@ -72,7 +73,7 @@ def find_cam_layers(model, strides: Sequence[int] = CAM_STRIDES) -> list[str]:
 class LayerCam:
     """LayerCAM of one model; build once, call per image (building the tapped model is slow)."""
 
-    def __init__(self, model, layer_names: Sequence[str] | None = None) -> None:
+    def __init__(self, model: Any, layer_names: Sequence[str] | None = None) -> None:
         import keras
 
         self.layer_names = list(layer_names or find_cam_layers(model))

@@ -80,7 +80,11 @@ def write_durably(path: Path, data: bytes) -> None:
     Raises:
         OSError: If any step fails; no partial file is left behind.
     """
-    _write_atomically(path, lambda handle: handle.write(data))
+
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    _write_atomically(path, write)
 
 
 def copy_durably(source: Path, path: Path) -> None:

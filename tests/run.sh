@@ -4,6 +4,8 @@
 #     orthanc (a real PACS) and systemd (systemd-analyze), when missing;
 #   - spectnode with its test extra, into the active virtual environment, or
 #     into ./.venv when none is active;
+#   - then ruff (lint, import order) and mypy (types of spectnode/), as
+#     configured in pyproject.toml: a finding fails the run;
 #   - then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +31,6 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e '.[test]'
 
+python -m ruff check spectnode tests
+python -m mypy
 exec python -m pytest "$@"

@@ -212,3 +212,15 @@ def test_classify_says_early_phase_for_the_siemens_file() -> None:
     result = classifier_that_must_not_run().classify(
         read_study_views([siemens_study("GK früh", ("R VENTRAL L FRUEH", "L DORSAL R FRUEH"))]))
     assert result.outcome == "not_assessable" and result.reason_code == EARLY_PHASE
+
+
+def test_a_modality_from_the_standards_list_is_named_even_when_a_name_holds_its_letters():
+    from pydicom.dataset import Dataset
+
+    from spectnode.imaging.views import read_study_views
+
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SOPInstanceUID, ds.Modality = "1.2.3", "1.2.3.4", "CT"
+    ds.PatientName = "Ct^Only"
+    result = read_study_views([ds])
+    assert "Modality CT" in result.reason and "Only" not in result.reason

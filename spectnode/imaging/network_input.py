@@ -57,7 +57,8 @@ class InputSpec:
 
     @classmethod
     def from_card(cls, preprocessing: Mapping[str, Any]) -> "InputSpec":
-        return cls(mode=preprocessing["views"], shape=tuple(int(v) for v in preprocessing["resample_to"]),
+        rows, cols = (int(v) for v in preprocessing["resample_to"])
+        return cls(mode=preprocessing["views"], shape=(rows, cols),
                    normalization=preprocessing.get("normalization", "minmax"))
 
 

@@ -21,6 +21,7 @@ Everything is plain NumPy (no SciPy), so it runs wherever the node runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Final
 
 import numpy as np
@@ -212,7 +213,7 @@ class BodyBounds:
     left: int
     right: int
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         return iter((self.top, self.bottom, self.left, self.right))
 
     @property

@@ -20,12 +20,28 @@ from pydicom.tag import BaseTag
 
 from spectnode.imaging.view_labels import fold_text
 
-__all__ = ["MAX_QUOTED_LENGTH", "WITHHELD", "attribute_name", "quotable", "quote", "term"]
+__all__ = ["IMAGE_TYPE_TERMS", "MAX_QUOTED_LENGTH", "MODALITY_TERMS", "WITHHELD", "attribute_name", "quotable",
+           "quote", "term"]
 
 #: Longer texts are never quoted: a description a reader needs is short.
 MAX_QUOTED_LENGTH: Final = 40
 #: What a reason shows instead of a text that may not be quoted.
 WITHHELD: Final = "(text withheld)"
+
+#: Modality defined terms (PS3.3 C.7.3.1.1.1): a value from the standard's list is never patient data,
+#: even when a patient's name happens to hold the same letters ("Ct^Only").
+MODALITY_TERMS: Final = frozenset({
+    "AR", "AS", "ASMT", "AU", "BDUS", "BI", "BMD", "CR", "CT", "CTPROTOCOL", "DG", "DOC", "DX", "ECG", "EPS", "ES",
+    "FID", "GM", "HC", "HD", "IO", "IOL", "IVOCT", "IVUS", "KER", "KO", "LEN", "LS", "MG", "MR", "M3D", "NM", "OAM",
+    "OCT", "OP", "OPM", "OPT", "OPTBSV", "OPTENF", "OPV", "OSS", "OT", "PLAN", "PR", "PT", "PX", "REG", "RESP", "RF",
+    "RG", "RTDOSE", "RTIMAGE", "RTPLAN", "RTRECORD", "RTSTRUCT", "RWV", "SEG", "SM", "SMR", "SR", "SRF", "STAIN",
+    "TEXTUREMAP", "TG", "US", "VA", "XA", "XC",
+})
+#: Image Type terms of the NM and general image modules (PS3.3 C.7.6.1.1.2, C.8.4.8.1.2).
+IMAGE_TYPE_TERMS: Final = frozenset({
+    "ORIGINAL", "DERIVED", "PRIMARY", "SECONDARY", "STATIC", "DYNAMIC", "GATED", "WHOLE BODY", "TOMO", "GATED TOMO",
+    "RECON TOMO", "RECON GATED TOMO", "EMISSION", "TRANSMISSION", "RECON", "LOCALIZER", "AXIAL",
+})
 
 # Attributes whose values identify a person even without the PN VR.
 _IDENTIFYING_KEYWORDS: Final = (
@@ -94,7 +110,8 @@ def quote(text: str, ds: Dataset | None = None) -> str:
     return repr(text) if quotable(text, ds) else WITHHELD
 
 
-def term(text: str, ds: Dataset | None = None) -> str:
-    """A coded-string term (Modality, ImageType value) as is if :func:`quotable`, else :data:`WITHHELD`."""
+def term(text: str, ds: Dataset | None = None, defined_terms: frozenset[str] = frozenset()) -> str:
+    """A coded-string term (Modality, ImageType value) as is if it is one of the standard's
+    ``defined_terms`` or :func:`quotable`, else :data:`WITHHELD`."""
     text = str(text).strip()
-    return text if quotable(text, ds) else WITHHELD
+    return text if text.upper() in defined_terms or quotable(text, ds) else WITHHELD

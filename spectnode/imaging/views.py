@@ -93,7 +93,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.tag import BaseTag, Tag
 
-from spectnode.imaging.safe_text import WITHHELD, attribute_name, quote, term
+from spectnode.imaging.safe_text import IMAGE_TYPE_TERMS, MODALITY_TERMS, WITHHELD, attribute_name, quote, term
 from spectnode.imaging.view_inference import infer_view
 from spectnode.imaging.view_labels import ANTERIOR, POSTERIOR, ViewName, view_from_label
 
@@ -481,7 +481,7 @@ def _whole_body_rejection(ds: Dataset) -> _Rejection | None:
     image_type = [value.replace("_", " ") for value in _image_type(ds)]
     rows, cols = _matrix(ds)
     uid = ds.get("SOPInstanceUID", "?")
-    shown_type = "\\".join(term(value, ds) for value in image_type) or "(absent)"
+    shown_type = "\\".join(term(value, ds, IMAGE_TYPE_TERMS) for value in image_type) or "(absent)"
     field_mm = _field_length_mm(ds)
     found = (
         f"the image is not a whole-body bone scan: NM object {uid} has ImageType (0008,0008) {shown_type}, "
@@ -812,7 +812,7 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
 
     nm_objects = [ds for ds in datasets if str(ds.get("Modality", "")).strip().upper() == "NM"]
     if not nm_objects:
-        found = sorted({term(str(ds.get("Modality", "")), ds) if ds.get("Modality") else "(no Modality)"
+        found = sorted({term(str(ds.get("Modality", "")), ds, MODALITY_TERMS) if ds.get("Modality") else "(no Modality)"
                         for ds in datasets})
         return NotAssessable(
             study_uid,
@@ -831,15 +831,15 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
         for candidate in outcome:
             candidates[candidate.view].setdefault(candidate.key, candidate)
 
-    for view, found in candidates.items():
-        if len(found) > 1:
-            listing = "; ".join(c.describe() for c in found.values())
+    for view, same_view in candidates.items():
+        if len(same_view) > 1:
+            listing = "; ".join(c.describe() for c in same_view.values())
             return NotAssessable(
                 study_uid,
-                f"ambiguous: {len(found)} different objects/frames are {view} views ({listing})",
+                f"ambiguous: {len(same_view)} different objects/frames are {view} views ({listing})",
                 MISSING_VIEWS,
             )
-    chosen = [next(iter(found.values())) for found in candidates.values() if found]
+    chosen = [next(iter(same_view.values())) for same_view in candidates.values() if same_view]
     if not chosen:
         unnamed = {str(r.unnamed.get("SOPInstanceUID", id(r.unnamed))): r.unnamed
                    for r in rejections if r.unnamed is not None}
@@ -852,10 +852,10 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
     for candidate in chosen:
         frames = decoded.get(id(candidate.dataset))
         if frames is None:
-            outcome = _decode_frames(candidate.dataset)
-            if isinstance(outcome, _Rejection):
-                return _not_assessable(study_uid, [outcome])
-            frames = decoded[id(candidate.dataset)] = outcome
+            decoding = _decode_frames(candidate.dataset)
+            if isinstance(decoding, _Rejection):
+                return _not_assessable(study_uid, [decoding])
+            frames = decoded[id(candidate.dataset)] = decoding
         image = _view_image(candidate, frames[candidate.frame_index or 0])
         if isinstance(image, _Rejection):
             return _not_assessable(study_uid, [image])

@@ -47,7 +47,7 @@ def check_common_arguments(input_shape: Sequence[int], classes: int) -> tuple[in
         raise ValueError(f"input_shape must be (rows, cols, channels) with positive sizes, got {input_shape}")
     if int(classes) < 1:
         raise ValueError(f"classes must be >= 1, got {classes}")
-    return shape  # type: ignore[return-value]
+    return (shape[0], shape[1], shape[2])
 
 
 def padded_conv2d(

@@ -45,6 +45,9 @@ from spectnode.report._sources import (
 )
 from spectnode.report.algorithm import DEFAULT_MANUFACTURER, AlgorithmInfo
 
+#: A font Pillow can draw with (FreeType when available, its bitmap font otherwise).
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
 __all__ = [
     "HEATMAP_THRESHOLD",
     "SC_SERIES_DESCRIPTION",
@@ -177,7 +180,7 @@ def render_overlay(view: ViewImage, result: StudyResult, algorithm: AlgorithmInf
     rows, cols = view.pixels.shape
     scale = int(np.clip(round(_TARGET_ROWS / rows), 1, _MAX_SCALE))
     grey = _inverted_grey(view.pixels)
-    rgb = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float64)
+    rgb: np.ndarray = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float64)
     rgb = np.kron(rgb, np.ones((scale, scale, 1)))  # nearest-neighbour upscaling
 
     heatmap = result.heatmaps.get(view.view)
@@ -228,7 +231,7 @@ def _blend_heatmap(rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def _font(size: int, bold: bool = False) -> Font:
     """DejaVu Sans where installed, else Pillow's built-in scalable font."""
     name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
     try:
@@ -348,7 +351,7 @@ def _draw_panel(
 
 
 def _wrapped(
-    draw: ImageDraw.ImageDraw, x: int, y: int, text: str, font: ImageFont.ImageFont, fill: tuple[int, int, int], width: int
+    draw: ImageDraw.ImageDraw, x: int, y: int, text: str, font: Font, fill: tuple[int, int, int], width: int
 ) -> int:
     """Draw ``text`` wrapped to ``width`` pixels; return the y below it."""
     for line in _wrap_lines(draw, text, font, width):
@@ -357,7 +360,7 @@ def _wrapped(
     return y
 
 
-def _wrap_lines(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+def _wrap_lines(draw: ImageDraw.ImageDraw, text: str, font: Font, width: int) -> list[str]:
     """``text`` broken into lines no wider than ``width`` pixels in ``font``."""
     lines: list[str] = []
     for word in text.split():
@@ -375,7 +378,7 @@ def _wrap_lines(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont,
     return lines
 
 
-def _truncated(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: float) -> str:
+def _truncated(draw: ImageDraw.ImageDraw, text: str, font: Font, width: float) -> str:
     """``text``, shortened with an ellipsis if it is wider than ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
@@ -384,7 +387,7 @@ def _truncated(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, 
     return text + "\u2026"
 
 
-def _line_height(font: ImageFont.ImageFont) -> int:
+def _line_height(font: Font) -> int:
     return round(1.25 * getattr(font, "size", 12))
 
 

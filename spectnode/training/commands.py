@@ -6,14 +6,15 @@ import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..imaging.network_input import InputSpec
 from .labels import LabelledStudy, read_labelme_dir, read_labels_csv, scheme_classes
 from .metrics import compute_metrics, format_metrics_table, write_evaluation_plots
-from .train import TrainSettings, load_samples, predict_studies, subset_samples, train
+from .train import LoadedSamples, TrainSettings, load_samples, predict_studies, subset_samples, train
 
 if TYPE_CHECKING:  # keras loads only when a bundle does
     from ..bundle import LoadedBundle
@@ -24,7 +25,7 @@ __all__ = ["read_labels", "run_training", "run_evaluation", "PHANTOM_INSTITUTION
 PHANTOM_INSTITUTION = "spectnode synthetic phantom"
 
 
-def _headers(files: Sequence[Path]):
+def _headers(files: Sequence[Path]) -> Iterator[Any]:
     import pydicom
 
     for path in files:
@@ -61,7 +62,8 @@ def _counts(studies: Sequence[LabelledStudy], classes: Sequence[str]) -> dict[st
     return {c: sum(s.label == c for s in studies) for c in classes}
 
 
-def _load(labels: Path, files: Sequence[Path], settings: TrainSettings, log: Callable[[str], None]):
+def _load(labels: Path, files: Sequence[Path], settings: TrainSettings,
+          log: Callable[[str], None]) -> LoadedSamples:
     studies = read_labels(labels, files, settings.scheme)
     log(f"{len(studies)} labelled studies; reading and preparing {settings.input_mode} inputs "
         f"at {settings.input_shape[0]}x{settings.input_shape[1]} ...")

@@ -20,7 +20,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -78,7 +79,9 @@ class TrainSettings:
     normalization: str = "minmax"
 
     def input_spec(self) -> InputSpec:
-        return InputSpec(mode=self.input_mode, shape=tuple(self.input_shape), normalization=self.normalization)
+        rows, cols = self.input_shape
+        mode: Literal["per_view", "aggregate"] = "aggregate" if self.input_mode == "aggregate" else "per_view"
+        return InputSpec(mode=mode, shape=(int(rows), int(cols)), normalization=self.normalization)
 
 
 @dataclass
@@ -97,7 +100,10 @@ def load_samples(files: Sequence[Path], studies: Sequence[LabelledStudy], classe
                  spec: InputSpec) -> LoadedSamples:
     """Read the labelled studies among ``files`` and prepare their network inputs."""
     views_by_study = load_study_views(list(files))
-    xs, ys, idx, kept = [], [], [], []
+    xs: list[np.ndarray] = []
+    ys: list[int] = []
+    idx: list[int] = []
+    kept: list[LabelledStudy] = []
     skipped: dict[str, str] = {}
     for s in studies:
         views = views_by_study.get(s.study_uid)
@@ -137,7 +143,8 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
-def _augmented_batches(samples: LoadedSamples, settings: TrainSettings, n_classes: int, first_epoch: int = 0):
+def _augmented_batches(samples: LoadedSamples, settings: TrainSettings, n_classes: int,
+                       first_epoch: int = 0) -> Any:
     import keras
 
     weights = class_weights(samples.y, n_classes)
@@ -162,7 +169,7 @@ def _augmented_batches(samples: LoadedSamples, settings: TrainSettings, n_classe
             self.order = rng.permutation(len(samples.y))
             self.epoch += 1
 
-        def __getitem__(self, index: int):
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             chosen = self.order[index * settings.batch_size:(index + 1) * settings.batch_size]
             rng = np.random.default_rng([settings.seed, self.epoch, index])
             batch = np.empty((len(chosen),) + samples.x.shape[1:], np.float32)
@@ -190,17 +197,17 @@ class TrainingResult:
 
 
 def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir: Path, state: dict[str, Any],
-                       log: Callable[[str], None]):
+                       log: Callable[[str], None]) -> Any:
     import keras
 
     class CheckpointProgressEarlyStop(keras.callbacks.Callback):
         """Checkpoint, early stopping and an overall ETA, all resumable from ``state.json``."""
 
-        def on_train_begin(self, logs=None) -> None:
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             self.started = time.monotonic()
             self.first_epoch = state["epoch"]
 
-        def on_epoch_end(self, epoch: int, logs=None) -> None:
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = dict(logs or {})
             val = float(logs.get("val_loss", logs.get("loss", math.inf)))
             state["history"].append({k: float(v) for k, v in logs.items()} | {"epoch": epoch + 1})
@@ -239,7 +246,7 @@ def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def _set_batch_norm_momentum(model) -> None:
+def _set_batch_norm_momentum(model: Any) -> None:
     import keras
 
     for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (also layers inside blocks)

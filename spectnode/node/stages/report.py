@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from spectnode.fsutil import instance_file_name, write_durably
-from spectnode.imaging.views import StudyViews, ViewImage, read_study_views
+from spectnode.imaging.views import ANTERIOR, POSTERIOR, StudyViews, ViewImage, read_study_views
 from spectnode.node.datadir import DataDir
 from spectnode.node.stages import record_failure, study_log_extra
 from spectnode.node.stages.classify import VIEW_KEY
@@ -121,12 +121,12 @@ class ReportStage:
         with np.load(self.data_dir.work_file(study.study_uid, study.generation)) as stored:
             arrays = {name: stored[name] for name in stored.files}
         result.heatmaps = {name: a for name, a in arrays.items() if not name.startswith(VIEW_KEY)}
-        images = {}
+        images: dict[str, ViewImage] = {}
         for view, source in result.view_sources.items():
             pixels = arrays.get(VIEW_KEY + view)
             if pixels is None:
                 return result, None
-            images[view] = ViewImage(view=view, pixels=pixels, pixel_spacing_mm=source.pixel_spacing_mm,
+            images[view] = ViewImage(view=ANTERIOR if view == ANTERIOR else POSTERIOR, pixels=pixels, pixel_spacing_mm=source.pixel_spacing_mm,
                                      source_sop_instance_uid=source.sop_instance_uid,
                                      source_sop_class_uid=source.sop_class_uid, frame_number=source.frame_number)
         if not images:
