@@ -35,6 +35,7 @@ from typing import Any, Final
 from spectnode.assemble import Assembler
 from spectnode.config import Config
 from spectnode.node.stages import classify_study, enqueue_for_destinations, report_study
+from spectnode.net.server import policy_from_config
 from spectnode.receive import StorageSCP
 from spectnode.store import (
     CLASSIFIED,
@@ -169,6 +170,7 @@ class Node:
             self.store, self.paths["spool"], ae_title=node.ae_title, bind_address=node.bind_address,
             port=self._port, allowed_calling_ae_titles=node.allowed_calling_ae_titles,
             on_stored=lambda _study: assemble.wake.set(),
+            policy=policy_from_config(node), max_object_bytes=node.max_object_bytes,
         )
         for stage in self._stages:
             stage.start()
