@@ -91,6 +91,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -290,6 +291,7 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_DIMSE_RECV, self._answer_malformed_store),
         ]
         with self._lock:
             self._server = start_guarded_server(ae, (self.bind_address, self._requested_port), self.policy,
@@ -338,6 +340,36 @@ class StorageSCP:
             calling, requestor.address, ", ".join(self.allowed_calling_ae_titles), self.ae_title,
             extra={"calling_ae": calling},
         )
+
+    def _answer_malformed_store(self, event: Any) -> None:
+        """Answer 0xC210 to a C-STORE-RQ that pynetdicom would leave unanswered.
+
+        pynetdicom drops a request that lacks a required command element
+        (an empty Affected SOP Instance UID is encoded as no element) with
+        a warning and no response, so the sender waits for its DIMSE timeout
+        and cannot tell why. This runs when the message is decoded, before
+        pynetdicom drops it, and sends the failure itself.
+        """
+        message = event.message
+        if type(message).__name__ != "C_STORE_RQ":
+            return
+        try:
+            request = message.message_to_primitive()
+        except Exception:  # noqa: BLE001 - pynetdicom itself then ends the association (event 19)
+            return
+        if request.is_valid_request or request.MessageID is None:
+            return
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = request.MessageID
+        if request.AffectedSOPClassUID:
+            response.AffectedSOPClassUID = request.AffectedSOPClassUID
+        response.Status = STATUS_CANNOT_UNDERSTAND
+        peer = self._peer(event)
+        _log.error("C-STORE from %s@%s: the request lacks a required command element (Affected SOP Instance UID "
+                   "%s); answered 0x%04X (cannot understand)", peer.ae_title, peer.address,
+                   "missing" if not request.AffectedSOPInstanceUID else "present", STATUS_CANNOT_UNDERSTAND,
+                   extra={"calling_ae": peer.ae_title})
+        event.assoc.dimse.send_msg(response, message.context_id)
 
     def _handle_echo(self, event: Any) -> int:
         peer = self._peer(event)

@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any, Final, Literal
 
 from pynetdicom import evt
+from pynetdicom._handlers import standard_dimse_recv_handler
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from spectnode.net.access import AddressAllowList, ConnectionLimiter, ThrottledLog
@@ -191,6 +192,10 @@ class _GuardedRequestHandler(RequestHandler):
             self.request = wrapped
         self.request.settimeout(policy.pdu_timeout)  # bounds sends to a peer that stops reading
         assoc = self._create_association()
+        # pynetdicom's standard DIMSE log handler (INFO level) raises on a C-STORE-RQ
+        # without an Affected SOP Instance UID, and an exception in one notification
+        # handler skips the handlers after it: the node's answer to that request.
+        assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
         _install_read_deadlines(assoc, policy, connected_at, self.server.refusals)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
