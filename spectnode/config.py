@@ -103,7 +103,7 @@ class NodeTimeoutsConfig:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """DICOM TLS of the storage SCP; its certificate also serves ``dicom`` destinations with ``tls: true``."""
+    """DICOM TLS of the storage SCP."""
 
     #: ``off``, ``optional`` (TLS and plain DICOM on the same port) or ``required``.
     mode: TlsMode = "off"
@@ -148,10 +148,13 @@ class DestinationConfig:
     #: Port of the peer, for ``type: dicom`` and ``type: sender`` (a peer's
     #: listening port cannot be learnt from its association).
     port: int | None = None
-    #: Send over DICOM TLS, for ``type: dicom`` (presenting ``node.tls.certificate`` if set).
+    #: Send over DICOM TLS, for ``type: dicom``.
     tls: bool = False
     #: CA certificates (PEM) that sign the peer's certificate; ``null``: the system's.
     tls_ca_certificates: Path | None = None
+    #: Client certificate and key (PEM) for a peer that requires mutual authentication.
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
 
 
 def _default_destinations() -> tuple[DestinationConfig, ...]:
@@ -303,13 +306,13 @@ def _check_network(node: NodeConfig, source: str) -> None:
         raise ConfigError(source, "node.tls", f"the certificate, key or CA file cannot be used: {exc}") from None
 
 
-def _check_tls_client(tls: TlsConfig, ca_certificates: Path | None) -> str | None:
+def _check_tls_client(dest: DestinationConfig) -> str | None:
     from spectnode.net.tls import client_context
 
     try:
-        client_context(ca_certificates, tls.certificate, tls.private_key)
+        client_context(dest.tls_ca_certificates, dest.tls_certificate, dest.tls_private_key)
     except (OSError, ValueError) as exc:
-        return f"no TLS client context can be made from tls_ca_certificates and node.tls: {exc}"
+        return f"no TLS client context can be made from its tls_* files: {exc}"
     return None
 
 
@@ -455,13 +458,15 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
                 raise ConfigError(source, f"{key}.ae_title", problem)
             if problem := _check_port(dest.port):
                 raise ConfigError(source, f"{key}.port", problem)
-            if dest.tls_ca_certificates is not None:
-                if not dest.tls:
-                    raise ConfigError(source, f"{key}.tls_ca_certificates", "applies only with tls: true")
-                if not dest.tls_ca_certificates.is_file():
-                    raise ConfigError(source, f"{key}.tls_ca_certificates",
-                                      f"{str(dest.tls_ca_certificates)!r} is not a file")
-            if dest.tls and (problem := _check_tls_client(cfg.node.tls, dest.tls_ca_certificates)):
+            for attr in ("tls_ca_certificates", "tls_certificate", "tls_private_key"):
+                path = getattr(dest, attr)
+                if path is not None and not dest.tls:
+                    raise ConfigError(source, f"{key}.{attr}", "applies only with tls: true")
+                if path is not None and not path.is_file():
+                    raise ConfigError(source, f"{key}.{attr}", f"{str(path)!r} is not a file")
+            if (dest.tls_certificate is None) != (dest.tls_private_key is None):
+                raise ConfigError(source, f"{key}.tls_certificate", "and tls_private_key go together")
+            if dest.tls and (problem := _check_tls_client(dest)):
                 raise ConfigError(source, f"{key}.tls", problem)
         else:
             if dest.path is None:
@@ -472,7 +477,8 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
 
     for i, dest in enumerate(cfg.destinations):
         if dest.type != "dicom":
-            for attr, unset in (("tls", False), ("tls_ca_certificates", None)):
+            for attr, unset in (("tls", False), ("tls_ca_certificates", None), ("tls_certificate", None),
+                                ("tls_private_key", None)):
                 if getattr(dest, attr) != unset:
                     raise ConfigError(source, f"destinations[{i}].{attr}", "applies only to a dicom destination")
 
