@@ -24,16 +24,18 @@ from typing import Any, Literal
 import yaml
 
 __all__ = [
-    "ConfigError",
-    "NodeConfig",
-    "StorageConfig",
-    "DestinationConfig",
-    "ModelConfig",
     "CompletionConfig",
-    "LoggingConfig",
-    "DispatchConfig",
-    "ReportConfig",
     "Config",
+    "ConfigError",
+    "DestinationConfig",
+    "DispatchConfig",
+    "LoggingConfig",
+    "ModelConfig",
+    "NodeConfig",
+    "NodeTimeoutsConfig",
+    "ReportConfig",
+    "StorageConfig",
+    "TlsConfig",
     "load_config",
     "parse_config",
     "validate_ae_title",
@@ -43,6 +45,7 @@ OutputKind = Literal["sr", "sc"]
 DestinationType = Literal["folder", "dicom", "sender"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
+TlsMode = Literal["off", "optional", "required"]
 
 #: Matches any calling AE title in ``node.allowed_calling_ae_titles``.
 ANY_AE_TITLE = "*"
@@ -70,6 +73,48 @@ class NodeConfig:
     bind_address: str = "127.0.0.1"
     #: Calling AE titles allowed to associate; ``"*"`` allows any.
     allowed_calling_ae_titles: tuple[str, ...] = (ANY_AE_TITLE,)
+    #: IP addresses and CIDR networks allowed to connect; ``"*"`` allows any.
+    allowed_addresses: tuple[str, ...] = (ANY_AE_TITLE,)
+    #: Connections (associations) open at once, in total (dcmqrscp's MaxAssociations default).
+    max_associations: int = 16
+    #: Connections open at once from one IP address.
+    max_associations_per_peer: int = 4
+    #: Largest object accepted, in bytes, counted after inflating a deflated one.
+    max_object_bytes: int = 256 * 1024 * 1024
+    timeouts: NodeTimeoutsConfig = field(default_factory=lambda: NodeTimeoutsConfig())
+    tls: TlsConfig = field(default_factory=lambda: TlsConfig())
+
+
+@dataclass(frozen=True)
+class NodeTimeoutsConfig:
+    """How long the storage SCP waits for a peer (defaults: DCMTK's storescp and Orthanc's)."""
+
+    #: From TCP connect (TLS handshake included) to a complete A-ASSOCIATE-RQ:
+    #: the ARTIM timer (DCMTK storescp --acse-timeout, default 30 s).
+    association_request_seconds: float = 30.0
+    #: A PDU that has started must be complete within this (DCMTK storescp
+    #: --socket-timeout, default 60 s, applied to the whole PDU, not to each read).
+    pdu_seconds: float = 60.0
+    #: An established association silent this long is aborted (Orthanc DicomScpTimeout, default 30 s).
+    idle_seconds: float = 30.0
+    #: Waiting for a DIMSE message (Orthanc DicomScpTimeout, default 30 s; DCMTK has none by default).
+    dimse_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """DICOM TLS of the storage SCP."""
+
+    #: ``off``, ``optional`` (TLS and plain DICOM on the same port) or ``required``.
+    mode: TlsMode = "off"
+    #: The node's certificate (PEM).
+    certificate: Path | None = None
+    #: Its private key (PEM, unencrypted).
+    private_key: Path | None = None
+    #: CA certificates (PEM) that sign the peers' certificates.
+    ca_certificates: Path | None = None
+    #: Mutual authentication: refuse a TLS peer without a certificate signed by ``ca_certificates``.
+    require_client_certificate: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +148,13 @@ class DestinationConfig:
     #: Port of the peer, for ``type: dicom`` and ``type: sender`` (a peer's
     #: listening port cannot be learnt from its association).
     port: int | None = None
+    #: Send over DICOM TLS, for ``type: dicom``.
+    tls: bool = False
+    #: CA certificates (PEM) that sign the peer's certificate; ``null``: the system's.
+    tls_ca_certificates: Path | None = None
+    #: Client certificate and key (PEM) for a peer that requires mutual authentication.
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
 
 
 def _default_destinations() -> tuple[DestinationConfig, ...]:
@@ -203,6 +255,64 @@ def validate_ae_title(value: str) -> str | None:
 def _check_port(value: int) -> str | None:
     if not 1 <= value <= 65535:
         return f"{value} is out of range; ports are 1-65535"
+    return None
+
+
+def _check_network(node: NodeConfig, source: str) -> None:
+    """The network keys of ``node``: address list, limits, timeouts, TLS files."""
+    from spectnode.net.access import ANY_ADDRESS, parse_network
+
+    if not node.allowed_addresses:
+        raise ConfigError(source, "node.allowed_addresses", 'is empty, so no peer could connect; use ["*"] to allow any')
+    for i, entry in enumerate(node.allowed_addresses):
+        if entry.strip() != ANY_ADDRESS:
+            try:
+                parse_network(entry)
+            except ValueError as exc:
+                raise ConfigError(source, f"node.allowed_addresses[{i}]",
+                                  f"{entry!r} is not an IP address or CIDR network ({exc})") from None
+    for name in ("max_associations", "max_associations_per_peer", "max_object_bytes"):
+        if getattr(node, name) < 1:
+            raise ConfigError(source, f"node.{name}", "must be at least 1")
+    if node.max_associations_per_peer > node.max_associations:
+        raise ConfigError(source, "node.max_associations_per_peer", "must not be more than node.max_associations")
+    for name in ("association_request_seconds", "pdu_seconds", "idle_seconds", "dimse_seconds"):
+        if getattr(node.timeouts, name) <= 0:
+            raise ConfigError(source, f"node.timeouts.{name}", "must be greater than 0")
+    tls = node.tls
+    for name in ("certificate", "private_key", "ca_certificates"):
+        path = getattr(tls, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(source, f"node.tls.{name}", f"{str(path)!r} is not a file")
+    if (tls.certificate is None) != (tls.private_key is None):
+        missing = "private_key" if tls.private_key is None else "certificate"
+        raise ConfigError(source, f"node.tls.{missing}", "is required with the other of certificate/private_key")
+    if tls.require_client_certificate and tls.ca_certificates is None:
+        raise ConfigError(source, "node.tls.ca_certificates",
+                          "is required with require_client_certificate: true (it names who may connect)")
+    if tls.mode == "off":
+        if tls.require_client_certificate:
+            raise ConfigError(source, "node.tls.require_client_certificate", "applies only when node.tls.mode is "
+                              "optional or required")
+        return
+    if tls.certificate is None:
+        raise ConfigError(source, "node.tls.certificate", f"is required with node.tls.mode: {tls.mode}")
+    from spectnode.net.tls import server_context
+
+    try:
+        server_context(tls.certificate, tls.private_key, tls.ca_certificates,  # type: ignore[arg-type]
+                       tls.require_client_certificate)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(source, "node.tls", f"the certificate, key or CA file cannot be used: {exc}") from None
+
+
+def _check_tls_client(dest: DestinationConfig) -> str | None:
+    from spectnode.net.tls import client_context
+
+    try:
+        client_context(dest.tls_ca_certificates, dest.tls_certificate, dest.tls_private_key)
+    except (OSError, ValueError) as exc:
+        return f"no TLS client context can be made from its tls_* files: {exc}"
     return None
 
 
@@ -316,6 +426,7 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
     for i, title in enumerate(cfg.node.allowed_calling_ae_titles):
         if title != ANY_AE_TITLE and (problem := validate_ae_title(title)):
             raise ConfigError(source, f"node.allowed_calling_ae_titles[{i}]", problem)
+    _check_network(cfg.node, source)
     if cfg.completion.timeout_seconds <= 0:
         raise ConfigError(source, "completion.timeout_seconds", "must be greater than 0")
 
@@ -347,12 +458,29 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
                 raise ConfigError(source, f"{key}.ae_title", problem)
             if problem := _check_port(dest.port):
                 raise ConfigError(source, f"{key}.port", problem)
+            for attr in ("tls_ca_certificates", "tls_certificate", "tls_private_key"):
+                path = getattr(dest, attr)
+                if path is not None and not dest.tls:
+                    raise ConfigError(source, f"{key}.{attr}", "applies only with tls: true")
+                if path is not None and not path.is_file():
+                    raise ConfigError(source, f"{key}.{attr}", f"{str(path)!r} is not a file")
+            if (dest.tls_certificate is None) != (dest.tls_private_key is None):
+                raise ConfigError(source, f"{key}.tls_certificate", "and tls_private_key go together")
+            if dest.tls and (problem := _check_tls_client(dest)):
+                raise ConfigError(source, f"{key}.tls", problem)
         else:
             if dest.path is None:
                 raise ConfigError(source, f"{key}.path", "is required for a folder destination")
             for attr in ("ae_title", "host", "port"):
                 if getattr(dest, attr) is not None:
                     raise ConfigError(source, f"{key}.{attr}", "applies only to a dicom destination")
+
+    for i, dest in enumerate(cfg.destinations):
+        if dest.type != "dicom":
+            for attr, unset in (("tls", False), ("tls_ca_certificates", None), ("tls_certificate", None),
+                                ("tls_private_key", None)):
+                if getattr(dest, attr) != unset:
+                    raise ConfigError(source, f"destinations[{i}].{attr}", "applies only to a dicom destination")
 
     if cfg.dispatch.max_attempts < 1:
         raise ConfigError(source, "dispatch.max_attempts", "must be at least 1")

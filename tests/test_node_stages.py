@@ -11,7 +11,8 @@ from spectnode.node.stages.report import ReportStage
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.report import AlgorithmInfo
 from spectnode.result import StudyResult
-from spectnode.store import COMPLETE, NOT_ASSESSABLE, RECEIVED, InstanceRecord, JobStore, Peer
+from spectnode.peer import Peer
+from spectnode.store import COMPLETE, NOT_ASSESSABLE, RECEIVED, InstanceRecord, JobStore
 
 from nodetools import instance_record
 

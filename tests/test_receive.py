@@ -34,13 +34,14 @@ from nodetools import echoscu, storescu
 from spectnode.phantom.dicom import LAYOUTS
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.node.datadir import DataDir
-from spectnode.node.stages.receive import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DOES_NOT_MATCH_SOP_CLASS,
-    STATUS_OUT_OF_RESOURCES,
-    ReceiveStage,
-)
+from spectnode.node.stages.receive import ReceiveStage
 from spectnode.store import JobStore
+
+# C-STORE failure statuses, from PS3.4 Annex B.2.3 (not from spectnode's own constants).
+STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources
+STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error: Data Set does not match SOP Class
+STATUS_CANNOT_UNDERSTAND = 0xC210  # Error: Cannot understand (C000-CFFF; 0xC210 as DCMTK answers)
+
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +181,7 @@ def test_unparseable_and_unidentifiable_datasets_fail_with_a_log_line(node, phan
     write_dataset(body, ds)
     stripped = _raw_file(tmp_path / "no-uids.dcm", body.getvalue(), generate_uid())
     assert _send(node.port, stripped) == STATUS_DOES_NOT_MATCH_SOP_CLASS
-    assert any("has no StudyInstanceUID and no SOPInstanceUID" in r.getMessage() for r in caplog.records)
+    assert any("has no SOPInstanceUID and no StudyInstanceUID" in r.getMessage() for r in caplog.records)
     assert node.store.counts_by_state() == before
 
 

@@ -33,9 +33,10 @@ import dataclasses
 import errno
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from spectnode.config import Config, DestinationConfig, resolve_folder
 from spectnode.fsutil import copy_durably, instance_file_name, safe_file_name
+from spectnode.net.tls import client_context
 from spectnode.peer import Peer
 
 __all__ = [
@@ -99,11 +101,12 @@ class DispatchError(Exception):
 
 @dataclass(frozen=True)
 class StoreTarget:
-    """Where a C-STORE goes: called AE title, host and port."""
+    """Where a C-STORE goes: called AE title, host and port; over TLS with ``tls_context``."""
 
     ae_title: str
     host: str
     port: int
+    tls_context: ssl.SSLContext | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -154,7 +157,16 @@ def resolve_store_target(destination: DestinationConfig, sender: Peer | None) ->
             f"destination {destination.name!r} lacks {', '.join(missing)}", retryable=False
         )
     assert destination.ae_title is not None and destination.host is not None and destination.port is not None
-    return StoreTarget(ae_title=destination.ae_title, host=destination.host, port=int(destination.port))
+    context = None
+    if getattr(destination, "tls", False):
+        try:
+            context = client_context(destination.tls_ca_certificates, destination.tls_certificate,
+                                     destination.tls_private_key)
+        except (OSError, ValueError) as exc:
+            raise DispatchError(f"destination {destination.name!r}: its TLS files cannot be used: {exc}",
+                                retryable=False) from None
+    return StoreTarget(ae_title=destination.ae_title, host=destination.host, port=int(destination.port),
+                       tls_context=context)
 
 
 def send_files(
@@ -343,7 +355,9 @@ def store_to_peer(
     ]
     started = time.monotonic()
     try:
-        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, evt_handlers=handlers)
+        tls_args = (target.tls_context, target.host) if target.tls_context is not None else None
+        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, evt_handlers=handlers,
+                             tls_args=tls_args)
     except socket.gaierror as exc:  # pynetdicom resolves the host before connecting
         raise DispatchError(
             f"cannot resolve host {target.host!r}: {exc.strerror or exc}", peer_unreachable=True

@@ -9,23 +9,46 @@ Two formats:
 
 Messages name the study UID and the calling AE title in their text as well,
 so the text format needs no extra columns.
+
+Control characters in a message are escaped (``\n`` becomes ``\x0a``) in
+both formats: values in messages come from the network (a UID with a newline
+in it would otherwise forge a log line). Only a traceback keeps its newlines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from spectnode.config import LoggingConfig
 
-__all__ = ["JsonLineFormatter", "configure_logging"]
+__all__ = ["EscapingFormatter", "JsonLineFormatter", "configure_logging", "escape_control_characters"]
 
 _TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Attributes a LogRecord carries by itself; anything else came in through ``extra``.
 _STANDARD_ATTRIBUTES: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control_characters(text: str) -> str:
+    """``text`` with every control character written as ``\\xNN`` (or ``\\uNNNN``), so it stays on one line."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """The text format, with control characters in the message escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_control_characters(record.message)
+        return super().formatMessage(record)
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -33,14 +56,15 @@ class JsonLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": escape_control_characters(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRIBUTES and value is not None:
-                entry[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+                value = value if isinstance(value, (int, float, bool)) else escape_control_characters(str(value))
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -60,7 +84,7 @@ def configure_logging(settings: LoggingConfig) -> logging.Handler:
         handler: logging.Handler = logging.FileHandler(settings.file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLineFormatter() if settings.format == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.setFormatter(JsonLineFormatter() if settings.format == "json" else EscapingFormatter(_TEXT_FORMAT))
     for name, level in (("spectnode", settings.level), ("pynetdicom", logging.WARNING)):
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, "_spectnode_node_handler", False)]:

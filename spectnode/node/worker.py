@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from spectnode.net.server import policy_from_config
 from spectnode.node.datadir import DataDir
 from spectnode.node.model import ClassifierLoader, NodeModel
 from spectnode.node.stages import Stage
@@ -162,6 +163,7 @@ class Node:
             store, self.data_dir, ae_title=node.ae_title, bind_address=node.bind_address,
             port=self._port, allowed_calling_ae_titles=node.allowed_calling_ae_titles,
             on_stored=lambda _study: assemble.wake.set(),
+            policy=policy_from_config(node), max_object_bytes=node.max_object_bytes,
         )
         for thread in self._stages:
             thread.start()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+# Maximum value lengths (PS3.5 Table 6.2-1) of the VRs among those attributes, PN aside.
+_MAX_LENGTH = {"LO": 64, "SH": 16, "CS": 16, "DA": 8, "TM": 14}
 
 # Type 2 patient/study attributes that highdicom copies from the first
 # evidence dataset and that real scans often lack (field guide, section 2).
@@ -53,10 +59,38 @@ def find_source(source_datasets: Sequence[Dataset], sop_instance_uid: str) -> Da
     )
 
 
-def header_with_study_defaults(ds: Dataset) -> Dataset:
-    """A header-only view of ``ds`` whose missing type 2 study attributes are empty.
+def _one_valid_value(value: Any, vr: str) -> str:
+    """``value`` as one text value that its VR allows: what highdicom will copy into an output.
 
-    Pixel data (group 7FE0) is left out, and ``ds`` itself is not modified.
+    Real and hostile sources hold values no encoder accepts: several values
+    (``A\\B\\C\\D``) in a single-valued attribute, bytes of a value sent as UN
+    (a PatientName over 64 KiB cannot be PN in explicit VR), names longer than
+    PN's 64 characters per component group, control characters. The output keeps
+    the first value, decoded, cut to its VR's length, without control characters.
+    """
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else ""
+    if isinstance(value, bytes):  # sent as UN: its character set is anyone's guess
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            value = value.decode("latin-1")
+        value = value.split("\\", 1)[0]
+    text = "".join(c for c in str(value) if c.isprintable()).strip()
+    if vr == "PN":
+        return "=".join(group[:64] for group in text.split("=")[:3])
+    return text[:_MAX_LENGTH.get(vr, 64)]
+
+
+def header_with_study_defaults(ds: Dataset) -> Dataset:
+    """A header-only view of ``ds`` whose type 2 patient and study attributes are present and valid.
+
+    Missing ones are empty; present ones are made single, decoded and of a
+    valid length (:func:`_one_valid_value`), and the header's character set is
+    UTF-8: the values are text already (pydicom decoded them with the
+    source's character set, or its default for one it does not know, such as
+    ``ISO_IR 999``), so the outputs can always be written. Pixel data
+    (group 7FE0) is left out, and ``ds`` itself is not modified.
     """
     header = Dataset()
     # Iterate over tags, not elements: touching a deferred Pixel Data element
@@ -65,8 +99,15 @@ def header_with_study_defaults(ds: Dataset) -> Dataset:
         if tag.group != 0x7FE0:
             header.add(ds[tag])
     for keyword in _TYPE2_STUDY_ATTRIBUTES:
-        if keyword not in header or header[keyword].value is None:
-            setattr(header, keyword, "")
+        vr = dictionary_VR(keyword)
+        try:
+            value = header[keyword].value if keyword in header else None
+        except Exception:  # noqa: BLE001 - a value pydicom cannot convert is as good as none
+            value = None
+        if keyword in header:
+            del header[keyword]
+        setattr(header, keyword, "" if value is None else _one_valid_value(value, vr))
+    header.SpecificCharacterSet = "ISO_IR 192"
     return header
 
 

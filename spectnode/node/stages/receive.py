@@ -16,13 +16,30 @@ Failures answer with the status a peer can act on:
 
 * 0xA700 (Refused: out of resources) when the spool or the job store cannot be
   written (disk full, file size limit, read-only file system ...);
-* 0xA900 (Error: data set does not match SOP class) when the dataset has no
-  StudyInstanceUID or SOPInstanceUID;
+  and when the object is larger than ``node.max_object_bytes`` (a deflated
+  one counted after inflating, which stops as soon as the limit is passed,
+  so a deflate bomb never takes more memory than the limit);
+* 0xA900 (Error: data set does not match SOP class) when one of the UIDs
+  every stored object has (Type 1 in the SOP Common, General Study and
+  General Series modules: SOPClassUID, SOPInstanceUID, StudyInstanceUID,
+  SeriesInstanceUID) is missing, empty or not a valid UID (PS3.5 9.1: digits
+  and dots, at most 64 characters, no empty component): such a dataset is
+  not a conformant instance of any SOP class, and the node could not file it;
 * 0xC210 (Error: cannot understand) when the dataset cannot be parsed or is
   malformed: encoded in another VR encoding than its transfer syntax says,
-  or truncated (an element, pixel data included, running past its end). The
-  check is explicit and thread-safe; it does not rely on pydicom's warnings.
+  or truncated (an element, pixel data included, running past its end), or
+  an element that describes the pixel data (Rows, Columns, Bits Allocated
+  ...) has the wrong VR or length, so the image cannot be decoded; and when
+  the request's own Affected SOP Instance UID is empty or invalid (the
+  command, not the dataset, is what cannot be understood). The checks are
+  explicit and thread-safe; they do not rely on pydicom's warnings.
 
+Leading zeros in a UID component are tolerated: real cameras write them, and
+they harm neither matching nor file names.
+
+Connections from addresses outside ``node.allowed_addresses``, and beyond
+the connection limits, are closed unread; every connection and PDU has a
+deadline, and DICOM TLS is optional or required (:mod:`spectnode.net`).
 Associations are refused (A-ASSOCIATE-RJ, rejected-permanent, service user)
 when the calling AE title is not allowed (reason 3, calling AE title not
 recognised) or the called AE title is not this node's (reason 7). Every
@@ -40,26 +57,30 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import threading
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any, Final
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+from pydicom.filereader import (
+    _read_file_meta_info,
+    data_element_generator,
+    read_preamble,
+)
 from pydicom.tag import BaseTag
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -70,21 +91,25 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from spectnode.fsutil import write_durably
+from spectnode.net.inflate import InflatedTooLarge, inflate_bounded
+from spectnode.net.server import ConnectionPolicy, start_guarded_server
 from spectnode.node.datadir import DataDir
 from spectnode.peer import Peer
 from spectnode.store import InstanceRecord, JobStore, StoreError
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
-    "STATUS_SUCCESS",
-    "STATUS_OUT_OF_RESOURCES",
-    "STATUS_DOES_NOT_MATCH_SOP_CLASS",
     "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_DOES_NOT_MATCH_SOP_CLASS",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_SUCCESS",
     "ReceiveStage",
+    "uid_problem",
 ]
 
 _log = logging.getLogger("spectnode.receive")
@@ -122,6 +147,41 @@ ACCEPTED_TRANSFER_SYNTAXES: Final = (
 _DEFER_BYTES: Final = 1024
 
 
+#: Default for ``max_object_bytes``: the configuration's ``node.max_object_bytes``.
+DEFAULT_MAX_OBJECT_BYTES: Final = 256 * 1024 * 1024
+
+_UID_CHARS: Final = re.compile(r"[0-9.]+")
+
+#: Type 1 UIDs every stored object carries, and that the node files it by.
+_REQUIRED_UIDS: Final = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+#: Elements of the Image Pixel module that say how to decode the pixel data:
+#: keyword -> (VR, value length of a single value).
+_PIXEL_DESCRIPTION: Final = {
+    "Rows": ("US", 2), "Columns": ("US", 2), "SamplesPerPixel": ("US", 2), "BitsAllocated": ("US", 2),
+    "BitsStored": ("US", 2), "HighBit": ("US", 2), "PixelRepresentation": ("US", 2),
+}
+_PIXEL_DESCRIPTION_TAGS: Final = {BaseTag(tag_for_keyword(k)): (k, v) for k, v in _PIXEL_DESCRIPTION.items()}
+
+
+def uid_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid UID (PS3.5 9.1), or None if it is.
+
+    Digits and dots only, at most 64 characters, no empty component (so no
+    leading, trailing or double dot). Leading zeros in a component are
+    tolerated (see the module's docstring).
+    """
+    if not value:
+        return "is empty"
+    if len(value) > 64:
+        return f"is {len(value)} characters long; a UID has at most 64"
+    if not _UID_CHARS.fullmatch(value):
+        return "holds characters other than digits and dots"
+    if "" in value.split("."):
+        return "has an empty component"
+    return None
+
+
 @dataclass(frozen=True)
 class _Identity:
     study_uid: str
@@ -129,6 +189,20 @@ class _Identity:
     series_uid: str
     sop_class_uid: str
     modality: str
+
+
+def _check_pixel_description(element: Any, implicit: bool) -> None:
+    """Refuse an Image Pixel module element with the wrong VR or length (single US values).
+
+    Raises:
+        ValueError: If ``element`` cannot be what its tag says.
+    """
+    keyword, (vr, length) = _PIXEL_DESCRIPTION_TAGS[element.tag]
+    if not implicit and element.VR not in (vr, "UN"):
+        raise ValueError(f"{keyword} has VR {element.VR}; it must be {vr}, so the pixel data cannot be decoded")
+    if element.length != length:
+        raise ValueError(f"{keyword} is {element.length} bytes long; a single {vr} value is {length}, so the "
+                         "pixel data cannot be decoded")
 
 
 class ReceiveStage:
@@ -147,6 +221,11 @@ class ReceiveStage:
             is durable (not for duplicates); exceptions in it are logged only.
         transfer_syntaxes: Accepted transfer syntaxes (see
             :data:`ACCEPTED_TRANSFER_SYNTAXES`).
+        policy: Address allow-list, connection limits, timeouts and TLS
+            (:class:`spectnode.net.server.ConnectionPolicy`; its defaults
+            are the configuration's).
+        max_object_bytes: Largest object accepted (a deflated one after
+            inflating); larger ones are answered 0xA700.
     """
 
     def __init__(
@@ -160,6 +239,8 @@ class ReceiveStage:
         allowed_calling_ae_titles: Sequence[str] = ("*",),
         on_stored: Callable[[str], None] | None = None,
         transfer_syntaxes: Sequence[str] = ACCEPTED_TRANSFER_SYNTAXES,
+        policy: ConnectionPolicy | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
     ) -> None:
         self.store = store
         self.data_dir = data_dir
@@ -169,6 +250,8 @@ class ReceiveStage:
         self.allowed_calling_ae_titles = tuple(t.strip() for t in allowed_calling_ae_titles)
         self.on_stored = on_stored
         self._transfer_syntaxes = list(transfer_syntaxes)
+        self.policy = policy if policy is not None else ConnectionPolicy()
+        self.max_object_bytes = max_object_bytes
         self._server: Any = None
         self._lock = threading.Lock()
 
@@ -184,11 +267,7 @@ class ReceiveStage:
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, self._transfer_syntaxes)
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        # Whole-body NM objects are a few MB; large PDUs cut per-PDU overhead.
-        ae.maximum_pdu_size = 0
-        ae.network_timeout = 60
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 60
+        # Limits, timeouts and the maximum PDU size come from the policy (start_guarded_server).
         return ae
 
     def start(self) -> None:
@@ -204,14 +283,17 @@ class ReceiveStage:
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_DIMSE_RECV, self._answer_malformed_store),
         ]
         with self._lock:
-            self._server = ae.start_server(
-                (self.bind_address, self._requested_port), block=False, evt_handlers=handlers
-            )
+            self._server = start_guarded_server(ae, (self.bind_address, self._requested_port), self.policy,
+                                                handlers)
+        policy = self.policy
         _log.info(
-            "listening as %s on %s:%d (calling AE titles allowed: %s)",
+            "listening as %s on %s:%d (calling AE titles allowed: %s; addresses allowed: %s; TLS %s; at most %d "
+            "associations, %d per address)",
             self.ae_title, self.bind_address, self.port, ", ".join(self.allowed_calling_ae_titles),
+            policy.allowed_addresses, policy.tls_mode, policy.max_associations, policy.max_associations_per_peer,
         )
 
     @property
@@ -226,6 +308,8 @@ class ReceiveStage:
         with self._lock:
             server, self._server = self._server, None
         if server is not None:
+            for assoc in server.active_associations:
+                assoc.abort()
             server.shutdown()
             _log.info("listener on port %d stopped", server.server_address[1])
 
@@ -249,13 +333,42 @@ class ReceiveStage:
             extra={"calling_ae": calling},
         )
 
+    def _answer_malformed_store(self, event: Any) -> None:
+        """Answer 0xC210 to a C-STORE-RQ that pynetdicom would leave unanswered.
+
+        pynetdicom drops a request that lacks a required command element
+        (an empty Affected SOP Instance UID is encoded as no element) with
+        a warning and no response, so the sender waits for its DIMSE timeout
+        and cannot tell why. This runs when the message is decoded, before
+        pynetdicom drops it, and sends the failure itself.
+        """
+        message = event.message
+        if type(message).__name__ != "C_STORE_RQ":
+            return
+        try:
+            request = message.message_to_primitive()
+        except Exception:  # noqa: BLE001 - pynetdicom itself then ends the association (event 19)
+            return
+        if request.is_valid_request or request.MessageID is None:
+            return
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = request.MessageID
+        if request.AffectedSOPClassUID:
+            response.AffectedSOPClassUID = request.AffectedSOPClassUID
+        response.Status = STATUS_CANNOT_UNDERSTAND
+        peer = self._peer(event)
+        _log.error("C-STORE from %s@%s: the request lacks a required command element (Affected SOP Instance UID "
+                   "%s); answered 0x%04X (cannot understand)", peer.ae_title, peer.address,
+                   "missing" if not request.AffectedSOPInstanceUID else "present", STATUS_CANNOT_UNDERSTAND,
+                   extra={"calling_ae": peer.ae_title})
+        event.assoc.dimse.send_msg(response, message.context_id)
+
     def _handle_echo(self, event: Any) -> int:
         peer = self._peer(event)
         _log.debug("C-ECHO from %s@%s", peer.ae_title, peer.address, extra={"calling_ae": peer.ae_title})
         return STATUS_SUCCESS
 
-    @staticmethod
-    def _identify(data: bytes, transfer_syntax: str) -> _Identity:
+    def _identify(self, data: bytes, transfer_syntax: str) -> _Identity:
         """Check a received object's structure; return its UIDs, SOP class and modality.
 
         pydicom is lenient (it reads garbage as some dataset, guessing the VR
@@ -269,9 +382,14 @@ class ReceiveStage:
           data included, without loading it), an undefined-length value must
           end with its delimiter, and nothing but zero padding may follow the
           last element;
-        * the dataset must hold at least one element.
+        * the dataset must hold at least one element;
+        * the elements that describe the pixel data have their VR and length.
+
+        A deflated dataset is inflated up to :attr:`max_object_bytes` only.
 
         Raises:
+            InflatedTooLarge: If a deflated dataset inflates to more than
+                :attr:`max_object_bytes`.
             ValueError: (or another exception of pydicom's reader) if the
                 dataset is not a well-formed dataset in ``transfer_syntax``.
         """
@@ -283,10 +401,7 @@ class ReceiveStage:
             raise ValueError(f"{syntax} is not a known transfer syntax")
         body: BytesIO = fp
         if syntax.is_deflated:
-            try:
-                body = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
-            except zlib.error as exc:
-                raise ValueError(f"the deflated dataset cannot be inflated: {exc}") from None
+            body = BytesIO(inflate_bounded(fp.read(), self.max_object_bytes))
         implicit, little_endian = syntax.is_implicit_VR, syntax.is_little_endian
         start = body.tell()
         end = body.seek(0, os.SEEK_END)
@@ -310,6 +425,8 @@ class ReceiveStage:
                 if loaded != length:
                     raise ValueError(f"element {element.tag} declares {length} bytes but the dataset "
                                      f"ends after {max(available, 0)}")
+            if element.tag in _PIXEL_DESCRIPTION_TAGS:
+                _check_pixel_description(element, implicit)
             elements[element.tag] = element
             complete_up_to = body.tell()
         body.seek(complete_up_to)
@@ -319,32 +436,54 @@ class ReceiveStage:
                              f"{complete_up_to - start} are not a data element")
         if not elements:
             raise ValueError("the dataset holds no data elements")
-        ds = Dataset(elements)
 
         def text(keyword: str) -> str:
-            value = ds.get(keyword)
-            return "" if value is None else str(value).strip().rstrip("\x00")
+            # The raw bytes, not pydicom's value: a backslash would make a UID a list.
+            element = elements.get(BaseTag(tag_for_keyword(keyword)))
+            if element is None or not isinstance(element, RawDataElement) or element.length in (0, _UNDEFINED_LENGTH):
+                return ""
+            raw = element.value
+            if raw is None:  # deferred (long): read enough of it to tell what it is
+                body.seek(element.value_tell)
+                raw = body.read(min(element.length, 4096))
+            # Trailing NUL or space is padding (space is wrong for UI, but common).
+            return raw.decode("ascii", "replace").rstrip(" \x00")
 
         return _Identity(
             study_uid=text("StudyInstanceUID"),
             sop_instance_uid=text("SOPInstanceUID"),
             series_uid=text("SeriesInstanceUID"),
             sop_class_uid=text("SOPClassUID"),
-            modality=text("Modality"),
+            modality=text("Modality").strip(),
         )
 
     def _handle_store(self, event: Any) -> int:
         peer = self._peer(event)
         who = {"calling_ae": peer.ae_title}
-        request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(" \x00")
+        if (problem := uid_problem(request_sop)) is not None:
+            _log.error("C-STORE from %s@%s: the request's Affected SOP Instance UID %r %s; answered 0x%04X "
+                       "(cannot understand)", peer.ae_title, peer.address, request_sop[:80], problem,
+                       STATUS_CANNOT_UNDERSTAND, extra=who)
+            return STATUS_CANNOT_UNDERSTAND
         try:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 - a broken request must not kill the association
             _log.error("C-STORE from %s: request without a usable dataset: %s", peer.ae_title, exc, extra=who)
             return STATUS_CANNOT_UNDERSTAND
         transfer_syntax = str(event.context.transfer_syntax)
+        if len(data) > self.max_object_bytes:
+            _log.error("C-STORE from %s@%s: object %s is %d bytes, more than node.max_object_bytes (%d); answered "
+                       "0x%04X (out of resources)", peer.ae_title, peer.address, request_sop, len(data),
+                       self.max_object_bytes, STATUS_OUT_OF_RESOURCES, extra=who)
+            return STATUS_OUT_OF_RESOURCES
         try:
             identity = self._identify(data, transfer_syntax)
+        except InflatedTooLarge as exc:
+            _log.error("C-STORE from %s@%s: object %s (%d bytes deflated): %s, node.max_object_bytes; answered "
+                       "0x%04X (out of resources)", peer.ae_title, peer.address, request_sop, len(data), exc,
+                       STATUS_OUT_OF_RESOURCES, extra=who)
+            return STATUS_OUT_OF_RESOURCES
         except Exception as exc:  # noqa: BLE001 - pydicom fails in many ways on garbage
             _log.error(
                 "C-STORE from %s@%s: object %s (transfer syntax %s, %d bytes) cannot be parsed: %s: %s; "
@@ -353,15 +492,18 @@ class ReceiveStage:
                 type(exc).__name__, exc, STATUS_CANNOT_UNDERSTAND, extra=who,
             )
             return STATUS_CANNOT_UNDERSTAND
-        missing = [name for name, value in (("StudyInstanceUID", identity.study_uid),
-                                            ("SOPInstanceUID", identity.sop_instance_uid)) if not value]
-        if missing:
+        values = {"SOPClassUID": identity.sop_class_uid, "SOPInstanceUID": identity.sop_instance_uid,
+                  "StudyInstanceUID": identity.study_uid, "SeriesInstanceUID": identity.series_uid}
+        missing = [name for name in _REQUIRED_UIDS if not values[name]]
+        invalid = [f"{name} {values[name][:80]!r} {problem}" for name in _REQUIRED_UIDS
+                   if values[name] and (problem := uid_problem(values[name])) is not None]
+        if missing or invalid:
             _log.error(
-                "C-STORE from %s@%s: object %s (SOP class %s, study %s) has no %s; it cannot be filed "
-                "in a study; answered 0x%04X",
-                peer.ae_title, peer.address, request_sop or "?", identity.sop_class_uid or "?",
-                identity.study_uid or "?", " and no ".join(missing), STATUS_DOES_NOT_MATCH_SOP_CLASS,
-                extra={**who, "study_uid": identity.study_uid or None},
+                "C-STORE from %s@%s: object %s (SOP class %s) %s; it cannot be filed; answered 0x%04X "
+                "(data set does not match SOP class)",
+                peer.ae_title, peer.address, request_sop, identity.sop_class_uid[:80] or "?",
+                "; ".join(([f"has no {' and no '.join(missing)}"] if missing else []) + invalid),
+                STATUS_DOES_NOT_MATCH_SOP_CLASS, extra=who,
             )
             return STATUS_DOES_NOT_MATCH_SOP_CLASS
         study_uid = identity.study_uid
