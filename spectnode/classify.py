@@ -9,7 +9,6 @@ knows nothing of the job store, DICOM networking or reports: it takes what
 from __future__ import annotations
 
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +19,8 @@ from .imaging.views import NotAssessable, StudyViews, load_study_views
 from .result import StudyResult
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
     from .explain import LayerCam
 
 __all__ = ["DEFAULT_BUNDLE", "StudyResult", "StudyClassifier", "find_dicom_files"]
@@ -40,7 +41,7 @@ class StudyClassifier:
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None,
-                    expected_classes: Sequence[str] | None = None) -> "StudyClassifier":
+                    expected_classes: Sequence[str] | None = None) -> StudyClassifier:
         """Load and verify a bundle (``None``: the shipped default)."""
         from .bundle import load_bundle
 

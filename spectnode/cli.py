@@ -13,10 +13,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from .config import Config
 
 from . import RESEARCH_USE_NOTICE, __version__
@@ -123,8 +124,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.test_data is not None:
             test_set = (Path(args.test_data), Path(args.test_labels), _data_files(args.test_data))
         initial = load_bundle(args.init_from) if args.init_from is not None else None
-        run_training(Path(args.data), Path(args.labels), settings, Path(args.out), name=args.name or Path(args.out).name,
-                     version=args.version, resume=args.resume, files=files, test_set=test_set, initial=initial)
+        run_training(
+            Path(args.data),
+            Path(args.labels),
+            settings,
+            Path(args.out),
+            name=args.name or Path(args.out).name,
+            version=args.version,
+            resume=args.resume,
+            files=files,
+            test_set=test_set,
+            initial=initial,
+        )
     except (ValueError, LabelError, FileNotFoundError, BundleError) as exc:
         print(f"spectnode train: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -263,7 +263,9 @@ def _check_network(node: NodeConfig, source: str) -> None:
     from spectnode.net.access import ANY_ADDRESS, parse_network
 
     if not node.allowed_addresses:
-        raise ConfigError(source, "node.allowed_addresses", 'is empty, so no peer could connect; use ["*"] to allow any')
+        raise ConfigError(
+            source, "node.allowed_addresses", 'is empty, so no peer could connect; use ["*"] to allow any'
+        )
     for i, entry in enumerate(node.allowed_addresses):
         if entry.strip() != ANY_ADDRESS:
             try:
@@ -372,7 +374,7 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
             raise ConfigError(source, key, f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
         inner = typing.get_args(tp)[0]
         return tuple(_convert(v, inner, source, f"{key}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, source, key)
     ok = {
         str: lambda v: isinstance(v, str),
@@ -454,6 +456,7 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
             for attr in ("ae_title", "host", "port"):
                 if getattr(dest, attr) is None:
                     raise ConfigError(source, f"{key}.{attr}", "is required for a dicom destination")
+            assert dest.ae_title is not None and dest.port is not None  # checked just above
             if problem := validate_ae_title(dest.ae_title):
                 raise ConfigError(source, f"{key}.ae_title", problem)
             if problem := _check_port(dest.port):

@@ -28,12 +28,14 @@ explanations need the TensorFlow backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .imaging.preprocess import resample_to
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["CAM_STRIDES", "find_cam_layers", "LayerCam"]
 
@@ -77,7 +79,8 @@ class LayerCam:
         import keras
 
         self.layer_names = list(layer_names or find_cam_layers(model))
-        head = model.get_layer("predictions") if "predictions" in [l.name for l in model.layers] else model.layers[-1]
+        names = [layer.name for layer in model.layers]
+        head = model.get_layer("predictions") if "predictions" in names else model.layers[-1]
         if not isinstance(head, keras.layers.Dense):
             raise ValueError(f"model {model.name!r} does not end in a Dense layer; cannot take its logits")
         self._kernel, self._bias = head.kernel, head.bias

@@ -10,9 +10,10 @@ nor the job store, so every command can read it cheaply.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["Outcome", "StudyResult", "ViewSource"]
 

@@ -3,9 +3,9 @@
 * ``clock``: a :class:`FakeClock`, for stages and the outbox;
 * ``data_dir`` and ``store``: a temporary data directory and its job store;
 * ``algorithm``: a report-side model identification that needs no model;
-* ``phantom_study``: one phantom study per layout, read as datasets and
-  views; a module that uses it names its layouts in ``LAYOUTS_UNDER_TEST``
-  and its seed in ``SEED``.
+* ``study``: one phantom study per layout, read as datasets and views
+  (:class:`nodetools.PhantomStudy`); a module that uses it names its layouts
+  in ``LAYOUTS_UNDER_TEST`` and its seed in ``SEED``.
 
 Helpers that tests call (DCMTK peers, records of spooled files, the tiny
 bundle) are in :mod:`nodetools`.
@@ -14,8 +14,7 @@ bundle) are in :mod:`nodetools`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import pytest
@@ -28,6 +27,10 @@ from spectnode.report import AlgorithmInfo
 from spectnode.store import JobStore
 
 from nodetools import FakeClock, PhantomStudy
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 #: The dSPIC four-class scheme, in its output order.
 DSPIC4 = ("normal", "metastatic", "arthritic", "both")
@@ -67,13 +70,12 @@ def algorithm() -> AlgorithmInfo:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "phantom_study" in metafunc.fixturenames:
-        layouts = getattr(metafunc.module, "LAYOUTS_UNDER_TEST")
-        metafunc.parametrize("phantom_study", layouts, indirect=True, scope="module")
+    if "study" in metafunc.fixturenames:
+        metafunc.parametrize("study", metafunc.module.LAYOUTS_UNDER_TEST, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
-def phantom_study(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
+def study(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> PhantomStudy:
     """One phantom study of the layout ``request.param``, with the module's ``SEED``."""
     out = tmp_path_factory.mktemp(f"{request.module.__name__}-{request.param}")
     (record,) = generate_phantoms(out, 1, request.module.SEED, layout=request.param)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: Debian package that provides each tool.
 TOOL_PACKAGES = {

@@ -12,20 +12,24 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 import yaml
-from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
-from spectnode.imaging.views import StudyViews
-from spectnode.phantom.generate import PhantomStudyRecord
 from spectnode.store import InstanceRecord
 
 from dicomtools import require_tool
 from orthanc import free_port  # noqa: F401  (one allocator, so no two servers get the same port)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pydicom.dataset import Dataset
+
+    from spectnode.imaging.views import StudyViews
+    from spectnode.phantom.generate import PhantomStudyRecord
 
 
 class FakeClock:

@@ -29,15 +29,18 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
 from io import BytesIO
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from types import TracebackType
+
+    from pydicom.dataset import Dataset
 
 __all__ = ["OrthancError", "OrthancServer", "free_port", "require_orthanc"]
 
@@ -210,7 +213,9 @@ class OrthancServer:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise OrthancError(f"Orthanc did not answer on {self.url}/system within {timeout_s:g} s\n{self.log_tail()}")
+                raise OrthancError(
+                    f"Orthanc did not answer on {self.url}/system within {timeout_s:g} s\n{self.log_tail()}"
+                )
             time.sleep(0.1)
 
     def stop(self, graceful: bool = True) -> None:

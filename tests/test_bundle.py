@@ -136,7 +136,9 @@ def test_tampered_model_is_refused_with_both_hashes(bundle_copy) -> None:
 
 
 def test_edited_class_names_do_not_match_expected_classes(bundle_copy) -> None:
-    _edit_card(bundle_copy, lambda card: card.update(classes=["normal", "arthritic", "metastatic", "metastatic_arthritic"]))
+    _edit_card(
+        bundle_copy, lambda card: card.update(classes=["normal", "arthritic", "metastatic", "metastatic_arthritic"])
+    )
     _edit_card(bundle_copy, lambda card: card.update(metrics={}))
     with pytest.raises(BundleError, match=r"class list mismatch.*expected \['normal', 'metastatic'"):
         verify_bundle(bundle_copy, expected_classes=CLASSES)

@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pydicom
 import pytest
-from blood_pool import blood_pool_views
 from pydicom.data import get_testdata_file
 
+from blood_pool import blood_pool_views
 from spectnode.classify import StudyClassifier
 from spectnode.imaging.guards import check_study, check_view, early_phase_words
 from spectnode.imaging.views import EARLY_PHASE, NOT_BONE_SCAN, StudyViews, ViewImage

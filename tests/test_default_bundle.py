@@ -6,7 +6,6 @@ recorded in its card; these tests check the artefact and a fresh phantom sample,
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

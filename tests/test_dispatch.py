@@ -7,8 +7,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -35,6 +35,9 @@ from spectnode.store import COMPLETE, RECEIVED, InstanceRecord, JobStore
 
 from nodetools import FakeClock
 from orthanc import UNCOMPRESSED_ONLY, OrthancServer, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 NODE_AE = "SPECTNODE"
 
@@ -233,10 +236,10 @@ def test_connection_refused_is_reported(study_a: tuple[str, list[Path]]) -> None
 
 
 def test_association_rejected_for_wrong_called_ae_title(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
-    with OrthancServer(tmp_path / "strict", ae_title="STRICT", check_called_aet=True) as strict:
-        with pytest.raises(DispatchError) as info:
-            send_files(dicom_destination("strict", strict, ae_title="WRONGAE"), study_a[1],
-                       calling_ae_title=NODE_AE, timeout=5)
+    with (OrthancServer(tmp_path / "strict", ae_title="STRICT", check_called_aet=True) as strict,
+          pytest.raises(DispatchError) as info):
+        send_files(dicom_destination("strict", strict, ae_title="WRONGAE"), study_a[1],
+                   calling_ae_title=NODE_AE, timeout=5)
     assert info.value.reason.startswith(f"association rejected by WRONGAE@127.0.0.1:{strict.dicom_port}: ")
     assert "Called AE title not recognised" in info.value.reason
     assert info.value.peer_unreachable
@@ -601,7 +604,10 @@ def test_new_items_for_a_destination_in_backoff_wait_without_a_connection_attemp
         calls.append(destination.name)
         send_files(destination, files, **kwargs)  # type: ignore[arg-type]
 
-    dests = {"pacs": refused_destination(), "local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    dests = {
+        "pacs": refused_destination(),
+        "local": DestinationConfig(name="local", type="folder", path=tmp_path / "out"),
+    }
     stage = dispatcher(tmp_path, dests, clock=clock, send=counting_send, base_delay_s=5)
     outbox = stage.outbox
     first = outbox.enqueue("1.2.3.1", "pacs", "sr", study_a[1][-1:])

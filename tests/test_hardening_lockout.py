@@ -11,11 +11,9 @@ import socket
 import struct
 import subprocess
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from dicomtools import require_tool
-from nodetools import NodeProcess, free_port, wait_for, write_config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -24,6 +22,12 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomtools import require_tool
+from nodetools import NodeProcess, free_port, wait_for, write_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 STALLED_FROM = "127.0.0.2"
 IDLE_FROM = "127.0.0.3"

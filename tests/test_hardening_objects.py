@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodetools import NodeProcess, free_port, wait_for, write_config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -37,6 +36,8 @@ from pynetdicom import _config as pynetdicom_config
 from spectnode.node.logs import EscapingFormatter, JsonLineFormatter
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import END_STATES, ERROR, JobStore
+
+from nodetools import NodeProcess, free_port, wait_for, write_config
 
 MAX_PEAK_RSS_BYTES = 2 * 1024**3
 # C-STORE failure statuses, from PS3.4 Annex B.2.3 (not from spectnode's own constants).
@@ -198,7 +199,9 @@ def test_log_formats_escape_control_characters_in_any_value():
     text = EscapingFormatter("%(levelname)s %(message)s").format(record)
     assert text == "WARNING uid 1.2\\x0a2030-01-01 ERROR forged from AE\\x0d\\x1b[2K"
     entry = JsonLineFormatter().format(record)
-    assert "\n" not in entry and json.loads(entry)["message"] == "uid 1.2\\x0a2030-01-01 ERROR forged from AE\\x0d\\x1b[2K"
+    assert (
+        "\n" not in entry and json.loads(entry)["message"] == "uid 1.2\\x0a2030-01-01 ERROR forged from AE\\x0d\\x1b[2K"
+    )
     assert json.loads(entry)["study_uid"] == "1.2\\x0a3"
 
 

@@ -8,14 +8,14 @@ on the patient's right, and different content in the two views.
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.encaps import encapsulate
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import (
@@ -37,6 +37,9 @@ from spectnode.imaging.views import (
     load_study_views,
     read_study_views,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 NM_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.20"
 WB_IMAGE_TYPE = ["ORIGINAL", "PRIMARY", "WHOLE BODY", "EMISSION"]
@@ -136,7 +139,9 @@ def multiframe_study(
     )
 
 
-def assert_views(result: StudyViews | NotAssessable, anterior: np.ndarray | None, posterior: np.ndarray | None) -> StudyViews:
+def assert_views(
+    result: StudyViews | NotAssessable, anterior: np.ndarray | None, posterior: np.ndarray | None
+) -> StudyViews:
     assert isinstance(result, StudyViews), result
     for got, want in ((result.anterior, anterior), (result.posterior, posterior)):
         if want is None:
@@ -536,7 +541,9 @@ def test_lossy_jpeg_baseline_frames_decode(tmp_path: Path) -> None:
 def test_load_study_views_groups_studies_and_reports_unreadable_files(tmp_path: Path) -> None:
     anterior, posterior = truth_views()
     paths = []
-    for i, ds in enumerate(split_instances(anterior, posterior, anterior_attrs={"ImageID": "ANT"}, posterior_attrs={"ImageID": "POST"})):
+    for i, ds in enumerate(
+        split_instances(anterior, posterior, anterior_attrs={"ImageID": "ANT"}, posterior_attrs={"ImageID": "POST"})
+    ):
         paths.append(tmp_path / f"a{i}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     ct = make_dataset([anterior], study_uid=generate_uid(), modality="CT", sop_class=CTImageStorage, image_type=None)
@@ -660,7 +667,9 @@ def test_unusable_geometry(shape, image_type, words) -> None:
 def test_unusable_geometry_views_of_different_size() -> None:
     anterior, _ = truth_views()
     _, posterior = truth_views(1024, 256)
-    datasets = split_instances(anterior, posterior, anterior_attrs={"ImageID": "ANT"}, posterior_attrs={"ImageID": "POST"})
+    datasets = split_instances(
+        anterior, posterior, anterior_attrs={"ImageID": "ANT"}, posterior_attrs={"ImageID": "POST"}
+    )
     assert_not_assessable(read_study_views(datasets), "unusable_geometry", "views differ in size")
 
 

@@ -169,7 +169,9 @@ def _comparable_rows(model) -> list[tuple]:
     rows = []
     for info in layer_table(model):
         if info.kind == "conv":
-            rows.append(("conv", info.kernel_size, info.width, info.strides, info.padding, info.output_shape, info.activation))
+            rows.append(
+                ("conv", info.kernel_size, info.width, info.strides, info.padding, info.output_shape, info.activation)
+            )
         elif info.kind == "maxpool":
             assert info.padding == 0, f"{info.name}: the paper's pools are unpadded"
             rows.append(("maxpool", info.kernel_size, info.strides, info.output_shape))
@@ -218,7 +220,12 @@ RA_CONV_STAGES = {
 }
 # Stage output shapes on 1024x256: stem /4, then /2 per stage from the second on.
 RA_CONV_STAGE_SHAPES = [(256, 64, 64), (128, 32, 128), (64, 16, 256), (32, 8, 512)]
-CBAM_POSITION = {"Classifier-inRAC": "inside", "Classifier-outRAC": "outside", "Classifier-18": "inside", "Classifier-34": "inside"}
+CBAM_POSITION = {
+    "Classifier-inRAC": "inside",
+    "Classifier-outRAC": "outside",
+    "Classifier-18": "inside",
+    "Classifier-34": "inside",
+}
 
 
 @pytest.mark.parametrize("name", list(RA_CONV_STAGES))
@@ -313,7 +320,10 @@ def test_inception_v1_matches_googlenet_table(full_models):
     model = full_models["Inception-v1"]
     assert model.name == "Inception-v1"
     rows = {info.name: info for info in layer_table(model)}
-    stem = [(rows[n].kernel_size, rows[n].width, rows[n].strides, rows[n].output_shape) for n in ("conv1", "conv2_reduce", "conv2")]
+    stem = [
+        (rows[n].kernel_size, rows[n].width, rows[n].strides, rows[n].output_shape)
+        for n in ("conv1", "conv2_reduce", "conv2")
+    ]
     assert stem == [(7, 64, 2, (512, 128, 64)), (1, 64, 1, (256, 64, 64)), (3, 192, 1, (256, 64, 192))]
     assert [n for n, info in rows.items() if info.kind == "concat"] == list(INCEPTION_TABLE)  # 9 Inception blocks
     for block, (n1, n3r, n3, n5r, n5, proj, shape) in INCEPTION_TABLE.items():

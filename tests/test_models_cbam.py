@@ -90,7 +90,7 @@ def test_attention_maps_of_a_built_model():
     # 128x64 -> conv1 11x11/s4/p2 -> 31x15 -> maxpool 3/s2 -> 15x7
     assert spatial_map.shape == (2, 15, 7, 1)
     for channel_map, spatial_map in maps.values():
-        assert 0.0 <= channel_map.min() and channel_map.max() <= 1.0
-        assert 0.0 <= spatial_map.min() and spatial_map.max() <= 1.0
+        assert channel_map.min() >= 0.0 and channel_map.max() <= 1.0
+        assert spatial_map.min() >= 0.0 and spatial_map.max() <= 1.0
     assert list(cbam_attention_maps(build_model("dSPIC-AM", (128, 64, 1), 4), images)) == ["am"]
     assert cbam_attention_maps(build_model("SI_CLF", (128, 64, 1), 4), images) == {}

@@ -55,7 +55,7 @@ def test_heatmap_goes_back_to_each_view_in_its_stored_orientation():
     assert ant.shape == post.shape == (256, 64)
     assert hot_column(ant) < 32 and hot_column(post) >= 32
     np.testing.assert_allclose(post, np.fliplr(ant))
-    assert 0.0 <= ant.min() and ant.max() <= 1.0
+    assert ant.min() >= 0.0 and ant.max() <= 1.0
 
 
 def test_input_spec_round_trip_and_validation():

@@ -11,6 +11,7 @@ import pydicom
 
 from dicomtools import dciodvfy_errors
 
+
 def test_demo_sends_four_studies_and_leaves_their_results(tmp_path):
     """The README's first command, as a user runs it: the shipped default model, no configuration."""
     workdir = tmp_path / "demo"

@@ -16,6 +16,12 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, NuclearMedicineImageStorage, generate_uid
 
+from spectnode.phantom.dicom import LAYOUTS
+from spectnode.phantom.generate import generate_phantoms
+from spectnode.report import certainty_percent
+from spectnode.report.content import class_code
+from spectnode.store import DISPATCHED, END_STATES, NOT_ASSESSABLE, REPORTED, JobStore
+
 from dicomtools import dciodvfy_errors
 from nodetools import (
     NodeProcess,
@@ -30,11 +36,6 @@ from nodetools import (
     write_config,
 )
 from orthanc import OrthancServer
-from spectnode.phantom.dicom import LAYOUTS
-from spectnode.phantom.generate import generate_phantoms
-from spectnode.report import certainty_percent
-from spectnode.report.content import class_code
-from spectnode.store import DISPATCHED, END_STATES, NOT_ASSESSABLE, REPORTED, JobStore
 
 SR_MODALITY = "SR"
 
@@ -223,12 +224,12 @@ def test_an_nm_study_that_is_no_whole_body_scan_gets_a_not_assessable_sr(setup, 
     ds.ImageType = ["ORIGINAL", "PRIMARY", "STATIC", "EMISSION"]
     assert _send(setup["port"], ds, NuclearMedicineImageStorage) == 0
     (study,) = settle(setup["store"], [study_uid], timeout=60)
-    assert study.state == NOT_ASSESSABLE and "not a whole-body scan" in study.reason
+    assert study.state == NOT_ASSESSABLE and "not a whole-body bone scan" in study.reason
     # report.not_assessable_sr is on: the PACS gets an SR that says why.
     srs = wait_for(lambda: [i for i in pacs.instances_of_study(study_uid)
                             if pacs.instance_tags(i).get("Modality") == SR_MODALITY], 30, "the not-assessable SR")
     texts = sr_text_values(pacs.instance_dataset(srs[0]))
-    assert any("not a whole-body scan" in t for t in texts)
+    assert any("not a whole-body bone scan" in t for t in texts)
 
 
 def test_identical_resend_is_no_new_work_and_a_change_gets_a_successor_sr(setup, layouts, pacs, tmp_path):

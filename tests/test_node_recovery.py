@@ -10,6 +10,9 @@ import urllib.request
 import pydicom
 import pytest
 
+from spectnode.phantom.generate import generate_phantoms
+from spectnode.store import COMPLETE, DISPATCHED, END_STATES, ERROR, RECEIVED, REPORTED, JobStore
+
 from dicomtools import require_tool
 from nodetools import (
     NodeProcess,
@@ -22,8 +25,6 @@ from nodetools import (
     write_config,
 )
 from orthanc import OrthancServer
-from spectnode.phantom.generate import generate_phantoms
-from spectnode.store import COMPLETE, DISPATCHED, END_STATES, ERROR, RECEIVED, REPORTED, JobStore
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import pytest
 from spectnode.config import DestinationConfig
 from spectnode.node.datadir import DataDir
 from spectnode.node.stages.report import ReportStage
+from spectnode.peer import Peer
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.report import AlgorithmInfo
 from spectnode.result import StudyResult
-from spectnode.peer import Peer
 from spectnode.store import COMPLETE, NOT_ASSESSABLE, RECEIVED, InstanceRecord, JobStore
 
 from nodetools import instance_record

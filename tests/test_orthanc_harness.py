@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 import pytest
 
+from spectnode.phantom.generate import generate_phantoms
+
 from dicomtools import require_tool
 from orthanc import OrthancError, OrthancServer
 
-from spectnode.phantom.generate import generate_phantoms
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 import pytest
-from dicomtools import dciodvfy_errors, dciodvfy_messages, require_tool
 from pydicom.encaps import encapsulate
 from pydicom.tag import Tag
 from pydicom.uid import JPEGLosslessSV1
@@ -26,6 +25,11 @@ from spectnode.phantom.dicom import (
     write_study,
 )
 from spectnode.phantom.synth import PhantomPatient, PhantomScan
+
+from dicomtools import dciodvfy_errors, dciodvfy_messages, require_tool
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 COMPRESSED = ("rle", "jpegls", "jpeg-lossless", "jpeg2000")
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 import pytest
-from dicomtools import dciodvfy_errors
 from PIL import Image
 
 from spectnode.phantom.dicom import LAYOUTS, matrix_for_layout, transfer_syntax_for_layout
+from spectnode.phantom.findings import DISEASE_KINDS
 from spectnode.phantom.generate import (
     LABELS_CSV_HEADER,
     PhantomStudyRecord,
@@ -22,8 +22,12 @@ from spectnode.phantom.generate import (
     layout_for_study,
     scan_for_study,
 )
-from spectnode.phantom.findings import DISEASE_KINDS
 from spectnode.phantom.synth import LABELS, PhantomScan, disease_kinds
+
+from dicomtools import dciodvfy_errors
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SEED = 20240601
 N_STUDIES = len(LAYOUTS)  # the smallest data set that covers every layout

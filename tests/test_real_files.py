@@ -25,7 +25,6 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from test_content_guard import classifier_that_must_not_run
 
 from spectnode.imaging.guards import check_study
 from spectnode.imaging.views import (
@@ -37,6 +36,7 @@ from spectnode.imaging.views import (
     read_study_views,
 )
 from spectnode.phantom import synthesize_scan
+from test_content_guard import classifier_that_must_not_run
 
 GE_FILE = "JPEG2000.dcm"
 GE_PRIVATE_NAME = "Patient,The"  # (0009,1040) Patient Object Name of the real file

@@ -9,7 +9,7 @@ import shutil
 import threading
 import warnings
 from io import BytesIO
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import pytest
@@ -30,12 +30,16 @@ from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import CTImageStorage, NuclearMedicineImageStorage
 
-from nodetools import echoscu, storescu
-from spectnode.phantom.dicom import LAYOUTS
-from spectnode.phantom.generate import generate_phantoms
 from spectnode.node.datadir import DataDir
 from spectnode.node.stages.receive import ReceiveStage
+from spectnode.phantom.dicom import LAYOUTS
+from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import JobStore
+
+from nodetools import echoscu, storescu
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # C-STORE failure statuses, from PS3.4 Annex B.2.3 (not from spectnode's own constants).
 STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources

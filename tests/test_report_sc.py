@@ -9,11 +9,11 @@ SR and the captures.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from spectnode.bundle import ModelCard, TrainingData
@@ -31,6 +31,9 @@ from spectnode.report import (
 )
 
 from dicomtools import dciodvfy_errors
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 SEED = 12
 DSPIC4 = ("normal", "metastatic", "arthritic", "both")
@@ -64,17 +67,17 @@ def saved(ds: Dataset, path: Path) -> Path:
     return path
 
 
-def test_captures_pass_dciodvfy_and_describe_themselves(phantom_study, algorithm, tmp_path):
-    captures = build_overlay_captures(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
+def test_captures_pass_dciodvfy_and_describe_themselves(study, algorithm, tmp_path):
+    captures = build_overlay_captures(study.datasets, study.views, classified(study.views), algorithm)
     assert len(captures) == 2
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in phantom_study.datasets}
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in study.datasets}
     for number, (view, capture) in enumerate(zip(("anterior", "posterior"), captures), start=1):
         path = saved(capture, tmp_path / f"{view}.dcm")
         assert dciodvfy_errors(path) == []
         read = pydicom.dcmread(path)
         assert read.SOPClassUID == SecondaryCaptureImageStorage
-        assert read.StudyInstanceUID == phantom_study.record.study_uid
-        assert read.PatientID == phantom_study.datasets[0].PatientID
+        assert read.StudyInstanceUID == study.record.study_uid
+        assert read.PatientID == study.datasets[0].PatientID
         assert read.SeriesDescription == SC_SERIES_DESCRIPTION and read.Manufacturer == "spectnode"
         assert read.InstanceNumber == number
         assert list(read.ImageType)[:2] == ["DERIVED", "SECONDARY"]
@@ -86,12 +89,12 @@ def test_captures_pass_dciodvfy_and_describe_themselves(phantom_study, algorithm
         assert "not for clinical use" in read.ImageComments.lower()
 
         (source_item,) = read.SourceImageSequence
-        image = getattr(phantom_study.views, view)
-        expected_path, frame_index = phantom_study.record.views[view]
+        image = getattr(study.views, view)
+        expected_path, frame_index = study.record.views[view]
         source = by_uid[source_item.ReferencedSOPInstanceUID]
         assert Path(source.filename) == expected_path
         assert source_item.ReferencedSOPClassUID == source.SOPClassUID
-        if phantom_study.record.layout == "multiframe":
+        if study.record.layout == "multiframe":
             assert source_item.ReferencedFrameNumber == image.frame_number == frame_index + 1
             detector = source.DetectorVector[source_item.ReferencedFrameNumber - 1]
             view_code = source.DetectorInformationSequence[detector - 1].ViewCodeSequence[0]
@@ -104,24 +107,24 @@ def test_captures_pass_dciodvfy_and_describe_themselves(phantom_study, algorithm
             algorithm.name, algorithm.version, algorithm.device_uid)
 
 
-def test_captures_share_a_series_of_their_own(phantom_study, algorithm):
-    result = classified(phantom_study.views)
-    captures = build_overlay_captures(phantom_study.datasets, phantom_study.views, result, algorithm)
-    sr = build_result_sr(phantom_study.datasets, phantom_study.views, result, algorithm)
+def test_captures_share_a_series_of_their_own(study, algorithm):
+    result = classified(study.views)
+    captures = build_overlay_captures(study.datasets, study.views, result, algorithm)
+    sr = build_result_sr(study.datasets, study.views, result, algorithm)
     series = {str(capture.SeriesInstanceUID) for capture in captures}
     assert len(series) == 1
-    assert series.isdisjoint({str(sr.SeriesInstanceUID), *(str(ds.SeriesInstanceUID) for ds in phantom_study.datasets)})
+    assert series.isdisjoint({str(sr.SeriesInstanceUID), *(str(ds.SeriesInstanceUID) for ds in study.datasets)})
     assert len({str(capture.SOPInstanceUID) for capture in captures}) == 2
-    given = build_overlay_captures(phantom_study.datasets, phantom_study.views, result, algorithm,
+    given = build_overlay_captures(study.datasets, study.views, result, algorithm,
                                    series_instance_uid=captures[0].SeriesInstanceUID, first_instance_number=3)
     assert {str(c.SeriesInstanceUID) for c in given} == series
     assert [c.InstanceNumber for c in given] == [3, 4]
 
 
-def test_heatmap_is_coloured_only_where_it_is_high(phantom_study, algorithm):
-    view = phantom_study.views.anterior
+def test_heatmap_is_coloured_only_where_it_is_high(study, algorithm):
+    view = study.views.anterior
     rows, cols = view.pixels.shape
-    pixels = render_overlay(view, classified(phantom_study.views), algorithm).astype(int)
+    pixels = render_overlay(view, classified(study.views), algorithm).astype(int)
     scale = pixels.shape[0] // rows
     assert pixels.shape[0] == rows * scale and scale >= 2  # upscaled so the text fits beside it
 
@@ -151,20 +154,20 @@ def test_heatmap_is_coloured_only_where_it_is_high(phantom_study, algorithm):
         assert np.all(scan[upscaled] == colour)
 
 
-def test_without_heatmap_the_scan_stays_grey(phantom_study, algorithm):
-    view = phantom_study.views.posterior
+def test_without_heatmap_the_scan_stays_grey(study, algorithm):
+    view = study.views.posterior
     cols = view.pixels.shape[1]
-    pixels = render_overlay(view, classified(phantom_study.views, with_heatmaps=False), algorithm).astype(int)
+    pixels = render_overlay(view, classified(study.views, with_heatmaps=False), algorithm).astype(int)
     scale = pixels.shape[0] // view.pixels.shape[0]
     scan = pixels[:, : cols * scale]
     assert np.array_equal(scan[..., 0], scan[..., 1]) and np.array_equal(scan[..., 1], scan[..., 2])
-    captures = build_overlay_captures(phantom_study.datasets, phantom_study.views, classified(phantom_study.views, False), algorithm)
+    captures = build_overlay_captures(study.datasets, study.views, classified(study.views, False), algorithm)
     assert "no heatmap" in captures[0].DerivationDescription
 
 
-def test_burned_in_warning_is_large_enough_to_read(phantom_study, algorithm):
-    view = phantom_study.views.anterior
-    pixels = render_overlay(view, classified(phantom_study.views), algorithm)
+def test_burned_in_warning_is_large_enough_to_read(study, algorithm):
+    view = study.views.anterior
+    pixels = render_overlay(view, classified(study.views), algorithm)
     scan_width = view.pixels.shape[1] * (pixels.shape[0] // view.pixels.shape[0])
     panel = pixels[:, scan_width:]
     middle = panel[:, panel.shape[1] // 5: 4 * panel.shape[1] // 5]
@@ -176,14 +179,14 @@ def test_burned_in_warning_is_large_enough_to_read(phantom_study, algorithm):
     assert text_bands[0][0] < pixels.shape[0] // 10 and text_bands[-1][-1] > pixels.shape[0] * 9 // 10
 
 
-def test_captures_refuse_a_not_assessable_result(phantom_study, algorithm):
-    result = StudyResult(phantom_study.views.study_uid, "not_assessable", reason="x", reason_code="missing_views")
+def test_captures_refuse_a_not_assessable_result(study, algorithm):
+    result = StudyResult(study.views.study_uid, "not_assessable", reason="x", reason_code="missing_views")
     with pytest.raises(ValueError, match="nothing to overlay"):
-        build_overlay_captures(phantom_study.datasets, phantom_study.views, result, algorithm)
-    wrong = classified(phantom_study.views)
+        build_overlay_captures(study.datasets, study.views, result, algorithm)
+    wrong = classified(study.views)
     wrong.heatmaps = {"anterior": np.zeros((10, 10), np.float32)}
     with pytest.raises(ValueError, match="heatmap"):
-        build_overlay_captures(phantom_study.datasets, phantom_study.views, wrong, algorithm)
+        build_overlay_captures(study.datasets, study.views, wrong, algorithm)
 
 
 def test_real_classifier_result_makes_valid_sr_and_captures(tmp_path):

@@ -11,13 +11,12 @@ import hashlib
 import html
 import re
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
@@ -35,6 +34,11 @@ from spectnode.report import (
 )
 
 from dicomtools import dciodvfy_errors, require_tool
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pydicom.dataset import Dataset
 
 SEED = 11
 DSPIC4 = ("normal", "metastatic", "arthritic", "both")
@@ -120,20 +124,22 @@ def dsr2html_text(path: Path) -> str:
 # ----------------------------------------------------------------------------- results
 
 
-def test_result_sr_passes_dciodvfy(phantom_study, algorithm, tmp_path):
-    sr = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
+def test_result_sr_passes_dciodvfy(study, algorithm, tmp_path):
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
     assert dciodvfy_errors(saved(sr, tmp_path / "sr.dcm")) == []
 
 
-def test_result_sr_lives_in_the_original_study(phantom_study, algorithm):
-    source = phantom_study.datasets[0]
-    sr = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
+def test_result_sr_lives_in_the_original_study(study, algorithm):
+    source = study.datasets[0]
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
     assert sr.SOPClassUID == Comprehensive3DSRStorage and sr.Modality == "SR"
-    assert sr.StudyInstanceUID == source.StudyInstanceUID == phantom_study.record.study_uid
+    assert sr.StudyInstanceUID == source.StudyInstanceUID == study.record.study_uid
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
                     "AccessionNumber", "StudyID", "StudyDate", "StudyTime"):
         assert sr[keyword].value == source[keyword].value, keyword
-    source_uids = {str(ds.SeriesInstanceUID) for ds in phantom_study.datasets} | {str(ds.SOPInstanceUID) for ds in phantom_study.datasets}
+    source_uids = {str(ds.SeriesInstanceUID) for ds in study.datasets} | {
+        str(ds.SOPInstanceUID) for ds in study.datasets
+    }
     assert sr.SeriesInstanceUID not in source_uids and sr.SOPInstanceUID not in source_uids
     assert sr.Manufacturer == "spectnode" and sr.SeriesDescription == SR_SERIES_DESCRIPTION
     assert (sr.CompletionFlag, sr.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
@@ -141,14 +147,14 @@ def test_result_sr_lives_in_the_original_study(phantom_study, algorithm):
     containers = [sr, *(item for item in walk(sr) if item.ValueType == "CONTAINER")]
     assert {item.ContinuityOfContent for item in containers} == {"SEPARATE"}
 
-    again = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm,
+    again = build_result_sr(study.datasets, study.views, classified(study.views), algorithm,
                             series_instance_uid=sr.SeriesInstanceUID, instance_number=2)
     assert again.SeriesInstanceUID == sr.SeriesInstanceUID and again.SOPInstanceUID != sr.SOPInstanceUID
     assert again.InstanceNumber == 2
 
 
-def test_result_sr_has_a_certainty_for_every_class(phantom_study, algorithm):
-    sr = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
+def test_result_sr_has_a_certainty_for_every_class(study, algorithm):
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
     report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
     groups = report.get_image_measurement_groups()
     assert [code_tuple(g.finding_type) for g in groups] == [code_tuple(content.class_code(c)) for c in DSPIC4]
@@ -167,26 +173,33 @@ def test_result_sr_has_a_certainty_for_every_class(phantom_study, algorithm):
     assert "99SPECTNODE" in declared
 
 
-def test_result_sr_names_the_most_probable_classes(phantom_study, algorithm):
-    sr = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
+def test_result_sr_names_the_most_probable_classes(study, algorithm):
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
     evaluations = qualitative_evaluations(sr)
     (top,) = items_named(evaluations, content.MOST_PROBABLE_CLASS)
     (second,) = items_named(evaluations, content.SECOND_MOST_PROBABLE_CLASS)
-    assert (top.ConceptCodeSequence[0].CodeValue, top.ConceptCodeSequence[0].CodeMeaning) == ("94222008", "Bony metastasis")
+    assert (top.ConceptCodeSequence[0].CodeValue, top.ConceptCodeSequence[0].CodeMeaning) == (
+        "94222008",
+        "Bony metastasis",
+    )
     assert second.ConceptCodeSequence[0].CodeValue == "3723001"
 
-    without_second = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views, second_label=None), algorithm)
+    without_second = build_result_sr(study.datasets, study.views, classified(study.views, second_label=None), algorithm)
     assert items_named(qualitative_evaluations(without_second), content.SECOND_MOST_PROBABLE_CLASS) == []
 
 
-def test_result_sr_identifies_the_algorithm_consistently(phantom_study, algorithm):
+def test_result_sr_identifies_the_algorithm_consistently(study, algorithm):
     card = make_card()
-    sr = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
 
     processing = [item for item in sr.ContributingEquipmentSequence if "DeviceUID" in item]
     (equipment,) = processing
     purpose = equipment.PurposeOfReferenceCodeSequence[0]
-    assert (purpose.CodingSchemeDesignator, purpose.CodeValue, purpose.CodeMeaning) == ("DCM", "109102", "Processing Equipment")
+    assert (purpose.CodingSchemeDesignator, purpose.CodeValue, purpose.CodeMeaning) == (
+        "DCM",
+        "109102",
+        "Processing Equipment",
+    )
     assert equipment.Manufacturer == "spectnode"
     assert equipment.ManufacturerModelName == card.name
     assert equipment.SoftwareVersions == card.version
@@ -209,18 +222,18 @@ def test_result_sr_identifies_the_algorithm_consistently(phantom_study, algorith
     assert "research use only" in text and "not for clinical use" in text and "synthetic" in text
 
 
-def test_result_sr_references_the_views_and_their_frames(phantom_study, algorithm):
-    sr = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in phantom_study.datasets}
-    by_path = {path: str(ds.SOPInstanceUID) for path, ds in zip(phantom_study.record.files, phantom_study.datasets)}
-    multiframe = phantom_study.record.layout == "multiframe"
+def test_result_sr_references_the_views_and_their_frames(study, algorithm):
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in study.datasets}
+    by_path = {path: str(ds.SOPInstanceUID) for path, ds in zip(study.record.files, study.datasets)}
+    multiframe = study.record.layout == "multiframe"
 
     report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
     for group in report.get_image_measurement_groups():
         references = [(str(s.referenced_sop_instance_uid), s.referenced_frame_numbers) for s in group.source_images]
         assert len(references) == 2
         for view, (uid, frames) in zip(("anterior", "posterior"), references):
-            path, frame_index = phantom_study.record.views[view]  # where the generator wrote the view
+            path, frame_index = study.record.views[view]  # where the generator wrote the view
             assert uid == by_path[path]
             if not multiframe:
                 assert by_uid[uid].NumberOfFrames == 1 and frames is None  # one frame: the whole object
@@ -233,17 +246,19 @@ def test_result_sr_references_the_views_and_their_frames(phantom_study, algorith
             assert view_code.CodeValue == VIEW_CODES[view][0]
 
     evidence = sr.CurrentRequestedProcedureEvidenceSequence
-    assert [item.StudyInstanceUID for item in evidence] == [phantom_study.record.study_uid]
+    assert [item.StudyInstanceUID for item in evidence] == [study.record.study_uid]
     listed = {str(ref.ReferencedSOPInstanceUID) for series in evidence[0].ReferencedSeriesSequence
               for ref in series.ReferencedSOPSequence}
     assert listed == set(by_uid)
 
 
-def test_dsr2html_shows_each_value_beside_its_name(phantom_study, algorithm, tmp_path):
-    sr = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
+def test_dsr2html_shows_each_value_beside_its_name(study, algorithm, tmp_path):
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
     text = dsr2html_text(saved(sr, tmp_path / "sr.dcm"))
     within_group = r"(?:(?!Measurement Group).)*?"
-    assert re.search(r"Finding: Bony metastasis \(94222008, SCT\)" + within_group + r"Certainty of Finding: 81\.23 %", text)
+    assert re.search(
+        r"Finding: Bony metastasis \(94222008, SCT\)" + within_group + r"Certainty of Finding: 81\.23 %", text
+    )
     assert re.search(r"Finding: Normal \(17621005, SCT\)" + within_group + r"Certainty of Finding: 5\.0 %", text)
     assert "Most probable class: Bony metastasis (94222008, SCT)" in text
     assert "Second most probable class: Arthritis (3723001, SCT)" in text
@@ -253,24 +268,24 @@ def test_dsr2html_shows_each_value_beside_its_name(phantom_study, algorithm, tmp
     assert "not for clinical use" in text.lower() and "synthetic" in text
 
 
-def test_missing_type2_study_attributes_become_empty(phantom_study, algorithm, tmp_path):
+def test_missing_type2_study_attributes_become_empty(study, algorithm, tmp_path):
     stripped = []
-    for ds in phantom_study.datasets:
+    for ds in study.datasets:
         copy = pydicom.dcmread(ds.filename, stop_before_pixels=True)
         for keyword in ("AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex"):
             delattr(copy, keyword)
         stripped.append(copy)
-    sr = build_result_sr(stripped, phantom_study.views, classified(phantom_study.views), algorithm)
+    sr = build_result_sr(stripped, study.views, classified(study.views), algorithm)
     for keyword in ("AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex"):
         assert keyword in sr and sr[keyword].value in ("", None), keyword
         assert keyword not in stripped[0], "the source dataset must not be modified"
     assert dciodvfy_errors(saved(sr, tmp_path / "sr.dcm")) == []
 
 
-def test_predecessor_is_referenced(phantom_study, algorithm, tmp_path):
-    first = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm)
+def test_predecessor_is_referenced(study, algorithm, tmp_path):
+    first = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
     old = pydicom.dcmread(saved(first, tmp_path / "old.dcm"))
-    replacement = build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm,
+    replacement = build_result_sr(study.datasets, study.views, classified(study.views), algorithm,
                                   series_instance_uid=old.SeriesInstanceUID, instance_number=2, predecessor=old)
     (study_item,) = replacement.PredecessorDocumentsSequence
     assert study_item.StudyInstanceUID == old.StudyInstanceUID
@@ -282,35 +297,35 @@ def test_predecessor_is_referenced(phantom_study, algorithm, tmp_path):
     assert dciodvfy_errors(saved(replacement, tmp_path / "new.dcm")) == []
 
     with pytest.raises(ValueError, match="not an SR"):
-        build_result_sr(phantom_study.datasets, phantom_study.views, classified(phantom_study.views), algorithm, predecessor=phantom_study.datasets[0])
+        build_result_sr(study.datasets, study.views, classified(study.views), algorithm, predecessor=study.datasets[0])
 
 
-def test_result_sr_rejects_inconsistent_input(phantom_study, algorithm):
+def test_result_sr_rejects_inconsistent_input(study, algorithm):
     with pytest.raises(ValueError, match="build_not_assessable_sr"):
-        build_result_sr(phantom_study.datasets, phantom_study.views,
-                        StudyResult(phantom_study.views.study_uid, "not_assessable", reason="x", reason_code="missing_views"),
+        build_result_sr(study.datasets, study.views,
+                        StudyResult(study.views.study_uid, "not_assessable", reason="x", reason_code="missing_views"),
                         algorithm)
-    lung = classified(phantom_study.views)
+    lung = classified(study.views)
     lung.probabilities = {"no_metastasis": 0.5, "adenocarcinoma": 0.3, "non_adenocarcinoma": 0.2}
     with pytest.raises(ValueError, match="classes"):
-        build_result_sr(phantom_study.datasets, phantom_study.views, lung, algorithm)
-    missing_source = [ds for ds in phantom_study.datasets if ds.SOPInstanceUID != phantom_study.views.anterior.source_sop_instance_uid]
-    other = pydicom.dcmread(phantom_study.datasets[0].filename, stop_before_pixels=True)
+        build_result_sr(study.datasets, study.views, lung, algorithm)
+    missing_source = [ds for ds in study.datasets if ds.SOPInstanceUID != study.views.anterior.source_sop_instance_uid]
+    other = pydicom.dcmread(study.datasets[0].filename, stop_before_pixels=True)
     other.SOPInstanceUID = pydicom.uid.generate_uid()
     with pytest.raises(ValueError, match="not among"):
-        build_result_sr(missing_source or [other], phantom_study.views, classified(phantom_study.views), algorithm)
+        build_result_sr(missing_source or [other], study.views, classified(study.views), algorithm)
 
 
 # ------------------------------------------------------------------------ not assessable
 
 
-def test_not_assessable_sr_states_the_reason(phantom_study, algorithm, tmp_path):
+def test_not_assessable_sr_states_the_reason(study, algorithm, tmp_path):
     reason = "no posterior view: ImageID 'WB' names no view"
-    result = StudyResult(phantom_study.views.study_uid, "not_assessable", reason=reason, reason_code="missing_views")
-    sr = build_not_assessable_sr(phantom_study.datasets, result, algorithm)
+    result = StudyResult(study.views.study_uid, "not_assessable", reason=reason, reason_code="missing_views")
+    sr = build_not_assessable_sr(study.datasets, result, algorithm)
     path = saved(sr, tmp_path / "na.dcm")
     assert dciodvfy_errors(path) == []
-    assert sr.StudyInstanceUID == phantom_study.record.study_uid
+    assert sr.StudyInstanceUID == study.record.study_uid
 
     evaluations = qualitative_evaluations(sr)
     (assessment,) = items_named(evaluations, content.ASSESSMENT)
@@ -333,12 +348,12 @@ def test_not_assessable_sr_states_the_reason(phantom_study, algorithm, tmp_path)
     assert "Research use statement: Research use only" in rendered
 
 
-def test_not_assessable_sr_of_an_unreadable_study_takes_the_sources_study(phantom_study, algorithm):
+def test_not_assessable_sr_of_an_unreadable_study_takes_the_sources_study(study, algorithm):
     result = StudyResult("", "not_assessable", reason="pixel data could not be decoded", reason_code="unreadable")
-    sr = build_not_assessable_sr(phantom_study.datasets, result, algorithm)
-    assert sr.StudyInstanceUID == phantom_study.record.study_uid
+    sr = build_not_assessable_sr(study.datasets, result, algorithm)
+    assert sr.StudyInstanceUID == study.record.study_uid
     with pytest.raises(ValueError, match="build_result_sr"):
-        build_not_assessable_sr(phantom_study.datasets, classified(phantom_study.views), algorithm)
+        build_not_assessable_sr(study.datasets, classified(study.views), algorithm)
     with pytest.raises(ValueError, match="at least one"):
         build_not_assessable_sr([], result, algorithm)
 
@@ -376,17 +391,17 @@ def test_class_codes_of_unknown_classes_are_valid_and_distinct():
     assert np.isclose(certainty_percent(0.123456), 12.35)
 
 
-def test_a_single_view_study_references_only_that_view(phantom_study, algorithm, tmp_path):
+def test_a_single_view_study_references_only_that_view(study, algorithm, tmp_path):
     from spectnode.report import build_overlay_captures
 
-    anterior_only = StudyViews(phantom_study.views.study_uid, phantom_study.views.anterior, None)
+    anterior_only = StudyViews(study.views.study_uid, study.views.anterior, None)
     result = classified(anterior_only)
-    sr = build_result_sr(phantom_study.datasets, anterior_only, result, algorithm)
+    sr = build_result_sr(study.datasets, anterior_only, result, algorithm)
     assert dciodvfy_errors(saved(sr, tmp_path / "sr.dcm")) == []
     for group in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups():
         (reference,) = group.source_images
-        assert reference.referenced_sop_instance_uid == phantom_study.views.anterior.source_sop_instance_uid
-    (capture,) = build_overlay_captures(phantom_study.datasets, anterior_only, result, algorithm)
+        assert reference.referenced_sop_instance_uid == study.views.anterior.source_sop_instance_uid
+    (capture,) = build_overlay_captures(study.datasets, anterior_only, result, algorithm)
     assert list(capture.PatientOrientation) == ["L", "F"]
 
 

@@ -10,18 +10,15 @@ and a re-opened study.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 import pytest
 
-from nodetools import FakeClock, instance_record
 from spectnode.config import DestinationConfig
 from spectnode.dispatch import DispatchError
 from spectnode.imaging.views import NotAssessable, StudyViews
-from spectnode.node.datadir import DataDir
 from spectnode.node.stages.assemble import AssembleStage, check_completion
 from spectnode.node.stages.classify import VIEW_KEY, ClassifyStage
 from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy
@@ -29,7 +26,6 @@ from spectnode.node.stages.report import ReportStage
 from spectnode.peer import Peer
 from spectnode.phantom.dicom import LAYOUTS
 from spectnode.phantom.generate import PhantomStudyRecord, generate_phantoms
-from spectnode.report import AlgorithmInfo
 from spectnode.result import StudyResult
 from spectnode.store import (
     CLASSIFIED,
@@ -42,6 +38,15 @@ from spectnode.store import (
     JobStore,
     StudyRecord,
 )
+
+from nodetools import FakeClock, instance_record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from spectnode.node.datadir import DataDir
+    from spectnode.report import AlgorithmInfo
 
 PEER = Peer("CAMERA", "10.0.0.5", 40000, "SPECTNODE")
 PROBABILITIES = {"normal": 0.1, "metastatic": 0.7, "arthritic": 0.15, "both": 0.05}

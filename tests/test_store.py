@@ -69,7 +69,9 @@ def test_the_pipeline_and_stale_generations(store):
     study = store.study("2.1")
     assert store.advance("2.1", study.generation, RECEIVED, COMPLETE, "both views", completed_by="content",
                          content_version=study.content_version)
-    assert store.advance("2.1", 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult("2.1", "classified", label="normal"))
+    assert store.advance(
+        "2.1", 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult("2.1", "classified", label="normal")
+    )
     # A stage holding an older view of the study is refused.
     assert not store.advance("2.1", 1, COMPLETE, CLASSIFIED, "again")
     assert store.advance("2.1", 1, CLASSIFIED, REPORTED, "reported")
@@ -153,11 +155,10 @@ def test_a_transaction_commits_with_the_move_or_not_at_all(store):
         tx.db.execute("INSERT INTO side VALUES ('queued')")
         tx.move(COMPLETE, "complete", completed_by="content")
     assert store.study("6.2").state == COMPLETE
-    with pytest.raises(RuntimeError):
-        with store.transaction("6.2", 1, COMPLETE) as tx:
-            tx.db.execute("INSERT INTO side VALUES ('lost')")
-            tx.move(CLASSIFIED, "classified")
-            raise RuntimeError("the enqueue failed")
+    with pytest.raises(RuntimeError), store.transaction("6.2", 1, COMPLETE) as tx:
+        tx.db.execute("INSERT INTO side VALUES ('lost')")
+        tx.move(CLASSIFIED, "classified")
+        raise RuntimeError("the enqueue failed")
     assert store.study("6.2").state == COMPLETE
     with store.transaction("6.2", 2, COMPLETE) as stale:
         assert stale is None  # another generation: the caller drops its work
@@ -206,10 +207,24 @@ def test_a_stored_result_reads_back_typed_from_another_connection(store, tmp_pat
     with sqlite3.connect(store.path) as raw:
         (text,) = raw.execute("SELECT result FROM studies WHERE study_uid = '8.1'").fetchone()
     assert json.loads(text) == {
-        "study_uid": "8.1", "outcome": "classified", "reason": None, "reason_code": None, "views": ["anterior"],
-        "view_certainty": {}, "inferred_views": [], "label": "metastatic", "second_label": "arthritic", "probabilities": probabilities,
-        "view_sources": {"anterior": {"sop_instance_uid": "8.1.1", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.20",
-                                      "frame_number": 2, "pixel_spacing_mm": [2.4, 2.4]}},
+        "study_uid": "8.1",
+        "outcome": "classified",
+        "reason": None,
+        "reason_code": None,
+        "views": ["anterior"],
+        "view_certainty": {},
+        "inferred_views": [],
+        "label": "metastatic",
+        "second_label": "arthritic",
+        "probabilities": probabilities,
+        "view_sources": {
+            "anterior": {
+                "sop_instance_uid": "8.1.1",
+                "sop_class_uid": "1.2.840.10008.5.1.4.1.1.20",
+                "frame_number": 2,
+                "pixel_spacing_mm": [2.4, 2.4],
+            }
+        },
     }
     with JobStore(store.path) as other:  # another process's view of the same file
         read = other.study("8.1").result

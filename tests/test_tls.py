@@ -10,16 +10,12 @@ server certificate for the node and Orthanc, and a client certificate.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import pytest
-from dicomtools import require_tool
-from nodetools import wait_for
-from orthanc import OrthancServer
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from test_hardening_lockout import tiny_object
 
 from spectnode.config import DestinationConfig, parse_config
 from spectnode.dispatch import DispatchError, resolve_store_target, store_to_peer
@@ -27,6 +23,14 @@ from spectnode.net.server import policy_from_config
 from spectnode.node.datadir import DataDir
 from spectnode.node.stages.receive import ReceiveStage
 from spectnode.store import JobStore
+from test_hardening_lockout import tiny_object
+
+from dicomtools import require_tool
+from nodetools import wait_for
+from orthanc import OrthancServer
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _openssl(*args: str) -> None:

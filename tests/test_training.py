@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -18,6 +18,9 @@ import pytest
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.training.labels import read_labels_csv
 from spectnode.training.train import class_weights
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TINY = ["--input-shape", "128x32", "--arch-options", '{"fc_units": [16]}', "--batch-size", "8"]
 

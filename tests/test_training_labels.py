@@ -7,8 +7,14 @@ from collections import Counter
 
 import pytest
 
-from spectnode.training.labels import (LabelError, LabelledStudy, labelme_study_label, read_labelme_dir,
-                                       read_labels_csv, split_by_patient)
+from spectnode.training.labels import (
+    LabelError,
+    LabelledStudy,
+    labelme_study_label,
+    read_labelme_dir,
+    read_labels_csv,
+    split_by_patient,
+)
 
 
 def test_csv_round_trip_and_binary_mapping(tmp_path):

@@ -118,7 +118,7 @@ def default_intended_use(synthetic_training_data: bool) -> str:
 
 
 def _utc_now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 @dataclasses.dataclass
@@ -217,12 +217,16 @@ class ModelCard:
             f"scheme must be one of {sorted(SCHEME_CLASS_COUNTS)}, got {self.scheme!r}",
         )
         classes_ok = all(isinstance(c, str) and c for c in self.classes) and len(set(self.classes)) == len(self.classes)
-        expect(classes_ok and len(self.classes) >= 2, f"classes must be >= 2 distinct non-empty strings, got {self.classes!r}")
+        expect(
+            classes_ok and len(self.classes) >= 2,
+            f"classes must be >= 2 distinct non-empty strings, got {self.classes!r}",
+        )
         if classes_ok and self.scheme in SCHEME_CLASS_COUNTS:
             expected_count = SCHEME_CLASS_COUNTS[self.scheme]
             expect(
                 len(self.classes) == expected_count,
-                f"scheme {self.scheme!r} has {expected_count} classes, but classes lists {len(self.classes)}: {self.classes!r}",
+                f"scheme {self.scheme!r} has {expected_count} classes, but classes lists {len(self.classes)}: "
+                f"{self.classes!r}",
             )
         expect(
             len(self.input_shape) >= 2

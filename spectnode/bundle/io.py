@@ -23,7 +23,6 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,8 @@ from spectnode.fsutil import fsync_file, write_durably
 from .card import BundleError, ModelCard, derive_device_uid
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from collections.abc import Iterator, Sequence
+
     import keras
 
 __all__ = [

@@ -33,15 +33,12 @@ import dataclasses
 import errno
 import logging
 import socket
-import ssl
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
@@ -51,7 +48,14 @@ from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 from spectnode.config import Config, DestinationConfig, resolve_folder
 from spectnode.fsutil import copy_durably, instance_file_name, safe_file_name
 from spectnode.net.tls import client_context
-from spectnode.peer import Peer
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Sequence
+
+    from pydicom.dataset import Dataset
+
+    from spectnode.peer import Peer
 
 __all__ = [
     "SENDER_DESTINATION_TYPE",
@@ -291,7 +295,7 @@ def _presentation_contexts(headers: Sequence[Dataset]) -> list[Any]:
     for header in headers:
         sop_class = UID(header.SOPClassUID)
         own = UID(header.file_meta.TransferSyntaxUID)
-        wanted = [(sop_class, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
+        wanted: list[tuple[UID, tuple[UID, ...]]] = [(sop_class, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
         if own not in _UNCOMPRESSED:
             wanted.insert(0, (sop_class, (own,)))
         for abstract, syntaxes in wanted:
@@ -349,7 +353,7 @@ def store_to_peer(
     ae.requested_contexts = contexts
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     events: set[str] = set()
-    handlers = [
+    handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, lambda event: events.add("connected")),
         (evt.EVT_ACCEPTED, lambda event: events.add("accepted")),
     ]
@@ -385,7 +389,9 @@ def store_to_peer(
                     # Same object in another encoding: keep its SOP Instance UID.
                     dataset.decompress(generate_instance_uid=False)
                 except Exception as exc:  # decoder plugins raise assorted types
-                    raise DispatchError(f"cannot decompress {str(path)!r} for {target}: {exc}", retryable=False) from None
+                    raise DispatchError(
+                        f"cannot decompress {str(path)!r} for {target}: {exc}", retryable=False
+                    ) from None
             status = assoc.send_c_store(dataset)
             if not status or "Status" not in status:
                 if assoc.is_aborted:

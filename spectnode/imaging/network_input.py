@@ -20,12 +20,16 @@ Modes:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from .preprocess import NORMALIZATIONS, prepare_aggregate, prepare_view, resample_to
-from .views import StudyViews
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from .views import StudyViews
 
 __all__ = ["InputSpec", "NetworkInput", "network_inputs", "heatmap_to_view"]
 
@@ -56,7 +60,7 @@ class InputSpec:
         return {"views": self.mode, "normalization": self.normalization, "resample_to": list(self.shape)}
 
     @classmethod
-    def from_card(cls, preprocessing: Mapping[str, Any]) -> "InputSpec":
+    def from_card(cls, preprocessing: Mapping[str, Any]) -> InputSpec:
         rows, cols = (int(v) for v in preprocessing["resample_to"])
         return cls(mode=preprocessing["views"], shape=(rows, cols),
                    normalization=preprocessing.get("normalization", "minmax"))

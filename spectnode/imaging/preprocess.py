@@ -21,10 +21,12 @@ Everything is plain NumPy (no SciPy), so it runs wherever the node runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Iterator
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = [
     "NETWORK_INPUT_SHAPE",

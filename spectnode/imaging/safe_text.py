@@ -13,12 +13,14 @@ patient's name in (0009,1040) even when PatientName is de-identified).
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
 from spectnode.imaging.view_labels import fold_text
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["IMAGE_TYPE_TERMS", "MAX_QUOTED_LENGTH", "MODALITY_TERMS", "WITHHELD", "attribute_name", "quotable",
            "quote", "term"]
@@ -98,10 +100,7 @@ def quotable(text: str, ds: Dataset | None = None) -> bool:
         return False
     folded = fold_text(text)
     words = set(re.split(r"[^A-Z0-9]+", folded))
-    for word in _identifying_words(ds):
-        if word in words or (len(word) >= 4 and word in folded):
-            return False
-    return True
+    return all(not (word in words or len(word) >= 4 and word in folded) for word in _identifying_words(ds))
 
 
 def quote(text: str, ds: Dataset | None = None) -> str:

@@ -80,22 +80,25 @@ dropping that view.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import pydicom
 from pydicom.datadict import private_dictionary_description
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.tag import BaseTag, Tag
 
 from spectnode.imaging.safe_text import IMAGE_TYPE_TERMS, MODALITY_TERMS, WITHHELD, attribute_name, quote, term
 from spectnode.imaging.view_inference import infer_view
 from spectnode.imaging.view_labels import ANTERIOR, POSTERIOR, ViewName, view_from_label
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from pathlib import Path
+
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
 
 __all__ = [
     "ANTERIOR",

@@ -37,10 +37,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
-
-import keras
+from typing import TYPE_CHECKING, Any
 
 from .blocks import dense_stack_param_count
 from .cbam import CBAM, cbam_attention_maps
@@ -63,6 +60,11 @@ from .inrac import (
     build_ra_conv_net,
 )
 from .introspection import LayerInfo, last_feature_layer, layer_table
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import keras
 
 __all__ = [
     "ARCHITECTURES",

@@ -13,13 +13,15 @@ Layer naming is part of the contract: tests and introspection
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 from keras import layers
 
 from .cbam import CBAM
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "HEADS",

@@ -19,11 +19,13 @@ Only ``keras.ops`` is used, so the layer runs under every Keras 3 backend.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
-import numpy as np
 from keras import layers, ops
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["CBAM", "cbam_attention_maps"]
 

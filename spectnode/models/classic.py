@@ -8,13 +8,15 @@ build those originals, adapted to one-channel 1024x256 images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 from keras import layers
 
 from .blocks import check_common_arguments, classification_head, padded_conv2d
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["VGG11_CONFIG", "GOOGLENET_INCEPTION_BLOCKS", "build_vgg11", "build_inception_v1"]
 
@@ -82,7 +84,9 @@ def build_vgg11(
     return keras.Model(inputs, x, name=name or "VGG11")
 
 
-def _conv_bn_relu(x: Any, filters: int, kernel_size: int, *, name: str, strides: int = 1, padding: int | None = None) -> Any:
+def _conv_bn_relu(
+    x: Any, filters: int, kernel_size: int, *, name: str, strides: int = 1, padding: int | None = None
+) -> Any:
     x = padded_conv2d(
         x,
         filters,

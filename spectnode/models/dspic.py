@@ -35,14 +35,16 @@ Choices common to all of them (the paper is silent or ambiguous):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import keras
 from keras import layers
 
 from .blocks import check_common_arguments, classification_head, dspic_residual_module, padded_conv2d
 from .cbam import CBAM
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "build_dspic",

@@ -21,13 +21,15 @@ All four are :func:`build_ra_conv_net`. Choices where the paper is silent:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import keras
 from keras import layers
 
 from .blocks import check_common_arguments, padded_conv2d, ra_conv_block
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "INRAC_STAGE_FILTERS",

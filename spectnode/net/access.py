@@ -11,11 +11,13 @@ connections) from taking every association slot from the cameras.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import threading
 import time
-from collections.abc import Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Iterable
 
 __all__ = ["AddressAllowList", "ConnectionLimiter", "ThrottledLog", "parse_network"]
 

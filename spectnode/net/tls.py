@@ -16,7 +16,10 @@ configured by address, and their certificates often name a host name only
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["client_context", "server_context"]
 

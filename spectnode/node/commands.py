@@ -13,14 +13,15 @@ import signal
 import sqlite3
 import sys
 import threading
-import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from spectnode.config import Config
 from spectnode.node.datadir import DataDir
 from spectnode.node.status import format_status, read_status
 from spectnode.store import ERROR, JobStore, StoreError
+
+if TYPE_CHECKING:
+    from spectnode.config import Config
 
 __all__ = ["serve", "status", "retry", "demo"]
 

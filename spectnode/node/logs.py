@@ -22,9 +22,10 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from spectnode.config import LoggingConfig
+if TYPE_CHECKING:
+    from spectnode.config import LoggingConfig
 
 __all__ = ["EscapingFormatter", "JsonLineFormatter", "configure_logging", "escape_control_characters"]
 

@@ -8,13 +8,14 @@ items) as text for a person. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from spectnode.node.datadir import DataDir
 from spectnode.store import ERROR, ITEM_STATES, NOT_ASSESSABLE, STATES, JobStore, OutboxItem, StudyRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from spectnode.config import Config
 
 __all__ = ["format_outbox_status", "format_status", "read_status", "status_report"]

@@ -28,14 +28,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from spectnode.net.server import policy_from_config
 from spectnode.node.datadir import DataDir
 from spectnode.node.model import ClassifierLoader, NodeModel
-from spectnode.node.stages import Stage
 from spectnode.node.stages.assemble import AssembleStage
 from spectnode.node.stages.classify import ClassifyStage
 from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy
@@ -44,7 +42,10 @@ from spectnode.node.stages.report import ReportStage
 from spectnode.store import END_STATES, JobStore, StudyRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from spectnode.config import Config
+    from spectnode.node.stages import Stage
 
 __all__ = ["POLL_SECONDS", "Node", "StageThread"]
 

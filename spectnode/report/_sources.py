@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 # Maximum value lengths (PS3.5 Table 6.2-1) of the VRs among those attributes, PN aside.
 _MAX_LENGTH = {"LO": 64, "SH": 16, "CS": 16, "DA": 8, "TM": 14}
@@ -95,7 +97,7 @@ def header_with_study_defaults(ds: Dataset) -> Dataset:
     header = Dataset()
     # Iterate over tags, not elements: touching a deferred Pixel Data element
     # would read it from the file just to leave it out.
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields its elements, not its tags
         if tag.group != 0x7FE0:
             header.add(ds[tag])
     for keyword in _TYPE2_STUDY_ATTRIBUTES:

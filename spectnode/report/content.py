@@ -38,8 +38,8 @@ import re
 from typing import Final
 
 from highdicom.sr import CodedConcept
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 __all__ = [
     "ASSESSMENT",

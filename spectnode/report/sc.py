@@ -23,8 +23,8 @@ The image is not shown mirrored: the anterior view is seen facing the patient
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -34,8 +34,6 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 from spectnode import __version__
-from spectnode.classify import StudyResult
-from spectnode.imaging.views import StudyViews, ViewImage
 from spectnode.report import content
 from spectnode.report._sources import (
     check_same_study,
@@ -44,6 +42,12 @@ from spectnode.report._sources import (
     referenced_frame_number,
 )
 from spectnode.report.algorithm import DEFAULT_MANUFACTURER, AlgorithmInfo
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from spectnode.classify import StudyResult
+    from spectnode.imaging.views import StudyViews, ViewImage
 
 #: A font Pillow can draw with (FreeType when available, its bitmap font otherwise).
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -251,7 +255,9 @@ def _draw_side_markers(draw: ImageDraw.ImageDraw, view: str, width: int, unit: i
     for text, anchor, x in ((left, "la", margin), (right, "ra", width - margin)):
         if text:
             box = draw.textbbox((x, margin), text, font=font, anchor=anchor)
-            draw.rectangle((box[0] - 6, box[1] - 6, box[2] + 6, box[3] + 6), fill=(255, 255, 255), outline=_TEXT, width=2)
+            draw.rectangle(
+                (box[0] - 6, box[1] - 6, box[2] + 6, box[3] + 6), fill=(255, 255, 255), outline=_TEXT, width=2
+            )
             draw.text((x, margin), text, font=font, fill=_TEXT, anchor=anchor)
 
 

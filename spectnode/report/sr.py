@@ -28,16 +28,13 @@ that DCMTK's dsr2html prints each value beside its concept name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from spectnode import __version__
-from spectnode.classify import StudyResult
-from spectnode.imaging.views import StudyViews
 from spectnode.report import content
 from spectnode.report._sources import (
     check_same_study,
@@ -47,6 +44,14 @@ from spectnode.report._sources import (
     unique_by_sop_instance,
 )
 from spectnode.report.algorithm import DEFAULT_MANUFACTURER, AlgorithmInfo
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pydicom.dataset import Dataset
+
+    from spectnode.classify import StudyResult
+    from spectnode.imaging.views import StudyViews
 
 __all__ = [
     "SR_SERIES_DESCRIPTION",

@@ -35,18 +35,20 @@ concurrently, which WAL allows.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from spectnode.peer import Peer
 from spectnode.result import StudyResult
-from spectnode.store.database import Database, StoreError
+from spectnode.store.database import Database
 from spectnode.store.outbox import Outbox
+
+if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 __all__ = [
     "STATES",

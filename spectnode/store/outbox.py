@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -38,6 +36,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from spectnode.peer import Peer
 
 if TYPE_CHECKING:
+    import sqlite3
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
     from spectnode.config import DestinationConfig
     from spectnode.store.database import Database
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict
-from pathlib import Path
-from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..imaging.network_input import InputSpec
 from .labels import LabelledStudy, read_labelme_dir, read_labels_csv, scheme_classes
 from .metrics import compute_metrics, format_metrics_table, write_evaluation_plots
 from .train import LoadedSamples, TrainSettings, load_samples, predict_studies, subset_samples, train
 
 if TYPE_CHECKING:  # keras loads only when a bundle does
+    from collections.abc import Callable, Iterator, Sequence
+    from pathlib import Path
+
     from ..bundle import LoadedBundle
 
 __all__ = ["read_labels", "run_training", "run_evaluation", "PHANTOM_INSTITUTION"]

@@ -11,9 +11,12 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
 
 #: Classes of each scheme, in model-output order.
 SCHEMES: Mapping[str, tuple[str, ...]] = {
@@ -75,7 +78,7 @@ def read_labels_csv(path: Path, scheme: str) -> list[LabelledStudy]:
     rows: list[LabelledStudy] = []
     seen: set[str] = set()
     try:
-        handle = open(path, newline="", encoding="utf-8")
+        handle = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - opened here to report OSError alone
     except OSError as exc:
         raise LabelError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     with handle:

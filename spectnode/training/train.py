@@ -19,9 +19,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -29,6 +27,10 @@ from ..imaging.network_input import InputSpec, network_inputs
 from ..imaging.preprocess import apply_augmentation, sample_augmentation
 from ..imaging.views import NotAssessable, load_study_views
 from .labels import LabelledStudy, scheme_classes, split_by_patient
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
 
 __all__ = ["TrainSettings", "paper_defaults", "LoadedSamples", "load_samples", "subset_samples", "train",
            "TrainingResult", "predict_studies", "class_weights"]
@@ -290,7 +292,9 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
     if resume and state_path.exists():
         state = json.loads(state_path.read_text())
         # Settings added since the checkpoint was written take their defaults.
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainSettings) if f.default is not dataclasses.MISSING}
+        defaults = {
+            f.name: f.default for f in dataclasses.fields(TrainSettings) if f.default is not dataclasses.MISSING
+        }
         state["settings"] = {k: v for k, v in defaults.items() if k in settings_json} | state["settings"]
         # A longer run or a schedule step may be asked for on resume; anything else must match.
         same = {k: v for k, v in settings_json.items() if k not in _RESUMABLE_CHANGES}
@@ -306,7 +310,9 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
                    if k in _RESUMABLE_CHANGES and state["settings"].get(k) != v}
         for key, (old, new) in changed.items():
             log(f"resuming with {key} {new} (was {old})")
-        state.setdefault("resumes", []).append({"after_epoch": state["epoch"], "changed": {k: v[1] for k, v in changed.items()}})
+        state.setdefault("resumes", []).append(
+            {"after_epoch": state["epoch"], "changed": {k: v[1] for k, v in changed.items()}}
+        )
         state["settings"] = settings_json
         state["stopped_early"] = state["stopped_early"] and state["wait"] >= settings.patience
         log(f"resuming after epoch {state['epoch']} (best validation loss {state['best_val_loss']:.4f})")

@@ -36,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         records = generate_phantoms(Path(tmp), n=args.n + 1, seed=4242)
         timings: dict[str, list[float]] = {"read": [], "infer": [], "cam": []}
-        for i, rec in enumerate(records):
+        for i, _rec in enumerate(records):
             files = find_dicom_files(Path(tmp) / f"study_{i:05d}")
             t0 = time.perf_counter()
             (views,) = load_study_views(files).values()

@@ -48,8 +48,11 @@ def main() -> None:
         scan = synthesize_scan(np.random.default_rng(seed), "metastatic")
         (lesion,) = scan.lesions
         spacing = (scan.pixel_spacing_mm, scan.pixel_spacing_mm)
-        views = StudyViews(f"2.25.{seed}", ViewImage("anterior", scan.anterior.astype(np.float32), spacing, "1", "1", None),
-                           ViewImage("posterior", scan.posterior.astype(np.float32), spacing, "2", "1", None))
+        views = StudyViews(
+            f"2.25.{seed}",
+            ViewImage("anterior", scan.anterior.astype(np.float32), spacing, "1", "1", None),
+            ViewImage("posterior", scan.posterior.astype(np.float32), spacing, "2", "1", None),
+        )
         result = classifier.classify(views, explain=True)
         cols = scan.anterior.shape[1]
         lesion_at = {"anterior": (lesion.row, lesion.col), "posterior": (lesion.row, cols - 1 - lesion.col)}

@@ -58,7 +58,10 @@ def _free_port() -> int:
 def _wait_for_port(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if subprocess.run([_native("echoscu"), "-to", "1", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
+        if (
+            subprocess.run([_native("echoscu"), "-to", "1", "127.0.0.1", str(port)], capture_output=True).returncode
+            == 0
+        ):
             return
         time.sleep(0.2)
     raise RuntimeError(f"nothing answers C-ECHO on port {port}")

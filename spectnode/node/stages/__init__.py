@@ -19,11 +19,13 @@ thread per association), so it has ``start``/``stop`` instead of ``step``.
 
 from __future__ import annotations
 
-import logging
 import traceback
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from spectnode.store import JobStore, StudyRecord
+if TYPE_CHECKING:
+    import logging
+
+    from spectnode.store import JobStore, StudyRecord
 
 __all__ = ["Stage", "record_failure", "study_log_extra"]
 

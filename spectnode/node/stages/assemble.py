@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING
 
 # The header-level part of the view rules; the same function read_study_views uses.
 from spectnode.imaging.views import ANTERIOR, POSTERIOR, object_view_candidates
-from spectnode.node.datadir import DataDir
 from spectnode.node.stages import study_log_extra
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.store import COMPLETE, RECEIVED, JobStore, StudyRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from pydicom.dataset import Dataset
+
+    from spectnode.node.datadir import DataDir
 
 __all__ = ["Completion", "check_completion", "AssembleStage"]
 

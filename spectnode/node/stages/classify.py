@@ -18,21 +18,22 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from spectnode.fsutil import write_durably
 from spectnode.imaging.views import WRONG_MODALITY, NotAssessable, StudyViews, read_study_views
-from spectnode.node.datadir import DataDir
 from spectnode.node.stages import record_failure, study_log_extra
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.result import ViewSource
 from spectnode.store import CLASSIFIED, COMPLETE, NOT_ASSESSABLE, JobStore, StudyRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from spectnode.classify import StudyClassifier
+    from spectnode.node.datadir import DataDir
 
 __all__ = ["VIEW_KEY", "ClassifyStage", "wants_not_assessable_sr"]
 

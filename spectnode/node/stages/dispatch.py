@@ -28,20 +28,19 @@ nothing of the store), or another function with its signature.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from spectnode.dispatch.senders import DispatchError, send_files
-from spectnode.node.datadir import DataDir
 from spectnode.node.stages import study_log_extra
 from spectnode.store import DEFAULT_CLAIM_TIMEOUT_S, DISPATCHED, REPORTED, JobStore, OutboxItem
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from spectnode.config import DestinationConfig
+    from spectnode.node.datadir import DataDir
     from spectnode.peer import Peer
 
 __all__ = ["DispatchStage", "RetryPolicy", "SendFunction"]

@@ -60,20 +60,17 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import (
     _read_file_meta_info,
     data_element_generator,
     read_preamble,
 )
-from pydicom.tag import BaseTag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -98,9 +95,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from spectnode.fsutil import write_durably
 from spectnode.net.inflate import InflatedTooLarge, inflate_bounded
 from spectnode.net.server import ConnectionPolicy, start_guarded_server
-from spectnode.node.datadir import DataDir
 from spectnode.peer import Peer
 from spectnode.store import InstanceRecord, JobStore, StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from spectnode.node.datadir import DataDir
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
@@ -161,7 +162,7 @@ _PIXEL_DESCRIPTION: Final = {
     "Rows": ("US", 2), "Columns": ("US", 2), "SamplesPerPixel": ("US", 2), "BitsAllocated": ("US", 2),
     "BitsStored": ("US", 2), "HighBit": ("US", 2), "PixelRepresentation": ("US", 2),
 }
-_PIXEL_DESCRIPTION_TAGS: Final = {BaseTag(tag_for_keyword(k)): (k, v) for k, v in _PIXEL_DESCRIPTION.items()}
+_PIXEL_DESCRIPTION_TAGS: Final = {Tag(k): (k, v) for k, v in _PIXEL_DESCRIPTION.items()}
 
 
 def uid_problem(value: str) -> str | None:
@@ -265,6 +266,7 @@ class ReceiveStage:
             ae.require_calling_aet = list(self.allowed_calling_ae_titles)
         ae.require_called_aet = True
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, self._transfer_syntaxes)
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         # Limits, timeouts and the maximum PDU size come from the policy (start_guarded_server).
@@ -439,7 +441,7 @@ class ReceiveStage:
 
         def text(keyword: str) -> str:
             # The raw bytes, not pydicom's value: a backslash would make a UID a list.
-            element = elements.get(BaseTag(tag_for_keyword(keyword)))
+            element = elements.get(Tag(keyword))
             if element is None or not isinstance(element, RawDataElement) or element.length in (0, _UNDEFINED_LENGTH):
                 return ""
             raw = element.value

@@ -20,18 +20,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from spectnode.fsutil import instance_file_name, write_durably
 from spectnode.imaging.views import ANTERIOR, POSTERIOR, StudyViews, ViewImage, read_study_views
-from spectnode.node.datadir import DataDir
 from spectnode.node.stages import record_failure, study_log_extra
 from spectnode.node.stages.classify import VIEW_KEY
 from spectnode.node.stages.spooled import read_spooled_study
@@ -39,7 +35,13 @@ from spectnode.result import StudyResult
 from spectnode.store import CLASSIFIED, DISPATCHED, NOT_ASSESSABLE, REPORTED, JobStore, OutputRecord, StudyRecord
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
+    from pydicom.dataset import Dataset
+
     from spectnode.config import DestinationConfig
+    from spectnode.node.datadir import DataDir
     from spectnode.report import AlgorithmInfo
 
 __all__ = ["ReportStage", "result_summary"]
@@ -126,9 +128,14 @@ class ReportStage:
             pixels = arrays.get(VIEW_KEY + view)
             if pixels is None:
                 return result, None
-            images[view] = ViewImage(view=ANTERIOR if view == ANTERIOR else POSTERIOR, pixels=pixels, pixel_spacing_mm=source.pixel_spacing_mm,
-                                     source_sop_instance_uid=source.sop_instance_uid,
-                                     source_sop_class_uid=source.sop_class_uid, frame_number=source.frame_number)
+            images[view] = ViewImage(
+                view=ANTERIOR if view == ANTERIOR else POSTERIOR,
+                pixels=pixels,
+                pixel_spacing_mm=source.pixel_spacing_mm,
+                source_sop_instance_uid=source.sop_instance_uid,
+                source_sop_class_uid=source.sop_class_uid,
+                frame_number=source.frame_number,
+            )
         if not images:
             return result, None
         return result, StudyViews(study.study_uid, images.get("anterior"), images.get("posterior"))

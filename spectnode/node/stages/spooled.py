@@ -7,12 +7,14 @@ their pixel data deferred, the report stage the headers of everything.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import pydicom
-from pydicom.dataset import Dataset
 
-from spectnode.store import JobStore
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from spectnode.store import JobStore
 
 __all__ = ["DEFER_SIZE", "read_spooled_study"]
 
