@@ -15,18 +15,21 @@ import numpy as np
 
 from .imaging.guards import check_study
 from .imaging.network_input import InputSpec, NetworkInput, heatmap_to_view, network_inputs
-from .imaging.views import NotAssessable, StudyViews, load_study_views
-from .result import StudyResult
+from .imaging.views import MISSING_VIEWS, NotAssessable, StudyViews, load_study_views
+from .result import ModelResult, StudyResult
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from .explain import LayerCam
 
-__all__ = ["DEFAULT_BUNDLE", "StudyResult", "StudyClassifier", "find_dicom_files"]
+__all__ = ["DEFAULT_BUNDLE", "DEFAULT_BUNDLES", "Classifiers", "StudyClassifier", "StudyResult", "find_dicom_files"]
 
-#: The bundle shipped inside the package, trained on synthetic phantoms only.
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "data" / "default_bundle"
+_DATA = Path(__file__).resolve().parent / "data"
+#: The aggregate-view bundle shipped inside the package, trained on synthetic phantoms only.
+DEFAULT_BUNDLE = _DATA / "default_bundle"
+#: Every bundle shipped inside the package, in the order the node runs them (``model.bundles: null``).
+DEFAULT_BUNDLES: tuple[Path, ...] = tuple(p for p in (DEFAULT_BUNDLE, _DATA / "per_view_bundle") if p.is_dir())
 
 
 class StudyClassifier:
@@ -48,6 +51,17 @@ class StudyClassifier:
         loaded = load_bundle(Path(path) if path is not None else DEFAULT_BUNDLE, expected_classes)
         return cls(loaded.model, loaded.card)
 
+    @property
+    def name(self) -> str:
+        """The model's name, as its card gives it."""
+        return str(self.card.name)
+
+    def needs(self, study: StudyViews) -> str | None:
+        """Why this model cannot take ``study`` (an aggregate model needs both views), or None."""
+        if self.spec.mode == "aggregate" and (study.anterior is None or study.posterior is None):
+            return "the aggregate-view model needs both the anterior and the posterior view"
+        return None
+
     def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
         """Class probabilities (n, k) for prepared network inputs."""
         batch = np.stack(inputs).astype(np.float32)
@@ -59,25 +73,15 @@ class StudyClassifier:
         probs = self.predict([i.array for i in inputs])
         return inputs, probs.mean(axis=0)
 
-    def classify(self, study: StudyViews | NotAssessable, explain: bool = False) -> StudyResult:
-        """Classify one study; a not-assessable study keeps its reason.
-
-        The guards of :mod:`spectnode.imaging.guards` (early phase, not a bone
-        scan) run before the model and may make a study not assessable.
-        """
-        if not isinstance(study, NotAssessable):
-            study = check_study(study) or study
-        if isinstance(study, NotAssessable):
-            return StudyResult(study.study_uid, "not_assessable", reason=study.reason, reason_code=study.code)
-        images = [image for image in (study.anterior, study.posterior) if image is not None]
+    def model_result(self, study: StudyViews, explain: bool = False) -> ModelResult:
+        """This model's result on a study it can take (see :meth:`needs`)."""
         inputs, probs = self.study_probabilities(study)
         order = np.argsort(-probs)
-        result = StudyResult(
-            study_uid=study.study_uid,
-            outcome="classified",
+        result = ModelResult(
+            model=self.name,
+            version=str(self.card.version),
+            input_mode=self.spec.mode,
             views=list(study.available_views),
-            view_certainty={image.view: float(image.view_certainty) for image in images},
-            inferred_views=[image.view for image in images if image.view_inferred],
             label=self.classes[order[0]],
             second_label=self.classes[order[1]] if self.card.scheme == "dspic4" else None,
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},
@@ -85,6 +89,10 @@ class StudyClassifier:
         if explain:
             result.heatmaps = self.explain(study, inputs, int(order[0]))
         return result
+
+    def classify(self, study: StudyViews | NotAssessable, explain: bool = False) -> StudyResult:
+        """Classify one study with this model alone (see :meth:`Classifiers.classify`)."""
+        return Classifiers([self]).classify(study, explain=explain)
 
     def explain(self, study: StudyViews, inputs: Sequence[NetworkInput], class_index: int) -> dict[str, np.ndarray]:
         """Class-activation map (LayerCAM, see :mod:`spectnode.explain`) of ``class_index`` per view,
@@ -101,6 +109,59 @@ class StudyClassifier:
             source = maps[view] if view in maps else maps["aggregate"]
             out[view] = heatmap_to_view(source, view, image.pixels.shape)
         return out
+
+    def classify_paths(self, paths: Iterable[Path], explain: bool = False) -> list[StudyResult]:
+        """Read files, group them into studies and classify each study with this model."""
+        return Classifiers([self]).classify_paths(paths, explain=explain)
+
+
+class Classifiers:
+    """The models a study is read by, in order: each takes the studies it can.
+
+    Args:
+        classifiers: The loaded models; the first one that takes a study is
+            its primary result (the one a one-line summary and the overlay's
+            heatmap show).
+    """
+
+    def __init__(self, classifiers: Sequence[StudyClassifier]) -> None:
+        if not classifiers:
+            raise ValueError("at least one model is needed")
+        self.classifiers = list(classifiers)
+
+    @classmethod
+    def from_bundles(cls, paths: Sequence[str | Path] | None = None) -> Classifiers:
+        """Load and verify bundles (``None`` or empty: the shipped ones, :data:`DEFAULT_BUNDLES`)."""
+        return cls([StudyClassifier.from_bundle(p) for p in (paths or DEFAULT_BUNDLES)])
+
+    def __iter__(self) -> Iterator[StudyClassifier]:
+        return iter(self.classifiers)
+
+    def classify(self, study: StudyViews | NotAssessable, explain: bool = False) -> StudyResult:
+        """Classify one study with every model that can take it.
+
+        The guards of :mod:`spectnode.imaging.guards` (early phase, not a bone
+        scan) run before any model and may make a study not assessable; so is
+        a study that no model can take (one view and only aggregate models),
+        with each model's reason. A not-assessable study keeps its reason.
+        """
+        if not isinstance(study, NotAssessable):
+            study = check_study(study) or study
+        if isinstance(study, NotAssessable):
+            return StudyResult(study.study_uid, "not_assessable", reason=study.reason, reason_code=study.code)
+        images = [image for image in (study.anterior, study.posterior) if image is not None]
+        skipped = {c.name: why for c in self.classifiers if (why := c.needs(study)) is not None}
+        models = [c.model_result(study, explain=explain) for c in self.classifiers if c.name not in skipped]
+        result = StudyResult(
+            study.study_uid, "classified", views=list(study.available_views),
+            view_certainty={image.view: float(image.view_certainty) for image in images},
+            inferred_views=[image.view for image in images if image.view_inferred],
+            models=models, skipped_models=skipped,
+        )
+        if not models:
+            result.outcome, result.reason_code = "not_assessable", MISSING_VIEWS
+            result.reason = "no model can read this study: " + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+        return result
 
     def classify_paths(self, paths: Iterable[Path], explain: bool = False) -> list[StudyResult]:
         """Read files, group them into studies and classify each study."""

@@ -162,21 +162,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_classify(args: argparse.Namespace) -> int:
     from .bundle import BundleError
-    from .classify import StudyClassifier
+    from .classify import Classifiers
 
     try:
         files = _data_files(args.path)
-        classifier = StudyClassifier.from_bundle(args.bundle)
+        classifiers = Classifiers.from_bundles(args.bundle)
     except (FileNotFoundError, BundleError) as exc:
         print(f"spectnode classify: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    for result in classifier.classify_paths(files):
+    for result in classifiers.classify_paths(files):
         if args.json:
             print(json.dumps(result.to_json()), flush=True)
-        elif result.outcome == "classified":
-            probs = ", ".join(f"{k} {v:.2f}" for k, v in result.probabilities.items())
-            second = f" (second: {result.second_label})" if result.second_label else ""
-            print(f"{result.study_uid}: {result.label}{second} [{'+'.join(result.views)}] {probs}")
+        elif result.classified:
+            inferred = "".join(f", {v} inferred ({result.view_certainty.get(v, 0):.2f})"
+                               for v in result.inferred_views)
+            print(f"{result.study_uid}: [{'+'.join(result.views)}{inferred}]")
+            for model in result.models:
+                probs = ", ".join(f"{k} {v:.2f}" for k, v in model.probabilities.items())
+                second = f" (second: {model.second_label})" if model.second_label else ""
+                domain = " OUTSIDE THE TRAINING DOMAIN" if model.outside_domain else ""
+                print(f"  {model.model}: {model.label}{second} {probs}{domain}")
+            for name, why in result.skipped_models.items():
+                print(f"  {name}: not used: {why}")
         else:
             print(f"{result.study_uid}: not assessable: {result.reason}")
     return EXIT_OK
@@ -309,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="classify DICOM files offline, grouped into studies")
     p.add_argument("path", help="a DICOM file or a folder")
-    p.add_argument("--bundle", help="bundle folder (default: the shipped synthetic-trained model)")
+    p.add_argument("--bundle", action="append",
+                   help="bundle folder; repeat for several models (default: the shipped synthetic-trained models)")
     p.add_argument("--json", action="store_true", help="one JSON object per study per line")
     p.set_defaults(func=_cmd_classify)
 

@@ -163,11 +163,14 @@ def _default_destinations() -> tuple[DestinationConfig, ...]:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which trained model bundle classifies studies."""
+    """Which trained model bundles classify studies."""
 
-    #: Path to a model bundle; ``null`` uses the bundle shipped inside the
-    #: package (trained on synthetic scans, not for clinical use).
-    bundle: Path | None = None
+    #: Model bundles, in order: every study goes to each bundle whose input it
+    #: can feed (an aggregate-view model needs both views, a per-view model
+    #: takes either), and the first that takes it gives the one-line summary.
+    #: ``null`` uses the bundles shipped inside the package (trained on
+    #: synthetic scans, not for clinical use).
+    bundles: tuple[Path, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -399,6 +402,8 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = [k for k in data if k not in fields]
+    if cls is ModelConfig and "bundle" in unknown:
+        raise ConfigError(source, "model.bundle", "was replaced by model.bundles, a list: write bundles: [PATH]")
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
         raise ConfigError(source, where, f"unknown key (valid keys here: {', '.join(fields)})")
@@ -492,8 +497,15 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
     if cfg.dispatch.retry_max_seconds < cfg.dispatch.retry_base_seconds:
         raise ConfigError(source, "dispatch.retry_max_seconds", "must be at least dispatch.retry_base_seconds")
 
-    if cfg.model.bundle is not None and not cfg.model.bundle.exists():
-        raise ConfigError(source, "model.bundle", f"{str(cfg.model.bundle)!r} does not exist")
+    if cfg.model.bundles is not None:
+        if not cfg.model.bundles:
+            raise ConfigError(source, "model.bundles",
+                              "is empty; list at least one bundle, or write null for the shipped ones")
+        for i, bundle in enumerate(cfg.model.bundles):
+            if not bundle.exists():
+                raise ConfigError(source, f"model.bundles[{i}]", f"{str(bundle)!r} does not exist")
+            if bundle.resolve() in {b.resolve() for b in cfg.model.bundles[:i]}:
+                raise ConfigError(source, f"model.bundles[{i}]", f"{str(bundle)!r} is listed twice")
 
     if check_dirs:
         if problem := _check_writable_dir(cfg.storage.data_dir):

@@ -52,7 +52,7 @@ def test_empty_file_gives_defaults(tmp_path, monkeypatch):
     cfg = load_config(path)
     assert cfg.node.ae_title == "SPECTNODE" and cfg.node.port == 11112
     assert cfg.destinations[0].type == "folder"
-    assert cfg.model.bundle is None
+    assert cfg.model.bundles is None
 
 
 def test_full_valid_config(tmp_path, base):
@@ -133,7 +133,7 @@ ERROR_CASES = {
                           "at least 1"),
     "retry max below base": (lambda c: c.update(dispatch={"retry_base_seconds": 60, "retry_max_seconds": 10}),
                              "dispatch.retry_max_seconds", "at least dispatch.retry_base_seconds"),
-    "bundle missing": (lambda c: c.update(model={"bundle": "/nonexistent/bundle"}), "model.bundle",
+    "bundle missing": (lambda c: c.update(model={"bundles": ["/nonexistent/bundle"]}), "model.bundles[0]",
                        "does not exist"),
     "address not an address": (lambda c: c.update(node={"allowed_addresses": ["10.0.0.0/8", "camera"]}),
                                "node.allowed_addresses[1]", "not an IP address or CIDR network"),

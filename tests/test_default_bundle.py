@@ -55,7 +55,7 @@ def test_classifies_fresh_phantoms(classifier):
         result = classifier.classify(views)
         assert result.outcome == "classified" and result.views == ["anterior", "posterior"]
         assert math.isclose(sum(result.probabilities.values()), 1.0, abs_tol=1e-4)
-        assert result.second_label in result.probabilities and result.second_label != result.label
+        assert result.primary.second_label in result.probabilities and result.primary.second_label != result.label
 
 
 def test_heatmap_layers_are_the_stride_4_8_and_16_maps(classifier):
@@ -81,7 +81,7 @@ def test_heatmap_peak_lies_on_a_single_strong_lesion(classifier, seed):
     assert result.label in ("metastatic", "both")
     cols = scan.anterior.shape[1]
     for view, lesion_col in (("anterior", lesion.col), ("posterior", cols - 1 - lesion.col)):
-        heat = result.heatmaps[view]
+        heat = result.models[0].heatmaps[view]
         assert heat.shape == scan.anterior.shape
         row, col = np.unravel_index(np.argmax(heat), heat.shape)
         distance_mm = math.hypot(row - lesion.row, col - lesion_col) * scan.pixel_spacing_mm

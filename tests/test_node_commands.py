@@ -10,7 +10,7 @@ def test_serve_refuses_a_bundle_that_does_not_verify(tmp_path):
     bundle.mkdir()
     config = write_config(tmp_path / "node.yaml", {"node": {"port": free_port()},
                                                    "storage": {"data_dir": str(tmp_path / "data")},
-                                                   "model": {"bundle": str(bundle)}})
+                                                   "model": {"bundles": [str(bundle)]}})
     proc = run_spectnode("serve", "--config", str(config), timeout=60)
     assert proc.returncode == 2
     assert "model.bundle" in proc.stdout + proc.stderr
@@ -36,7 +36,7 @@ def test_serve_with_an_unusable_outbox_table_exits_1_with_the_reason(tmp_path, t
         db.execute("CREATE TABLE outbox_items (something_else TEXT)")  # not the outbox this node knows
     config = write_config(tmp_path / "node.yaml", {"node": {"port": free_port()},
                                                    "storage": {"data_dir": str(data)},
-                                                   "model": {"bundle": str(tiny_bundle(tmp_path_factory))}})
+                                                   "model": {"bundles": [str(tiny_bundle(tmp_path_factory))]}})
     proc = run_spectnode("serve", "--config", str(config), timeout=120)
     assert proc.returncode == 1
     assert "cannot start" in proc.stderr and "cannot open the job store" in proc.stderr

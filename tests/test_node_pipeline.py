@@ -59,7 +59,7 @@ def setup(tmp_path_factory, pacs):
             {"name": "pacs", "type": "dicom", "ae_title": pacs.ae_title, "host": "127.0.0.1",
              "port": pacs.dicom_port, "outputs": ["sr", "sc"]},
         ],
-        "model": {"bundle": str(tiny_bundle(tmp_path_factory))},
+        "model": {"bundles": [str(tiny_bundle(tmp_path_factory))]},
         "completion": {"timeout_seconds": 3},
         "report": {"not_assessable_sr": True},
         "dispatch": {"max_attempts": 40, "retry_base_seconds": 0.5, "retry_max_seconds": 1.0},

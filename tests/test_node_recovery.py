@@ -40,7 +40,7 @@ def env(tmp_path_factory):
                 # Results go back to whoever sent the study, at the PACS's port.
                 {"name": "back", "type": "sender", "port": pacs.dicom_port, "outputs": ["sr"]},
             ],
-            "model": {"bundle": str(tiny_bundle(tmp_path_factory))},
+            "model": {"bundles": [str(tiny_bundle(tmp_path_factory))]},
             "completion": {"timeout_seconds": 60},
             "dispatch": {"max_attempts": 2, "retry_base_seconds": 0.3, "retry_max_seconds": 0.5},
         }

@@ -48,8 +48,14 @@ def node(tmp_path):
                   result=StudyResult(record.study_uid, "not_assessable", reason=REASON, reason_code="not_whole_body"),
                   report_pending=True)
     destinations = [DestinationConfig(name="local", type="folder", path=tmp_path / "delivered")]
-    yield {"store": store, "outbox": store.outbox, "uid": record.study_uid, "later": instance_record(second),
-           "stage": ReportStage(store, data_dir, lambda: ALGORITHM, destinations), "results": data_dir.results}
+    yield {
+        "store": store,
+        "outbox": store.outbox,
+        "uid": record.study_uid,
+        "later": instance_record(second),
+        "stage": ReportStage(store, data_dir, lambda: {ALGORITHM.name: ALGORITHM}, destinations),
+        "results": data_dir.results,
+    }
     store.close()
 
 
@@ -126,7 +132,7 @@ def test_the_report_of_a_classified_study_decodes_no_pixel_data(tmp_path):
     algorithm = AlgorithmInfo(name="test-model", version="1", device_uid="1.2.826.0.1.3680043.8.498.78",
                               research_use_statement="Research use only.", classes=tuple(probabilities),
                               scheme="dspic4")
-    stage = ReportStage(store, data_dir, lambda: algorithm,
+    stage = ReportStage(store, data_dir, lambda: {algorithm.name: algorithm},
                         [DestinationConfig(name="local", type="folder", path=tmp_path / "delivered")])
     try:
         assert stage.report(store.study(uid)) == REPORTED

@@ -17,7 +17,6 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from spectnode.bundle import ModelCard, TrainingData
-from spectnode.classify import StudyResult
 from spectnode.imaging.views import StudyViews, read_study_views
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.report import (
@@ -29,6 +28,7 @@ from spectnode.report import (
     build_result_sr,
     render_overlay,
 )
+from spectnode.result import ModelResult, StudyResult
 
 from dicomtools import dciodvfy_errors
 
@@ -58,8 +58,9 @@ def classified(views: StudyViews, with_heatmaps: bool = True) -> StudyResult:
     heatmaps = {}
     if with_heatmaps:
         heatmaps = {name: spot_heatmap(getattr(views, name).pixels.shape) for name in views.available_views}
-    return StudyResult(views.study_uid, "classified", views=list(views.available_views), label="metastatic",
-                       second_label="arthritic", probabilities=dict(PROBABILITIES), heatmaps=heatmaps)
+    model = ModelResult("spectnode-test-dspic", "0.3.1", dict(PROBABILITIES), "metastatic", second_label="arthritic",
+                        views=list(views.available_views), input_mode="per_view", heatmaps=heatmaps)
+    return StudyResult(views.study_uid, "classified", views=list(views.available_views), models=[model])
 
 
 def saved(ds: Dataset, path: Path) -> Path:
@@ -68,7 +69,7 @@ def saved(ds: Dataset, path: Path) -> Path:
 
 
 def test_captures_pass_dciodvfy_and_describe_themselves(study, algorithm, tmp_path):
-    captures = build_overlay_captures(study.datasets, study.views, classified(study.views), algorithm)
+    captures = build_overlay_captures(study.datasets, study.views, classified(study.views), [algorithm])
     assert len(captures) == 2
     by_uid = {str(ds.SOPInstanceUID): ds for ds in study.datasets}
     for number, (view, capture) in enumerate(zip(("anterior", "posterior"), captures), start=1):
@@ -109,13 +110,13 @@ def test_captures_pass_dciodvfy_and_describe_themselves(study, algorithm, tmp_pa
 
 def test_captures_share_a_series_of_their_own(study, algorithm):
     result = classified(study.views)
-    captures = build_overlay_captures(study.datasets, study.views, result, algorithm)
-    sr = build_result_sr(study.datasets, study.views, result, algorithm)
+    captures = build_overlay_captures(study.datasets, study.views, result, [algorithm])
+    sr = build_result_sr(study.datasets, study.views, result, [algorithm])
     series = {str(capture.SeriesInstanceUID) for capture in captures}
     assert len(series) == 1
     assert series.isdisjoint({str(sr.SeriesInstanceUID), *(str(ds.SeriesInstanceUID) for ds in study.datasets)})
     assert len({str(capture.SOPInstanceUID) for capture in captures}) == 2
-    given = build_overlay_captures(study.datasets, study.views, result, algorithm,
+    given = build_overlay_captures(study.datasets, study.views, result, [algorithm],
                                    series_instance_uid=captures[0].SeriesInstanceUID, first_instance_number=3)
     assert {str(c.SeriesInstanceUID) for c in given} == series
     assert [c.InstanceNumber for c in given] == [3, 4]
@@ -124,7 +125,7 @@ def test_captures_share_a_series_of_their_own(study, algorithm):
 def test_heatmap_is_coloured_only_where_it_is_high(study, algorithm):
     view = study.views.anterior
     rows, cols = view.pixels.shape
-    pixels = render_overlay(view, classified(study.views), algorithm).astype(int)
+    pixels = render_overlay(view, classified(study.views), [algorithm]).astype(int)
     scale = pixels.shape[0] // rows
     assert pixels.shape[0] == rows * scale and scale >= 2  # upscaled so the text fits beside it
 
@@ -157,17 +158,17 @@ def test_heatmap_is_coloured_only_where_it_is_high(study, algorithm):
 def test_without_heatmap_the_scan_stays_grey(study, algorithm):
     view = study.views.posterior
     cols = view.pixels.shape[1]
-    pixels = render_overlay(view, classified(study.views, with_heatmaps=False), algorithm).astype(int)
+    pixels = render_overlay(view, classified(study.views, with_heatmaps=False), [algorithm]).astype(int)
     scale = pixels.shape[0] // view.pixels.shape[0]
     scan = pixels[:, : cols * scale]
     assert np.array_equal(scan[..., 0], scan[..., 1]) and np.array_equal(scan[..., 1], scan[..., 2])
-    captures = build_overlay_captures(study.datasets, study.views, classified(study.views, False), algorithm)
+    captures = build_overlay_captures(study.datasets, study.views, classified(study.views, False), [algorithm])
     assert "no heatmap" in captures[0].DerivationDescription
 
 
 def test_burned_in_warning_is_large_enough_to_read(study, algorithm):
     view = study.views.anterior
-    pixels = render_overlay(view, classified(study.views), algorithm)
+    pixels = render_overlay(view, classified(study.views), [algorithm])
     scan_width = view.pixels.shape[1] * (pixels.shape[0] // view.pixels.shape[0])
     panel = pixels[:, scan_width:]
     middle = panel[:, panel.shape[1] // 5: 4 * panel.shape[1] // 5]
@@ -182,11 +183,11 @@ def test_burned_in_warning_is_large_enough_to_read(study, algorithm):
 def test_captures_refuse_a_not_assessable_result(study, algorithm):
     result = StudyResult(study.views.study_uid, "not_assessable", reason="x", reason_code="missing_views")
     with pytest.raises(ValueError, match="nothing to overlay"):
-        build_overlay_captures(study.datasets, study.views, result, algorithm)
+        build_overlay_captures(study.datasets, study.views, result, [algorithm])
     wrong = classified(study.views)
-    wrong.heatmaps = {"anterior": np.zeros((10, 10), np.float32)}
+    wrong.models[0].heatmaps = {"anterior": np.zeros((10, 10), np.float32)}
     with pytest.raises(ValueError, match="heatmap"):
-        build_overlay_captures(study.datasets, study.views, wrong, algorithm)
+        build_overlay_captures(study.datasets, study.views, wrong, [algorithm])
 
 
 def test_real_classifier_result_makes_valid_sr_and_captures(tmp_path):
@@ -212,12 +213,12 @@ def test_real_classifier_result_makes_valid_sr_and_captures(tmp_path):
     datasets = [pydicom.dcmread(path) for path in record.files]
     views = read_study_views(datasets)
     result = classifier.classify(views, explain=True)
-    assert set(result.heatmaps) == {"anterior", "posterior"}
+    assert set(result.models[0].heatmaps) == {"anterior", "posterior"}
 
     algorithm = AlgorithmInfo.from_card(classifier.card)
     assert algorithm.device_uid == classifier.card.device_uid != ""
-    sr = build_result_sr(datasets, views, result, algorithm)
-    captures = build_overlay_captures(datasets, views, result, algorithm)
+    sr = build_result_sr(datasets, views, result, [algorithm])
+    captures = build_overlay_captures(datasets, views, result, [algorithm])
     assert dciodvfy_errors(saved(sr, tmp_path / "sr.dcm")) == []
     for index, capture in enumerate(captures):
         assert dciodvfy_errors(saved(capture, tmp_path / f"sc{index}.dcm")) == []

@@ -21,7 +21,6 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
 from spectnode.bundle import ModelCard, TrainingData, derive_device_uid
-from spectnode.classify import StudyResult
 from spectnode.imaging.views import StudyViews
 from spectnode.phantom.dicom import VIEW_CODES
 from spectnode.report import (
@@ -32,6 +31,7 @@ from spectnode.report import (
     certainty_percent,
     content,
 )
+from spectnode.result import ModelResult, StudyResult
 
 from dicomtools import dciodvfy_errors, require_tool
 
@@ -71,9 +71,8 @@ def classified(views: StudyViews, second_label: str | None = "arthritic") -> Stu
         study_uid=views.study_uid,
         outcome="classified",
         views=list(views.available_views),
-        label="metastatic",
-        second_label=second_label,
-        probabilities=dict(PROBABILITIES),
+        models=[ModelResult("spectnode-test-dspic", "0.3.1", dict(PROBABILITIES), "metastatic",
+                            second_label=second_label, views=list(views.available_views), input_mode="per_view")],
     )
 
 
@@ -125,13 +124,13 @@ def dsr2html_text(path: Path) -> str:
 
 
 def test_result_sr_passes_dciodvfy(study, algorithm, tmp_path):
-    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm])
     assert dciodvfy_errors(saved(sr, tmp_path / "sr.dcm")) == []
 
 
 def test_result_sr_lives_in_the_original_study(study, algorithm):
     source = study.datasets[0]
-    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm])
     assert sr.SOPClassUID == Comprehensive3DSRStorage and sr.Modality == "SR"
     assert sr.StudyInstanceUID == source.StudyInstanceUID == study.record.study_uid
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
@@ -147,14 +146,14 @@ def test_result_sr_lives_in_the_original_study(study, algorithm):
     containers = [sr, *(item for item in walk(sr) if item.ValueType == "CONTAINER")]
     assert {item.ContinuityOfContent for item in containers} == {"SEPARATE"}
 
-    again = build_result_sr(study.datasets, study.views, classified(study.views), algorithm,
+    again = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm],
                             series_instance_uid=sr.SeriesInstanceUID, instance_number=2)
     assert again.SeriesInstanceUID == sr.SeriesInstanceUID and again.SOPInstanceUID != sr.SOPInstanceUID
     assert again.InstanceNumber == 2
 
 
 def test_result_sr_has_a_certainty_for_every_class(study, algorithm):
-    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm])
     report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
     groups = report.get_image_measurement_groups()
     assert [code_tuple(g.finding_type) for g in groups] == [code_tuple(content.class_code(c)) for c in DSPIC4]
@@ -174,7 +173,7 @@ def test_result_sr_has_a_certainty_for_every_class(study, algorithm):
 
 
 def test_result_sr_names_the_most_probable_classes(study, algorithm):
-    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm])
     evaluations = qualitative_evaluations(sr)
     (top,) = items_named(evaluations, content.MOST_PROBABLE_CLASS)
     (second,) = items_named(evaluations, content.SECOND_MOST_PROBABLE_CLASS)
@@ -184,13 +183,15 @@ def test_result_sr_names_the_most_probable_classes(study, algorithm):
     )
     assert second.ConceptCodeSequence[0].CodeValue == "3723001"
 
-    without_second = build_result_sr(study.datasets, study.views, classified(study.views, second_label=None), algorithm)
+    without_second = build_result_sr(
+        study.datasets, study.views, classified(study.views, second_label=None), [algorithm]
+    )
     assert items_named(qualitative_evaluations(without_second), content.SECOND_MOST_PROBABLE_CLASS) == []
 
 
 def test_result_sr_identifies_the_algorithm_consistently(study, algorithm):
     card = make_card()
-    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm])
 
     processing = [item for item in sr.ContributingEquipmentSequence if "DeviceUID" in item]
     (equipment,) = processing
@@ -223,7 +224,7 @@ def test_result_sr_identifies_the_algorithm_consistently(study, algorithm):
 
 
 def test_result_sr_references_the_views_and_their_frames(study, algorithm):
-    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm])
     by_uid = {str(ds.SOPInstanceUID): ds for ds in study.datasets}
     by_path = {path: str(ds.SOPInstanceUID) for path, ds in zip(study.record.files, study.datasets)}
     multiframe = study.record.layout == "multiframe"
@@ -253,7 +254,7 @@ def test_result_sr_references_the_views_and_their_frames(study, algorithm):
 
 
 def test_dsr2html_shows_each_value_beside_its_name(study, algorithm, tmp_path):
-    sr = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    sr = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm])
     text = dsr2html_text(saved(sr, tmp_path / "sr.dcm"))
     within_group = r"(?:(?!Measurement Group).)*?"
     assert re.search(
@@ -275,7 +276,7 @@ def test_missing_type2_study_attributes_become_empty(study, algorithm, tmp_path)
         for keyword in ("AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex"):
             delattr(copy, keyword)
         stripped.append(copy)
-    sr = build_result_sr(stripped, study.views, classified(study.views), algorithm)
+    sr = build_result_sr(stripped, study.views, classified(study.views), [algorithm])
     for keyword in ("AccessionNumber", "StudyID", "PatientBirthDate", "PatientSex"):
         assert keyword in sr and sr[keyword].value in ("", None), keyword
         assert keyword not in stripped[0], "the source dataset must not be modified"
@@ -283,9 +284,9 @@ def test_missing_type2_study_attributes_become_empty(study, algorithm, tmp_path)
 
 
 def test_predecessor_is_referenced(study, algorithm, tmp_path):
-    first = build_result_sr(study.datasets, study.views, classified(study.views), algorithm)
+    first = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm])
     old = pydicom.dcmread(saved(first, tmp_path / "old.dcm"))
-    replacement = build_result_sr(study.datasets, study.views, classified(study.views), algorithm,
+    replacement = build_result_sr(study.datasets, study.views, classified(study.views), [algorithm],
                                   series_instance_uid=old.SeriesInstanceUID, instance_number=2, predecessor=old)
     (study_item,) = replacement.PredecessorDocumentsSequence
     assert study_item.StudyInstanceUID == old.StudyInstanceUID
@@ -297,23 +298,25 @@ def test_predecessor_is_referenced(study, algorithm, tmp_path):
     assert dciodvfy_errors(saved(replacement, tmp_path / "new.dcm")) == []
 
     with pytest.raises(ValueError, match="not an SR"):
-        build_result_sr(study.datasets, study.views, classified(study.views), algorithm, predecessor=study.datasets[0])
+        build_result_sr(
+            study.datasets, study.views, classified(study.views), [algorithm], predecessor=study.datasets[0]
+        )
 
 
 def test_result_sr_rejects_inconsistent_input(study, algorithm):
     with pytest.raises(ValueError, match="build_not_assessable_sr"):
         build_result_sr(study.datasets, study.views,
                         StudyResult(study.views.study_uid, "not_assessable", reason="x", reason_code="missing_views"),
-                        algorithm)
+                        [algorithm])
     lung = classified(study.views)
-    lung.probabilities = {"no_metastasis": 0.5, "adenocarcinoma": 0.3, "non_adenocarcinoma": 0.2}
+    lung.models[0].probabilities = {"no_metastasis": 0.5, "adenocarcinoma": 0.3, "non_adenocarcinoma": 0.2}
     with pytest.raises(ValueError, match="classes"):
-        build_result_sr(study.datasets, study.views, lung, algorithm)
+        build_result_sr(study.datasets, study.views, lung, [algorithm])
     missing_source = [ds for ds in study.datasets if ds.SOPInstanceUID != study.views.anterior.source_sop_instance_uid]
     other = pydicom.dcmread(study.datasets[0].filename, stop_before_pixels=True)
     other.SOPInstanceUID = pydicom.uid.generate_uid()
     with pytest.raises(ValueError, match="not among"):
-        build_result_sr(missing_source or [other], study.views, classified(study.views), algorithm)
+        build_result_sr(missing_source or [other], study.views, classified(study.views), [algorithm])
 
 
 # ------------------------------------------------------------------------ not assessable
@@ -322,7 +325,7 @@ def test_result_sr_rejects_inconsistent_input(study, algorithm):
 def test_not_assessable_sr_states_the_reason(study, algorithm, tmp_path):
     reason = "no posterior view: ImageID 'WB' names no view"
     result = StudyResult(study.views.study_uid, "not_assessable", reason=reason, reason_code="missing_views")
-    sr = build_not_assessable_sr(study.datasets, result, algorithm)
+    sr = build_not_assessable_sr(study.datasets, result, [algorithm])
     path = saved(sr, tmp_path / "na.dcm")
     assert dciodvfy_errors(path) == []
     assert sr.StudyInstanceUID == study.record.study_uid
@@ -350,12 +353,12 @@ def test_not_assessable_sr_states_the_reason(study, algorithm, tmp_path):
 
 def test_not_assessable_sr_of_an_unreadable_study_takes_the_sources_study(study, algorithm):
     result = StudyResult("", "not_assessable", reason="pixel data could not be decoded", reason_code="unreadable")
-    sr = build_not_assessable_sr(study.datasets, result, algorithm)
+    sr = build_not_assessable_sr(study.datasets, result, [algorithm])
     assert sr.StudyInstanceUID == study.record.study_uid
     with pytest.raises(ValueError, match="build_result_sr"):
-        build_not_assessable_sr(study.datasets, classified(study.views), algorithm)
+        build_not_assessable_sr(study.datasets, classified(study.views), [algorithm])
     with pytest.raises(ValueError, match="at least one"):
-        build_not_assessable_sr([], result, algorithm)
+        build_not_assessable_sr([], result, [algorithm])
 
 
 # ------------------------------------------------------------------ algorithm and codes
@@ -396,12 +399,12 @@ def test_a_single_view_study_references_only_that_view(study, algorithm, tmp_pat
 
     anterior_only = StudyViews(study.views.study_uid, study.views.anterior, None)
     result = classified(anterior_only)
-    sr = build_result_sr(study.datasets, anterior_only, result, algorithm)
+    sr = build_result_sr(study.datasets, anterior_only, result, [algorithm])
     assert dciodvfy_errors(saved(sr, tmp_path / "sr.dcm")) == []
     for group in hd.sr.Comprehensive3DSR.from_dataset(sr).content.get_image_measurement_groups():
         (reference,) = group.source_images
         assert reference.referenced_sop_instance_uid == study.views.anterior.source_sop_instance_uid
-    (capture,) = build_overlay_captures(study.datasets, anterior_only, result, algorithm)
+    (capture,) = build_overlay_captures(study.datasets, anterior_only, result, [algorithm])
     assert list(capture.PatientOrientation) == ["L", "F"]
 
 

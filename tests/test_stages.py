@@ -26,7 +26,7 @@ from spectnode.node.stages.report import ReportStage
 from spectnode.peer import Peer
 from spectnode.phantom.dicom import LAYOUTS
 from spectnode.phantom.generate import PhantomStudyRecord, generate_phantoms
-from spectnode.result import StudyResult
+from spectnode.result import ModelResult, StudyResult
 from spectnode.store import (
     CLASSIFIED,
     COMPLETE,
@@ -67,9 +67,10 @@ class FakeClassifier:
         if isinstance(views, NotAssessable):
             return StudyResult(views.study_uid, "not_assessable", reason=views.reason, reason_code=views.code)
         heatmaps = {v: np.full(getattr(views, v).pixels.shape, 0.5, np.float32) for v in views.available_views}
-        return StudyResult(views.study_uid, "classified", views=list(views.available_views), label="metastatic",
-                           second_label="arthritic", probabilities=dict(PROBABILITIES),
-                           heatmaps=heatmaps if explain else {})
+        model = ModelResult("spectnode-test-dspic", "0.3.1", dict(PROBABILITIES), "metastatic",
+                            second_label="arthritic", views=list(views.available_views), input_mode="per_view",
+                            heatmaps=heatmaps if explain else {})
+        return StudyResult(views.study_uid, "classified", views=list(views.available_views), models=[model])
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +317,7 @@ def test_classify_resumes_after_a_restart(store, data_dir, phantoms):
 def test_report_writes_sr_and_captures_and_queues_them(store, data_dir, phantoms, algorithm):
     record = phantoms["split-instances"]
     classified(store, data_dir, record)
-    stage = ReportStage(store, data_dir, lambda: algorithm, [local_destination(data_dir)])
+    stage = ReportStage(store, data_dir, lambda: {algorithm.name: algorithm}, [local_destination(data_dir)])
     assert stage.step()
     study = store.study(record.study_uid)
     assert study.state == REPORTED
@@ -332,7 +333,7 @@ def test_report_writes_sr_and_captures_and_queues_them(store, data_dir, phantoms
 def test_report_with_no_destination_for_the_outputs_ends_dispatched(store, data_dir, phantoms, algorithm):
     record = phantoms["multiframe"]
     classified(store, data_dir, record)
-    assert ReportStage(store, data_dir, lambda: algorithm, []).step()
+    assert ReportStage(store, data_dir, lambda: {algorithm.name: algorithm}, []).step()
     assert store.study(record.study_uid).state == DISPATCHED and store.outbox.list_items() == []
 
 
@@ -340,7 +341,7 @@ def test_a_report_failure_is_a_visible_error_that_retry_returns_to_report(store,
     record = phantoms["multiframe"]
     classified(store, data_dir, record)
     data_dir.work_file(record.study_uid, 1).unlink()  # the classify stage's views are gone
-    stage = ReportStage(store, data_dir, lambda: algorithm, [local_destination(data_dir)])
+    stage = ReportStage(store, data_dir, lambda: {algorithm.name: algorithm}, [local_destination(data_dir)])
     assert stage.step()
     study = store.study(record.study_uid)
     assert (study.state, study.error_stage) == (ERROR, CLASSIFIED)
@@ -351,7 +352,7 @@ def test_a_report_failure_is_a_visible_error_that_retry_returns_to_report(store,
 def test_report_resumes_after_a_restart_with_the_outputs_it_had_made(store, data_dir, phantoms, algorithm):
     record = phantoms["split-series"]
     study = classified(store, data_dir, record)
-    stage = ReportStage(store, data_dir, lambda: algorithm, [local_destination(data_dir)])
+    stage = ReportStage(store, data_dir, lambda: {algorithm.name: algorithm}, [local_destination(data_dir)])
     # The node dies after the outputs were recorded and written, before they were queued.
     built = stage._build_outputs(study, *stage._load_result(study))
     assert store.record_outputs(study.study_uid, study.generation, [r for r, _ in built])
@@ -361,7 +362,7 @@ def test_report_resumes_after_a_restart_with_the_outputs_it_had_made(store, data
     made = {o.sop_instance_uid: o.path.stat().st_mtime_ns for o in store.outputs(record.study_uid)}
     store.close()
     with JobStore(data_dir.database) as reopened:
-        restarted = ReportStage(reopened, data_dir, lambda: algorithm, [local_destination(data_dir)])
+        restarted = ReportStage(reopened, data_dir, lambda: {algorithm.name: algorithm}, [local_destination(data_dir)])
         assert restarted.step()
         assert reopened.study(record.study_uid).state == REPORTED
         # The same files are queued, not new ones.
@@ -373,7 +374,7 @@ def test_report_of_a_stale_generation_is_dropped(store, data_dir, phantoms, algo
     record = phantoms["split-instances"]
     study = classified(store, data_dir, record)
     reopen(store, data_dir, record)
-    stage = ReportStage(store, data_dir, lambda: algorithm, [local_destination(data_dir)])
+    stage = ReportStage(store, data_dir, lambda: {algorithm.name: algorithm}, [local_destination(data_dir)])
     assert stage.report(study) is None
     assert store.outputs(record.study_uid, current_only=False) == [] and store.outbox.list_items() == []
 
@@ -384,7 +385,7 @@ def test_report_of_a_stale_generation_is_dropped(store, data_dir, phantoms, algo
 def reported(store: JobStore, data_dir: DataDir, record: PhantomStudyRecord, algorithm: AlgorithmInfo,
              destinations: list[DestinationConfig]) -> StudyRecord:
     classified(store, data_dir, record)
-    assert ReportStage(store, data_dir, lambda: algorithm, destinations).step()
+    assert ReportStage(store, data_dir, lambda: {algorithm.name: algorithm}, destinations).step()
     study = store.study(record.study_uid)
     assert study is not None and study.state == REPORTED
     return study

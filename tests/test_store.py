@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spectnode.result import StudyResult, ViewSource
+from spectnode.result import ModelResult, StudyResult, ViewSource
 from spectnode.store import (
     CLASSIFIED,
     COMPLETE,
@@ -25,6 +25,8 @@ from spectnode.store import (
     StoreError,
 )
 
+#: One model's result that a study in these tests was classified with.
+NORMAL = ModelResult("test-model", "1", {"normal": 0.9, "metastatic": 0.1}, "normal")
 PEER = Peer("CAMERA1", "10.0.0.5", 40000, "SPECTNODE")
 
 
@@ -70,7 +72,7 @@ def test_the_pipeline_and_stale_generations(store):
     assert store.advance("2.1", study.generation, RECEIVED, COMPLETE, "both views", completed_by="content",
                          content_version=study.content_version)
     assert store.advance(
-        "2.1", 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult("2.1", "classified", label="normal")
+        "2.1", 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult("2.1", "classified", models=[NORMAL])
     )
     # A stage holding an older view of the study is refused.
     assert not store.advance("2.1", 1, COMPLETE, CLASSIFIED, "again")
@@ -200,8 +202,10 @@ def test_a_stored_result_reads_back_typed_from_another_connection(store, tmp_pat
     store.advance("8.1", 1, RECEIVED, COMPLETE, "c")
     probabilities = {"normal": 0.1, "metastatic": 0.7, "arthritic": 0.1, "both": 0.1}
     source = ViewSource("8.1.1", "1.2.840.10008.5.1.4.1.1.20", 2, (2.4, 2.4))
-    result = StudyResult("8.1", "classified", views=["anterior"], label="metastatic", second_label="arthritic",
-                         probabilities=probabilities, view_sources={"anterior": source})
+    model = ModelResult("spectnode-test", "2.0.0", probabilities, "metastatic", second_label="arthritic",
+                        views=["anterior"], input_mode="per_view", domain_score=1.25, outside_domain=False)
+    result = StudyResult("8.1", "classified", views=["anterior"], models=[model],
+                         skipped_models={"aggregate-model": "needs both views"}, view_sources={"anterior": source})
     store.advance("8.1", 1, COMPLETE, CLASSIFIED, "c", result=result)
     # What the column holds, written out by hand: the keys a reader of the database sees.
     with sqlite3.connect(store.path) as raw:
@@ -215,8 +219,10 @@ def test_a_stored_result_reads_back_typed_from_another_connection(store, tmp_pat
         "view_certainty": {},
         "inferred_views": [],
         "label": "metastatic",
-        "second_label": "arthritic",
-        "probabilities": probabilities,
+        "models": [{"model": "spectnode-test", "version": "2.0.0", "input_mode": "per_view", "views": ["anterior"],
+                    "label": "metastatic", "second_label": "arthritic", "probabilities": probabilities,
+                    "domain_score": 1.25, "outside_domain": False}],
+        "skipped_models": {"aggregate-model": "needs both views"},
         "view_sources": {
             "anterior": {
                 "sop_instance_uid": "8.1.1",
@@ -242,14 +248,16 @@ def test_a_file_that_is_not_a_job_store_is_refused(tmp_path):
 def test_only_objects_that_can_hold_a_view_reopen_a_finished_study(store):
     store.record_instance(instance("9.1", "9.1.1"), PEER)
     store.advance("9.1", 1, RECEIVED, COMPLETE, "complete")
-    store.advance("9.1", 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult("9.1", "classified", label="normal"))
+    store.advance(
+        "9.1", 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult("9.1", "classified", models=[NORMAL])
+    )
     store.advance("9.1", 1, CLASSIFIED, REPORTED, "reported")
     # A radiologist's SR, another AI's KOS, a presentation state, a later CT: recorded, not re-opened.
     for sop, modality in (("9.1.2", "SR"), ("9.1.3", "KO"), ("9.1.4", "PR"), ("9.1.5", "CT")):
         assert store.record_instance(instance("9.1", sop, modality=modality), PEER) == "new"
     study = store.study("9.1")
     assert (study.state, study.generation, study.instance_count) == (REPORTED, 1, 5)
-    assert study.result == StudyResult("9.1", "classified", label="normal")
+    assert study.result == StudyResult("9.1", "classified", models=[NORMAL])
     assert "not re-opened" in store.events("9.1")[-1][2]
     # An NM object (also a secondary capture with Modality NM) can hold a view: it re-opens the study.
     sc_nm = InstanceRecord("9.1", "9.1.6", "9.1.9", "1.2.840.10008.5.1.4.1.1.7", "NM", "1.2.840.10008.1.2.1",

@@ -21,6 +21,8 @@ from spectnode.node.status import format_status, read_status
 from spectnode.store import ERROR, JobStore, StoreError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from spectnode.config import Config
 
 __all__ = ["serve", "status", "retry", "demo"]
@@ -32,17 +34,17 @@ EXIT_USAGE = 2
 _log = logging.getLogger("spectnode.node")
 
 
-def _verify_bundle(cfg: Config, out: TextIO) -> bool:
+def _verify_bundles(cfg: Config, out: TextIO) -> bool:
     from spectnode.bundle import BundleError, verify_bundle
-    from spectnode.classify import DEFAULT_BUNDLE
+    from spectnode.classify import DEFAULT_BUNDLES
 
-    path = cfg.model.bundle or DEFAULT_BUNDLE
-    try:
-        verify_bundle(path)
-    except BundleError as exc:
-        where = "model.bundle" if cfg.model.bundle else "the shipped default model (model.bundle: null)"
-        print(f"spectnode: {where}: {exc}", file=out)
-        return False
+    for i, path in enumerate(cfg.model.bundles or DEFAULT_BUNDLES):
+        try:
+            verify_bundle(path)
+        except BundleError as exc:
+            where = f"model.bundles[{i}]" if cfg.model.bundles else "a shipped default model (model.bundles: null)"
+            print(f"spectnode: {where}: {exc}", file=out)
+            return False
     return True
 
 
@@ -61,7 +63,7 @@ def serve(cfg: Config) -> int:
     from spectnode.node.worker import Node
 
     configure_logging(cfg.logging)
-    if not _verify_bundle(cfg, sys.stderr):
+    if not _verify_bundles(cfg, sys.stderr):
         return EXIT_USAGE
     stop = threading.Event()
 
@@ -180,9 +182,9 @@ def retry(cfg: Config, item_or_study: str | None) -> int:
 # ------------------------------------------------------------------------- demo
 
 
-def demo(workdir: Path | None = None, *, bundle: Path | None = None, timeout_s: float = 300.0) -> int:
+def demo(workdir: Path | None = None, *, bundles: Sequence[Path] | None = None, timeout_s: float = 300.0) -> int:
     """Run the demonstration (``spectnode demo``); see :func:`spectnode.node.demo.run_demo`."""
     from spectnode.node.demo import run_demo
 
-    return run_demo(workdir, bundle=bundle, timeout_s=timeout_s)
+    return run_demo(workdir, bundles=bundles, timeout_s=timeout_s)
 

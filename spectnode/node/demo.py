@@ -13,10 +13,14 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spectnode.config import parse_config
 from spectnode.node.worker import Node
 from spectnode.store import DISPATCHED
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["DEMO_STUDIES", "DEMO_SEED", "run_demo"]
 
@@ -31,19 +35,19 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def run_demo(workdir: Path | None = None, *, bundle: Path | None = None, timeout_s: float = 300.0) -> int:
+def run_demo(workdir: Path | None = None, *, bundles: Sequence[Path] | None = None, timeout_s: float = 300.0) -> int:
     """Run the demonstration and return the exit code (0 when every study got its results).
 
     Args:
         workdir: Working folder (created if needed); a new temporary folder
             when None. It receives ``phantoms/``, ``data/`` (the node's data
             directory) and ``results/`` (the folder destination).
-        bundle: Model bundle; None uses the shipped default model.
+        bundles: Model bundles; None uses the shipped default models.
         timeout_s: Longest wait for the results.
     """
     from spectnode import RESEARCH_USE_NOTICE
     from spectnode.bundle import BundleError, verify_bundle
-    from spectnode.classify import DEFAULT_BUNDLE
+    from spectnode.classify import DEFAULT_BUNDLES
     from spectnode.dispatch import DispatchError, StoreTarget, store_to_peer
     from spectnode.phantom.generate import generate_phantoms
 
@@ -52,7 +56,8 @@ def run_demo(workdir: Path | None = None, *, bundle: Path | None = None, timeout
     workdir.mkdir(parents=True, exist_ok=True)
     workdir = workdir.resolve()
     try:
-        verify_bundle(bundle or DEFAULT_BUNDLE)
+        for bundle in bundles or DEFAULT_BUNDLES:
+            verify_bundle(bundle)
     except BundleError as exc:
         _say(f"spectnode demo: the model bundle cannot be used: {exc}")
         return 1
@@ -62,7 +67,7 @@ def run_demo(workdir: Path | None = None, *, bundle: Path | None = None, timeout
             "node": {"ae_title": "SPECTNODE", "bind_address": "127.0.0.1", "allowed_calling_ae_titles": ["*"]},
             "storage": {"data_dir": str(workdir / "data")},
             "destinations": [{"name": "demo-folder", "type": "folder", "path": str(results), "outputs": ["sr", "sc"]}],
-            "model": {"bundle": str(bundle) if bundle else None},
+            "model": {"bundles": [str(b) for b in bundles] if bundles else None},
             "completion": {"timeout_seconds": 30},
             "logging": {"level": "WARNING"},
         },
@@ -103,9 +108,10 @@ def run_demo(workdir: Path | None = None, *, bundle: Path | None = None, timeout
                 ok = False
                 _say(f"  {study.state}: {study.reason}")
                 continue
-            probabilities = ", ".join(f"{k} {v:.3f}" for k, v in result.probabilities.items())
-            second = f", second: {result.second_label}" if result.second_label else ""
-            _say(f"  result: {result.label}{second}  [{probabilities}]")
+            for model in result.models:
+                probabilities = ", ".join(f"{k} {v:.3f}" for k, v in model.probabilities.items())
+                second = f", second: {model.second_label}" if model.second_label else ""
+                _say(f"  {model.model}: {model.label}{second}  [{probabilities}]")
             folder = results / record.study_uid
             assert node.store is not None
             outputs = node.store.outputs(record.study_uid)

@@ -1,7 +1,7 @@
-"""The node's model: loaded once, on first use, by whichever stage needs it first.
+"""The node's models: loaded once, on first use, by whichever stage needs them first.
 
-TensorFlow takes seconds to start, so the node preloads the model in the
-background at start-up (:meth:`NodeModel.preload`); a stage that needs it
+TensorFlow takes seconds to start, so the node preloads the models in the
+background at start-up (:meth:`NodeModels.preload`); a stage that needs them
 before that has finished waits for it. A model that cannot be loaded is
 logged once by the preload and raised to every study that needs it, which
 then ends in ``error`` with the message.
@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from spectnode.classify import StudyClassifier
+    from spectnode.classify import Classifiers, StudyClassifier
     from spectnode.report import AlgorithmInfo
 
-__all__ = ["ClassifierLoader", "NodeModel"]
+__all__ = ["ClassifierLoader", "NodeModels"]
 
 _log = logging.getLogger("spectnode.node")
 
@@ -28,56 +28,64 @@ _log = logging.getLogger("spectnode.node")
 ClassifierLoader = Callable[[Path | None], "StudyClassifier"]
 
 
-class NodeModel:
-    """The classifier of a node and its :class:`~spectnode.report.AlgorithmInfo`.
+class NodeModels:
+    """The classifiers of a node and their :class:`~spectnode.report.AlgorithmInfo`, in order.
 
     Args:
-        bundle: The model bundle (None: the shipped default).
-        loader: Loads the classifier (default
+        bundles: The model bundles (None or empty: the shipped ones,
+            :data:`spectnode.classify.DEFAULT_BUNDLES`).
+        loader: Loads one classifier (default
             :meth:`spectnode.classify.StudyClassifier.from_bundle`; tests pass
             their own).
     """
 
-    def __init__(self, bundle: Path | None, loader: ClassifierLoader | None = None) -> None:
-        self.bundle = bundle
+    def __init__(self, bundles: Sequence[Path] | None, loader: ClassifierLoader | None = None) -> None:
+        self.bundles = tuple(bundles or ())
         self._loader = loader
         self._lock = threading.Lock()
-        self._classifier: StudyClassifier | None = None
-        self._algorithm: AlgorithmInfo | None = None
+        self._classifiers: Classifiers | None = None
+        self._algorithms: dict[str, AlgorithmInfo] = {}
 
-    def classifier(self) -> StudyClassifier:
-        """The loaded classifier (loaded now if it is not yet).
+    def _paths(self) -> Sequence[Path | None]:
+        if self.bundles:
+            return self.bundles
+        from spectnode.classify import DEFAULT_BUNDLES
+
+        return DEFAULT_BUNDLES or (None,)
+
+    def classifiers(self) -> Classifiers:
+        """The loaded classifiers (loaded now if they are not yet).
 
         Raises:
-            Exception: Whatever loading the bundle raised.
+            Exception: Whatever loading a bundle raised.
         """
         with self._lock:
-            if self._classifier is None:
+            if self._classifiers is None:
+                from spectnode.classify import Classifiers, StudyClassifier
                 from spectnode.report import AlgorithmInfo
 
-                loader = self._loader
-                if loader is None:
-                    from spectnode.classify import StudyClassifier
-
-                    loader = StudyClassifier.from_bundle
+                loader = self._loader or StudyClassifier.from_bundle
                 started = time.monotonic()
-                classifier = loader(self.bundle)
-                self._algorithm = AlgorithmInfo.from_card(classifier.card)
-                self._classifier = classifier
-                _log.info("model %s %s (%s) loaded in %.1f s", classifier.card.name, classifier.card.version,
-                          classifier.card.architecture, time.monotonic() - started)
-            return self._classifier
+                loaded = [loader(path) for path in self._paths()]
+                names = [c.card.name for c in loaded]
+                if len(set(names)) != len(names):
+                    raise ValueError(f"two bundles have the same model name: {names}; results could not be told apart")
+                self._algorithms = {c.card.name: AlgorithmInfo.from_card(c.card) for c in loaded}
+                self._classifiers = Classifiers(loaded)
+                _log.info("model(s) %s loaded in %.1f s",
+                          ", ".join(f"{c.card.name} {c.card.version} ({c.card.architecture}, {c.spec.mode})"
+                                    for c in loaded), time.monotonic() - started)
+            return self._classifiers
 
-    def algorithm(self) -> AlgorithmInfo:
-        """The classifier's identification in reports (loads the classifier if needed)."""
-        self.classifier()
-        assert self._algorithm is not None
-        return self._algorithm
+    def algorithms(self) -> dict[str, AlgorithmInfo]:
+        """Each model's identification in reports, by model name, in order (loads the models if needed)."""
+        self.classifiers()
+        return dict(self._algorithms)
 
     def preload(self) -> None:
-        """Load the model now; a failure is logged, not raised (the studies will carry it)."""
+        """Load the models now; a failure is logged, not raised (the studies will carry it)."""
         try:
-            self.classifier()
-        except Exception as exc:  # noqa: BLE001 - reported on each study that needs the model
-            _log.error("the model cannot be loaded from %s: %s: %s", self.bundle or "the shipped default bundle",
-                       type(exc).__name__, exc)
+            self.classifiers()
+        except Exception as exc:  # noqa: BLE001 - reported on each study that needs the models
+            where = ", ".join(map(str, self.bundles)) or "the shipped default bundles"
+            _log.error("the model cannot be loaded from %s: %s: %s", where, type(exc).__name__, exc)

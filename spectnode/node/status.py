@@ -41,10 +41,14 @@ def _study_json(study: StudyRecord, outputs: Sequence[Any], dead_items: Sequence
         "updated_at": study.updated_at,
         "completed_by": study.completed_by,
         "outcome": result.outcome if result else None,
+        # The first model's class, for a one-line summary; every model's result is in "models".
         "label": result.label if result else None,
-        "second_label": result.second_label if result else None,
+        "second_label": result.primary.second_label if result and result.primary else None,
         "probabilities": result.probabilities if result else None,
         "views": result.views if result else None,
+        "inferred_views": result.inferred_views if result else None,
+        "models": [m.to_json() for m in result.models] if result else [],
+        "skipped_models": dict(result.skipped_models) if result else {},
         "outputs": [{"kind": o.kind, "sop_instance_uid": o.sop_instance_uid, "path": str(o.path)} for o in outputs],
         # Dead outbox items of the study's current result: why it is not delivered.
         "dispatch_failed": [{"item": i.id, "destination": i.destination, "kind": i.kind,
@@ -128,9 +132,12 @@ def _age(seconds: float) -> str:
 
 
 def _study_line(study: dict[str, Any], now: float) -> list[str]:
-    if study["label"] and study["state"] not in (ERROR,):
-        probs = study["probabilities"] or {}
-        what = f"{study['label']} ({probs.get(study['label'], 0.0):.2f})"
+    if study["models"] and study["state"] not in (ERROR,):
+        several = len(study["models"]) > 1
+        what = "; ".join((f"{m['model']}: " if several else "")
+                         + f"{m['label']} ({m['probabilities'].get(m['label'], 0.0):.2f})"
+                         + (" OUTSIDE TRAINING DOMAIN" if m.get("outside_domain") else "")
+                         for m in study["models"])
     elif study["state"] == "received":
         what = f"{study['instances']} object(s), waiting for both views"
     else:

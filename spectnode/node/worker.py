@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 
 from spectnode.net.server import policy_from_config
 from spectnode.node.datadir import DataDir
-from spectnode.node.model import ClassifierLoader, NodeModel
+from spectnode.node.model import ClassifierLoader, NodeModels
 from spectnode.node.stages.assemble import AssembleStage
 from spectnode.node.stages.classify import ClassifyStage
 from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy
@@ -42,7 +42,7 @@ from spectnode.node.stages.report import ReportStage
 from spectnode.store import END_STATES, JobStore, StudyRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from spectnode.config import Config
     from spectnode.node.stages import Stage
@@ -96,8 +96,8 @@ class Node:
 
     Args:
         cfg: The validated configuration.
-        bundle: Model bundle to use instead of ``cfg.model.bundle`` (None:
-            the configured one, or the shipped default).
+        bundles: Model bundles to use instead of ``cfg.model.bundles`` (None:
+            the configured ones, or the shipped defaults).
         port: Listening port instead of ``cfg.node.port`` (0: a free port;
             see :attr:`port` after :meth:`start`).
         classifier_loader: Loads the classifier from a bundle path (tests and
@@ -108,13 +108,13 @@ class Node:
         self,
         cfg: Config,
         *,
-        bundle: Path | None = None,
+        bundles: Sequence[Path] | None = None,
         port: int | None = None,
         classifier_loader: ClassifierLoader | None = None,
     ) -> None:
         self.cfg = cfg
         self.data_dir = DataDir(cfg.storage.data_dir)
-        self.model = NodeModel(bundle if bundle is not None else cfg.model.bundle, classifier_loader)
+        self.models = NodeModels(bundles if bundles is not None else cfg.model.bundles, classifier_loader)
         self._port = cfg.node.port if port is None else port
         self._stopping = threading.Event()
         self._stages: list[StageThread] = []
@@ -151,11 +151,11 @@ class Node:
                              max_delay_s=cfg.dispatch.retry_max_seconds)
         dispatch = StageThread(DispatchStage(store, self.data_dir, destinations, cfg.node.ae_title, policy=policy),
                                self._stopping)
-        report = StageThread(ReportStage(store, self.data_dir, self.model.algorithm, cfg.destinations),
+        report = StageThread(ReportStage(store, self.data_dir, self.models.algorithms, cfg.destinations),
                              self._stopping, wake_next=dispatch.wake.set)
-        classify = StageThread(ClassifyStage(store, self.data_dir, self.model.classifier,
+        classify = StageThread(ClassifyStage(store, self.data_dir, self.models.classifiers,
                                              cfg.report.not_assessable_sr),
-                               self._stopping, wake_next=report.wake.set, prepare=self.model.preload)
+                               self._stopping, wake_next=report.wake.set, prepare=self.models.preload)
         assemble = StageThread(AssembleStage(store, self.data_dir, cfg.completion.timeout_seconds),
                                self._stopping, wake_next=classify.wake.set)
         self._stages = [assemble, classify, report, dispatch]

@@ -323,7 +323,7 @@ class _Builder:
         self._soft_tissue()
 
     def _skull(self) -> None:
-        H, hs, rng = self.H, self.hs, self.rng
+        _H, hs, rng = self.H, self.hs, self.rng
         a, b = 71.0 * hs, 93.0 * hs
         yc = 5.0 + b
         self.skull_centre_v = yc

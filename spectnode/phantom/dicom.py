@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
-from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -65,7 +65,11 @@ from pydicom.uid import (
 )
 
 from spectnode import __version__
-from spectnode.phantom.synth import PhantomScan
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence as SequenceOf
+
+    from spectnode.phantom.synth import PhantomScan
 
 __all__ = [
     "LAYOUTS",

@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .anatomy import Anatomy, BoneSite, Joint
 from .render import Primitive
+
+if TYPE_CHECKING:
+    from .anatomy import Anatomy, BoneSite, Joint
 
 __all__ = [
     "Lesion",

@@ -90,6 +90,16 @@ QUALITATIVE_EVALUATIONS: Final = Code("C0034375", "UMLS", "Qualitative Evaluatio
 MOST_PROBABLE_CLASS: Final = _private("TOPCLASS", "Most probable class")
 #: Concept name of the class with the second highest probability (dspic4 only).
 SECOND_MOST_PROBABLE_CLASS: Final = _private("SECONDCLASS", "Second most probable class")
+#: A container of qualitative evaluations per model (several models read a study).
+MODEL_RESULT: Final = _private("MODELRESULT", "Result of one model")
+#: DCM 111001 "Algorithm Name" and DCM 111003 "Algorithm Version": which model a container holds.
+ALGORITHM_NAME: Final = Code("111001", "DCM", "Algorithm Name")
+ALGORITHM_VERSION: Final = Code("111003", "DCM", "Algorithm Version")
+#: Concept name of a model's distance from its training data, and of its flag (value: a TEXT).
+DOMAIN_FIT: Final = _private("DOMAINFIT", "Distance from the model's training data")
+DOMAIN_FLAG: Final = _private("DOMAINFLAG", "Training domain")
+#: Concept name of the certainty that an inferred view is the view it was taken for (TEXT).
+VIEW_INFERENCE: Final = _private("VIEWINFERRED", "View inferred from the image")
 #: Concept name of the model card's research-use statement (a TEXT item).
 RESEARCH_USE_STATEMENT: Final = _private("RUO", "Research use statement")
 #: Concept name of the overall assessment of a study (value: :data:`NOT_ASSESSABLE`).

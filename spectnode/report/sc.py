@@ -95,7 +95,7 @@ def build_overlay_captures(
     source_datasets: Sequence[Dataset],
     views: StudyViews,
     result: StudyResult,
-    algorithm: AlgorithmInfo,
+    algorithms: Sequence[AlgorithmInfo],
     *,
     series_instance_uid: str | None = None,
     series_number: int = SC_SERIES_NUMBER,
@@ -103,13 +103,17 @@ def build_overlay_captures(
 ) -> list[hd.sc.SCImage]:
     """One RGB secondary capture per view of a classified study.
 
+    Each capture shows every model's result; its heatmap is that of the first
+    model (in ``result.models`` order) with a heatmap of the view, and the
+    capture names that model.
+
     Args:
         source_datasets: The study's instances as received (pixel data not
             needed); each view's source must be among them. Patient and study
             attributes are copied from it (missing type 2 ones written empty).
         views: The views the result was computed from.
         result: A classified result; its heatmaps are drawn where present.
-        algorithm: The model that produced ``result``.
+        algorithms: The model of each of ``result.models``, in the same order.
         series_instance_uid: The captures' series; a new UID when None.
         series_number: SeriesNumber of that series.
         first_instance_number: InstanceNumber of the first capture; the next
@@ -129,6 +133,8 @@ def build_overlay_captures(
     if result.study_uid != views.study_uid:
         raise ValueError(f"result is of study {result.study_uid}, views of study {views.study_uid}")
     check_same_study(source_datasets, result.study_uid)
+    if len(algorithms) != len(result.models) or not algorithms:
+        raise ValueError(f"{len(result.models)} model result(s) but {len(algorithms)} algorithm(s)")
 
     series_instance_uid = series_instance_uid or generate_uid()
     view_names = list(result.views) or list(views.available_views)
@@ -138,7 +144,9 @@ def build_overlay_captures(
         if image is None:
             raise ValueError(f"the result names view {name!r}, which the study views lack")
         source = find_source(source_datasets, image.source_sop_instance_uid)
-        pixels = render_overlay(image, result, algorithm)
+        shown = heatmap_model(result, name)
+        model, algorithm = result.models[shown], algorithms[shown]
+        pixels = render_overlay(image, result, algorithms, shown)
         capture = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=header_with_study_defaults(source),
             pixel_array=pixels,
@@ -151,7 +159,7 @@ def build_overlay_captures(
             instance_number=number,
             manufacturer=DEFAULT_MANUFACTURER,
             patient_orientation=_PATIENT_ORIENTATION[name],
-            contributing_equipment=[algorithm.contributing_equipment()],
+            contributing_equipment=[a.contributing_equipment() for a in algorithms],
             series_description=SC_SERIES_DESCRIPTION,
             manufacturer_model_name="spectnode",
             software_versions=__version__,
@@ -163,23 +171,36 @@ def build_overlay_captures(
         capture.BodyPartExamined = "WHOLEBODY"
         capture.SourceImageSequence = DicomSequence([_source_image_item(source, image)])
         heatmap_note = (
-            f"LayerCAM heatmap of class {result.label} above {HEATMAP_THRESHOLD:g}"
-            if name in result.heatmaps else "no heatmap"
+            f"LayerCAM heatmap of class {model.label} by {algorithm.name} {algorithm.version} above "
+            f"{HEATMAP_THRESHOLD:g}" if name in model.heatmaps else "no heatmap"
         )
+        names = ", ".join(f"{a.name} {a.version}" for a in algorithms)
         capture.DerivationDescription = (
             f"{name.capitalize()} view, inverted grey scale windowed at the "
             f"{WINDOW_PERCENTILE:g}th percentile of counted pixels, "
-            f"{heatmap_note}, result of {algorithm.name} {algorithm.version} burned in"
+            f"{heatmap_note}, results of {names} burned in"
         )[:1024]
         capture.ImageComments = algorithm.research_use_statement[:10240]
         captures.append(capture)
     return captures
 
 
-def render_overlay(view: ViewImage, result: StudyResult, algorithm: AlgorithmInfo) -> np.ndarray:
+def heatmap_model(result: StudyResult, view: str) -> int:
+    """Index of the model whose heatmap a view's capture shows: the first with a heatmap
+    of the view, else the first that read the view, else the first."""
+    for index, model in enumerate(result.models):
+        if view in model.heatmaps:
+            return index
+    return next((i for i, model in enumerate(result.models) if view in model.views), 0)
+
+
+def render_overlay(view: ViewImage, result: StudyResult, algorithms: Sequence[AlgorithmInfo],
+                   shown: int = 0) -> np.ndarray:
     """The RGB pixels of one view's capture, shape (rows, columns, 3), uint8.
 
-    ``result.heatmaps[view.view]``, where present, must have the view's shape.
+    The capture shows model ``shown``'s heatmap and result in full and the
+    other models' results below it. ``result.models[shown].heatmaps[view.view]``,
+    where present, must have the view's shape.
     """
     rows, cols = view.pixels.shape
     scale = int(np.clip(round(_TARGET_ROWS / rows), 1, _MAX_SCALE))
@@ -187,7 +208,7 @@ def render_overlay(view: ViewImage, result: StudyResult, algorithm: AlgorithmInf
     rgb: np.ndarray = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float64)
     rgb = np.kron(rgb, np.ones((scale, scale, 1)))  # nearest-neighbour upscaling
 
-    heatmap = result.heatmaps.get(view.view)
+    heatmap = result.models[shown].heatmaps.get(view.view)
     if heatmap is not None:
         heatmap = np.asarray(heatmap, dtype=np.float32)
         if heatmap.shape != (rows, cols):
@@ -207,7 +228,8 @@ def render_overlay(view: ViewImage, result: StudyResult, algorithm: AlgorithmInf
     canvas.paste(scan, (0, 0))
     draw = ImageDraw.Draw(canvas)
     _draw_side_markers(draw, view.view, scan.width, unit)
-    _draw_panel(draw, scan.width, panel_width, height, unit, view.view, heatmap is not None, result, algorithm)
+    _draw_panel(draw, scan.width, panel_width, height, unit, view.view, heatmap is not None, result, algorithms,
+                shown)
     return np.asarray(canvas, dtype=np.uint8)
 
 
@@ -270,8 +292,10 @@ def _draw_panel(
     view: str,
     has_heatmap: bool,
     result: StudyResult,
-    algorithm: AlgorithmInfo,
+    algorithms: Sequence[AlgorithmInfo],
+    shown: int,
 ) -> None:
+    model, algorithm = result.models[shown], algorithms[shown]
     margin = unit
     x = x0 + margin
     inner = width - 2 * margin
@@ -297,15 +321,15 @@ def _draw_panel(
 
     draw.text((x, y), "Most probable class", font=regular, fill=_MUTED)
     y += round(1.3 * unit)
-    top = result.label or ""
-    y = _wrapped(draw, x, y, f"{_display_name(top)}  {100 * result.probabilities.get(top, 0.0):.1f} %",
+    top = model.label
+    y = _wrapped(draw, x, y, f"{_display_name(top)}  {100 * model.probabilities.get(top, 0.0):.1f} %",
                  big, _TOP_BAR_COLOUR, inner)
     y += round(0.3 * unit)
-    if result.second_label is not None:
+    if model.second_label is not None:
         draw.text((x, y), "Second most probable", font=regular, fill=_MUTED)
         y += round(1.3 * unit)
-        second = result.second_label
-        y = _wrapped(draw, x, y, f"{_display_name(second)}  {100 * result.probabilities.get(second, 0.0):.1f} %",
+        second = model.second_label
+        y = _wrapped(draw, x, y, f"{_display_name(second)}  {100 * model.probabilities.get(second, 0.0):.1f} %",
                      bold, _TEXT, inner)
         y += round(0.3 * unit)
     y += margin // 2
@@ -313,7 +337,7 @@ def _draw_panel(
     draw.text((x, y), "Class probabilities", font=regular, fill=_MUTED)
     y += round(1.4 * unit)
     for class_name in algorithm.classes:
-        probability = float(result.probabilities.get(class_name, 0.0))
+        probability = float(model.probabilities.get(class_name, 0.0))
         percent = f"{100 * probability:.1f} %"
         room = inner - draw.textlength(percent, font=regular) - unit // 2
         draw.text((x, y), _truncated(draw, _display_name(class_name), regular, room), font=regular, fill=_TEXT)
@@ -321,7 +345,7 @@ def _draw_panel(
         y += round(1.25 * unit)
         bar_height = round(0.45 * unit)
         draw.rectangle((x, y, x + inner, y + bar_height), outline=(170, 170, 170), width=1)
-        fill = _TOP_BAR_COLOUR if class_name == result.label else _BAR_COLOUR
+        fill = _TOP_BAR_COLOUR if class_name == model.label else _BAR_COLOUR
         draw.rectangle((x, y, x + round(inner * min(max(probability, 0.0), 1.0)), y + bar_height), fill=fill)
         y += bar_height + round(0.6 * unit)
     y += margin // 2
@@ -342,9 +366,22 @@ def _draw_panel(
         y = _wrapped(draw, x, y, "No heatmap was computed for this result.", small, _MUTED, inner)
     y += margin
 
-    draw.text((x, y), "Model", font=regular, fill=_MUTED)
+    draw.text((x, y), "Model (result and heatmap above)", font=regular, fill=_MUTED)
     y += round(1.3 * unit)
     y = _wrapped(draw, x, y, f"{algorithm.name} {algorithm.version}", bold, _TEXT, inner)
+    if model.outside_domain:
+        y = _wrapped(draw, x, y, "Outside the model's training domain", bold, _WARNING_RED, inner)
+    for other, other_algorithm in zip(result.models, algorithms):
+        if other is model:
+            continue
+        y += margin // 2
+        y = _wrapped(draw, x, y, f"{other_algorithm.name} {other_algorithm.version}", regular, _MUTED, inner)
+        y = _wrapped(draw, x, y, f"{_display_name(other.label)}  {100 * other.probabilities.get(other.label, 0):.1f} %"
+                     + ("  (outside training domain)" if other.outside_domain else ""), bold, _TEXT, inner)
+    if view in result.inferred_views:
+        y += margin // 2
+        y = _wrapped(draw, x, y, f"View inferred from the image (certainty {result.view_certainty.get(view, 0):.2f})",
+                     small, _WARNING_RED, inner)
 
     # Footer: the full statement where it fits, always the short warning last.
     footer = "RESEARCH USE ONLY - NOT FOR CLINICAL USE."

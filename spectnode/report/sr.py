@@ -50,8 +50,8 @@ if TYPE_CHECKING:
 
     from pydicom.dataset import Dataset
 
-    from spectnode.classify import StudyResult
     from spectnode.imaging.views import StudyViews
+    from spectnode.result import ModelResult, StudyResult
 
 __all__ = [
     "SR_SERIES_DESCRIPTION",
@@ -83,7 +83,7 @@ def build_result_sr(
     source_datasets: Sequence[Dataset],
     views: StudyViews,
     result: StudyResult,
-    algorithm: AlgorithmInfo,
+    algorithms: Sequence[AlgorithmInfo],
     *,
     series_instance_uid: str | None = None,
     series_number: int = SR_SERIES_NUMBER,
@@ -91,7 +91,12 @@ def build_result_sr(
     instance_number: int = 1,
     predecessor: Dataset | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The SR of a classified study: every class's certainty, the top class(es).
+    """The SR of a classified study: for every model that read it, every class's certainty and the top class(es).
+
+    Each model's measurement groups carry its own algorithm identification
+    (TID 4019), and ContributingEquipment lists every model (IHE AI Results);
+    the qualitative evaluations hold one container per model, named by its
+    algorithm name and version.
 
     Args:
         source_datasets: The study's instances as received (pixel data not
@@ -100,7 +105,7 @@ def build_result_sr(
             anterior view's source (missing type 2 ones are written empty).
         views: The views the result was computed from.
         result: A result with outcome ``"classified"`` of the same study.
-        algorithm: The model that produced ``result``.
+        algorithms: The model of each of ``result.models``, in the same order.
         series_instance_uid: SR series; a new UID when None.
         series_number: SeriesNumber of the SR series.
         sop_instance_uid: UID of the SR; a new UID when None.
@@ -112,8 +117,8 @@ def build_result_sr(
         The SR, ready to be saved or sent.
 
     Raises:
-        ValueError: if ``result`` is not classified, its classes differ from
-            the algorithm's, it belongs to another study than ``views`` or
+        ValueError: if ``result`` is not classified, a model's classes differ
+            from its algorithm's, it belongs to another study than ``views`` or
             ``source_datasets``, a view's source is missing, or ``predecessor``
             is not an SR.
     """
@@ -124,70 +129,61 @@ def build_result_sr(
         )
     if result.study_uid != views.study_uid:
         raise ValueError(f"result is of study {result.study_uid}, views of study {views.study_uid}")
-    if set(result.probabilities) != set(algorithm.classes):
-        raise ValueError(
-            f"result has probabilities for {sorted(result.probabilities)}, "
-            f"the algorithm's classes are {list(algorithm.classes)}"
-        )
-    for label in (result.label, result.second_label):
-        if label is not None and label not in algorithm.classes:
-            raise ValueError(f"result class {label!r} is not one of {list(algorithm.classes)}")
-    if result.label is None:
-        raise ValueError("a classified result must name its most probable class (label)")
+    if len(algorithms) != len(result.models) or not algorithms:
+        raise ValueError(f"{len(result.models)} model result(s) but {len(algorithms)} algorithm(s)")
+    for model, algorithm in zip(result.models, algorithms):
+        if set(model.probabilities) != set(algorithm.classes):
+            raise ValueError(
+                f"result has probabilities for {sorted(model.probabilities)}, "
+                f"the algorithm's classes are {list(algorithm.classes)}"
+            )
+        for label in (model.label, model.second_label):
+            if label is not None and label not in algorithm.classes:
+                raise ValueError(f"result class {label!r} is not one of {list(algorithm.classes)}")
+        if not model.label:
+            raise ValueError("a classified result must name its most probable class (label)")
     check_same_study(source_datasets, result.study_uid)
 
     view_names = list(result.views) or list(views.available_views)
-    view_images = []
+    view_images = {}
     for name in view_names:
         image = getattr(views, name, None)
         if image is None:
             raise ValueError(f"the result names view {name!r}, which the study views lack")
-        view_images.append(image)
-    source_images = [
-        _source_image_reference(find_source(source_datasets, image.source_sop_instance_uid), image.frame_number)
-        for image in view_images
-    ]
+        view_images[name] = image
 
-    groups = [
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=generate_uid(), identifier=f"certainty of class {class_name}"
-            ),
-            finding_type=content.class_code(class_name),
-            algorithm_id=algorithm.algorithm_identification(),
-            source_images=source_images,
-            measurements=[
-                hd.sr.Measurement(
-                    name=content.CERTAINTY_OF_FINDING,
-                    value=certainty_percent(result.probabilities[class_name]),
-                    unit=content.PERCENT,
-                )
-            ],
-        )
-        for class_name in algorithm.classes
-    ]
-    evaluations: list[hd.sr.ContentItem] = [
-        hd.sr.CodeContentItem(
-            name=content.MOST_PROBABLE_CLASS,
-            value=content.class_code(result.label),
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        )
-    ]
-    if result.second_label is not None:
-        evaluations.append(
-            hd.sr.CodeContentItem(
-                name=content.SECOND_MOST_PROBABLE_CLASS,
-                value=content.class_code(result.second_label),
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    def source_images(names: Sequence[str]) -> list[hd.sr.SourceImageForMeasurementGroup]:
+        return [_source_image_reference(find_source(source_datasets, view_images[n].source_sop_instance_uid),
+                                        view_images[n].frame_number) for n in names if n in view_images]
+
+    groups = []
+    evaluations: list[hd.sr.ContentItem] = []
+    for model, algorithm in zip(result.models, algorithms):
+        images = source_images(model.views or view_names)
+        groups += [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(), identifier=f"{algorithm.name}: certainty of class {class_name}"
+                ),
+                finding_type=content.class_code(class_name),
+                algorithm_id=algorithm.algorithm_identification(),
+                source_images=images,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=content.CERTAINTY_OF_FINDING,
+                        value=certainty_percent(model.probabilities[class_name]),
+                        unit=content.PERCENT,
+                    )
+                ],
             )
-        )
-    evaluations.append(_research_use_item(algorithm))
-
+            for class_name in algorithm.classes
+        ]
+        evaluations.append(_model_container(model, algorithm, result))
     # The anterior view's source first: highdicom copies patient and study from it.
-    referenced = [find_source(source_datasets, image.source_sop_instance_uid) for image in view_images]
+    referenced = [find_source(source_datasets, image.source_sop_instance_uid) for image in view_images.values()]
     evidence = unique_by_sop_instance([*referenced, *source_datasets])
     return _build_sr(
-        evidence, groups, evaluations, algorithm,
+        evidence, groups, evaluations, algorithms,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
@@ -196,10 +192,42 @@ def build_result_sr(
     )
 
 
+def _model_container(model: ModelResult, algorithm: AlgorithmInfo,
+                     result: StudyResult) -> hd.sr.ContainerContentItem:
+    """One model's qualitative evaluations: which model, its top class(es), its training domain, its statement."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.TextContentItem(name=content.ALGORITHM_NAME, value=algorithm.name, relationship_type=contains),
+        hd.sr.TextContentItem(name=content.ALGORITHM_VERSION, value=algorithm.version, relationship_type=contains),
+        hd.sr.CodeContentItem(name=content.MOST_PROBABLE_CLASS, value=content.class_code(model.label),
+                              relationship_type=contains),
+    ]
+    if model.second_label is not None:
+        items.append(hd.sr.CodeContentItem(name=content.SECOND_MOST_PROBABLE_CLASS,
+                                           value=content.class_code(model.second_label), relationship_type=contains))
+    for view in model.views:
+        if view in result.inferred_views:
+            certainty = result.view_certainty.get(view, 0.0)
+            items.append(hd.sr.TextContentItem(
+                name=content.VIEW_INFERENCE, relationship_type=contains,
+                value=f"{view}: no header names this view; inferred from the image, certainty {certainty:.2f}"))
+    if model.domain_score is not None:
+        items.append(hd.sr.TextContentItem(name=content.DOMAIN_FIT, value=f"{model.domain_score:.3f}",
+                                           relationship_type=contains))
+        items.append(hd.sr.TextContentItem(
+            name=content.DOMAIN_FLAG, relationship_type=contains,
+            value="outside the model's training domain" if model.outside_domain else "within the training domain"))
+    items.append(_research_use_item(algorithm))
+    container = hd.sr.ContainerContentItem(name=content.MODEL_RESULT, relationship_type=contains,
+                                           is_content_continuous=False)
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
 def build_not_assessable_sr(
     source_datasets: Sequence[Dataset],
     result: StudyResult,
-    algorithm: AlgorithmInfo,
+    algorithms: Sequence[AlgorithmInfo],
     *,
     series_instance_uid: str | None = None,
     series_number: int = SR_SERIES_NUMBER,
@@ -216,7 +244,8 @@ def build_not_assessable_sr(
         result: A result with outcome ``"not_assessable"`` and its reason.
             Its ``study_uid`` may be empty (files that could not be read); the
             study is then that of ``source_datasets``.
-        algorithm: The model that would have classified the study.
+        algorithms: The models that would have classified the study (the
+            first is named in the assessment group).
         series_instance_uid, series_number, sop_instance_uid, instance_number,
         predecessor: As for :func:`build_result_sr`.
 
@@ -233,6 +262,9 @@ def build_not_assessable_sr(
     study_uid = result.study_uid or str(source_datasets[0].get("StudyInstanceUID", ""))
     check_same_study(source_datasets, study_uid)
 
+    if not algorithms:
+        raise ValueError("at least one algorithm is needed")
+    algorithm = algorithms[0]
     reason = (result.reason or "").strip() or "No reason was recorded."
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="study assessment"),
@@ -253,7 +285,7 @@ def build_not_assessable_sr(
     )
     evaluations.append(_research_use_item(algorithm))
     return _build_sr(
-        unique_by_sop_instance(source_datasets), [group], evaluations, algorithm,
+        unique_by_sop_instance(source_datasets), [group], evaluations, algorithms,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
@@ -293,7 +325,7 @@ def _build_sr(
     evidence: Sequence[Dataset],
     groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations],
     evaluations: Sequence[hd.sr.ContentItem],
-    algorithm: AlgorithmInfo,
+    algorithms: Sequence[AlgorithmInfo],
     *,
     series_instance_uid: str | None,
     series_number: int,
@@ -308,7 +340,7 @@ def _build_sr(
         )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
-            observer_device_context=algorithm.device_observer_context()
+            observer_device_context=algorithms[0].device_observer_context()
         ),
         procedure_reported=content.PROCEDURE_REPORTED,
         imaging_measurements=list(groups),
@@ -335,7 +367,7 @@ def _build_sr(
         is_final=True,
         is_verified=False,
         previous_versions=[predecessor] if predecessor is not None else None,
-        contributing_equipment=[algorithm.contributing_equipment()],
+        contributing_equipment=[a.contributing_equipment() for a in algorithms],
         series_description=SR_SERIES_DESCRIPTION,
         manufacturer_model_name="spectnode",
         software_versions=__version__,

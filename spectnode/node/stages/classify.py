@@ -2,10 +2,11 @@
 
 The only stage that decodes pixel data. It reads a complete study's spooled
 NM objects, finds its views (:mod:`spectnode.imaging.views`), runs the
-classifier (:class:`spectnode.classify.StudyClassifier`, a library that knows
-nothing of the store) and stores the :class:`~spectnode.result.StudyResult`
-with the study. The views it was computed from and their LayerCAM heatmaps go
-into the data directory's work file of the study's generation, so the report
+configured models (:class:`spectnode.classify.Classifiers`, a library that
+knows nothing of the store; each model that can take the study reads it)
+and stores the :class:`~spectnode.result.StudyResult` with the study. The
+views it was computed from and every model's LayerCAM heatmaps go into the
+data directory's work file of the study's generation, so the report
 stage (or a restarted node) needs neither a second inference nor a second
 decode.
 
@@ -32,15 +33,21 @@ from spectnode.store import CLASSIFIED, COMPLETE, NOT_ASSESSABLE, JobStore, Stud
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from spectnode.classify import StudyClassifier
+    from spectnode.classify import Classifiers
     from spectnode.node.datadir import DataDir
 
 __all__ = ["VIEW_KEY", "ClassifyStage", "wants_not_assessable_sr"]
 
 _log = logging.getLogger("spectnode.node")
 
-#: Keys of the work file: "<view>" is a heatmap, "view_<view>" the view's pixels.
+#: Keys of the work file: "view_<view>" is the view's pixels, "<view>" the first
+#: model's heatmap of it and "<view>.<i>" the (i+1)-th model's.
 VIEW_KEY = "view_"
+
+
+def heatmap_key(model_index: int, view: str) -> str:
+    """The work-file key of model ``model_index``'s heatmap of ``view``."""
+    return view if model_index == 0 else f"{view}.{model_index}"
 
 
 def wants_not_assessable_sr(reason_code: str | None, not_assessable_sr: bool) -> bool:
@@ -74,18 +81,18 @@ class ClassifyStage:
     Args:
         store: The job store.
         data_dir: Where the work files go.
-        classifier: Returns the loaded classifier (it loads the model on
-            first use; see :class:`spectnode.node.model.NodeModel`).
+        classifiers: Returns the loaded models (they load on first use; see
+            :class:`spectnode.node.model.NodeModels`).
         not_assessable_sr: ``report.not_assessable_sr``.
     """
 
     name = "classify"
 
-    def __init__(self, store: JobStore, data_dir: DataDir, classifier: Callable[[], StudyClassifier],
+    def __init__(self, store: JobStore, data_dir: DataDir, classifiers: Callable[[], Classifiers],
                  not_assessable_sr: bool) -> None:
         self.store = store
         self.data_dir = data_dir
-        self.classifier = classifier
+        self.classifiers = classifiers
         self.not_assessable_sr = not_assessable_sr
 
     def step(self) -> bool:
@@ -120,7 +127,7 @@ class ClassifyStage:
             result is then dropped).
         """
         views = self._read_views(study.study_uid)
-        result = self.classifier().classify(views, explain=True)
+        result = self.classifiers().classify(views, explain=True)
         if not result.classified:
             moved = self.store.advance(study.study_uid, study.generation, COMPLETE, NOT_ASSESSABLE,
                                        f"not assessable ({result.reason_code}): {result.reason}",
@@ -133,17 +140,19 @@ class ClassifyStage:
             return NOT_ASSESSABLE if moved else None
         assert isinstance(views, StudyViews)
         result.view_sources = _view_sources(views)
-        arrays = {view: np.asarray(m, dtype=np.float32) for view, m in result.heatmaps.items()}
+        arrays = {heatmap_key(i, view): np.asarray(m, dtype=np.float32)
+                  for i, model in enumerate(result.models) for view, m in model.heatmaps.items()}
         arrays.update({VIEW_KEY + image.view: np.asarray(image.pixels, dtype=np.float32)
                        for image in (views.anterior, views.posterior) if image is not None})
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
         write_durably(self.data_dir.work_file(study.study_uid, study.generation), buffer.getvalue())
-        probabilities = ", ".join(f"{k} {v:.3f}" for k, v in result.probabilities.items())
+        summary = "; ".join(
+            f"{m.model}: {m.label} ({', '.join(f'{k} {v:.3f}' for k, v in m.probabilities.items())}) "
+            f"from {'+'.join(m.views)}" for m in result.models)
         moved = self.store.advance(study.study_uid, study.generation, COMPLETE, CLASSIFIED,
-                                   f"classified as {result.label} ({probabilities}) from {'+'.join(result.views)}",
-                                   result=result)
+                                   f"classified: {summary}", result=result)
         if moved:
-            _log.info("study %s from %s: classified as %s (%s) from %s", study.study_uid, study.calling_ae,
-                      result.label, probabilities, "+".join(result.views), extra=study_log_extra(study))
+            _log.info("study %s from %s: classified: %s", study.study_uid, study.calling_ae, summary,
+                      extra=study_log_extra(study))
         return CLASSIFIED if moved else None

@@ -29,13 +29,13 @@ from pydicom.uid import generate_uid
 from spectnode.fsutil import instance_file_name, write_durably
 from spectnode.imaging.views import ANTERIOR, POSTERIOR, StudyViews, ViewImage, read_study_views
 from spectnode.node.stages import record_failure, study_log_extra
-from spectnode.node.stages.classify import VIEW_KEY
+from spectnode.node.stages.classify import VIEW_KEY, heatmap_key
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.result import StudyResult
 from spectnode.store import CLASSIFIED, DISPATCHED, NOT_ASSESSABLE, REPORTED, JobStore, OutputRecord, StudyRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from pydicom.dataset import Dataset
@@ -52,15 +52,8 @@ _log = logging.getLogger("spectnode.node")
 def result_summary(study: StudyRecord, result: StudyResult, outputs: Sequence[OutputRecord]) -> dict[str, object]:
     """The JSON summary of a study's current result (``results/<study>/result.json``)."""
     return {
-        "study_uid": study.study_uid,
+        **result.to_json(),
         "generation": study.generation,
-        "outcome": result.outcome,
-        "label": result.label,
-        "second_label": result.second_label,
-        "probabilities": result.probabilities,
-        "views": result.views,
-        "reason": result.reason,
-        "reason_code": result.reason_code,
         "sr": [str(o.path) for o in outputs if o.kind == "sr"],
         "sc": [str(o.path) for o in outputs if o.kind == "sc"],
         "sr_sop_instance_uid": next((o.sop_instance_uid for o in outputs if o.kind == "sr"), None),
@@ -80,19 +73,19 @@ class ReportStage:
         store: The job store (its outbox takes the outputs).
         data_dir: Where the classify stage left the work files, and where
             the results go.
-        algorithm: Returns the classifier's :class:`~spectnode.report.AlgorithmInfo`
-            (it loads the model on first use).
+        algorithms: Returns each model's :class:`~spectnode.report.AlgorithmInfo`
+            by model name, in the configured order (the models load on first use).
         destinations: The configured destinations; each takes the output
             kinds its ``outputs`` name.
     """
 
     name = "report"
 
-    def __init__(self, store: JobStore, data_dir: DataDir, algorithm: Callable[[], AlgorithmInfo],
+    def __init__(self, store: JobStore, data_dir: DataDir, algorithms: Callable[[], Mapping[str, AlgorithmInfo]],
                  destinations: Sequence[DestinationConfig]) -> None:
         self.store = store
         self.data_dir = data_dir
-        self.algorithm = algorithm
+        self.algorithms = algorithms
         self.destinations = tuple(destinations)
 
     def pending(self) -> list[StudyRecord]:
@@ -122,7 +115,9 @@ class ReportStage:
             return result, None
         with np.load(self.data_dir.work_file(study.study_uid, study.generation)) as stored:
             arrays = {name: stored[name] for name in stored.files}
-        result.heatmaps = {name: a for name, a in arrays.items() if not name.startswith(VIEW_KEY)}
+        for i, model in enumerate(result.models):
+            model.heatmaps = {view: arrays[heatmap_key(i, view)] for view in model.views
+                              if heatmap_key(i, view) in arrays}
         images: dict[str, ViewImage] = {}
         for view, source in result.view_sources.items():
             pixels = arrays.get(VIEW_KEY + view)
@@ -153,11 +148,31 @@ class ReportStage:
         return OutputRecord(study.study_uid, study.generation, kind, str(ds.SOPInstanceUID), str(ds.SOPClassUID),
                             str(ds.SeriesInstanceUID), path, True, 0.0)
 
+    def _algorithms_of(self, result: StudyResult) -> list[AlgorithmInfo]:
+        """The identification of each model of ``result``; of every configured model when it has none.
+
+        A result stored by spectnode 0.1.0 names no model: it is taken to be
+        the first configured one's.
+
+        Raises:
+            RuntimeError: If a model of the result is no longer configured.
+        """
+        known = self.algorithms()
+        if not result.models:
+            return list(known.values())
+        missing = [m.model for m in result.models if m.model and m.model not in known]
+        if missing:
+            raise RuntimeError(f"model(s) {', '.join(missing)} of the stored result are no longer configured "
+                               f"(configured: {', '.join(known)})")
+        first = next(iter(known.values()))
+        return [known[m.model] if m.model else first for m in result.models]
+
     def _build_outputs(self, study: StudyRecord, result: StudyResult,
                        views: StudyViews | None) -> list[tuple[OutputRecord, Dataset]]:
         from spectnode.report import build_not_assessable_sr, build_overlay_captures, build_result_sr
 
-        algorithm = self.algorithm()
+        algorithms = self._algorithms_of(result)
+        algorithm = algorithms[0]
         # The report needs the sources' headers only: the views come from the classify stage.
         sources, problems = read_spooled_study(self.store, study.study_uid,
                                                pixel_data=views is None and result.classified)
@@ -176,7 +191,7 @@ class ReportStage:
         series_uid = self._uid(study, algorithm, "sr-series")
         sop_uid = self._uid(study, algorithm, "sr")
         if not result.classified:
-            sr = build_not_assessable_sr(sources, result, algorithm, predecessor=predecessor,
+            sr = build_not_assessable_sr(sources, result, algorithms, predecessor=predecessor,
                                          series_instance_uid=series_uid, sop_instance_uid=sop_uid)
             return [(self._output_record(study, "sr", sr), sr)]
         if views is None:  # classified by a node that did not keep the views: read them again
@@ -184,9 +199,9 @@ class ReportStage:
             if not isinstance(found, StudyViews):
                 raise RuntimeError(f"the study's views can no longer be read: {found.reason}")
             views = found
-        sr = build_result_sr(sources, views, result, algorithm, predecessor=predecessor,
+        sr = build_result_sr(sources, views, result, algorithms, predecessor=predecessor,
                              series_instance_uid=series_uid, sop_instance_uid=sop_uid)
-        captures = build_overlay_captures(sources, views, result, algorithm,
+        captures = build_overlay_captures(sources, views, result, algorithms,
                                           series_instance_uid=self._uid(study, algorithm, "sc-series"))
         return [(self._output_record(study, "sr", sr), sr)] + [(self._output_record(study, "sc", sc), sc)
                                                                for sc in captures]
