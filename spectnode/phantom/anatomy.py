@@ -16,6 +16,7 @@ follow standard anthropometric ratios of the standing height.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass, field
 
@@ -59,6 +60,7 @@ class PhantomPatient:
         age: Age in years.
         height_cm: Standing height.
         weight_kg: Body weight.
+        birth_date: Birth date, when the generator fixes it (``None``: drawn to fit the age).
     """
 
     patient_id: str
@@ -66,6 +68,7 @@ class PhantomPatient:
     age: int
     height_cm: float
     weight_kg: float
+    birth_date: dt.date | None = None
 
 
 @dataclass
@@ -404,6 +407,8 @@ class _Builder:
         self.ellipse(liver, 105 * bl, 70 * bl, 120.0, 0.45, group="organ", direction=_unit(1.0, -0.25),
                      profile="soft")
         self.ellipse((78 * bl, 0.305 * H), 34 * bl, 52 * bl, 70.0, 0.7, group="organ", profile="soft")
+        self.landmarks["heart"] = self.P(*heart)
+        self.landmarks["liver"] = self.P(*liver)
 
     def _skull(self) -> None:
         H, hs, rng = self.H, self.hs, self.rng

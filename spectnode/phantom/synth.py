@@ -43,6 +43,8 @@ The output depends only on the state of the generator passed in and the argument
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import math
 from dataclasses import dataclass
 
@@ -67,6 +69,7 @@ __all__ = [
     "ANATOMIES",
     "build_anatomy",
     "render_scan",
+    "evolve_findings",
     "Acquisition",
     "sample_acquisition",
     "apply_phase",
@@ -172,10 +175,10 @@ def apply_phase(anatomy: Anatomy, phase: str, rng: np.random.Generator) -> None:
         gains[group] = gains.get(group, 1.0) * bone
     gains["lesion"] = bone * float(rng.uniform(1.0, 2.0))  # hyperaemic findings stand out a little
     gains["soft"] = float(rng.uniform(2.0, 4.0))
-    gains["blood"] = float(rng.uniform(3.0, 6.0))
+    gains["blood"] = float(rng.uniform(4.0, 8.0))
     gains["organ"] = float(rng.uniform(1.5, 3.0))
     gains["kidney"] = gains.get("kidney", 1.0) * float(rng.uniform(1.2, 2.5))
-    gains["bladder"] = gains.get("bladder", 1.0) * float(rng.uniform(0.05, 0.3))
+    gains["bladder"] = gains.get("bladder", 1.0) * float(rng.uniform(0.02, 0.12))
 
 
 @dataclass
@@ -193,6 +196,8 @@ class PhantomScan:
         anatomy: Name of the anatomy builder (see :data:`ANATOMIES`).
         phase: One of :data:`PHASES`.
         acquisition: How it was acquired (``None`` for scans made outside the generator).
+        study_datetime: When it was acquired, if the generator fixes it (follow-ups);
+            ``None`` lets the DICOM writer draw a date.
     """
 
     anterior: np.ndarray
@@ -205,6 +210,7 @@ class PhantomScan:
     anatomy: str = "classic"
     phase: str = "delayed"
     acquisition: Acquisition | None = None
+    study_datetime: datetime.datetime | None = None
 
 
 def sample_findings(anatomy: Anatomy, label: str, rng: np.random.Generator) -> tuple[list[Lesion], bool]:
@@ -228,6 +234,43 @@ def sample_findings(anatomy: Anatomy, label: str, rng: np.random.Generator) -> t
         lesions += sample_arthritis(anatomy, rng)
     lesions += sample_confounders(anatomy, rng)
     return lesions, superscan
+
+
+def evolve_findings(anatomy, lesions: list[Lesion], label: str, rng: np.random.Generator,
+                    new_metastases_chance: float = 0.2) -> tuple[list[Lesion], str]:
+    """The same patient's findings at a follow-up months later, and the label they give.
+
+    Metastases grow (larger, hotter: a visible one stays visible) and new ones appear; a
+    patient without them develops them with ``new_metastases_chance``.  Arthritis persists at a similar level (never below
+    :data:`~spectnode.phantom.findings.ARTHRITIS_MIN_RATIO` of the joint's physiological level).
+    Physiological and degenerative uptake, fractures and benign variants stay; injection
+    site and contamination are the new study's own.
+    """
+    from .findings import ARTHRITIS_MIN_RATIO
+
+    kept: list[Lesion] = []
+    for lesion in lesions:
+        if lesion.kind in ("injection", "lymph_node", "contamination"):
+            continue
+        if lesion.kind == "metastasis":
+            lesion = dataclasses.replace(
+                lesion, radius_mm=min(lesion.radius_mm * float(rng.uniform(1.0, 1.3)), 30.0),
+                relative_uptake=1.0 + (lesion.relative_uptake - 1.0) * float(rng.uniform(1.0, 1.4)))
+        elif lesion.kind == "arthritis":
+            ratio = max(ARTHRITIS_MIN_RATIO, lesion.relative_uptake / lesion.host_uptake
+                        * float(rng.lognormal(0.0, 0.15)))
+            lesion = dataclasses.replace(lesion, relative_uptake=lesion.host_uptake * ratio)
+        kept.append(lesion)
+    has_metastases = any(lesion.kind == "metastasis" for lesion in kept)
+    if has_metastases:
+        fresh = sample_metastases(anatomy, rng)
+        kept += fresh[: int(rng.poisson(2.0))]
+    elif rng.random() < new_metastases_chance:
+        kept += sample_metastases(anatomy, rng)
+        label = "both" if label == "arthritic" else "metastatic"
+    kept += [lesion for lesion in sample_confounders(anatomy, rng)
+             if lesion.kind in ("injection", "lymph_node", "contamination")]
+    return kept, label
 
 
 def _sigma_px(distance_mm: float, intrinsic_mm: float, slope: float, spacing: float) -> float:
