@@ -102,12 +102,16 @@ def test_body_proportions_pose_and_bone_thickness_vary():
     assert poses["chest"] >= 4 and poses["side or abducted"] >= 40
 
 
-def test_physiological_uptake_is_drawn_for_every_label_alike_and_symmetric():
+ANATOMIES = pytest.mark.parametrize("anatomy", ["classic", "voxel"])
+
+
+@ANATOMIES
+def test_physiological_uptake_is_drawn_for_every_label_alike_and_symmetric(anatomy):
     with_physiological = 0
     for seed in SEEDS:
         per_label = {}
         for label in LABELS:
-            _, lesions, _ = findings(seed, label)
+            _, lesions, _ = findings(seed, label, anatomy)
             per_label[label] = [lesion for lesion in lesions if lesion.kind == "physiological"]
         # drawn before the label's findings, from the same stream: identical in every class
         assert all(per_label[label] == per_label["normal"] for label in LABELS), seed
@@ -122,10 +126,11 @@ def test_physiological_uptake_is_drawn_for_every_label_alike_and_symmetric():
     assert with_physiological >= 0.9 * len(SEEDS)
 
 
-def test_normal_studies_have_no_disease_and_only_mild_joint_findings():
+@ANATOMIES
+def test_normal_studies_have_no_disease_and_only_mild_joint_findings(anatomy):
     degenerative = 0
     for seed in SEEDS:
-        _, lesions, _ = findings(seed, "normal")
+        _, lesions, _ = findings(seed, "normal", anatomy)
         kinds = {lesion.kind for lesion in lesions}
         assert not kinds & {"metastasis", "arthritis"}
         for lesion in lesions:
@@ -135,16 +140,17 @@ def test_normal_studies_have_no_disease_and_only_mild_joint_findings():
     assert degenerative >= 5  # degenerative change in normals is common, not absent
 
 
-def test_arthritic_studies_have_focal_joint_uptake_above_the_physiological_level():
+@ANATOMIES
+def test_arthritic_studies_have_focal_joint_uptake_above_the_physiological_level(anatomy):
     asymmetric = 0
     for seed in SEEDS:
         for label in ("arthritic", "both"):
-            anatomy, lesions, _ = findings(seed, label)
+            body, lesions, _ = findings(seed, label, anatomy)
             arthritis = [lesion for lesion in lesions if lesion.kind == "arthritis"]
             assert arthritis, (seed, label)
-            joints = {joint.name: joint for joint in anatomy.joints}
+            joints = {joint.name: joint for joint in body.joints}
             for lesion in arthritis:
-                assert lesion.host_uptake == anatomy.physiological.get(lesion.site, 1.0)
+                assert lesion.host_uptake == body.physiological.get(lesion.site, 1.0)
                 assert joint_excess_ratio(lesion) >= ARTHRITIS_MIN_RATIO - 1e-9
                 assert lesion.radius_mm < joints[lesion.site].half_width_mm  # focal, not the whole joint
             sites = {lesion.site: lesion.relative_uptake for lesion in arthritis}
@@ -159,14 +165,22 @@ def test_arthritic_studies_have_focal_joint_uptake_above_the_physiological_level
     assert asymmetric >= 0.4 * 2 * len(SEEDS)  # often asymmetric
 
 
-def test_arthritic_hot_spot_stands_out_over_the_physiological_joint_in_the_image():
+@ANATOMIES
+def test_arthritic_hot_spot_stands_out_over_the_physiological_joint_in_the_image(anatomy):
+    from spectnode.phantom.voxel import render_voxel_views
+
+    acquisition = sample_acquisition(np.random.default_rng(0))
     for seed in range(4):
-        anatomy, lesions, _ = findings(seed, "arthritic")
+        body, lesions, _ = findings(seed, "arthritic", anatomy)
         index = max((lesion for lesion in lesions if lesion.kind == "arthritis"), key=joint_excess_ratio)
         others = [lesion for lesion in lesions if lesion is not index]
-        ant_without, post_without = render_expected_views(anatomy, others)
-        ant_with, post_with = render_expected_views(anatomy, lesions)
+        if anatomy == "voxel":
+            ant_without, post_without = render_voxel_views(body, others, acquisition)
+            ant_with, post_with = render_voxel_views(body, lesions, acquisition)
+        else:
+            ant_without, post_without = render_expected_views(body, others)
+            ant_with, post_with = render_expected_views(body, lesions)
         r, c = round(index.row), round(index.col)
-        cols = anatomy.matrix[1]
+        cols = body.matrix[1]
         gain = max(ant_with[r, c] / ant_without[r, c], post_with[r, cols - 1 - c] / post_without[r, cols - 1 - c])
         assert gain > 1.3, (seed, index.site, gain)

@@ -23,24 +23,31 @@ from spectnode.phantom.synth import (
     build_anatomy,
     evolve_findings,
     render_expected_views,
+    sample_acquisition,
     sample_findings,
     synthesize_scan,
 )
 
 
-def _views(seed: int, phase: str, anatomy: str = "classic"):
+def _views(seed: int, phase: str, anatomy: str):
+    from spectnode.phantom.voxel import render_voxel_views
+
     rng = np.random.default_rng(seed)
     body = build_anatomy(anatomy, rng, (1024, 256), "P")
     lesions, _ = sample_findings(body, "normal", rng)
     apply_phase(body, phase, rng)
-    ant, post = render_expected_views(body, lesions)
+    if anatomy == "voxel":
+        ant, post = render_voxel_views(body, lesions, sample_acquisition(np.random.default_rng(0)))
+    else:
+        ant, post = render_expected_views(body, lesions)
     return body, ant / ant.sum(), post / post.sum()
 
 
+@pytest.mark.parametrize("anatomy", ["classic", "voxel"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_early_phase_shows_blood_pool_and_little_skeleton(seed):
-    body, ant_d, post_d = _views(seed, "delayed")
-    _, ant_e, post_e = _views(seed, "early")
+def test_early_phase_shows_blood_pool_and_little_skeleton(seed, anatomy):
+    body, ant_d, post_d = _views(seed, "delayed", anatomy)
+    _, ant_e, post_e = _views(seed, "early", anatomy)
     s = body.pixel_spacing_mm
     cols = body.matrix[1]
 
