@@ -952,7 +952,7 @@ def sample_anatomy(rng: np.random.Generator, matrix: tuple[int, int] = (1024, 25
 
     Args:
         rng: Source of all randomness.
-        matrix: ``(rows, cols)``; the pixel size is about 2.2-2.4 mm at 1024 rows and scales
+        matrix: ``(rows, cols)``; the pixel size is drawn from :data:`PIXEL_SPACING_RANGE_MM` at 1024 rows and scales
             inversely with the row count, so larger matrices render at finer resolution.
         patient_id: Patient ID to record.
 

@@ -30,7 +30,7 @@ CLASSES = ("normal", "metastatic", "arthritic", "both")
 
 def spectnode(*args: str) -> str:
     """Run the spectnode CLI; its stdout, or exit with its stderr on failure."""
-    proc = subprocess.run([sys.executable, "-m", "spectnode", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "spectnode", *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"spectnode {args[0]} failed:\n{proc.stderr[-4000:]}")
     return proc.stdout
