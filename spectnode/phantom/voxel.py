@@ -271,7 +271,7 @@ def _build_skeleton(g: _Graph) -> dict[str, object]:
                 g.landmarks[f"{sname} rib 1"] = pts[-1][:2]
     # sternum and clavicles
     st0, st1 = g.P(0.0, L["sternum_top"], front - 10.0), g.P(0.0, L["sternum_top"] + 0.09 * H, front - 8.0)
-    g.tube(st0, st1, 14.0, 11.0, 1.1, "axial", depth_aspect=0.6, exponent=3.0)
+    g.tube(st0, st1, 14.0, 11.0, 0.8, "axial", depth_aspect=0.6, exponent=3.0)
     g.site("sternum", "sternum", [st0, st1], 12.0, 14.0)
     g.gain = float(gains[2])
     S = B["shoulder"]
@@ -430,11 +430,11 @@ def _limbs(g: _Graph, gains: np.ndarray) -> None:
                shell=g.cortex)
         g.tube(_add(knee, (side * 0.017 * H, 0.025 * H, -8.0)), _add(ankle, (side * 0.014 * H, 0.0, -5.0)), 3.5,
                None, 1.2, "appendicular")
-        g.blob(ankle, 0.011 * H, 0.009 * H, 0.01 * H, 1.5, "appendicular")
+        g.blob(ankle, 0.011 * H, 0.009 * H, 0.01 * H, 1.2, "appendicular")
         foot_d = _rot((side * math.sin(math.radians(rng.uniform(0, 25))), 1.0), 0.0)
         fl = math.sin(math.radians(rng.uniform(20.0, 60.0)))
         heel = _add(ankle, (0.0, 0.015 * H, -0.015 * H))
-        g.blob(heel, 0.011 * H, 0.011 * H, 0.013 * H, 1.4, "appendicular")
+        g.blob(heel, 0.011 * H, 0.011 * H, 0.013 * H, 0.9, "appendicular")
         tars = _add(ankle, (foot_d[0] * 0.03 * H * fl, 0.02 * H + foot_d[1] * 0.03 * H * fl, 0.02 * H))
         g.blob(tars, 0.014 * H, 0.009 * H, 0.01 * H, 1.3, "appendicular")
         mt_head = None
