@@ -184,3 +184,17 @@ def test_arthritic_hot_spot_stands_out_over_the_physiological_joint_in_the_image
         cols = body.matrix[1]
         gain = max(ant_with[r, c] / ant_without[r, c], post_with[r, cols - 1 - c] / post_without[r, cols - 1 - c])
         assert gain > 1.3, (seed, index.site, gain)
+
+
+@ANATOMIES
+def test_disease_findings_lie_inside_the_field_even_at_its_edges(anatomy):
+    # seeds whose abducted arms put a joint or a humerus at the field's edge: a focal joint
+    # finding offset from its centre, or a metastasis in the arm, once fell outside the image
+    for seed in (9, 26, 32, 44, 45, 126, 195):
+        for label in ("metastatic", "arthritic", "both"):
+            body, lesions, _ = findings(seed, label, anatomy)
+            rows, cols = body.matrix
+            disease = [lesion for lesion in lesions if lesion.kind in ("metastasis", "arthritis")]
+            assert disease, (seed, label)
+            for lesion in disease:
+                assert 0 <= lesion.row < rows and 0 <= lesion.col < cols, (seed, label, lesion.site)

@@ -184,16 +184,20 @@ def sample_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: boo
     """Draw 1 to ~40 skeletal metastases, mostly in the axial skeleton.
 
     Unless ``superscan``, draws are repeated until one metastasis reaches
-    :data:`MIN_INDEX_CONSPICUITY_MM2`, so that the label is one a reader could give.
+    :data:`MIN_INDEX_CONSPICUITY_MM2`, so that the label is one a reader could give.  Metastases
+    that fall outside the field of view (an abducted arm) are left out.
 
     Args:
         anatomy: The patient.
         rng: Randomness.
         superscan: Draw many small, low-contrast lesions (the caller raises axial uptake).
     """
+    rows, cols = anatomy.matrix
     while True:
-        lesions = _draw_metastases(anatomy, rng, superscan)
-        if superscan or max(map(conspicuity_mm2, lesions)) >= MIN_INDEX_CONSPICUITY_MM2:
+        # a metastasis in a limb outside the field of view is not on the scan
+        lesions = [lesion for lesion in _draw_metastases(anatomy, rng, superscan)
+                   if 0.0 <= lesion.row < rows and 0.0 <= lesion.col < cols]
+        if lesions and (superscan or max(map(conspicuity_mm2, lesions)) >= MIN_INDEX_CONSPICUITY_MM2):
             return lesions
 
 
@@ -265,10 +269,16 @@ _ARTHRITIS_GROUPS = {
 
 
 def _visible_joints(anatomy: Anatomy) -> list[Joint]:
-    # a hand or foot outside the field of view cannot show what a label claims
+    # a hand or foot (partly) outside the field of view cannot show what a label claims
     s = anatomy.pixel_spacing_mm
     rows, cols = anatomy.matrix
-    return [j for j in anatomy.joints if 0.0 <= j.centre[0] / s - 0.5 < cols and 0.0 <= j.centre[1] / s - 0.5 < rows]
+    visible = []
+    for j in anatomy.joints:
+        margin = j.half_width_mm / s
+        c, r = j.centre[0] / s - 0.5, j.centre[1] / s - 0.5
+        if margin <= c < cols - margin and margin <= r < rows - margin:
+            visible.append(j)
+    return visible
 
 
 def sample_physiological(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]:
