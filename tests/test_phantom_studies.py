@@ -185,7 +185,8 @@ def test_cli_writes_the_chosen_anatomy_phase_and_follow_ups(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "spectnode", "phantom", "--out", str(out), "--n", "3", "--seed", "9",
                            "--layout", "multiframe", "--anatomy", "voxel", "--phase", "early",
-                           "--max-studies-per-patient", "3"], capture_output=True, text=True, timeout=300)
+                           "--max-studies-per-patient", "3"], capture_output=True, text=True, timeout=300,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     with (out / "labels.csv").open(newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
@@ -193,6 +194,7 @@ def test_cli_writes_the_chosen_anatomy_phase_and_follow_ups(tmp_path):
     assert f"of {len({row['patient_id'] for row in rows})} patients" in proc.stdout
     for flag, value in (("--anatomy", "cartoon"), ("--phase", "late"), ("--max-studies-per-patient", "0")):
         bad = subprocess.run([sys.executable, "-m", "spectnode", "phantom", "--out", str(tmp_path / "bad"), "--n", "1",
-                              "--seed", "1", flag, value], capture_output=True, text=True, timeout=300)
+                              "--seed", "1", flag, value], capture_output=True, text=True, timeout=300,
+                             check=False)
         assert bad.returncode == 2 and value in bad.stderr and "Traceback" not in bad.stderr
         assert not (tmp_path / "bad").exists()
