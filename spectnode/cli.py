@@ -45,7 +45,8 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
     try:
         records = generate_phantoms(Path(args.out), n=args.n, seed=args.seed, layout=args.layout,
-                                    preview=args.preview)
+                                    preview=args.preview, anatomy=args.anatomy, phase=args.phase,
+                                    max_studies_per_patient=args.max_studies_per_patient)
     except ValueError as exc:
         print(f"spectnode phantom: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -53,7 +54,8 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     for rec in records:
         counts[rec.label] = counts.get(rec.label, 0) + 1
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    print(f"wrote {len(records)} synthetic studies to {args.out} ({summary}); labels in "
+    patients = len({rec.patient_id for rec in records})
+    print(f"wrote {len(records)} synthetic studies of {patients} patients to {args.out} ({summary}); labels in "
           f"{Path(args.out) / 'labels.csv'}")
     if args.preview:
         print(f"previews in {Path(args.out) / 'preview'}")
@@ -263,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default=None,
                    help="DICOM layout for every study (default: a deterministic mix of all layouts)")
     p.add_argument("--preview", action="store_true", help="also write PNG previews (both views side by side)")
+    p.add_argument("--anatomy", default="classic",
+                   help="anatomy builder: classic (2-D primitives at relative depths), voxel (3-D skeleton "
+                        "graph, its own physics), or mixed (a seeded choice per patient); default classic")
+    p.add_argument("--phase", default="delayed",
+                   help="delayed bone scan (default) or early blood-pool images")
+    p.add_argument("--max-studies-per-patient", type=_positive_int, default=1, metavar="K",
+                   help="give each patient 1 to K studies: follow-ups months apart, findings evolving "
+                        "(default 1)")
     p.set_defaults(func=_cmd_phantom)
 
     p = sub.add_parser("config", help="configuration tools")

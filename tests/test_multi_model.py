@@ -15,17 +15,21 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import pytest
 
-from dicomtools import dciodvfy_errors, require_tool
 from spectnode.bundle import ModelCard, TrainingData, save_bundle
 from spectnode.classify import Classifiers
 from spectnode.imaging.views import StudyViews, read_study_views
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.report import AlgorithmInfo, build_overlay_captures, build_result_sr
+
+from dicomtools import dciodvfy_errors, require_tool
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DSPIC4 = ["normal", "metastatic", "arthritic", "both"]
 
@@ -138,10 +142,11 @@ def test_classify_json_shows_every_models_result(bundles, phantom):
 
 
 def test_the_node_runs_every_model_and_status_shows_each_result(bundles, phantom, tmp_path):
-    from nodetools import storescu
     from spectnode.config import parse_config
     from spectnode.node.status import status_report
     from spectnode.node.worker import Node
+
+    from nodetools import storescu
 
     record, _, _ = phantom
     (single,) = generate_phantoms(tmp_path / "single", 1, seed=82, layout="split-instances")

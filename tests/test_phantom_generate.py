@@ -77,8 +77,9 @@ def test_labels_csv_matches_the_files_written(phantom_set):
         assert tuple(next(reader)) == LABELS_CSV_HEADER
         rows = list(reader)
     assert len(rows) == len(records)
-    for (study_uid, patient_id, label, layout), record in zip(rows, records, strict=True):
+    for (study_uid, patient_id, label, layout, anatomy, phase, visit), record in zip(rows, records, strict=True):
         assert (label, layout) == (record.label, record.layout)
+        assert (anatomy, phase, visit) == ("classic", "delayed", "0")
         assert label in LABELS
         for path in record.files:
             ds = pydicom.dcmread(path, stop_before_pixels=True)

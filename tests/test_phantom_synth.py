@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from spectnode.phantom import LABELS, Lesion, PhantomScan, synthesize_scan
-from spectnode.phantom.anatomy import sample_anatomy
-from spectnode.phantom.synth import COUNTS_PER_VIEW_RANGE, disease_kinds, render_expected_views
+from spectnode.phantom.anatomy import PIXEL_SPACING_RANGE_MM, sample_anatomy
+from spectnode.phantom.synth import (
+    COUNTS_PER_VIEW_RANGE,
+    disease_kinds,
+    render_expected_views,
+)
 
 DISEASE = {"metastasis", "arthritis"}
 
@@ -33,7 +37,8 @@ def test_same_seed_gives_identical_scan() -> None:
     assert not np.array_equal(a.anterior, c.anterior)
 
 
-@pytest.mark.parametrize(("matrix", "spacing"), [((1024, 256), (2.2, 2.4)), ((2048, 512), (1.1, 1.2))])
+@pytest.mark.parametrize(("matrix", "spacing"), [((1024, 256), PIXEL_SPACING_RANGE_MM),
+                                                  ((2048, 512), tuple(x / 2 for x in PIXEL_SPACING_RANGE_MM))])
 def test_shape_dtype_and_pixel_size(matrix: tuple[int, int], spacing: tuple[float, float]) -> None:
     scan = synthesize_scan(np.random.default_rng(3), "metastatic", matrix)
     for view in (scan.anterior, scan.posterior):
@@ -150,7 +155,7 @@ def test_orientation_of_both_views() -> None:
 def test_injection_sites_occur_in_normal_studies() -> None:
     seen = 0
     normals_with_injection = 0
-    for seed in range(12):
+    for seed in range(24):
         scan = synthesize_scan(np.random.default_rng(seed), "normal")
         injections = [lesion for lesion in scan.lesions if lesion.kind == "injection"]
         assert not {lesion.kind for lesion in scan.lesions} & DISEASE
@@ -158,13 +163,16 @@ def test_injection_sites_occur_in_normal_studies() -> None:
         for lesion in injections:
             if "extravasation" in lesion.site or lesion.relative_uptake < 10:
                 continue
-            seen += 1
             r, c = int(round(lesion.row)), int(round(lesion.col))
+            rows, cols = scan.anterior.shape
+            if not (1 <= r < rows - 1 and 1 <= c < cols - 1):
+                continue  # an abducted arm's hand can lie outside the field of view
+            seen += 1
             near = scan.anterior[r - 1 : r + 2, c - 1 : c + 2].mean()
             body = np.median(scan.anterior[scan.anterior > 3])
             assert near > 3 * body, (seed, lesion)
     # about 40 % of studies of every class carry an injection site
-    assert 2 <= normals_with_injection <= 10
+    assert 4 <= normals_with_injection <= 20
     assert seen >= 1
 
 

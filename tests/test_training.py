@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +17,7 @@ import pydicom
 import pytest
 
 from spectnode.phantom.generate import generate_phantoms
-from spectnode.training.labels import read_labels_csv
+from spectnode.training.labels import read_labels_csv, split_by_patient
 from spectnode.training.train import class_weights
 
 if TYPE_CHECKING:
@@ -69,10 +70,30 @@ def test_train_writes_a_complete_bundle(bundle, phantoms):
     assert (bundle / "checkpoints" / "last.keras").exists()
 
 
-def test_no_patient_on_both_sides(bundle, phantoms):
+def test_no_patient_on_both_sides(bundle, phantoms, tmp_path):
     # The held-out studies are the ones the metrics count; their patients must not be trained on.
     card = json.loads((bundle / "card.json").read_text())
     assert card["metrics"]["n"] == sum(card["training_data"]["counts"]["test"].values())
+    settings = card["training_data"]["counts"]["settings"]
+    held_out = split_by_patient(read_labels_csv(phantoms / "labels.csv", "dspic4"), settings["train_fraction"],
+                                settings["seed"])[1]
+    assert sum(card["training_data"]["counts"]["test"].values()) == len(held_out)  # the split train() made
+
+    # A set where patients have follow-ups, so that a split by study would leak.
+    generate_phantoms(tmp_path, n=24, seed=4, layout="multiframe", max_studies_per_patient=3)
+    studies = read_labels_csv(tmp_path / "labels.csv", "dspic4")
+    per_patient = Counter(s.patient_id for s in studies)
+    assert max(per_patient.values()) >= 2 and len(per_patient) < len(studies)
+    order = np.random.default_rng(settings["seed"]).permutation(len(studies))
+    by_study = {studies[i].patient_id for i in order[: round(0.7 * len(studies))]}, \
+        {studies[i].patient_id for i in order[round(0.7 * len(studies)):]}
+    assert by_study[0] & by_study[1], "a study-level split of this set puts a patient on both sides"
+    # train() splits train/test, then train/validation, both by patient
+    train_side, test_side = split_by_patient(studies, 0.7, settings["seed"])
+    fit_side, val_side = split_by_patient(train_side, 1.0 - settings["validation_fraction"], settings["seed"] + 1)
+    assert len(train_side) + len(test_side) == len(studies) and test_side and val_side
+    for first, second in ((train_side, test_side), (fit_side, val_side), (fit_side, test_side), (val_side, test_side)):
+        assert not {s.patient_id for s in first} & {s.patient_id for s in second}
 
 
 def test_resume_continues_and_refuses_other_settings(bundle, phantoms, tmp_path):

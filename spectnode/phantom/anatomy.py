@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .render import Primitive
 
+if TYPE_CHECKING:
+    import datetime as dt
+
 __all__ = [
+    "PIXEL_SPACING_RANGE_MM",
     "PhantomPatient",
     "Anatomy",
     "BoneSite",
@@ -34,6 +39,18 @@ __all__ = [
 
 # Reference standing height (mm) for which the lateral dimensions below are written.
 _REF_HEIGHT = 1750.0
+
+#: Pixel size drawn at 1024 rows (it scales inversely with the row count).
+PIXEL_SPACING_RANGE_MM: tuple[float, float] = (1.9, 2.8)
+
+# Fractions of the standing height where the body's segments meet (vertex, lower neck, T12,
+# top of the sacrum, knee, ankle, sole); each segment's length is drawn on its own.
+_LENGTH_KNOTS = (0.0, 0.15, 0.32, 0.445, 0.70, 0.955, 1.0)
+# Levels (fractions of the height) of the lateral width knots: head, neck, shoulders, chest,
+# waist, pelvis, knees, ankles; the first two stay at scale 1.
+_WIDTH_KNOTS = (0.0, 0.13, 0.18, 0.27, 0.36, 0.46, 0.70, 0.96)
+# Primitive groups that are bone (thickness randomisation applies to them).
+_BONE_GROUPS = frozenset({"bone", "axial", "appendicular", "joint", "face", "patella", "growth"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,7 @@ class PhantomPatient:
         age: Age in years.
         height_cm: Standing height.
         weight_kg: Body weight.
+        birth_date: Birth date, when the generator fixes it (``None``: drawn to fit the age).
     """
 
     patient_id: str
@@ -53,6 +71,7 @@ class PhantomPatient:
     age: int
     height_cm: float
     weight_kg: float
+    birth_date: dt.date | None = None
 
 
 @dataclass
@@ -149,10 +168,18 @@ class Anatomy:
         joints: Places for arthritis and degenerative change.
         injection_sites: ``(name, (x, y), depth)`` of veins used for the injection.
         landmarks: Named image-mm points (pelvis, knees, ...).
-        soft_tissue_ratio: Soft-tissue activity concentration relative to normal bone.
+        soft_tissue_ratio: Soft-tissue activity concentration relative to normal bone; the
+            renderer sets it from ``soft_to_bone``.
         gains: Per-group multipliers of the primitives' amplitudes.
         table_transmission: Fraction of posterior-view photons that pass the couch.
         age_years: Same as ``patient.age`` (kept for the renderer).
+        soft_to_bone: Target soft-tissue to bone ratio of the image: the soft tissue's
+            projected activity over the lumbar spine's at L3 in the posterior view (before
+            blur), drawn from 1/15 to 1/5.
+        physiological: Physiological uptake (relative to bone) of each joint that has some;
+            the level above which joint uptake counts as arthritic.  Filled by the findings.
+        reference_gains: ``gains`` as drawn, before a superscan or the phase changed them.
+        name: Which anatomy builder made this (``"classic"``).
     """
 
     patient: PhantomPatient
@@ -170,6 +197,10 @@ class Anatomy:
     gains: dict[str, float] = field(default_factory=dict)
     table_transmission: float = 0.93
     age_years: int = 60
+    soft_to_bone: float = 0.1
+    physiological: dict[str, float] = field(default_factory=dict)
+    reference_gains: dict[str, float] = field(default_factory=dict)
+    name: str = "classic"
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +217,7 @@ def sample_patient(rng: np.random.Generator, patient_id: str = "PHANTOM") -> Pha
         age = int(np.clip(round(rng.normal(64.0, 12.0)), 25, 92))
     mean_h, sd_h = (176.0, 7.0) if sex == "M" else (163.0, 6.5)
     height_cm = float(np.clip(rng.normal(mean_h, sd_h), 148.0, 200.0))
-    bmi = float(np.clip(rng.lognormal(math.log(26.5), 0.17), 17.0, 45.0))
+    bmi = float(np.clip(rng.lognormal(math.log(26.5), 0.2), 16.0, 48.0))
     weight_kg = round(bmi * (height_cm / 100.0) ** 2, 1)
     return PhantomPatient(patient_id, sex, age, round(height_cm, 1), weight_kg)
 
@@ -233,6 +264,23 @@ class _Builder:
             amp = rng.normal(0.0, 9.0 if patient.age > 60 else 5.0)
         self.scoliosis_amp = amp
         self.scoliosis_periods = 1.0 if rng.random() < 0.6 else 2.0
+        # proportions (domain randomisation): each body segment's length varies on its own
+        # while the standing height stays, and the body's width varies per level
+        knots = np.array(_LENGTH_KNOTS) * self.H
+        seg = np.diff(knots) * np.clip(rng.normal(1.0, 0.06, len(knots) - 1), 0.82, 1.2)
+        seg *= (knots[-1] - knots[0]) / seg.sum()
+        self._v_knots = knots
+        self._v_warped = np.concatenate([[knots[0]], knots[0] + np.cumsum(seg)])
+        self._w_knots = np.array(_WIDTH_KNOTS) * self.H
+        self._w_scale = np.concatenate([[1.0, 1.0], np.clip(rng.normal(1.0, 0.06, len(_WIDTH_KNOTS) - 2),
+                                                            0.85, 1.18)])
+        # cortical thickness of the tubular bones (and so their activity per length)
+        self.bone_thickness = float(np.clip(rng.normal(1.0, 0.1), 0.75, 1.3))
+        self.region_gain = 1.0
+        u = rng.random()
+        shared = "side" if u < 0.62 else ("abducted" if u < 0.8 else "chest")
+        self.arm_pose = {side: (shared if rng.random() < 0.85 else str(rng.choice(["side", "abducted", "chest"])))
+                         for side in (-1, 1)}
         self.primitives: list[Primitive] = []
         self.bone_sites: list[BoneSite] = []
         self.joints: list[Joint] = []
@@ -240,14 +288,23 @@ class _Builder:
         self.injection_sites: list[tuple[str, tuple[float, float], float]] = []
         self.landmarks: dict[str, tuple[float, float]] = {}
         # per-primitive uptake heterogeneity, so a normal skeleton is not perfectly uniform
-        self.hetero = 0.09
+        self.hetero = 0.12
         self._hetero_pool: list[float] = []
         self._hetero_next = 0
 
     # -- frame ------------------------------------------------------------------------------
+    def warp_v(self, v: float) -> float:
+        """Caudal distance after this patient's own segment lengths (same standing height)."""
+        return float(np.interp(v, self._v_knots, self._v_warped))
+
+    def width_scale(self, v: float) -> float:
+        """Lateral stretch of the body at (unwarped) height v: shoulders, chest, waist, pelvis."""
+        return float(np.interp(v, self._w_knots, self._w_scale))
+
     def P(self, u: float, v: float) -> tuple[float, float]:
-        """Patient frame -> image mm (small whole-body tilt modelled as a shear)."""
-        return (self.xmid + u + (v - self.pivot_v) * self.tilt, self.top + v)
+        """Patient frame -> image mm (proportions warped; a small whole-body tilt as a shear)."""
+        w = self.warp_v(v)
+        return (self.xmid + u * self.width_scale(v) + (w - self.pivot_v) * self.tilt, self.top + w)
 
     def head(self, u: float, v: float, weight: float = 1.0) -> tuple[float, float]:
         """Rotate a head/neck point about the lower neck by the head tilt (times weight)."""
@@ -269,14 +326,15 @@ class _Builder:
             self._hetero_pool = self.rng.lognormal(0.0, self.hetero, 512).tolist()
             self._hetero_next = 0
         self._hetero_next += 1
-        return amp * self._hetero_pool[self._hetero_next - 1]
+        return amp * self.region_gain * self._hetero_pool[self._hetero_next - 1]
 
     def capsule(self, p0, p1, r0, r1, amp, z0, z1=None, group="bone", profile="solid",
                 image=False) -> None:
         a = p0 if image else self.P(*p0)
         b = p1 if image else self.P(*p1)
         z1 = z0 if z1 is None else z1
-        self.primitives.append(Primitive("capsule", (a, b), (r0, r1), (z0, z1), self._amp(amp),
+        k = self.bone_thickness if group in _BONE_GROUPS else 1.0
+        self.primitives.append(Primitive("capsule", (a, b), (r0 * k, r1 * k), (z0, z1), self._amp(amp * k),
                                          group, profile))
 
     def chain(self, pts, radius, amp, depths, group="bone", image=False) -> None:
@@ -313,14 +371,47 @@ class _Builder:
 
     # -- body -------------------------------------------------------------------------------
     def build(self) -> None:
-        self._skull()
-        self._spine_and_ribs()
-        self._shoulder_girdle()
-        self._pelvis()
+        rng = self.rng
+        # each region's bone uptake varies on its own; the limbs stay nearly symmetric
+        gains = rng.lognormal(0.0, 0.16, 6)
+        for method, gain in zip((self._skull, self._spine_and_ribs, self._shoulder_girdle, self._pelvis),
+                                gains[:4]):
+            self.region_gain = float(gain)
+            method()
         for side in (-1, 1):
+            self.region_gain = float(gains[4] * rng.lognormal(0.0, 0.03))
             self._arm(side)
+            self.region_gain = float(gains[5] * rng.lognormal(0.0, 0.03))
             self._leg(side)
+        self.region_gain = 1.0
+        self._blood_pool()
         self._soft_tissue()
+
+    def _blood_pool(self) -> None:
+        """Heart, great vessels, liver and spleen: dark on delayed images, the early phase's content.
+
+        Amplitudes are chords in mm at unit concentration; the phase sets the concentration
+        through the ``"blood"`` and ``"organ"`` gains (0 in the delayed phase).
+        """
+        H, bl, rng = self.H, self.bl, self.rng
+        heart = (rng.normal(28.0, 8.0) * bl, rng.normal(0.262, 0.008) * H)
+        self.ellipse(heart, 62 * bl, 50 * bl, 95.0, 0.35, group="blood", direction=_unit(1.0, 0.45),
+                     profile="soft")
+        arch = [(8 * bl, 0.225 * H), (-2 * bl, 0.185 * H), (18 * bl, 0.172 * H), (30 * bl, 0.19 * H)]
+        self.chain(arch, 13.0, 22.0, [0.4, 0.45, 0.55, 0.7], group="blood")
+        self.capsule((28 * bl, 0.20 * H), (8 * bl, 0.425 * H), 11.0, 9.0, 18.0, 0.65, 0.55, group="blood")
+        self.capsule((-22 * bl, 0.30 * H), (-18 * bl, 0.425 * H), 12.0, 11.0, 20.0, 0.5, group="blood")
+        for side in (-1, 1):  # iliac and femoral vessels
+            self.capsule((side * 5 * bl, 0.425 * H), (side * 70 * bl, 0.49 * H), 7.0, 6.0, 12.0, 0.45, 0.3,
+                         group="blood")
+            self.capsule((side * 70 * bl, 0.49 * H), (side * 92 * bl, 0.66 * H), 6.0, 4.5, 9.0, 0.3, 0.4,
+                         group="blood")
+        liver = (-70 * bl, rng.normal(0.315, 0.008) * H)
+        self.ellipse(liver, 105 * bl, 70 * bl, 120.0, 0.45, group="organ", direction=_unit(1.0, -0.25),
+                     profile="soft")
+        self.ellipse((78 * bl, 0.305 * H), 34 * bl, 52 * bl, 70.0, 0.7, group="organ", profile="soft")
+        self.landmarks["heart"] = self.P(*heart)
+        self.landmarks["liver"] = self.P(*liver)
 
     def _skull(self) -> None:
         _H, hs, rng = self.H, self.hs, self.rng
@@ -537,11 +628,19 @@ class _Builder:
     def _arm(self, side: int) -> None:
         H, bl, S, rng = self.H, self.bl, self.shoulder, self.rng
         sname = "left" if side > 0 else "right"
-        if rng.random() < 0.2:
-            abd = math.radians(rng.uniform(12.0, 26.0))  # arm partly away from the body
+        # pose: by the side, abducted, or the forearm across the chest or abdomen
+        pose = self.arm_pose[side]
+        z_forearm = 0.5
+        if pose == "abducted":
+            abd = math.radians(rng.uniform(14.0, 40.0))
+            carry = math.radians(rng.uniform(-4.0, 15.0))
+        elif pose == "chest":
+            abd = math.radians(rng.uniform(0.0, 10.0))
+            carry = -abd - math.radians(rng.uniform(95.0, 145.0))  # elbow bent, hand towards the midline
+            z_forearm = float(rng.uniform(0.03, 0.12))  # lying on the front of the trunk
         else:
             abd = math.radians(rng.uniform(1.0, 9.0))
-        carry = math.radians(rng.uniform(-4.0, 12.0))
+            carry = math.radians(rng.uniform(-4.0, 12.0))
         head = (side * (S - 6), 0.182 * H)
         d_up = (side * math.sin(abd), math.cos(abd))
         l_hum = 0.172 * H
@@ -563,6 +662,7 @@ class _Builder:
         self.site(f"{sname} proximal humerus", "humerus",
                   [self.P(*head), self.P(head[0] + d_up[0] * 0.45 * l_hum, head[1] + d_up[1] * 0.45 * l_hum)],
                   [0.5, 0.5], 12.0, image=True)
+        z = z_forearm
         # forearm: radius lateral, ulna medial (olecranon posterior)
         pronated = rng.random() < 0.5
         rad0 = (elbow[0] + lat_fo[0] * 9, elbow[1] + lat_fo[1] * 9)
@@ -593,20 +693,21 @@ class _Builder:
             tip = (end[0] + d[0] * 50 * flex * bl, end[1] + d[1] * 50 * flex * bl)
             self.capsule(end, tip, 3.5, 2.8, 5.0, z, group="appendicular")
         mcp = (carpus[0] + d[0] * 75 * bl, carpus[1] + d[1] * 75 * bl)
-        self.joint(f"{sname} shoulder", "shoulder", sname, head, z, 26 * bl, 26 * bl, self._img_dir(d_up))
-        self.joint(f"{sname} elbow", "elbow", sname, elbow, z, 26 * bl, 16 * bl, self._img_dir(d_up))
+        self.joint(f"{sname} shoulder", "shoulder", sname, head, 0.5, 26 * bl, 26 * bl, self._img_dir(d_up))
+        self.joint(f"{sname} elbow", "elbow", sname, elbow, 0.5, 26 * bl, 16 * bl, self._img_dir(d_up))
         self.joint(f"{sname} wrist", "wrist", sname, carpus, z, 20 * bl * (0.6 + 0.4 * spread), 16 * bl,
                    self._img_dir(d))
         self.joint(f"{sname} hand", "hand", sname, mcp, z, 24 * bl * (0.4 + 0.6 * spread), 12 * bl,
                    self._img_dir(d))
         # normal joints are a little hotter than the shafts
         for j in self.joints[-4:-1]:
-            self.ellipse(j.centre, j.half_width_mm * 0.8, j.half_height_mm * 0.6, 5.0, z, group="joint",
+            self.ellipse(j.centre, j.half_width_mm * 0.8, j.half_height_mm * 0.6, 5.0, j.depth, group="joint",
                          direction=(j.direction[1], -j.direction[0]), image=True)
         if self.patient.age < 21:
-            for p in ((head[0] + d_up[0] * 18, head[1] + d_up[1] * 18), (wrist[0] - d[0] * 8, wrist[1] - d[1] * 8)):
+            for k, p in enumerate(((head[0] + d_up[0] * 18, head[1] + d_up[1] * 18),
+                                   (wrist[0] - d[0] * 8, wrist[1] - d[1] * 8))):
                 self.capsule((p[0] - lat_up[0] * 18, p[1] - lat_up[1] * 18), (p[0] + lat_up[0] * 18, p[1] + lat_up[1] * 18),
-                             2.5, 2.5, 22.0, z, group="growth")
+                             2.5, 2.5, 22.0, 0.5 if k == 0 else z, group="growth")
         self.injection_sites.append((f"{sname} antecubital fossa", self.P(elbow[0] - lat_fo[0] * 4, elbow[1] + 6), 0.25))
         self.injection_sites.append((f"{sname} forearm", self.P(*(elbow[0] + d[0] * 0.55 * l_fa, elbow[1] + d[1] * 0.55 * l_fa)), 0.3))
         self.injection_sites.append((f"{sname} hand dorsum", self.P(carpus[0] + d[0] * 35, carpus[1] + d[1] * 35), 0.15 if pronated else 0.85))
@@ -761,7 +862,7 @@ def _thickness_map(builder: _Builder, shape: tuple[int, int], s: float) -> np.nd
     xs = (np.arange(cols, dtype=np.float32) + 0.5) * s
     ys = (np.arange(rows, dtype=np.float32) + 0.5) * s
     # torso, row by row (knots in patient v; the centre line follows the tilt)
-    knots = builder.torso
+    knots = [(builder.warp_v(v), half * builder.width_scale(v), thick) for v, half, thick in builder.torso]
     v_img = ys - builder.top
     v0, v1 = knots[0][0], knots[-1][0]
     rsel = np.nonzero((v_img >= v0) & (v_img <= v1))[0]
@@ -802,13 +903,13 @@ def _breast_map(builder: _Builder, shape: tuple[int, int], s: float) -> np.ndarr
     out = np.zeros(shape, np.float32)
     rng = builder.rng
     if builder.female:
-        extra = rng.uniform(20.0, 45.0) + 0.8 * builder.fat
+        extra = rng.uniform(10.0, 80.0) + 0.8 * builder.fat
         if rng.random() < 0.06:  # mastectomy on one side
             sides = [1] if rng.random() < 0.5 else [-1]
         else:
             sides = [-1, 1]
-    elif builder.bmi > 30.0:
-        extra = 0.7 * builder.fat
+    elif builder.bmi > 28.0:
+        extra = rng.uniform(0.4, 1.0) * builder.fat
         sides = [-1, 1]
     else:
         return out
@@ -854,7 +955,7 @@ def sample_anatomy(rng: np.random.Generator, matrix: tuple[int, int] = (1024, 25
 
     Args:
         rng: Source of all randomness.
-        matrix: ``(rows, cols)``; the pixel size is about 2.2-2.4 mm at 1024 rows and scales
+        matrix: ``(rows, cols)``; the pixel size is drawn from :data:`PIXEL_SPACING_RANGE_MM` at 1024 rows and scales
             inversely with the row count, so larger matrices render at finer resolution.
         patient_id: Patient ID to record.
 
@@ -862,7 +963,7 @@ def sample_anatomy(rng: np.random.Generator, matrix: tuple[int, int] = (1024, 25
         The :class:`Anatomy` of one patient.
     """
     rows, cols = matrix
-    spacing = float(rng.uniform(2.2, 2.4)) * 1024.0 / rows
+    spacing = float(rng.uniform(PIXEL_SPACING_RANGE_MM[0], PIXEL_SPACING_RANGE_MM[1])) * 1024.0 / rows
     patient = sample_patient(rng, patient_id)
     b = _Builder(rng, patient, (rows, cols), spacing)
     b.build()
@@ -872,7 +973,10 @@ def sample_anatomy(rng: np.random.Generator, matrix: tuple[int, int] = (1024, 25
     age = patient.age
     # bone-to-soft-tissue ratio falls with age and renal failure; joints and long bones
     # stand out less in the elderly
-    soft_ratio = float(rng.lognormal(math.log(1 / 24.0), 0.3)) * (1.0 + 0.008 * max(age - 50, 0))
+    # soft tissue to bone: from 1/15 to 1/5, higher with age (and renal failure)
+    soft_to_bone = float(np.exp(rng.uniform(math.log(1 / 15.0), math.log(1 / 5.0))))
+    if age > 70 and rng.random() < 0.3:
+        soft_to_bone = min(soft_to_bone * 1.4, 1 / 5.0)
     appendicular = float(np.clip(rng.normal(1.0, 0.1) - 0.005 * max(age - 50, 0), 0.6, 1.3))
     gains = {
         "bone": 1.0,
@@ -882,8 +986,11 @@ def sample_anatomy(rng: np.random.Generator, matrix: tuple[int, int] = (1024, 25
         "face": float(rng.lognormal(0.0, 0.25)),
         "patella": float(rng.lognormal(0.0, 0.3)),
         "growth": 1.0,
-        "kidney": float(rng.lognormal(math.log(0.75), 0.45)),
-        "bladder": float(rng.lognormal(math.log(1.6), 0.6)),
+        "kidney": float(rng.lognormal(math.log(0.75), 0.5)),
+        "bladder": float(rng.lognormal(math.log(1.6), 0.7)),
+        # blood pool and vascular organs: the early phase sets these
+        "blood": 0.0,
+        "organ": 0.0,
     }
     return Anatomy(
         patient=patient,
@@ -897,8 +1004,10 @@ def sample_anatomy(rng: np.random.Generator, matrix: tuple[int, int] = (1024, 25
         joints=b.joints,
         injection_sites=b.injection_sites,
         landmarks=b.landmarks,
-        soft_tissue_ratio=soft_ratio,
+        soft_tissue_ratio=soft_to_bone / 10.0,
         gains=gains,
-        table_transmission=float(rng.uniform(0.88, 0.97)),
+        table_transmission=float(rng.uniform(0.85, 0.97)),
         age_years=age,
+        soft_to_bone=soft_to_bone,
+        reference_gains=dict(gains),
     )

@@ -76,6 +76,7 @@ __all__ = [
     "NM_IMAGE_STORAGE",
     "VIEW_CODES",
     "WrittenStudy",
+    "birth_date_for_age",
     "build_study_datasets",
     "derive_uid",
     "encode_jpeg_lossless_sv1",
@@ -148,6 +149,14 @@ _SERIES_DESCRIPTIONS_BY_VIEW = {
     "anterior": ("WB ANTERIOR", "WB ANT"),
     "posterior": ("WB POSTERIOR", "WB POST"),
 }
+_MULTIFRAME_SERIES_DESCRIPTIONS = ("WB BONE", "WHOLE BODY", "WB ANT/POST")
+# Early (blood-pool) images say so; "GK früh" is the Siemens Symbia German form
+# (Ganzkörper früh), which needs a Latin-1 character set.
+_EARLY_SERIES_DESCRIPTIONS = ("WB BLOOD POOL", "GK früh", "WB EARLY BLOOD POOL")
+_EARLY_SERIES_DESCRIPTIONS_BY_VIEW = {
+    "anterior": ("WB BLOOD POOL ANT", "GK früh ANT"),
+    "posterior": ("WB BLOOD POOL POST", "GK früh POST"),
+}
 
 # Row and column direction cosines (patient LPS) of each view, head at row 0:
 # the anterior view is seen facing the patient (patient's right on image left),
@@ -215,11 +224,11 @@ def build_study_datasets(
     """Build the DICOM datasets of one study without writing them.
 
     Args:
-        scan: The synthetic scan (both views, patient, pixel spacing).
+        scan: The synthetic scan (both views, patient, pixel spacing, phase).
         layout: One of :data:`LAYOUTS`.
         uid_seed: String from which every UID of the study is derived.
-        rng: Source of every other varying attribute (dates, identifiers,
-            spellings, detector and frame order).
+        rng: Source of every other varying attribute (dates unless the scan
+            has them, identifiers, spellings, detector and frame order).
 
     Returns:
         One ``(dataset, views)`` pair per object, where ``views`` lists
@@ -241,6 +250,7 @@ def build_study_datasets(
             )
 
     context = _StudyContext.draw(scan, uid_seed, rng)
+    early = scan.phase == "early"
     images = {"anterior": scan.anterior, "posterior": scan.posterior}
     built: list[tuple[Dataset, tuple[tuple[str, int], ...]]] = []
 
@@ -253,7 +263,7 @@ def build_study_datasets(
         detector_vector = (2, 1) if rng.random() < 0.3 else (1, 2)
         frame_views = tuple(detector_views[d - 1] for d in detector_vector)
         ds = _base_dataset(context, series_number=1, instance_number=1, series_key=1)
-        ds.SeriesDescription = str(rng.choice(["WB BONE", "WHOLE BODY", "WB ANT/POST"]))
+        ds.SeriesDescription = str(rng.choice(_EARLY_SERIES_DESCRIPTIONS if early else _MULTIFRAME_SERIES_DESCRIPTIONS))
         ds.ImageID = "WB"
         ds.PatientOrientation = ""  # two views with different orientations in one object
         _set_nm_frames(ds, detector_vector=detector_vector)
@@ -270,7 +280,7 @@ def build_study_datasets(
 
     elif layout == "split-instances":
         order = ("posterior", "anterior") if rng.random() < 0.3 else ("anterior", "posterior")
-        series_description = str(rng.choice(_SHARED_SERIES_DESCRIPTIONS))
+        series_description = str(rng.choice(_EARLY_SERIES_DESCRIPTIONS if early else _SHARED_SERIES_DESCRIPTIONS))
         with_private_tags = bool(rng.random() < 0.5)
         for instance_number, view in enumerate(order, start=1):
             ds = _base_dataset(
@@ -300,7 +310,8 @@ def build_study_datasets(
             ds = _base_dataset(
                 context, series_number=series_number, instance_number=1, series_key=series_number
             )
-            ds.SeriesDescription = str(rng.choice(_SERIES_DESCRIPTIONS_BY_VIEW[view]))
+            by_view = _EARLY_SERIES_DESCRIPTIONS_BY_VIEW if early else _SERIES_DESCRIPTIONS_BY_VIEW
+            ds.SeriesDescription = str(rng.choice(by_view[view]))
             ds.ImageID = str(rng.choice(_IMAGE_ID_SPELLINGS[view]))
             ds.PatientOrientation = list(_PATIENT_ORIENTATION[view])
             _set_nm_frames(ds, detector_vector=(1,))
@@ -308,6 +319,9 @@ def build_study_datasets(
             _set_pixels(ds, [images[view]], scan.pixel_spacing_mm, ExplicitVRLittleEndian)
             built.append((ds, ((view, 0),)))
 
+    for ds, _ in built:
+        if not str(ds.SeriesDescription).isascii():
+            ds.SpecificCharacterSet = "ISO_IR 100"
     return built
 
 
@@ -379,17 +393,26 @@ class _StudyContext:
 
     @classmethod
     def draw(cls, scan: PhantomScan, uid_seed: str, rng: np.random.Generator) -> _StudyContext:
+        # a patient's studies carry their own dates (one birth date, later follow-ups)
+        study_datetime, birth_date = scan.study_datetime, scan.patient.birth_date
         day = dt.date(2021, 1, 4) + dt.timedelta(days=int(rng.integers(0, 4 * 365)))
         seconds = int(rng.integers(8 * 3600, 17 * 3600))
-        study_datetime = dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=seconds)
-        # Bone scans are taken 2-4 h after the tracer injection.
-        injection = study_datetime - dt.timedelta(minutes=int(rng.integers(120, 240)))
+        if study_datetime is None:
+            study_datetime = dt.datetime.combine(day, dt.time()) + dt.timedelta(seconds=seconds)
+        # Bone scans are taken 2-4 h after the tracer injection, blood-pool images minutes after.
+        minutes = int(rng.integers(120, 240))
+        if scan.phase == "early":
+            minutes = 2 + minutes % 9
+        injection = study_datetime - dt.timedelta(minutes=minutes)
+        days_before = int(rng.integers(0, 365))
+        if birth_date is None:
+            birth_date = birth_date_for_age(study_datetime.date(), scan.patient.age, days_before)
         return cls(
             scan=scan,
             uid_seed=uid_seed,
             study_datetime=study_datetime,
             injection_datetime=injection,
-            birth_date=_birth_date(day, scan.patient.age, int(rng.integers(0, 365))),
+            birth_date=birth_date,
             accession_number=f"PH{int(rng.integers(0, 10**8)):08d}",
             study_id=f"WB{int(rng.integers(0, 10**6)):06d}",
             injected_mbq=float(np.round(rng.uniform(550.0, 800.0), 1)),
@@ -398,8 +421,11 @@ class _StudyContext:
         )
 
 
-def _birth_date(study_day: dt.date, age: int, days_before: int) -> dt.date:
-    """A birth date at which the patient is exactly ``age`` on ``study_day``."""
+def birth_date_for_age(study_day: dt.date, age: int, days_before: int) -> dt.date:
+    """A birth date at which the patient is exactly ``age`` on ``study_day``.
+
+    ``days_before`` (0-364) moves the birthday that far back within the year before.
+    """
     try:
         birthday = study_day.replace(year=study_day.year - age)
     except ValueError:  # 29 February in a non-leap year

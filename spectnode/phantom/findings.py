@@ -9,9 +9,15 @@ in all four classes at the same rates, so it cannot give the label away:
     occasionally with a faint axillary ``lymph_node``.
 ``contamination``
     Urine on the skin, clothes or couch near the pelvis; lies at a body surface.
+``physiological``
+    Mild, symmetric joint and spine uptake that normal patients have (knees, shoulders,
+    sacroiliac, sternoclavicular and acromioclavicular joints, hips, ankles, wrists, elbows,
+    lower lumbar facets), drawn for every patient.  Its level at a joint is that patient's
+    physiological level (:attr:`Anatomy.physiological`).
 ``degenerative``
-    Weak uptake at one or two joints (lower lumbar facet, one knee, AC or SC joint, big toe,
-    thumb base).
+    Mild degenerative change at one to three joints, more often and more widespread with
+    age (lower lumbar facets, knees, AC or SC joints, big toe, thumb base), at most
+    :data:`DEGENERATIVE_MAX_RATIO` times the joint's physiological level.
 ``fracture``
     Healing fractures of one to three adjacent ribs, in a vertical line.
 ``hot_patella``, ``hyperostosis_frontalis``, ``dental``
@@ -20,12 +26,18 @@ in all four classes at the same rates, so it cannot give the label away:
 Labels are what a reader would call from the images, as in the papers' data sets: a
 metastatic study (other than a superscan) has at least one metastasis a reader can see, one
 whose :func:`conspicuity_mm2` reaches :data:`MIN_INDEX_CONSPICUITY_MM2`.  Its other
-metastases may be as faint as real ones are.
+metastases may be as faint as real ones are.  An arthritic study has joint uptake ABOVE the
+patient's own physiological level: every ``arthritis`` lesion is focal (smaller than the
+joint) and at least :data:`ARTHRITIS_MIN_RATIO` times that joint's physiological level, and
+is often on one side only or clearly asymmetric.  Mild symmetric joint uptake and mild
+degenerative change are normal.
 
 ``relative_uptake`` is the activity concentration of the finding as a multiple of the
 patient's normal-bone concentration.  Bone findings replace the bone they sit in, so they
 add ``relative_uptake - 1`` times the bone concentration; soft-tissue findings (injection,
-extravasation, contamination, lymph node) add ``relative_uptake`` times it.
+extravasation, contamination, lymph node) add ``relative_uptake`` times it.  Joint findings
+sit on the joint's physiological uptake (:attr:`Lesion.host_uptake`) and add
+``relative_uptake - host_uptake``.
 """
 
 from __future__ import annotations
@@ -49,9 +61,18 @@ __all__ = [
     "conspicuity_mm2",
     "MIN_INDEX_CONSPICUITY_MM2",
     "sample_arthritis",
+    "sample_physiological",
     "sample_confounders",
     "lesion_primitive",
+    "joint_excess_ratio",
+    "ARTHRITIS_MIN_RATIO",
+    "DEGENERATIVE_MAX_RATIO",
 ]
+
+#: Every arthritic lesion is at least this many times its joint's physiological level.
+ARTHRITIS_MIN_RATIO: float = 1.7
+#: Degenerative change in a normal study stays at or below this ratio to the physiological level.
+DEGENERATIVE_MAX_RATIO: float = 1.35
 
 DISEASE_KINDS: frozenset[str] = frozenset({"metastasis", "arthritis"})
 SOFT_TISSUE_KINDS: frozenset[str] = frozenset({"injection", "contamination", "lymph_node"})
@@ -75,6 +96,8 @@ class Lesion:
             counter-clockwise from the image's horizontal.
         thickness_mm: Anterior-posterior extent; findings in thin bones (calvarium, ribs)
             are thinner than they are wide.  ``None`` means twice the short semi-axis.
+        host_uptake: Uptake of what the finding replaces, relative to bone: 1 for bone, the
+            joint's physiological level for joint findings, 0 in soft tissue.
     """
 
     kind: str
@@ -87,23 +110,30 @@ class Lesion:
     elongation: float = 1.0
     orientation_deg: float = 0.0
     thickness_mm: float | None = None
+    host_uptake: float = 1.0
 
 
 def _make(kind: str, site: str, xy: tuple[float, float], depth: float, radius: float, rel: float,
           spacing: float, elongation: float = 1.0, direction: tuple[float, float] = (1.0, 0.0),
-          thickness: float | None = None) -> Lesion:
+          thickness: float | None = None, host: float | None = None) -> Lesion:
     angle = math.degrees(math.atan2(-direction[1], direction[0]))
+    if host is None:
+        host = 0.0 if kind in SOFT_TISSUE_KINDS else 1.0
     return Lesion(kind, site, xy[1] / spacing - 0.5, xy[0] / spacing - 0.5, float(np.clip(depth, 0.0, 1.0)),
                   float(radius), float(rel), float(elongation), float(angle),
-                  None if thickness is None else float(thickness))
+                  None if thickness is None else float(thickness), float(host))
+
+
+def joint_excess_ratio(lesion: Lesion) -> float:
+    """A joint finding's uptake over the physiological level of its joint (1 = no excess)."""
+    return lesion.relative_uptake / max(lesion.host_uptake, 1e-6)
 
 
 def lesion_primitive(lesion: Lesion, spacing: float) -> Primitive:
     """The tracer distribution of a finding: an ellipsoid whose depth semi-axis is its short axis."""
     a = lesion.radius_mm
     b = a / max(lesion.elongation, 1.0)
-    host = 0.0 if lesion.kind in SOFT_TISSUE_KINDS else 1.0
-    extra = lesion.relative_uptake - host
+    extra = lesion.relative_uptake - lesion.host_uptake
     soft = lesion.kind == "injection" and "extravasation" in lesion.site
     centre = ((lesion.col + 0.5) * spacing, (lesion.row + 0.5) * spacing)
     chord = 2.0 * b if lesion.thickness_mm is None else min(2.0 * b, lesion.thickness_mm)
@@ -157,16 +187,20 @@ def sample_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: boo
     """Draw 1 to ~40 skeletal metastases, mostly in the axial skeleton.
 
     Unless ``superscan``, draws are repeated until one metastasis reaches
-    :data:`MIN_INDEX_CONSPICUITY_MM2`, so that the label is one a reader could give.
+    :data:`MIN_INDEX_CONSPICUITY_MM2`, so that the label is one a reader could give.  Metastases
+    that fall outside the field of view (an abducted arm) are left out.
 
     Args:
         anatomy: The patient.
         rng: Randomness.
         superscan: Draw many small, low-contrast lesions (the caller raises axial uptake).
     """
+    rows, cols = anatomy.matrix
     while True:
-        lesions = _draw_metastases(anatomy, rng, superscan)
-        if superscan or max(map(conspicuity_mm2, lesions)) >= MIN_INDEX_CONSPICUITY_MM2:
+        # a metastasis in a limb outside the field of view is not on the scan
+        lesions = [lesion for lesion in _draw_metastases(anatomy, rng, superscan)
+                   if 0.0 <= lesion.row < rows and 0.0 <= lesion.col < cols]
+        if lesions and (superscan or max(map(conspicuity_mm2, lesions)) >= MIN_INDEX_CONSPICUITY_MM2):
             return lesions
 
 
@@ -223,55 +257,107 @@ def _draw_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: bool
     return lesions
 
 
+# chance that a patient shows physiological uptake at a joint group, and its largest excess
+_PHYSIOLOGICAL_GROUPS = {
+    "knee": (0.75, 0.8), "shoulder": (0.7, 0.7), "sacroiliac": (0.8, 0.7), "sternoclavicular": (0.6, 0.8),
+    "acromioclavicular": (0.5, 0.6), "hip": (0.4, 0.4), "ankle": (0.5, 0.6), "wrist": (0.4, 0.5),
+    "elbow": (0.3, 0.4), "facet": (0.5, 0.5),
+}
+
+# chance of each joint group being arthritic (at least one is)
 _ARTHRITIS_GROUPS = {
-    "knee": 0.8, "shoulder": 0.3, "hip": 0.22, "hand": 0.25, "wrist": 0.22, "foot": 0.25, "ankle": 0.2,
-    "elbow": 0.1, "sternoclavicular": 0.07, "acromioclavicular": 0.1,
+    "knee": 0.6, "shoulder": 0.3, "hip": 0.22, "hand": 0.25, "wrist": 0.22, "foot": 0.25, "ankle": 0.2,
+    "elbow": 0.1, "sternoclavicular": 0.07, "acromioclavicular": 0.1, "sacroiliac": 0.08,
 }
 
 
+def _visible_joints(anatomy: Anatomy) -> list[Joint]:
+    # a hand or foot (partly) outside the field of view cannot show what a label claims
+    s = anatomy.pixel_spacing_mm
+    rows, cols = anatomy.matrix
+    visible = []
+    for j in anatomy.joints:
+        margin = j.half_width_mm / s
+        c, r = j.centre[0] / s - 0.5, j.centre[1] / s - 0.5
+        if margin <= c < cols - margin and margin <= r < rows - margin:
+            visible.append(j)
+    return visible
+
+
+def sample_physiological(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]:
+    """Mild symmetric joint uptake a normal patient has; records the levels in ``anatomy.physiological``.
+
+    Drawn for every patient whatever the label, so it says nothing about the class.  Lower
+    lumbar facets stand for physiological spine uptake.  Younger patients' joints are a
+    little more active.
+    """
+    s = anatomy.pixel_spacing_mm
+    activity = float(rng.lognormal(0.0, 0.35)) * (1.25 if anatomy.patient.age < 40 else 1.0)
+    lesions: list[Lesion] = []
+    for group, (chance, largest) in _PHYSIOLOGICAL_GROUPS.items():
+        if rng.random() >= chance:
+            continue
+        excess = largest * float(rng.uniform(0.2, 1.0)) * activity
+        joints = [j for j in anatomy.joints if j.group == group]
+        if group == "facet":
+            joints = [j for j in joints if j.name[:2] in ("L4", "L5")]
+        scale = float(rng.uniform(0.8, 1.05))
+        for joint in joints:
+            rel = 1.0 + excess * float(rng.lognormal(0.0, 0.04))  # symmetric within a few per cent
+            anatomy.physiological[joint.name] = rel
+            lesions.append(_joint_lesion("physiological", joint, rel, scale, s, rng, focal=False, host=1.0))
+    return lesions
+
+
 def _joint_lesion(kind: str, joint: Joint, rel: float, scale: float, s: float,
-                  rng: np.random.Generator) -> Lesion:
+                  rng: np.random.Generator, focal: bool = True, host: float = 1.0) -> Lesion:
     across = (joint.direction[1], -joint.direction[0])
     radius = joint.half_width_mm * scale
     elong = max(joint.half_width_mm / joint.half_height_mm, 1.0) * rng.uniform(0.85, 1.15)
     cx, cy = joint.centre
-    if joint.group == "knee" and rng.random() < 0.4:
-        # medial-compartment predominance
+    if focal:
+        # a focus within the joint: a compartment (the medial one most often in the knee)
+        # or one margin, not the whole joint
+        offset = float(rng.uniform(0.2, 0.5)) * joint.half_width_mm
         sign = -1.0 if joint.side == "left" else 1.0
-        cx += sign * across[0] * 0.35 * joint.half_width_mm
-        cy += sign * across[1] * 0.35 * joint.half_width_mm
-        radius *= 0.65
+        if not (joint.group == "knee" and rng.random() < 0.6):
+            sign = 1.0 if rng.random() < 0.5 else -1.0
+        cx += sign * across[0] * offset
+        cy += sign * across[1] * offset
         elong = max(1.0, elong * 0.7)
     return _make(kind, joint.name, (cx, cy), joint.depth + rng.normal(0, 0.03), radius, rel, s, elong, across,
-                 joint.thickness_mm * (radius / joint.half_width_mm))
+                 joint.thickness_mm * min(radius / joint.half_width_mm, 1.0), host)
 
 
 def sample_arthritis(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]:
-    """Joint uptake, usually bilateral and roughly symmetric; knees most often."""
+    """Focal joint uptake clearly above the patient's physiological level, often asymmetric.
+
+    Call after :func:`sample_physiological`: each lesion sits on its joint's physiological
+    level and reaches at least :data:`ARTHRITIS_MIN_RATIO` times it.
+    """
     s = anatomy.pixel_spacing_mm
     groups = [g for g, p in _ARTHRITIS_GROUPS.items() if rng.random() < p]
     if not groups:
         groups = ["knee"]
-    base = 1.0 + float(rng.lognormal(math.log(1.3), 0.5))
-    lesions = []
-    rows, cols = anatomy.matrix
-    # a hand or foot outside the field of view cannot show the disease the label claims
-    visible = [j for j in anatomy.joints
-               if 0.0 <= j.centre[0] / s - 0.5 < cols and 0.0 <= j.centre[1] / s - 0.5 < rows]
+    visible = _visible_joints(anatomy)
     if not any(j.group in groups for j in visible):
         groups = ["knee"]
+    lesions = []
     for group in groups:
         joints = [j for j in visible if j.group == group]
         if not joints:
             continue
-        if rng.random() < 0.75:
+        # asymmetric: one side only (often), or both at clearly different intensities
+        if len(joints) > 1 and rng.random() < 0.45:
             chosen = joints
         else:
             chosen = [joints[int(rng.integers(len(joints)))]]
-        group_rel = base * float(rng.lognormal(0.0, 0.25))
+        group_ratio = ARTHRITIS_MIN_RATIO + float(rng.lognormal(math.log(0.8), 0.6))
         for joint in chosen:
-            rel = max(1.25, group_rel * float(rng.lognormal(0.0, 0.2)))
-            lesions.append(_joint_lesion("arthritis", joint, rel, float(rng.uniform(0.65, 1.0)), s, rng))
+            host = anatomy.physiological.get(joint.name, 1.0)
+            ratio = max(ARTHRITIS_MIN_RATIO, group_ratio * float(rng.lognormal(0.0, 0.3)))
+            scale = float(rng.uniform(0.4, 0.8))
+            lesions.append(_joint_lesion("arthritis", joint, host * ratio, scale, s, rng, host=host))
     return lesions
 
 
@@ -305,9 +391,9 @@ def sample_confounders(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesio
             z = 0.0 if rng.random() < 0.6 else 1.0
             lesions.append(_make("contamination", "perineum/upper thigh", xy, z, rng.uniform(3.0, 9.0),
                                  float(np.exp(rng.uniform(math.log(2.0), math.log(40.0)))), s))
-    # mild degenerative change at one or two joints
-    if rng.random() < 0.25 + 0.006 * max(age - 50, 0):
-        for _ in range(1 if rng.random() < 0.75 else 2):
+    # mild degenerative change, more often and at more joints with age
+    if rng.random() < 0.25 + 0.012 * max(age - 50, 0):
+        for _ in range(int(rng.integers(1, 4 if age > 65 else 3))):
             u = rng.random()
             if u < 0.35:
                 level = ["L3", "L4", "L5"][int(rng.integers(3))]
@@ -322,8 +408,10 @@ def sample_confounders(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesio
                     joints = [j for j in joints if j.name.startswith("C")]
                 joint = joints[int(rng.integers(len(joints)))]
                 scale = 0.45 if group in ("knee", "foot", "hand") else 1.0
-            rel = 1.0 + float(rng.uniform(0.25, 0.9))
-            lesions.append(_joint_lesion("degenerative", joint, rel, scale * float(rng.uniform(0.8, 1.0)), s, rng))
+            host = anatomy.physiological.get(joint.name, 1.0)
+            rel = host * float(rng.uniform(1.1, DEGENERATIVE_MAX_RATIO))
+            lesions.append(_joint_lesion("degenerative", joint, rel, scale * float(rng.uniform(0.8, 1.0)), s, rng,
+                                         host=host))
     # healing rib fractures: adjacent ribs, same side, aligned
     if rng.random() < 0.04:
         side = "left" if rng.random() < 0.5 else "right"

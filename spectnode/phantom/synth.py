@@ -15,14 +15,26 @@ Both views are attenuated projections: a source at depth ``z`` in a body of loca
 ``T`` is seen with weight ``exp(-mu z T)`` anteriorly and ``exp(-mu (1 - z) T)``
 posteriorly, with ``mu`` 0.11-0.15 /cm; the posterior view also passes the couch.  Uniform
 soft-tissue activity projects as ``(1 - exp(-mu T)) / mu``.  The collimator blur is a Gaussian
-whose width grows with the distance from the detector, applied per depth layer.  A faint
-scatter halo and room background are added, the expected image is scaled to 0.8-2.5 million
-counts per view, and Poisson noise is drawn.  Everything is laid out in millimetres, so a
-2048 x 512 matrix renders natively at about 1.1-1.2 mm pixels.
+whose width grows with the distance from the detector, applied per depth layer.  A scatter
+halo and room background are added, the expected image is scaled to the study's counts, and
+Poisson noise is drawn.  Everything is laid out in millimetres, so a 2048 x 512 matrix renders
+natively at about half the pixel size.
+
+Domain randomisation: what a reader ignores varies widely (:class:`Acquisition` and the
+anatomy): collimator FWHM at 10 cm from 7 to 14 mm, pixel size 1.9-2.8 mm at 1024 rows, 0.3 to
+3 million counts per view, scatter 3-30 %, room background, mild patient motion (part of the
+body shifted sideways, or a slight blur), soft tissue to bone 1/15 to 1/5, breast and obesity
+attenuation, body proportions, bone thickness, regional bone uptake, arm pose, and mild
+symmetric physiological joint uptake in every patient.
+
+Phases (:data:`PHASES`): ``delayed`` (the bone scan, 2-4 h after injection) and ``early`` (blood
+pool, minutes after injection: cardiac blood pool, great vessels, liver, spleen and kidneys
+dominate, the skeleton shows little contrast).
 
 Classes (:data:`LABELS`): ``normal``; ``metastatic`` (1 to ~40 focal skeletal lesions, mostly
-axial, sometimes a superscan); ``arthritic`` (roughly symmetric joint uptake, knees most
-often); ``both``.  Confounders (injection site, urine contamination, mild degenerative
+axial, sometimes a superscan); ``arthritic`` (focal, often asymmetric joint uptake clearly
+above the patient's physiological level, knees most often); ``both``.  Confounders (mild
+symmetric physiological joint uptake, injection site, urine contamination, mild degenerative
 change, rib fractures, hot patellae, hyperostosis frontalis, dental uptake; variable bladder
 and kidney activity) occur in every class at the same rate.
 
@@ -31,8 +43,10 @@ The output depends only on the state of the generator passed in and the argument
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -45,11 +59,24 @@ from .findings import (
     sample_arthritis,
     sample_confounders,
     sample_metastases,
+    sample_physiological,
 )
 from .render import DEPTH_LAYER_CENTRES, ProjectionCanvas
 
+if TYPE_CHECKING:
+    import datetime
+
 __all__ = [
     "LABELS",
+    "PHASES",
+    "ANATOMIES",
+    "build_anatomy",
+    "render_scan",
+    "evolve_findings",
+    "Acquisition",
+    "sample_acquisition",
+    "apply_phase",
+    "COLLIMATOR_FWHM_10CM_RANGE_MM",
     "PhantomScan",
     "synthesize_scan",
     "sample_findings",
@@ -61,7 +88,100 @@ __all__ = [
 LABELS: tuple[str, ...] = ("normal", "metastatic", "arthritic", "both")
 
 #: Total counts per view are drawn inside this range.
-COUNTS_PER_VIEW_RANGE: tuple[float, float] = (0.8e6, 2.5e6)
+COUNTS_PER_VIEW_RANGE: tuple[float, float] = (0.3e6, 3.0e6)
+
+#: Collimator (system) FWHM at 10 cm from the collimator face, drawn per study.
+COLLIMATOR_FWHM_10CM_RANGE_MM: tuple[float, float] = (7.0, 14.0)
+
+#: Anatomy builders: ``classic`` (2-D primitives at relative depths, :mod:`.anatomy`) and
+#: ``voxel`` (a skeleton graph of joint landmarks voxelised in 3-D, :mod:`.voxel`).
+ANATOMIES: tuple[str, ...] = ("classic", "voxel")
+
+#: Imaging phases: the delayed bone scan, or the early blood-pool images.
+PHASES: tuple[str, ...] = ("delayed", "early")
+
+# Primitive groups that are bone; the early phase dims them.
+_BONE_GROUPS = ("bone", "axial", "appendicular", "joint", "face", "patella", "growth")
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How one study was acquired: camera, count level, scatter, background and motion.
+
+    Attributes:
+        fwhm_10cm_mm: System FWHM at 10 cm from the collimator face.
+        intrinsic_fwhm_mm: FWHM at the collimator face.
+        gap_mm: Skin-to-collimator distance.
+        scatter_fraction: Scattered photons as a share of the primary image.
+        scatter_sigma_mm: Width of the scatter halo.
+        background_per_px: Room background, counts per 2.3 mm pixel.
+        counts_per_view: Target mean total counts per view.
+        motion: ``"none"``, ``"shift"`` (the body below ``motion_row_fraction`` moved
+            sideways by ``motion_mm`` during the pass) or ``"blur"`` (slight movement
+            throughout, a blur of ``motion_mm``).
+        motion_row_fraction: Where a shift starts, as a fraction of the rows.
+        motion_mm: Size of the shift or blur.
+    """
+
+    fwhm_10cm_mm: float
+    intrinsic_fwhm_mm: float
+    gap_mm: float
+    scatter_fraction: float
+    scatter_sigma_mm: float
+    background_per_px: float
+    counts_per_view: float
+    motion: str = "none"
+    motion_row_fraction: float = 0.5
+    motion_mm: float = 0.0
+
+    def resolution(self) -> tuple[float, float, float]:
+        """``(intrinsic FWHM mm, FWHM growth per mm of distance, gap mm)`` for the renderer."""
+        slope = math.sqrt(max(self.fwhm_10cm_mm ** 2 - self.intrinsic_fwhm_mm ** 2, 1.0)) / 100.0
+        return self.intrinsic_fwhm_mm, slope, self.gap_mm
+
+
+def sample_acquisition(rng: np.random.Generator) -> Acquisition:
+    """Draw the acquisition of one study (domain randomisation of the camera and the scan)."""
+    lo, hi = COLLIMATOR_FWHM_10CM_RANGE_MM
+    fwhm = float(rng.uniform(lo, hi))
+    u = rng.random()
+    motion = "shift" if u < 0.12 else ("blur" if u < 0.22 else "none")
+    c_lo, c_hi = COUNTS_PER_VIEW_RANGE
+    return Acquisition(
+        fwhm_10cm_mm=fwhm,
+        intrinsic_fwhm_mm=float(rng.uniform(3.0, 4.5)),
+        gap_mm=float(rng.uniform(15.0, 70.0)),
+        scatter_fraction=float(rng.uniform(0.03, 0.30)),
+        scatter_sigma_mm=float(rng.uniform(18.0, 50.0)),
+        background_per_px=float(rng.uniform(0.0, 0.4)),
+        counts_per_view=float(np.exp(rng.uniform(math.log(c_lo * 1.1), math.log(c_hi * 0.92)))),
+        motion=motion,
+        motion_row_fraction=float(rng.uniform(0.3, 0.85)),
+        motion_mm=float(rng.uniform(2.0, 8.0)) if motion == "shift" else float(rng.uniform(1.5, 5.0)),
+    )
+
+
+def apply_phase(anatomy: Anatomy, phase: str, rng: np.random.Generator) -> None:
+    """Set the tracer distribution of ``phase`` through ``anatomy.gains``.
+
+    ``delayed`` leaves the bone scan as it is.  ``early`` (blood pool) dims the skeleton and the
+    findings, raises soft tissue and fills the blood pool, liver, spleen and kidneys.  The
+    ``"blood"`` and ``"organ"`` gains are concentrations relative to soft tissue.
+    """
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+    if phase == "delayed":
+        return
+    gains = anatomy.gains
+    bone = float(rng.uniform(0.12, 0.3))
+    for group in _BONE_GROUPS:
+        gains[group] = gains.get(group, 1.0) * bone
+    gains["lesion"] = bone * float(rng.uniform(1.0, 2.0))  # hyperaemic findings stand out a little
+    gains["soft"] = float(rng.uniform(2.0, 4.0))
+    gains["blood"] = float(rng.uniform(4.0, 8.0))
+    gains["organ"] = float(rng.uniform(1.5, 3.0))
+    gains["kidney"] = gains.get("kidney", 1.0) * float(rng.uniform(1.2, 2.5))
+    gains["bladder"] = gains.get("bladder", 1.0) * float(rng.uniform(0.02, 0.12))
 
 
 @dataclass
@@ -76,6 +196,11 @@ class PhantomScan:
         patient: Demographics.
         pixel_spacing_mm: Square pixel size.
         superscan: True when the metastatic pattern is a diffuse "superscan".
+        anatomy: Name of the anatomy builder (see :data:`ANATOMIES`).
+        phase: One of :data:`PHASES`.
+        acquisition: How it was acquired (``None`` for scans made outside the generator).
+        study_datetime: When it was acquired, if the generator fixes it (follow-ups);
+            ``None`` lets the DICOM writer draw a date.
     """
 
     anterior: np.ndarray
@@ -85,6 +210,10 @@ class PhantomScan:
     patient: PhantomPatient
     pixel_spacing_mm: float
     superscan: bool = False
+    anatomy: str = "classic"
+    phase: str = "delayed"
+    acquisition: Acquisition | None = None
+    study_datetime: datetime.datetime | None = None
 
 
 def sample_findings(anatomy: Anatomy, label: str, rng: np.random.Generator) -> tuple[list[Lesion], bool]:
@@ -95,7 +224,7 @@ def sample_findings(anatomy: Anatomy, label: str, rng: np.random.Generator) -> t
     """
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, not {label!r}")
-    lesions: list[Lesion] = []
+    lesions: list[Lesion] = sample_physiological(anatomy, rng)
     superscan = False
     if label in ("metastatic", "both"):
         superscan = rng.random() < 0.05
@@ -110,21 +239,63 @@ def sample_findings(anatomy: Anatomy, label: str, rng: np.random.Generator) -> t
     return lesions, superscan
 
 
+def evolve_findings(anatomy, lesions: list[Lesion], label: str, rng: np.random.Generator,
+                    new_metastases_chance: float = 0.2) -> tuple[list[Lesion], str]:
+    """The same patient's findings at a follow-up months later, and the label they give.
+
+    Metastases grow (larger, hotter: a visible one stays visible) and new ones appear; a
+    patient without them develops them with ``new_metastases_chance``.  Arthritis persists at a similar level (never below
+    :data:`~spectnode.phantom.findings.ARTHRITIS_MIN_RATIO` of the joint's physiological level).
+    Physiological and degenerative uptake, fractures and benign variants stay; injection
+    site and contamination are the new study's own.
+    """
+    from .findings import ARTHRITIS_MIN_RATIO
+
+    kept: list[Lesion] = []
+    for lesion in lesions:
+        if lesion.kind in ("injection", "lymph_node", "contamination"):
+            continue
+        if lesion.kind == "metastasis":
+            lesion = dataclasses.replace(
+                lesion, radius_mm=min(lesion.radius_mm * float(rng.uniform(1.0, 1.3)), 30.0),
+                relative_uptake=1.0 + (lesion.relative_uptake - 1.0) * float(rng.uniform(1.0, 1.4)))
+        elif lesion.kind == "arthritis":
+            ratio = max(ARTHRITIS_MIN_RATIO, lesion.relative_uptake / lesion.host_uptake
+                        * float(rng.lognormal(0.0, 0.15)))
+            lesion = dataclasses.replace(lesion, relative_uptake=lesion.host_uptake * ratio)
+        kept.append(lesion)
+    has_metastases = any(lesion.kind == "metastasis" for lesion in kept)
+    if has_metastases:
+        fresh = sample_metastases(anatomy, rng)
+        kept += fresh[: int(rng.poisson(2.0))]
+    elif rng.random() < new_metastases_chance:
+        kept += sample_metastases(anatomy, rng)
+        label = "both" if label == "arthritic" else "metastatic"
+    kept += [lesion for lesion in sample_confounders(anatomy, rng)
+             if lesion.kind in ("injection", "lymph_node", "contamination")]
+    return kept, label
+
+
 def _sigma_px(distance_mm: float, intrinsic_mm: float, slope: float, spacing: float) -> float:
     fwhm = math.hypot(intrinsic_mm, slope * distance_mm)
     return fwhm / 2.3548 / spacing
 
 
 def render_expected_views(anatomy: Anatomy, lesions: list[Lesion],
-                          resolution: tuple[float, float, float] = (3.8, 0.065, 35.0)
+                          resolution: tuple[float, float, float] = (3.8, 0.085, 35.0)
                           ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free expected images, in relative units (not yet scaled to counts).
+
+    The soft-tissue concentration is set here so that the image has the anatomy's
+    ``soft_to_bone`` ratio (soft tissue over the lumbar spine at L3, posterior view, before
+    blur, with the patient's normal bone uptake); it is stored in
+    ``anatomy.soft_tissue_ratio``.
 
     Args:
         anatomy: The patient.
         lesions: Findings to add.
         resolution: ``(intrinsic FWHM mm, collimator FWHM growth per mm of distance,
-            skin-to-detector gap mm)``.
+            skin-to-detector gap mm)``; :meth:`Acquisition.resolution` gives it.
 
     Returns:
         ``(anterior, posterior)`` float32 images, the posterior already flipped into its own
@@ -135,13 +306,22 @@ def render_expected_views(anatomy: Anatomy, lesions: list[Lesion],
     mu = anatomy.mu_per_mm
     canvas = ProjectionCanvas((rows, cols), s, anatomy.thickness_mm, mu)
     gains = anatomy.gains
+    relative_to_soft = ("blood", "organ")
     for prim in anatomy.primitives:
-        canvas.add(prim, gains.get(prim.group, 1.0))
-    for lesion in lesions:
-        canvas.add(lesion_primitive(lesion, s))
-    # soft tissue: uniform activity through the local thickness
+        if prim.group not in relative_to_soft:
+            canvas.add(prim, gains.get(prim.group, 1.0))
     T = anatomy.thickness_mm
-    soft = (anatomy.soft_tissue_ratio / mu) * (1.0 - np.exp(-mu * T))
+    unit_soft = (1.0 - np.exp(-mu * T)) / mu
+    soft_conc = _soft_concentration(anatomy, canvas, unit_soft) * gains.get("soft", 1.0)
+    anatomy.soft_tissue_ratio = soft_conc
+    for prim in anatomy.primitives:
+        if prim.group in relative_to_soft:
+            canvas.add(prim, gains.get(prim.group, 0.0) * soft_conc)
+    lesion_gain = gains.get("lesion", 1.0)
+    for lesion in lesions:
+        canvas.add(lesion_primitive(lesion, s), lesion_gain)
+    # soft tissue: uniform activity through the local thickness
+    soft = soft_conc * unit_soft
     canvas.anterior[1] += soft
     canvas.posterior[1] += soft
     intrinsic, slope, gap = resolution
@@ -151,9 +331,38 @@ def render_expected_views(anatomy: Anatomy, lesions: list[Lesion],
     breast = anatomy.breast_mm
     if np.any(breast > 0):
         ant *= np.exp(-mu * breast)
-        ant += (anatomy.soft_tissue_ratio / mu) * (1.0 - np.exp(-mu * breast))
+        ant += (soft_conc / mu) * (1.0 - np.exp(-mu * breast))
     post *= anatomy.table_transmission
     return ant, post[:, ::-1].copy()
+
+
+def _soft_concentration(anatomy: Anatomy, canvas: ProjectionCanvas, unit_soft: np.ndarray) -> float:
+    """Soft-tissue concentration (relative to bone) that gives ``anatomy.soft_to_bone`` at L3."""
+    s = anatomy.pixel_spacing_mm
+    x, y = anatomy.landmarks["L3"]
+    rows, cols = anatomy.matrix
+    r = min(max(int(round(y / s - 0.5)), 1), rows - 2)
+    c = min(max(int(round(x / s - 0.5)), 1), cols - 2)
+    window = np.s_[r - 1: r + 2, c - 1: c + 2]
+    bone = float(sum(layer[window].mean() for layer in canvas.posterior))
+    # measured against the patient's normal bone uptake, so a superscan or the early phase
+    # (which change the axial gain) keep their own soft-tissue contrast
+    ref = anatomy.reference_gains.get("axial", 1.0) / max(anatomy.gains.get("axial", 1.0), 1e-6)
+    soft = float(unit_soft[window].mean())
+    return anatomy.soft_to_bone * bone * ref / max(soft, 1e-6)
+
+
+def _motion(img: np.ndarray, acquisition: Acquisition, spacing: float, mirrored: bool) -> np.ndarray:
+    """Mild patient motion: part of the body shifted sideways, or a slight blur."""
+    if acquisition.motion == "none":
+        return img
+    if acquisition.motion == "blur":
+        return ndimage.gaussian_filter(img, acquisition.motion_mm / 2.3548 / spacing, truncate=2.5)
+    shift = acquisition.motion_mm / spacing * (-1.0 if mirrored else 1.0)
+    r0 = int(acquisition.motion_row_fraction * img.shape[0])
+    out = img.copy()
+    out[r0:] = ndimage.shift(img[r0:], (0.0, shift), order=1, mode="constant")
+    return out
 
 
 def _scatter(img: np.ndarray, fraction: float, sigma_mm: float, spacing: float) -> np.ndarray:
@@ -194,7 +403,8 @@ def _poisson_counts(signal: np.ndarray, background: float, rng: np.random.Genera
 
 
 def synthesize_scan(rng: np.random.Generator, label: str, matrix: tuple[int, int] = (1024, 256),
-                    patient_id: str = "PHANTOM") -> PhantomScan:
+                    patient_id: str = "PHANTOM", anatomy: str = "classic",
+                    phase: str = "delayed") -> PhantomScan:
     """Generate one synthetic anterior + posterior whole-body bone scan.
 
     Args:
@@ -204,6 +414,8 @@ def synthesize_scan(rng: np.random.Generator, label: str, matrix: tuple[int, int
         matrix: ``(rows, cols)``, e.g. ``(1024, 256)`` (about 2.3 mm pixels) or
             ``(2048, 512)`` (about 1.15 mm pixels, rendered natively).
         patient_id: Patient ID to record in :attr:`PhantomScan.patient`.
+        anatomy: Which anatomy builder (:data:`ANATOMIES`).
+        phase: One of :data:`PHASES`.
 
     Returns:
         The :class:`PhantomScan`.
@@ -213,24 +425,57 @@ def synthesize_scan(rng: np.random.Generator, label: str, matrix: tuple[int, int
         >>> scan.anterior.shape, scan.anterior.dtype
         ((1024, 256), dtype('uint16'))
     """
+    _check_arguments(label, matrix, anatomy, phase)
+    body = build_anatomy(anatomy, rng, (int(matrix[0]), int(matrix[1])), patient_id)
+    lesions, superscan = sample_findings(body, label, rng)
+    return render_scan(body, label, lesions, superscan, phase, rng)
+
+
+def _check_arguments(label: str, matrix: tuple[int, int], anatomy: str, phase: str) -> None:
     if label not in LABELS:
         raise ValueError(f"label must be one of {LABELS}, not {label!r}")
     rows, cols = int(matrix[0]), int(matrix[1])
     if rows < 64 or cols < 16:
         raise ValueError(f"matrix {matrix} is too small for a whole-body scan")
-    anatomy = sample_anatomy(rng, (rows, cols), patient_id)
-    lesions, superscan = sample_findings(anatomy, label, rng)
-    resolution = (float(rng.uniform(3.4, 4.4)), float(rng.uniform(0.055, 0.075)), float(rng.uniform(20.0, 55.0)))
-    ant, post = render_expected_views(anatomy, lesions, resolution)
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"anatomy must be one of {ANATOMIES}, not {anatomy!r}")
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+
+
+def build_anatomy(name: str, rng: np.random.Generator, matrix: tuple[int, int], patient_id: str):
+    """Draw one patient with the anatomy builder ``name`` (one of :data:`ANATOMIES`)."""
+    if name == "classic":
+        return sample_anatomy(rng, matrix, patient_id)
+    if name == "voxel":
+        from .voxel import sample_voxel_anatomy
+
+        return sample_voxel_anatomy(rng, matrix, patient_id)
+    raise ValueError(f"anatomy must be one of {ANATOMIES}, not {name!r}")
+
+
+def render_scan(anatomy, label: str, lesions: list[Lesion], superscan: bool, phase: str,
+                rng: np.random.Generator) -> PhantomScan:
+    """Acquire a patient with its findings: phase, acquisition, rendering, counts and noise."""
+    apply_phase(anatomy, phase, rng)
+    acquisition = sample_acquisition(rng)
+    rows, cols = anatomy.matrix
     s = anatomy.pixel_spacing_mm
-    scatter_fraction = float(rng.uniform(0.04, 0.12))
-    ant = _scatter(ant, scatter_fraction, 30.0, s)
-    post = _scatter(post, scatter_fraction, 30.0, s)
+    if anatomy.name == "voxel":
+        from .voxel import render_voxel_views
+
+        ant, post = render_voxel_views(anatomy, lesions, acquisition)
+    else:
+        ant, post = render_expected_views(anatomy, lesions, acquisition.resolution())
+        ant = _scatter(ant, acquisition.scatter_fraction, acquisition.scatter_sigma_mm, s)
+        post = _scatter(post, acquisition.scatter_fraction, acquisition.scatter_sigma_mm, s)
+    ant = _motion(ant, acquisition, s, mirrored=False)
+    post = _motion(post, acquisition, s, mirrored=True)
     # scale to the study's count level; both views share one scale (same acquisition time)
     lo, hi = COUNTS_PER_VIEW_RANGE
-    background = float(rng.uniform(0.01, 0.12)) * (s / 2.3) ** 2  # counts per pixel
+    background = acquisition.background_per_px * (s / 2.3) ** 2  # counts per pixel
     bg_total = background * rows * cols
-    mean_target = float(np.exp(rng.uniform(math.log(0.9e6), math.log(2.3e6))))
+    mean_target = acquisition.counts_per_view
     sa, sp = float(ant.sum()), float(post.sum())
     k = max(2.0 * mean_target - 2.0 * bg_total, 1.0) / max(sa + sp, 1e-9)
     # keep both views inside the range even when their ratio is unusual
@@ -249,6 +494,9 @@ def synthesize_scan(rng: np.random.Generator, label: str, matrix: tuple[int, int
         patient=anatomy.patient,
         pixel_spacing_mm=s,
         superscan=superscan,
+        anatomy=anatomy.name,
+        phase=phase,
+        acquisition=acquisition,
     )
 
 

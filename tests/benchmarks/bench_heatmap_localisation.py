@@ -2,8 +2,8 @@
 
     python tests/benchmarks/bench_heatmap_localisation.py [--bundle B]
 
-Runs the phantom seeds (of 0-2999) whose metastatic scan has exactly one finding, a metastasis
-of at least 4x bone uptake. Prints the predicted class and the distance from each view's heatmap
+Runs the phantom seeds (of 0-2999) whose metastatic scan has exactly one finding besides the
+physiological joint uptake every patient has, a metastasis of at least 4x bone uptake. Prints the predicted class and the distance from each view's heatmap
 peak to the lesion (the posterior shows it mirrored). Issue 4 asks for "within a few
 centimetres"; tests/test_default_bundle.py checks it on some of these seeds.
 """
@@ -20,7 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def single_strong_lesion_seeds(seeds: range = range(3000)) -> list[int]:
-    """Seeds whose metastatic phantom has one finding only, a metastasis of >= 4x bone uptake."""
+    """Seeds whose metastatic phantom has one finding only (besides physiological uptake), a metastasis
+    of >= 4x bone uptake."""
     from spectnode.phantom.anatomy import sample_anatomy
     from spectnode.phantom.synth import sample_findings
 
@@ -29,6 +30,7 @@ def single_strong_lesion_seeds(seeds: range = range(3000)) -> list[int]:
         rng = np.random.default_rng(seed)
         # the same draws, in the same order, as synthesize_scan makes before rendering
         lesions, _ = sample_findings(sample_anatomy(rng), "metastatic", rng)
+        lesions = [lesion for lesion in lesions if lesion.kind != "physiological"]
         if len(lesions) == 1 and lesions[0].kind == "metastasis" and lesions[0].relative_uptake >= 4.0:
             found.append(seed)
     return found
@@ -46,7 +48,7 @@ def main() -> None:
     seeds = single_strong_lesion_seeds()
     for seed in seeds:
         scan = synthesize_scan(np.random.default_rng(seed), "metastatic")
-        (lesion,) = scan.lesions
+        (lesion,) = [lesion for lesion in scan.lesions if lesion.kind != "physiological"]
         spacing = (scan.pixel_spacing_mm, scan.pixel_spacing_mm)
         views = StudyViews(
             f"2.25.{seed}",
