@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .domain import DomainFit
 from .imaging.guards import check_study
 from .imaging.network_input import InputSpec, NetworkInput, heatmap_to_view, network_inputs
 from .imaging.views import MISSING_VIEWS, NotAssessable, StudyViews, load_study_views
@@ -41,6 +42,10 @@ class StudyClassifier:
         self.classes: tuple[str, ...] = tuple(card.classes)
         self.spec = InputSpec.from_card(card.preprocessing)
         self._cam: LayerCam | None = None  # built on first use: explanations are optional
+        domain_fit = getattr(card, "domain_fit", None)
+        #: The training domain in feature space, when the card has one (see :mod:`spectnode.domain`).
+        self.domain: DomainFit | None = DomainFit.from_card(domain_fit) if domain_fit else None
+        self._with_features: Any = None  # the model with its feature layer as a second output
 
     @classmethod
     def from_bundle(cls, path: str | Path | None = None,
@@ -73,9 +78,32 @@ class StudyClassifier:
         probs = self.predict([i.array for i in inputs])
         return inputs, probs.mean(axis=0)
 
+    def predict_with_domain(self, inputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities (n, k) and domain-fit scores (n,) in one forward pass.
+
+        Raises:
+            ValueError: If the bundle has no domain fit.
+        """
+        if self.domain is None:
+            raise ValueError(f"bundle {self.name} has no domain fit")
+        if self._with_features is None:
+            import keras
+
+            self._with_features = keras.Model(self.model.inputs,
+                                              [self.model.get_layer(self.domain.layer).output, self.model.outputs[0]])
+        batch = np.stack(inputs).astype(np.float32)
+        features, probs = self._with_features.predict(batch, batch_size=8, verbose=0)
+        return np.asarray(probs, dtype=np.float64), self.domain.score(np.asarray(features))
+
     def model_result(self, study: StudyViews, explain: bool = False) -> ModelResult:
         """This model's result on a study it can take (see :meth:`needs`)."""
-        inputs, probs = self.study_probabilities(study)
+        inputs = network_inputs(study, self.spec)
+        score: float | None = None
+        if self.domain is None:
+            probs = self.predict([i.array for i in inputs]).mean(axis=0)
+        else:
+            each, scores = self.predict_with_domain([i.array for i in inputs])
+            probs, score = each.mean(axis=0), float(scores.max())  # the view furthest from the domain counts
         order = np.argsort(-probs)
         result = ModelResult(
             model=self.name,
@@ -85,6 +113,8 @@ class StudyClassifier:
             label=self.classes[order[0]],
             second_label=self.classes[order[1]] if self.card.scheme == "dspic4" else None,
             probabilities={c: float(p) for c, p in zip(self.classes, probs)},
+            domain_score=score,
+            outside_domain=self.domain is not None and score is not None and self.domain.outside(score),
         )
         if explain:
             result.heatmaps = self.explain(study, inputs, int(order[0]))

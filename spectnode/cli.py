@@ -144,6 +144,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .bundle import BundleError
+    from .training.commands import run_calibration
+    from .training.labels import LabelError
+
+    try:
+        fit = (Path(args.fit_data), Path(args.fit_labels), _data_files(args.fit_data))
+        held_out = (Path(args.held_out_data), Path(args.held_out_labels), _data_files(args.held_out_data))
+        domain = run_calibration(Path(args.bundle), fit, held_out, log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, LabelError, FileNotFoundError, BundleError) as exc:
+        print(f"spectnode calibrate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps({"threshold": domain["threshold"], "calibration": domain["calibration"]}))
+    return EXIT_OK
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .bundle import BundleError
     from .training.commands import run_evaluation
@@ -323,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help="CSV or LabelMe folder, as for train")
     p.add_argument("--out", help="also write metrics.json, predictions.csv, roc.png, confusion.png here")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit a bundle's training domain (the domain-fit score and its threshold)")
+    p.add_argument("--bundle", required=True, help="bundle folder; its card is rewritten, its weights are not")
+    p.add_argument("--fit-data", required=True, help="in-domain studies like the training data (DICOM folder)")
+    p.add_argument("--fit-labels", required=True, help="their labels (CSV or LabelMe folder)")
+    p.add_argument("--held-out-data", required=True, help="other in-domain studies: the threshold is their 99th "
+                   "percentile")
+    p.add_argument("--held-out-labels", required=True, help="their labels")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("classify", help="classify DICOM files offline, grouped into studies")
     p.add_argument("path", help="a DICOM file or a folder")

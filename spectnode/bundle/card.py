@@ -164,6 +164,7 @@ class ModelCard:
             :func:`default_intended_use` for the training data.
         content_hash: ``"sha256:<hex>"`` of the ``model.keras`` bytes, set by
             :func:`spectnode.bundle.save_bundle` (empty before saving).
+        domain_fit: See the attribute's comment below.
         device_uid: DICOM UID derived from ``content_hash`` by
             :func:`derive_device_uid` (empty before saving); the algorithm's
             Device UID in SR and ContributingEquipmentSequence.
@@ -189,6 +190,10 @@ class ModelCard:
     content_hash: str = ""
     device_uid: str = ""
     card_format: int = CARD_FORMAT
+    #: The training data's distribution in the model's feature space and the
+    #: "outside the training domain" threshold (:class:`spectnode.domain.DomainFit`,
+    #: its ``to_card`` form); empty when the bundle has none. Optional in the file.
+    domain_fit: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.classes = list(self.classes)
@@ -304,7 +309,7 @@ class ModelCard:
                 f"unsupported card format version {data['card_format']!r} "
                 f"(this spectnode reads card_format {CARD_FORMAT})"
             )
-        _check_keys("card", data, cls.field_names())
+        _check_keys("card", data, cls.field_names(), optional=("domain_fit",))
         training_data = data["training_data"]
         if not isinstance(training_data, Mapping):
             raise ValueError(f"training_data must be an object, got {training_data!r}")
@@ -316,9 +321,9 @@ class ModelCard:
         return cls(**values)
 
 
-def _check_keys(what: str, data: Mapping[str, Any], expected: Sequence[str]) -> None:
+def _check_keys(what: str, data: Mapping[str, Any], expected: Sequence[str], optional: Sequence[str] = ()) -> None:
     unknown = sorted(set(data) - set(expected))
-    missing = [key for key in expected if key not in data]
+    missing = [key for key in expected if key not in data and key not in optional]
     problems = []
     if unknown:
         problems.append(f"unknown {what} key(s) {unknown}")

@@ -111,7 +111,7 @@ def run_demo(workdir: Path | None = None, *, bundles: Sequence[Path] | None = No
             for model in result.models:
                 probabilities = ", ".join(f"{k} {v:.3f}" for k, v in model.probabilities.items())
                 second = f", second: {model.second_label}" if model.second_label else ""
-                _say(f"  {model.model}: {model.label}{second}  [{probabilities}]")
+                _say(f"  result: {model.label}{second}  [{probabilities}]  ({model.model} {model.version})")
             folder = results / record.study_uid
             assert node.store is not None
             outputs = node.store.outputs(record.study_uid)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..imaging.network_input import InputSpec
 from .labels import LabelledStudy, read_labelme_dir, read_labels_csv, scheme_classes
 from .metrics import compute_metrics, format_metrics_table, write_evaluation_plots
 from .train import LoadedSamples, TrainSettings, load_samples, predict_studies, subset_samples, train
 
 if TYPE_CHECKING:  # keras loads only when a bundle does
     from collections.abc import Callable, Iterator, Sequence
-    from pathlib import Path
 
     from ..bundle import LoadedBundle
 
@@ -148,6 +149,8 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
         training_data=TrainingData(description, counts=counts,
                                    synthetic=synthetic and (initial is None or initial.card.training_data.synthetic)),
         metrics=metrics,
+        domain_fit=fit_domain_of(result.model, subset_samples(samples, result.train), test,
+                                 f"the {len(test.studies)} held-out studies"),
     )
     save_bundle(result.model, card, out)
     write_evaluation_plots(metrics, y_true, probabilities, classes, out / "evaluation")
@@ -155,6 +158,43 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
     log(format_metrics_table(metrics))
     log(f"bundle written to {out}")
     return metrics
+
+
+def fit_domain_of(model: Any, training: LoadedSamples, held_out: LoadedSamples, description: str) -> dict[str, Any]:
+    """The ``domain_fit`` of a card: ``model``'s feature distribution on ``training``, its
+    threshold the 99th percentile of ``held_out``'s study scores (see :mod:`spectnode.domain`)."""
+    from ..domain import feature_extractor, feature_layer_name, fit_domain
+
+    layer = feature_layer_name(model)
+    extractor = feature_extractor(model, layer)
+    fit = fit_domain(layer, extractor.predict(training.x, batch_size=16, verbose=0),
+                     extractor.predict(held_out.x, batch_size=16, verbose=0), held_out_studies=held_out.study,
+                     description=description)
+    return fit.to_card()
+
+
+def run_calibration(bundle: Path, fit: tuple[Path, Path, Sequence[Path]], held_out: tuple[Path, Path, Sequence[Path]],
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fit (or refit) a bundle's domain: ``fit`` and ``held_out`` are (folder, labels, files) of
+    in-domain studies, the first like the training data, the second not seen by the fit.
+    The card is rewritten; the weights and their hash are not touched."""
+    from ..bundle import load_bundle
+    from ..bundle.io import CARD_FILENAME
+    from ..fsutil import write_durably
+
+    loaded = load_bundle(bundle)
+    card = loaded.card
+    spec = InputSpec.from_card(card.preprocessing)
+    settings = TrainSettings(arch=card.architecture, scheme=card.scheme, learning_rate=0.0, batch_size=16, epochs=0,
+                             input_mode=spec.mode, input_shape=spec.shape, normalization=spec.normalization)
+    fit_samples = _load(fit[1], fit[2], settings, log)
+    held_samples = _load(held_out[1], held_out[2], settings, log)
+    card.domain_fit = fit_domain_of(loaded.model, fit_samples, held_samples,
+                                    f"{len(held_samples.studies)} studies from {held_out[0]}")
+    write_durably(Path(bundle) / CARD_FILENAME, card.to_json().encode("utf-8"))
+    log(f"domain fit of {card.name}: threshold {card.domain_fit['threshold']:.3f} "
+        f"(held-out median {card.domain_fit['calibration']['held_out_median']})")
+    return card.domain_fit
 
 
 def run_evaluation(bundle: Path | None, labels: Path, files: Sequence[Path], out: Path | None,
