@@ -1,0 +1,61 @@
+"""The domain-fit score: a distance in a model's feature space, flagged above the 99th percentile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spectnode.domain import FLAG_PERCENTILE, DomainFit, fit_domain
+
+
+#: The training distribution's structure: eight strong directions in 64 features.
+MIXING = np.random.default_rng(99).normal(size=(8, 64))
+
+
+def correlated(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Features like a network's: a few strong directions, correlated, not centred at 0."""
+    return 3.0 + rng.normal(size=(n, 8)) @ MIXING + 0.1 * rng.normal(size=(n, 64))
+
+
+def test_in_domain_scores_about_one_and_about_one_percent_is_flagged():
+    rng = np.random.default_rng(0)
+    fit = fit_domain("pool", correlated(rng, 2000), correlated(rng, 2000), description="test")
+    fresh = fit.score(correlated(rng, 5000))
+    assert 0.7 < np.median(fresh) < 1.3
+    flagged = np.mean(fresh > fit.threshold)
+    # 99th percentile of 2000 held-out scores: 1 % flagged, give or take its sampling error.
+    assert abs(flagged - (100 - FLAG_PERCENTILE) / 100) < 0.01
+    assert fit.calibration["n_held_out"] == 2000 and fit.calibration["percentile"] == FLAG_PERCENTILE
+
+
+def test_inputs_off_the_training_distribution_are_flagged():
+    rng = np.random.default_rng(1)
+    fit = fit_domain("pool", correlated(rng, 1000), correlated(rng, 500))
+    shifted = correlated(rng, 200) + 2.0  # every feature moved: another camera, another anatomy
+    off_axis = 3.0 + rng.normal(size=(200, 64))  # same scale, none of the training's structure
+    assert fit.score(shifted).min() > fit.threshold
+    assert np.mean(fit.score(off_axis) > fit.threshold) > 0.99
+
+
+def test_a_study_scores_as_its_furthest_input():
+    rng = np.random.default_rng(2)
+    held = correlated(rng, 400)
+    per_input = fit_domain("pool", correlated(rng, 800), held)
+    per_study = fit_domain("pool", correlated(rng, 800), held, held_out_studies=np.repeat(np.arange(200), 2))
+    assert per_study.calibration["n_held_out"] == 200 and per_input.calibration["n_held_out"] == 400
+
+
+def test_the_card_form_gives_the_same_scores():
+    rng = np.random.default_rng(3)
+    fit = fit_domain("global_average_pooling2d", correlated(rng, 300), correlated(rng, 100))
+    again = DomainFit.from_card(fit.to_card())
+    probe = correlated(rng, 50) + rng.normal(size=(50, 64))
+    assert np.allclose(again.score(probe), fit.score(probe), rtol=1e-6)
+    assert again.threshold == fit.threshold and again.layer == fit.layer
+
+
+def test_too_few_inputs_are_refused():
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_domain("pool", np.zeros((1, 4)), np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="widths differ"):
+        fit_domain("pool", np.zeros((5, 4)), np.zeros((3, 5)))
