@@ -137,6 +137,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             files=files,
             test_set=test_set,
             initial=initial,
+            weights_dtype=args.weights_dtype,
         )
     except (ValueError, LabelError, FileNotFoundError, BundleError) as exc:
         print(f"spectnode train: {exc}", file=sys.stderr)
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalization", default="minmax",
                    help="input scaling: the papers' min-max (default), or a window from 0 to 5 times "
                         "the body's bone uptake (the hottest pixels saturate)")
+    p.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
+                   help="how the bundle stores the weights; float16 halves its size (inference runs in float32)")
     p.add_argument("--translate", type=int, default=3, help="augmentation: +/- pixels of translation")
     p.add_argument("--rotate", type=float, default=3.0, help="augmentation: +/- degrees of rotation")
     p.add_argument("--no-mirror", action="store_true", help="augmentation: no left-right mirroring")

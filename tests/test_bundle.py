@@ -228,3 +228,28 @@ def test_trained_model_is_saved_without_optimizer_state(tmp_path) -> None:
     loaded = load_bundle(saved)
     x = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
     np.testing.assert_allclose(loaded.model.predict(x, verbose=0), trained.predict(x, verbose=0), rtol=1e-5)
+
+
+def test_a_float16_bundle_is_half_the_size_and_agrees_with_float32_to_1e_3(tmp_path):
+    import keras
+    import numpy as np
+
+    from spectnode.bundle import load_bundle, save_bundle
+    from spectnode.models import build_model
+
+    model = build_model("Classifier-inRAC", input_shape=(128, 32, 1), classes=4)
+    card = ModelCard(name="fp16-check", version="1", architecture="Classifier-inRAC", scheme="dspic4",
+                     classes=["normal", "metastatic", "arthritic", "both"], input_shape=[128, 32, 1],
+                     preprocessing={"views": "aggregate", "normalization": "minmax", "resample_to": [128, 32]},
+                     training_data=TrainingData("untrained", synthetic=True))
+    full = save_bundle(model, card, tmp_path / "float32")
+    half = save_bundle(model, dataclasses.replace(card, weights_dtype="float16"), tmp_path / "float16")
+    size = {p.name: (p / "model.keras").stat().st_size for p in (full, half)}
+    assert size["float16"] < 0.55 * size["float32"]
+    loaded = load_bundle(half)
+    assert loaded.card.weights_dtype == "float16"
+    assert {w.dtype for w in loaded.model.weights} == {"float32"}  # inference runs in float32
+    x = np.random.default_rng(0).random((4, 128, 32, 1), dtype=np.float32)
+    expected = load_bundle(full).model.predict(x, verbose=0)
+    assert np.abs(loaded.model.predict(x, verbose=0) - expected).max() < 1e-3
+    assert keras.saving.load_model(half / "model.keras").weights[0].dtype == "float16"  # stored as float16

@@ -7,7 +7,6 @@ import pytest
 
 from spectnode.domain import FLAG_PERCENTILE, DomainFit, fit_domain
 
-
 #: The training distribution's structure: eight strong directions in 64 features.
 MIXING = np.random.default_rng(99).normal(size=(8, 64))
 

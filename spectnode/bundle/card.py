@@ -19,7 +19,7 @@ import platform
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import pydicom.uid
 
@@ -33,6 +33,9 @@ __all__ = [
     "derive_device_uid",
     "software_versions",
 ]
+
+#: How a bundle may store its weights (:attr:`ModelCard.weights_dtype`).
+WEIGHTS_DTYPES: Final = ("float32", "float16")
 
 #: Version of the card layout written by this module (the ``card_format`` key).
 CARD_FORMAT = 1
@@ -194,6 +197,10 @@ class ModelCard:
     #: "outside the training domain" threshold (:class:`spectnode.domain.DomainFit`,
     #: its ``to_card`` form); empty when the bundle has none. Optional in the file.
     domain_fit: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: How ``model.keras`` stores the weights: ``float32``, or ``float16`` (half
+    #: the size; :func:`spectnode.bundle.load_bundle` rebuilds the model in
+    #: float32, so inference runs in float32). Optional in the file.
+    weights_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.classes = list(self.classes)
@@ -271,6 +278,8 @@ class ModelCard:
                 isinstance(self.device_uid, str) and pydicom.uid.UID(self.device_uid).is_valid,
                 f"device_uid must be a valid DICOM UID, got {self.device_uid!r}",
             )
+        expect(self.weights_dtype in WEIGHTS_DTYPES,
+               f"weights_dtype must be one of {list(WEIGHTS_DTYPES)}, got {self.weights_dtype!r}")
         expect(self.card_format == CARD_FORMAT, f"card_format must be {CARD_FORMAT}, got {self.card_format!r}")
         try:
             json.dumps(self.to_dict(), allow_nan=False)
@@ -309,7 +318,7 @@ class ModelCard:
                 f"unsupported card format version {data['card_format']!r} "
                 f"(this spectnode reads card_format {CARD_FORMAT})"
             )
-        _check_keys("card", data, cls.field_names(), optional=("domain_fit",))
+        _check_keys("card", data, cls.field_names(), optional=("domain_fit", "weights_dtype"))
         training_data = data["training_data"]
         if not isinstance(training_data, Mapping):
             raise ValueError(f"training_data must be an object, got {training_data!r}")

@@ -141,6 +141,24 @@ def _without_optimizer(model: keras.Model) -> keras.Model:
     return bare
 
 
+def _with_dtype(config: Any, dtype: str) -> Any:
+    """A model config with every layer's dtype policy replaced by ``dtype``."""
+    if isinstance(config, dict):
+        return {key: dtype if key == "dtype" and (isinstance(value, str) or (
+                    isinstance(value, dict) and "DTypePolicy" in str(value.get("class_name", ""))))
+                else _with_dtype(value, dtype) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_with_dtype(value, dtype) for value in config]
+    return config
+
+
+def _recast(model: keras.Model, dtype: str) -> keras.Model:
+    """The same architecture with its layers (and weights) in ``dtype``."""
+    cast = model.__class__.from_config(_with_dtype(model.get_config(), dtype))
+    cast.set_weights([w.astype(dtype) if w.dtype.kind == "f" else w for w in model.get_weights()])
+    return cast
+
+
 def save_bundle(model: keras.Model, card: ModelCard, out_dir: str | Path) -> Path:
     """Write ``model`` and its card as a bundle in ``out_dir``.
 
@@ -153,7 +171,8 @@ def save_bundle(model: keras.Model, card: ModelCard, out_dir: str | Path) -> Pat
         model: A built Keras model with one input and one output whose size
             is ``len(card.classes)``.
         card: The model card; its ``content_hash`` and ``device_uid`` are
-            ignored and replaced.
+            ignored and replaced. Its ``weights_dtype`` says how the weights
+            are stored (``float16``: half the size, rounded to half precision).
         out_dir: Bundle folder, created if missing. Existing bundle files in
             it are replaced.
 
@@ -171,7 +190,10 @@ def save_bundle(model: keras.Model, card: ModelCard, out_dir: str | Path) -> Pat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with _temporary_path(out_dir, ".keras") as model_tmp:
-        _without_optimizer(model).save(model_tmp)  # Keras requires the .keras suffix, hence the temp name
+        bare = _without_optimizer(model)
+        if card.weights_dtype != "float32":
+            bare = _recast(bare, card.weights_dtype)
+        bare.save(model_tmp)  # Keras requires the .keras suffix, hence the temp name
         fsync_file(model_tmp)
         content_hash = file_sha256(model_tmp)
         saved_card = dataclasses.replace(
@@ -372,6 +394,8 @@ def load_bundle(
             f"(saved with keras {card.software.get('keras', '?')}, {card.software.get('backend', '?')}): "
             f"{type(error).__name__}: {error}"
         ) from error
+    if card.weights_dtype != "float32":
+        model = _recast(model, "float32")  # inference always runs in float32
     problems = _shape_problems(card, *_model_io_shapes(model))
     if problems:
         raise BundleError(f"model bundle {bundle_dir}: " + "; ".join(problems))

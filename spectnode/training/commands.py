@@ -93,7 +93,8 @@ def _check_initial_bundle(initial: LoadedBundle, settings: TrainSettings) -> Non
 
 def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *, name: str, version: str,
                  resume: bool, files: Sequence[Path], test_set: tuple[Path, Path, Sequence[Path]] | None = None,
-                 initial: LoadedBundle | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 initial: LoadedBundle | None = None, log: Callable[[str], None] = print,
+                 weights_dtype: str = "float32") -> dict[str, Any]:
     """Train, evaluate on held-out studies, and write the bundle to ``out``.
 
     The held-out studies are the 30 % of the patient-wise 7:3 split, or, when
@@ -151,6 +152,7 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
         metrics=metrics,
         domain_fit=fit_domain_of(result.model, subset_samples(samples, result.train), test,
                                  f"the {len(test.studies)} held-out studies"),
+        weights_dtype=weights_dtype,
     )
     save_bundle(result.model, card, out)
     write_evaluation_plots(metrics, y_true, probabilities, classes, out / "evaluation")
