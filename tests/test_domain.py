@@ -58,3 +58,26 @@ def test_too_few_inputs_are_refused():
         fit_domain("pool", np.zeros((1, 4)), np.zeros((3, 4)))
     with pytest.raises(ValueError, match="widths differ"):
         fit_domain("pool", np.zeros((5, 4)), np.zeros((3, 5)))
+
+
+def test_a_resized_chest_ct_slice_is_outside_every_shipped_models_domain():
+    """A CT slice (pydicom's CT_small.dcm, a real scanner's image) stretched to a whole-body view's shape."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from scipy.ndimage import zoom
+
+    from spectnode.classify import Classifiers
+    from spectnode.imaging.views import StudyViews, ViewImage
+
+    ct = dcmread(get_testdata_file("CT_small.dcm")).pixel_array.astype(np.float64)
+    ct -= ct.min()  # counts cannot be negative
+    pixels = zoom(ct, (1024 / ct.shape[0], 256 / ct.shape[1]), order=1)
+    views = {view: ViewImage(view=view, pixels=pixels, pixel_spacing_mm=(2.4, 2.4), source_sop_instance_uid="1.2.3",
+                             source_sop_class_uid="1.2.840.10008.5.1.4.1.1.2", frame_number=None)
+             for view in ("anterior", "posterior")}
+    study = StudyViews("1.2.3.4", views["anterior"], views["posterior"])
+    for classifier in Classifiers.from_bundles():
+        assert classifier.domain is not None, f"{classifier.name} ships without a domain fit"
+        result = classifier.model_result(study)
+        assert result.domain_score is not None and result.domain_score > classifier.domain.threshold
+        assert result.outside_domain
