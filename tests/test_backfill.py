@@ -14,8 +14,7 @@ import json
 import signal
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pytest
@@ -32,6 +31,9 @@ from spectnode.store import JobStore
 
 from nodetools import NodeProcess, free_port, spectnode_command, tiny_bundle, write_config
 from orthanc import OrthancServer
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 AE_TITLE = "SPECTNODE"
 

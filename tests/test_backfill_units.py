@@ -6,8 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,6 +17,9 @@ from spectnode.config import ConfigError, parse_config
 from spectnode.phantom.generate import generate_phantoms
 
 from nodetools import FakeClock, tiny_bundle
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # ------------------------------------------------------------------ politeness
 

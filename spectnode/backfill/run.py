@@ -417,11 +417,13 @@ def run_backfill(cfg: Config, pacs_name: str, options: BackfillOptions, progress
     algorithm = algorithm_of(cfg, bundle)
     client = PacsClient(pacs, cfg.node.ae_title)
     progress.start(f"backfill from {pacs.name}")
-    pipeline = None
+    pipeline: Pipeline | _ReadOnly
+    if options.dry_run:
+        pipeline = _ReadOnly(cfg)
+    else:
+        pipeline = Pipeline(cfg, listen=pacs.retrieve == "move", bundle=bundle, classifier_loader=classifier_loader)
     try:
-        pipeline = Pipeline(cfg, listen=pacs.retrieve == "move" and not options.dry_run, bundle=bundle,
-                            classifier_loader=classifier_loader) if not options.dry_run else None
-        run = _Run(pipeline, progress, algorithm) if pipeline is not None else _dry_run(cfg, progress, algorithm)
+        run = _Run(pipeline, progress, algorithm)  # type: ignore[arg-type]
         work = _PacsWork(run, pacs, cfg.node.ae_title, clock=clock, sleep=sleep, now=now)
         studies = work.call(lambda: client.find_studies(since=options.since, until=options.until,
                                                         patient_id=options.patient_id, accession=options.accession),
@@ -461,24 +463,21 @@ def run_backfill(cfg: Config, pacs_name: str, options: BackfillOptions, progress
         if options.limit is not None:
             progress.set_total(progress.summary.finished)
     finally:
-        if pipeline is not None:
-            pipeline.close()
+        pipeline.close()
     return progress.finish()
 
 
-def _dry_run(cfg: Config, progress: Progress, algorithm: AlgorithmInfo) -> _Run:
-    """A run that reads the job store (if there is one) and changes nothing."""
-    data_dir = DataDir(cfg.storage.data_dir)
-    data_dir.create()
+class _ReadOnly:
+    """The pipeline of a dry run: the job store, read only; nothing is stored or processed."""
 
-    class _ReadOnly:
-        store = JobStore(data_dir.database)
-        receive = None
+    def __init__(self, cfg: Config) -> None:
+        data_dir = DataDir(cfg.storage.data_dir)
+        data_dir.create()
+        self.store = JobStore(data_dir.database)
+        self.receive = None
 
-        def close(self) -> None:
-            self.store.close()
-
-    return _Run(_ReadOnly(), progress, algorithm)  # type: ignore[arg-type]
+    def close(self) -> None:
+        self.store.close()
 
 
 def group_files_by_study(paths: list[Path]) -> tuple[dict[str, list[tuple[Path, str]]], int]:
