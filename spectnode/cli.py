@@ -179,10 +179,93 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _batch_logging(cfg: Config, progress_on_terminal: bool) -> None:
+    """Logs of a batch run: as configured, but only warnings on a terminal that shows the progress bar."""
+    import dataclasses
+
+    from .node.logs import configure_logging
+
+    settings = cfg.logging
+    if progress_on_terminal and settings.file is None and settings.level in ("DEBUG", "INFO"):
+        settings = dataclasses.replace(settings, level="WARNING")
+    configure_logging(settings)
+
+
+def _summary_exit(summary: object) -> int:
+    from .backfill.progress import Summary
+
+    assert isinstance(summary, Summary)
+    return EXIT_FAILURE if summary.failed else EXIT_OK
+
+
+def _cmd_classify_send(args: argparse.Namespace) -> int:
+    from .backfill.progress import Progress
+    from .backfill.run import run_folder
+    from .bundle import BundleError
+
+    cfg = _node_config(args)
+    if cfg is None:
+        return EXIT_USAGE
+    try:
+        files = _data_files(args.path)
+    except FileNotFoundError as exc:
+        print(f"spectnode classify: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = Progress(terminal=False if args.json else None)
+    _batch_logging(cfg, progress.terminal)
+    try:
+        summary = run_folder(cfg, files, progress, bundles=[Path(b) for b in args.bundle] if args.bundle else None)
+    except BundleError as exc:
+        print(f"spectnode classify: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _summary_exit(summary)
+
+
+def _dicom_date(text: str) -> str:
+    digits = text.replace("-", "")
+    if len(digits) != 8 or not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD or YYYYMMDD, got {text!r}")
+    return digits
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from .backfill.progress import Progress
+    from .backfill.query import PacsError
+    from .backfill.run import BackfillOptions, run_backfill
+    from .bundle import BundleError
+
+    cfg = _node_config(args)
+    if cfg is None:
+        return EXIT_USAGE
+    names = [p.name for p in cfg.pacs]
+    if args.pacs not in names:
+        print(f"spectnode backfill: no pacs entry named {args.pacs!r} in {cfg.source} (entries: "
+              f"{', '.join(names) or 'none'})", file=sys.stderr)
+        return EXIT_USAGE
+    options = BackfillOptions(since=args.since, until=args.until, patient_id=args.patient, accession=args.accession,
+                              limit=args.limit, dry_run=args.dry_run)
+    progress = Progress(terminal=False if args.json else None)
+    _batch_logging(cfg, progress.terminal)
+    try:
+        summary = run_backfill(cfg, args.pacs, options, progress)
+    except BundleError as exc:
+        print(f"spectnode backfill: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PacsError as exc:
+        print(f"spectnode backfill: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return _summary_exit(summary)
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     from .bundle import BundleError
     from .classify import Classifiers
 
+    if args.send:
+        return _cmd_classify_send(args)
+    if args.config:
+        print("spectnode classify: --config applies only with --send", file=sys.stderr)
+        return EXIT_USAGE
     try:
         files = _data_files(args.path)
         classifiers = Classifiers.from_bundles(args.bundle)
@@ -357,7 +440,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", action="append",
                    help="bundle folder; repeat for several models (default: the shipped synthetic-trained models)")
     p.add_argument("--json", action="store_true", help="one JSON object per study per line")
+    p.add_argument("--send", action="store_true",
+                   help="run the studies through the node's pipeline and job store and send the results to the "
+                        "configured destinations, with progress and a summary (the batch path of backfill)")
+    p.add_argument("--config", help="YAML configuration, with --send (default: built-in defaults)")
     p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("backfill", help="classify the NM studies already in a PACS (C-FIND, then C-GET or C-MOVE)")
+    p.add_argument("--pacs", required=True, metavar="NAME", help="the pacs entry of the configuration")
+    p.add_argument("--since", type=_dicom_date, metavar="DATE", help="studies on or after DATE (YYYY-MM-DD)")
+    p.add_argument("--until", type=_dicom_date, metavar="DATE", help="studies on or before DATE (YYYY-MM-DD)")
+    p.add_argument("--patient", metavar="ID", help="only this PatientID")
+    p.add_argument("--accession", metavar="A", help="only this AccessionNumber")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="retrieve at most N studies in this run (studies skipped as done do not count)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be done; retrieve nothing")
+    p.add_argument("--json", action="store_true", help="JSON lines even on a terminal (the default elsewhere)")
+    p.add_argument("--config", help="YAML configuration (default: built-in defaults)")
+    p.set_defaults(func=_cmd_backfill)
 
     p = sub.add_parser("serve", help="run the DICOM node (C-STORE/C-ECHO SCP, classify, report, dispatch)")
     p.add_argument("--config", help="YAML configuration (default: built-in defaults)")

@@ -33,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "NodeConfig",
     "NodeTimeoutsConfig",
+    "PacsConfig",
     "ReportConfig",
     "StorageConfig",
     "TlsConfig",
@@ -46,6 +47,7 @@ DestinationType = Literal["folder", "dicom", "sender"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
 TlsMode = Literal["off", "optional", "required"]
+RetrieveMethod = Literal["get", "move"]
 
 #: Matches any calling AE title in ``node.allowed_calling_ae_titles``.
 ANY_AE_TITLE = "*"
@@ -217,6 +219,45 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class PacsConfig:
+    """A PACS that ``spectnode backfill`` queries (C-FIND) and retrieves from (C-GET or C-MOVE)."""
+
+    #: Unique name, given to ``spectnode backfill --pacs NAME``.
+    name: str
+    #: Called AE title of the PACS's query/retrieve SCP.
+    ae_title: str
+    #: Host name or address of the PACS.
+    host: str
+    #: Its DICOM port.
+    port: int
+    #: ``get``: C-GET, the objects come back on the same association; ``move``:
+    #: C-MOVE to this node's AE title (the PACS must know ``node.ae_title`` with
+    #: its host and port, and may call it: ``node.allowed_calling_ae_titles``).
+    retrieve: RetrieveMethod
+    #: Retrieves (one study each) in flight at once.
+    max_parallel_retrieves: int = 2
+    #: At most this many study retrieves start per minute.
+    studies_per_minute: float = 30.0
+    #: ``HH:MM-HH:MM`` in local time (``19:00-07:00`` runs overnight): retrieves
+    #: start only inside it; outside it the backfill pauses and resumes by
+    #: itself. ``null``: any time.
+    window: str | None = None
+    #: Seconds to wait for the PACS to connect or answer a message.
+    timeout_seconds: float = 60.0
+    #: First pause after the PACS refuses, fails or does not answer; doubles
+    #: after each further failure ...
+    retry_base_seconds: float = 5.0
+    #: ... up to this pause (an unreachable PACS is tried again this often, without end).
+    retry_max_seconds: float = 300.0
+    #: Failed retrieves of one study (refused by the PACS, objects that fail to
+    #: arrive) before it is given up as failed; an unreachable PACS does not count.
+    max_attempts: int = 3
+    #: Also send every result to this PACS by C-STORE (a ``dicom`` destination
+    #: named like this entry), so it lands in the original study.
+    return_results: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -228,6 +269,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pacs: tuple[PacsConfig, ...] = ()
     #: Where this configuration came from, for messages ("<defaults>" if none).
     source: str = field(default="<defaults>", compare=False)
 
@@ -497,6 +539,8 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
     if cfg.dispatch.retry_max_seconds < cfg.dispatch.retry_base_seconds:
         raise ConfigError(source, "dispatch.retry_max_seconds", "must be at least dispatch.retry_base_seconds")
 
+    _check_pacs(cfg, source)
+
     if cfg.model.bundles is not None:
         if not cfg.model.bundles:
             raise ConfigError(source, "model.bundles",
@@ -517,6 +561,54 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
             raise ConfigError(source, "logging.file", problem)
 
 
+def _check_pacs(cfg: Config, source: str) -> None:
+    """The ``pacs`` entries: names, peers, limits and windows."""
+    from spectnode.backfill.polite import parse_window
+
+    names: set[str] = set()
+    destinations = {dest.name for dest in cfg.destinations}
+    for i, pacs in enumerate(cfg.pacs):
+        key = f"pacs[{i}]"
+        if not pacs.name.strip():
+            raise ConfigError(source, f"{key}.name", "must not be empty")
+        if pacs.name in names:
+            raise ConfigError(source, f"{key}.name", f"{pacs.name!r} is used by more than one pacs entry")
+        names.add(pacs.name)
+        if pacs.return_results and pacs.name in destinations:
+            raise ConfigError(source, f"{key}.name", f"{pacs.name!r} is also a destination's name; with "
+                              "return_results: true the PACS becomes a destination of that name")
+        if problem := validate_ae_title(pacs.ae_title):
+            raise ConfigError(source, f"{key}.ae_title", problem)
+        if not pacs.host.strip():
+            raise ConfigError(source, f"{key}.host", "must not be empty")
+        if problem := _check_port(pacs.port):
+            raise ConfigError(source, f"{key}.port", problem)
+        for name in ("max_parallel_retrieves", "max_attempts"):
+            if getattr(pacs, name) < 1:
+                raise ConfigError(source, f"{key}.{name}", "must be at least 1")
+        for name in ("studies_per_minute", "timeout_seconds", "retry_base_seconds"):
+            if getattr(pacs, name) <= 0:
+                raise ConfigError(source, f"{key}.{name}", "must be greater than 0")
+        if pacs.retry_max_seconds < pacs.retry_base_seconds:
+            raise ConfigError(source, f"{key}.retry_max_seconds", "must be at least retry_base_seconds")
+        if pacs.window is not None:
+            try:
+                parse_window(pacs.window)
+            except ValueError as exc:
+                raise ConfigError(source, f"{key}.window", str(exc)) from None
+        allowed = cfg.node.allowed_calling_ae_titles
+        if pacs.retrieve == "move" and ANY_AE_TITLE not in allowed and pacs.ae_title.strip() not in allowed:
+            raise ConfigError(source, f"{key}.retrieve", f"move needs the PACS ({pacs.ae_title!r}) in "
+                              "node.allowed_calling_ae_titles: it sends the studies to this node by C-STORE")
+
+
+def _with_pacs_destinations(cfg: Config) -> Config:
+    """``cfg`` with a ``dicom`` destination for each PACS whose ``return_results`` is set."""
+    added = tuple(DestinationConfig(name=p.name, type="dicom", ae_title=p.ae_title, host=p.host, port=p.port)
+                  for p in cfg.pacs if p.return_results)
+    return dataclasses.replace(cfg, destinations=cfg.destinations + added) if added else cfg
+
+
 def resolve_folder(cfg: Config, dest: DestinationConfig) -> Path:
     """Absolute-or-cwd-relative folder of a folder destination."""
     assert dest.path is not None
@@ -534,7 +626,7 @@ def parse_config(data: Any, source: str = "<config>", check_dirs: bool = True) -
     cfg = _build(Config, data, source, "")
     cfg = dataclasses.replace(cfg, source=source)
     _check_semantics(cfg, source, check_dirs)
-    return cfg
+    return _with_pacs_destinations(cfg)
 
 
 def load_config(path: str | os.PathLike[str] | None, check_dirs: bool = True) -> Config:

@@ -29,12 +29,14 @@ class Peer:
 
     @classmethod
     def from_association(cls, assoc: Any) -> Peer:
-        """The requestor of a pynetdicom ``Association`` (in an SCP's event handler:
-        ``Peer.from_association(event.assoc)``)."""
-        requestor = assoc.requestor
+        """The remote side of a pynetdicom ``Association`` (in an event handler:
+        ``Peer.from_association(event.assoc)``): its requestor in an SCP, its
+        acceptor in an association this node requested (a PACS sending objects
+        back on a C-GET)."""
+        remote, local = (assoc.acceptor, assoc.requestor) if assoc.is_requestor else (assoc.requestor, assoc.acceptor)
         return cls(
-            ae_title=str(requestor.ae_title).strip(),
-            address=str(requestor.address),
-            port=int(requestor.port or 0),
-            called_ae_title=str(assoc.acceptor.ae_title).strip(),
+            ae_title=str(remote.ae_title).strip(),
+            address=str(remote.address),
+            port=int(remote.port or 0),
+            called_ae_title=str(local.ae_title).strip(),
         )

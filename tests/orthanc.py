@@ -289,6 +289,10 @@ class OrthancServer:
         """POST ``body`` as JSON to ``path`` and decode the JSON answer."""
         return json.loads(self._request("POST", path, json.dumps(body).encode("utf-8")))
 
+    def upload(self, data: bytes) -> str:
+        """Store one DICOM file through REST (as an archive already holds it); returns its Orthanc id."""
+        return str(json.loads(self._request("POST", "/instances", data))["ID"])
+
     def studies(self) -> list[str]:
         """Orthanc identifiers of every stored study."""
         return list(self.get_json("/studies"))

@@ -102,6 +102,10 @@ class Node:
             see :attr:`port` after :meth:`start`).
         classifier_loader: Loads the classifier from a bundle path (tests and
             tools may pass their own; default ``StudyClassifier.from_bundle``).
+        listen: Start the receive stage's listener; False runs the pipeline
+            on objects stored by other means (``spectnode backfill`` by C-GET,
+            ``classify --send``) through :attr:`receive`'s
+            :meth:`~spectnode.node.stages.receive.ReceiveStage.handle_store`.
     """
 
     def __init__(
@@ -111,11 +115,13 @@ class Node:
         bundles: Sequence[Path] | None = None,
         port: int | None = None,
         classifier_loader: ClassifierLoader | None = None,
+        listen: bool = True,
     ) -> None:
         self.cfg = cfg
         self.data_dir = DataDir(cfg.storage.data_dir)
         self.models = NodeModels(bundles if bundles is not None else cfg.model.bundles, classifier_loader)
         self._port = cfg.node.port if port is None else port
+        self._listen = listen
         self._stopping = threading.Event()
         self._stages: list[StageThread] = []
         self.store: JobStore | None = None
@@ -168,7 +174,10 @@ class Node:
         )
         for thread in self._stages:
             thread.start()
-        self.receive.start()
+        if self._listen:
+            self.receive.start()
+        else:
+            self.data_dir.spool.mkdir(parents=True, exist_ok=True)
 
     @property
     def port(self) -> int:

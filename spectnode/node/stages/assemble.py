@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from spectnode.node.datadir import DataDir
 
-__all__ = ["Completion", "check_completion", "AssembleStage"]
+__all__ = ["Completion", "check_completion", "complete_now", "AssembleStage"]
 
 _log = logging.getLogger("spectnode.assemble")
 
@@ -91,6 +91,29 @@ def check_completion(nm_headers: Sequence[Dataset], unreadable: int = 0) -> Comp
     if rejections and not complete:
         detail += "; " + "; ".join(rejections)
     return Completion(complete, views, detail)
+
+
+def complete_now(store: JobStore, study_uid: str, why: str) -> bool:
+    """Complete a ``received`` study at once: its source says nothing more will come.
+
+    For a study pulled from a PACS (``spectnode backfill``): once the retrieve
+    has ended, every object the PACS holds is in the store, so a study with
+    one view is processed now instead of after the idle timeout. A study
+    already complete by content is left alone.
+
+    Returns:
+        True if the study moved to ``complete``.
+    """
+    for _ in range(10):  # an object arriving meanwhile changes content_version: look again
+        study = store.study(study_uid)
+        if study is None or study.state != RECEIVED:
+            return False
+        if store.advance(study_uid, study.generation, RECEIVED, COMPLETE, why, completed_by="source",
+                         content_version=study.content_version):
+            _log.info("study %s from %s: complete (%s)", study_uid, study.calling_ae, why,
+                      extra=study_log_extra(study))
+            return True
+    return False
 
 
 class AssembleStage:

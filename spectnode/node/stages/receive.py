@@ -281,7 +281,7 @@ class ReceiveStage:
         self.data_dir.spool.mkdir(parents=True, exist_ok=True)
         ae = self._application_entity()
         handlers = [
-            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ACCEPTED, self._handle_accepted),
@@ -459,7 +459,13 @@ class ReceiveStage:
             modality=text("Modality").strip(),
         )
 
-    def _handle_store(self, event: Any) -> int:
+    def handle_store(self, event: Any) -> int:
+        """The ``EVT_C_STORE`` handler: store the object, answer its status.
+
+        Also the handler of this node's C-GET SCU (``spectnode backfill``):
+        objects a PACS sends back over an association this node opened go
+        through exactly the same checks into the same spool and job store.
+        """
         peer = self._peer(event)
         who = {"calling_ae": peer.ae_title}
         request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(" \x00")
@@ -473,7 +479,16 @@ class ReceiveStage:
         except Exception as exc:  # noqa: BLE001 - a broken request must not kill the association
             _log.error("C-STORE from %s: request without a usable dataset: %s", peer.ae_title, exc, extra=who)
             return STATUS_CANNOT_UNDERSTAND
-        transfer_syntax = str(event.context.transfer_syntax)
+        return self.store_object(data, str(event.context.transfer_syntax), peer, request_sop)
+
+    def store_object(self, data: bytes, transfer_syntax: str, peer: Peer, request_sop: str = "") -> int:
+        """Check, spool and record one encoded object (file meta + dataset) from ``peer``.
+
+        What :meth:`handle_store` does after reading the request; ``spectnode
+        classify DIR --send`` calls it for files on disk. Returns the C-STORE
+        status (see the module docstring).
+        """
+        who = {"calling_ae": peer.ae_title}
         if len(data) > self.max_object_bytes:
             _log.error("C-STORE from %s@%s: object %s is %d bytes, more than node.max_object_bytes (%d); answered "
                        "0x%04X (out of resources)", peer.ae_title, peer.address, request_sop, len(data),
