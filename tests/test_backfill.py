@@ -63,7 +63,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _sr_file(datasets: list[pydicom.Dataset], algorithm: AlgorithmInfo, out: Path) -> Path:
     result = StudyResult(str(datasets[0].StudyInstanceUID), "not_assessable", reason="an earlier run")
-    sr = build_not_assessable_sr(datasets, result, algorithm)
+    sr = build_not_assessable_sr(datasets, result, [algorithm])
     sr.Manufacturer = algorithm.manufacturer  # another vendor's SR says so in its header too
     sr.save_as(out, enforce_file_format=True)
     return out

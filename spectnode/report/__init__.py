@@ -18,8 +18,8 @@ Typical use::
 
     algorithm = AlgorithmInfo.from_card(classifier.card)
     result = classifier.classify(views, explain=True)
-    sr = build_result_sr(datasets, views, result, algorithm)
-    captures = build_overlay_captures(datasets, views, result, algorithm)
+    sr = build_result_sr(datasets, views, result, [algorithm])
+    captures = build_overlay_captures(datasets, views, result, [algorithm])
     sr.save_as("result.dcm", enforce_file_format=True)
 """
 
