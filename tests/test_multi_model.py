@@ -108,7 +108,8 @@ def test_the_sr_carries_one_result_per_model_with_its_own_algorithm(bundles, pha
     text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
     # What a reader sees: one block per model, each with its name and its most probable class.
     for model in result.models:
-        assert f"Result of one model Algorithm Name: {model.model} Algorithm Version: 0.0.1 Most probable class:" in text
+        assert (f"Result of one model Algorithm Name: {model.model} Algorithm Version: 0.0.1"
+                " Most probable class:") in text
 
 
 def test_each_capture_shows_every_model_and_names_the_heatmaps_model(bundles, phantom, tmp_path):

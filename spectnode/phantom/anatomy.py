@@ -26,6 +26,9 @@ from .render import Primitive
 
 if TYPE_CHECKING:
     import datetime as dt
+    from collections.abc import Iterable, Sequence
+
+    Point = tuple[float, float]  # (u, v) patient frame or (x, y) image mm, both in mm
 
 __all__ = [
     "PIXEL_SPACING_RANGE_MM",
@@ -328,8 +331,9 @@ class _Builder:
         self._hetero_next += 1
         return amp * self.region_gain * self._hetero_pool[self._hetero_next - 1]
 
-    def capsule(self, p0, p1, r0, r1, amp, z0, z1=None, group="bone", profile="solid",
-                image=False) -> None:
+    def capsule(self, p0: Point, p1: Point, r0: float, r1: float, amp: float, z0: float,
+                z1: float | None = None, group: str = "bone", profile: str = "solid",
+                image: bool = False) -> None:
         a = p0 if image else self.P(*p0)
         b = p1 if image else self.P(*p1)
         z1 = z0 if z1 is None else z1
@@ -337,34 +341,38 @@ class _Builder:
         self.primitives.append(Primitive("capsule", (a, b), (r0 * k, r1 * k), (z0, z1), self._amp(amp * k),
                                          group, profile))
 
-    def chain(self, pts, radius, amp, depths, group="bone", image=False) -> None:
+    def chain(self, pts: Sequence[Point], radius: float, amp: float, depths: Sequence[float],
+              group: str = "bone", image: bool = False) -> None:
         """Consecutive capsules through patient-frame points with per-point depths."""
         for i in range(len(pts) - 1):
-            r = radius if np.isscalar(radius) else radius[i]
-            self.capsule(pts[i], pts[i + 1], r, r, amp, depths[i], depths[i + 1], group, image=image)
+            self.capsule(pts[i], pts[i + 1], radius, radius, amp, depths[i], depths[i + 1], group, image=image)
 
-    def ellipse(self, c, a, b, amp, z, group="bone", profile="solid", direction=(1.0, 0.0),
-                image=False, inner=0.9) -> None:
+    def ellipse(self, c: Point, a: float, b: float, amp: float, z: float, group: str = "bone",
+                profile: str = "solid", direction: Point = (1.0, 0.0), image: bool = False,
+                inner: float = 0.9) -> None:
         """Ellipse with semi-axis ``a`` along ``direction`` (image frame unit vector)."""
         cc = c if image else self.P(*c)
         angle = math.atan2(-direction[1], direction[0])
         self.primitives.append(Primitive("ellipse", (cc,), (a, b), (z,), self._amp(amp), group,
                                          profile, angle, inner))
 
-    def polygon(self, pts, amp, z, group="bone") -> None:
+    def polygon(self, pts: Iterable[Point], amp: float, z: float, group: str = "bone") -> None:
         self.primitives.append(Primitive("polygon", tuple(self.P(*p) for p in pts), (0.0, 0.0), (z,),
                                          self._amp(amp), group, "flat"))
 
-    def site(self, name, region, pts, depths, radius, image=False, thickness=None, weight=1.0) -> None:
+    def site(self, name: str, region: str, pts: Iterable[Point], depths: Iterable[float], radius: float,
+             image: bool = False, thickness: float | None = None, weight: float = 1.0) -> None:
         ipts = list(pts) if image else [self.P(*p) for p in pts]
         t = _SITE_THICKNESS[region] if thickness is None else thickness
         self.bone_sites.append(BoneSite(name, region, ipts, list(depths), radius, t, weight))
 
-    def joint(self, name, group, side, c, z, hw, hh, direction=(0.0, 1.0), image=False) -> None:
+    def joint(self, name: str, group: str, side: str, c: Point, z: float, hw: float, hh: float,
+              direction: Point = (0.0, 1.0), image: bool = False) -> None:
         cc = c if image else self.P(*c)
         self.joints.append(Joint(name, group, side, cc, z, hw, hh, direction, _JOINT_THICKNESS[group]))
 
-    def softpart(self, p0, p1, r0, r1, t0, t1, image=False) -> None:
+    def softpart(self, p0: Point, p1: Point, r0: float, r1: float, t0: float, t1: float,
+                 image: bool = False) -> None:
         a = p0 if image else self.P(*p0)
         b = p1 if image else self.P(*p1)
         self.soft.append(SoftPart(a, b, r0, r1, t0, t1))
@@ -618,9 +626,11 @@ class _Builder:
             self.site(f"{sname} ilium", "pelvis", [self.P(*p) for p in (pts[0], pts[3], pts[6], pts[8])],
                       [0.8, 0.6, 0.3, 0.5], 14.0, image=True)
             self.site(f"{sname} acetabulum", "pelvis", [self.P(*acet)], [0.5], 14.0, image=True)
-            self.site(f"{sname} pubis", "pelvis", [self.P(side * 70 * pl, 0.486 * H), self.P(side * 15 * pl, 0.49 * H)],
+            self.site(f"{sname} pubis", "pelvis",
+                      [self.P(side * 70 * pl, 0.486 * H), self.P(side * 15 * pl, 0.49 * H)],
                       [0.2, 0.15], 8.0, image=True)
-            self.site(f"{sname} ischium", "pelvis", [self.P(side * 88 * pl, 0.495 * H), self.P(side * 62 * pl, 0.52 * H)],
+            self.site(f"{sname} ischium", "pelvis",
+                      [self.P(side * 88 * pl, 0.495 * H), self.P(side * 62 * pl, 0.52 * H)],
                       [0.6, 0.7], 9.0, image=True)
             self.landmarks[f"{sname} hip"] = self.P(*acet)
         self.landmarks["symphysis"] = self.P(0.0, 0.492 * H)
@@ -688,7 +698,8 @@ class _Builder:
             else:
                 off = (i - 2.5) * 8.5 * bl * spread * (-1 if pronated else 1)
                 start = (carpus[0] + lat_fo[0] * off * 0.7 + d[0] * 12, carpus[1] + lat_fo[1] * off * 0.7 + d[1] * 12)
-                end = (start[0] + d[0] * 58 * bl + lat_fo[0] * off * 0.4, start[1] + d[1] * 58 * bl + lat_fo[1] * off * 0.4)
+                end = (start[0] + d[0] * 58 * bl + lat_fo[0] * off * 0.4,
+                       start[1] + d[1] * 58 * bl + lat_fo[1] * off * 0.4)
             self.capsule(start, end, 3.5, 4.0, 7.0, z, group="appendicular")
             tip = (end[0] + d[0] * 50 * flex * bl, end[1] + d[1] * 50 * flex * bl)
             self.capsule(end, tip, 3.5, 2.8, 5.0, z, group="appendicular")
@@ -706,11 +717,16 @@ class _Builder:
         if self.patient.age < 21:
             for k, p in enumerate(((head[0] + d_up[0] * 18, head[1] + d_up[1] * 18),
                                    (wrist[0] - d[0] * 8, wrist[1] - d[1] * 8))):
-                self.capsule((p[0] - lat_up[0] * 18, p[1] - lat_up[1] * 18), (p[0] + lat_up[0] * 18, p[1] + lat_up[1] * 18),
+                self.capsule((p[0] - lat_up[0] * 18, p[1] - lat_up[1] * 18),
+                             (p[0] + lat_up[0] * 18, p[1] + lat_up[1] * 18),
                              2.5, 2.5, 22.0, 0.5 if k == 0 else z, group="growth")
-        self.injection_sites.append((f"{sname} antecubital fossa", self.P(elbow[0] - lat_fo[0] * 4, elbow[1] + 6), 0.25))
-        self.injection_sites.append((f"{sname} forearm", self.P(*(elbow[0] + d[0] * 0.55 * l_fa, elbow[1] + d[1] * 0.55 * l_fa)), 0.3))
-        self.injection_sites.append((f"{sname} hand dorsum", self.P(carpus[0] + d[0] * 35, carpus[1] + d[1] * 35), 0.15 if pronated else 0.85))
+        self.injection_sites.append((f"{sname} antecubital fossa",
+                                     self.P(elbow[0] - lat_fo[0] * 4, elbow[1] + 6), 0.25))
+        self.injection_sites.append((f"{sname} forearm",
+                                     self.P(*(elbow[0] + d[0] * 0.55 * l_fa, elbow[1] + d[1] * 0.55 * l_fa)), 0.3))
+        self.injection_sites.append((f"{sname} hand dorsum",
+                                     self.P(carpus[0] + d[0] * 35, carpus[1] + d[1] * 35),
+                                     0.15 if pronated else 0.85))
         self.landmarks[f"{sname} elbow"] = self.P(*elbow)
         self.landmarks[f"{sname} wrist"] = self.P(*wrist)
         self.landmarks[f"{sname} axilla"] = self.P(side * (S - 40), 0.205 * H)

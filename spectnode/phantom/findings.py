@@ -52,6 +52,7 @@ from .render import Primitive
 
 if TYPE_CHECKING:
     from .anatomy import Anatomy, BoneSite, Joint
+    from .voxel import VoxelAnatomy
 
 __all__ = [
     "Lesion",
@@ -183,7 +184,8 @@ def conspicuity_mm2(lesion: Lesion) -> float:
     return (lesion.relative_uptake - 1.0) * min(lesion.radius_mm, 15.0) ** 2
 
 
-def sample_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: bool = False) -> list[Lesion]:
+def sample_metastases(anatomy: Anatomy | VoxelAnatomy, rng: np.random.Generator,
+                      superscan: bool = False) -> list[Lesion]:
     """Draw 1 to ~40 skeletal metastases, mostly in the axial skeleton.
 
     Unless ``superscan``, draws are repeated until one metastasis reaches
@@ -204,7 +206,7 @@ def sample_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: boo
             return lesions
 
 
-def _draw_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: bool) -> list[Lesion]:
+def _draw_metastases(anatomy: Anatomy | VoxelAnatomy, rng: np.random.Generator, superscan: bool) -> list[Lesion]:
     s = anatomy.pixel_spacing_mm
     by_region: dict[str, list[BoneSite]] = {}
     for site in anatomy.bone_sites:
@@ -239,7 +241,8 @@ def _draw_metastases(anatomy: Anatomy, rng: np.random.Generator, superscan: bool
         rel = 1.0 + float(rng.lognormal(math.log(1.7), 0.6))
         if superscan:
             rel = 1.0 + float(rng.lognormal(math.log(0.6), 0.4))
-        elong, direction = float(rng.uniform(1.0, 1.5)), (math.cos(rng.uniform(0, math.pi)), math.sin(rng.uniform(0, math.pi)))
+        elong, direction = float(rng.uniform(1.0, 1.5)), (math.cos(rng.uniform(0, math.pi)),
+                                                          math.sin(rng.uniform(0, math.pi)))
         if region == "rib":
             radius = min(radius, 12.0)
             elong, direction = float(rng.uniform(1.3, 2.6)), d
@@ -271,7 +274,7 @@ _ARTHRITIS_GROUPS = {
 }
 
 
-def _visible_joints(anatomy: Anatomy) -> list[Joint]:
+def _visible_joints(anatomy: Anatomy | VoxelAnatomy) -> list[Joint]:
     # a hand or foot (partly) outside the field of view cannot show what a label claims
     s = anatomy.pixel_spacing_mm
     rows, cols = anatomy.matrix
@@ -284,7 +287,7 @@ def _visible_joints(anatomy: Anatomy) -> list[Joint]:
     return visible
 
 
-def sample_physiological(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]:
+def sample_physiological(anatomy: Anatomy | VoxelAnatomy, rng: np.random.Generator) -> list[Lesion]:
     """Mild symmetric joint uptake a normal patient has; records the levels in ``anatomy.physiological``.
 
     Drawn for every patient whatever the label, so it says nothing about the class.  Lower
@@ -329,7 +332,7 @@ def _joint_lesion(kind: str, joint: Joint, rel: float, scale: float, s: float,
                  joint.thickness_mm * min(radius / joint.half_width_mm, 1.0), host)
 
 
-def sample_arthritis(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]:
+def sample_arthritis(anatomy: Anatomy | VoxelAnatomy, rng: np.random.Generator) -> list[Lesion]:
     """Focal joint uptake clearly above the patient's physiological level, often asymmetric.
 
     Call after :func:`sample_physiological`: each lesion sits on its joint's physiological
@@ -361,7 +364,7 @@ def sample_arthritis(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]
     return lesions
 
 
-def sample_confounders(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesion]:
+def sample_confounders(anatomy: Anatomy | VoxelAnatomy, rng: np.random.Generator) -> list[Lesion]:
     """Findings that occur in every class at the same rate (injection, contamination, ...)."""
     s = anatomy.pixel_spacing_mm
     lesions: list[Lesion] = []
@@ -376,12 +379,14 @@ def sample_confounders(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesio
         rel = float(np.exp(rng.uniform(math.log(1.5), math.log(60.0))))
         lesions.append(_make("injection", name, xy, z, rng.uniform(3.5, 8.0), rel, s))
         if rng.random() < 0.25:
-            lesions.append(_make("injection", f"{name} extravasation", (xy[0] + rng.normal(0, 6), xy[1] + rng.normal(0, 10)),
+            lesions.append(_make("injection", f"{name} extravasation",
+                                 (xy[0] + rng.normal(0, 6), xy[1] + rng.normal(0, 10)),
                                  z + 0.1, rng.uniform(15.0, 35.0), float(rng.uniform(0.3, 2.0)), s,
                                  rng.uniform(1.0, 1.8), (0.0, 1.0)))
             if rng.random() < 0.35:
                 ax = anatomy.landmarks[f"{side} axilla"]
-                lesions.append(_make("lymph_node", f"{side} axilla", (ax[0] + rng.normal(0, 8), ax[1] + rng.normal(0, 10)),
+                lesions.append(_make("lymph_node", f"{side} axilla",
+                                     (ax[0] + rng.normal(0, 8), ax[1] + rng.normal(0, 10)),
                                      0.5, rng.uniform(4.0, 8.0), float(rng.uniform(0.5, 3.0)), s))
     # urine contamination near the pelvis, on the skin/clothes (anterior) or the couch (posterior)
     if rng.random() < 0.08:
@@ -434,7 +439,8 @@ def sample_confounders(anatomy: Anatomy, rng: np.random.Generator) -> list[Lesio
                                  rel * float(rng.lognormal(0, 0.15)), s, thickness=20.0))
     if rng.random() < (0.12 if anatomy.patient.sex == "F" and age > 50 else 0.02):
         cx, cy = anatomy.landmarks["skull"]
-        lesions.append(_make("hyperostosis_frontalis", "frontal bone", (cx + rng.normal(0, 4), cy - rng.uniform(20, 45)),
+        lesions.append(_make("hyperostosis_frontalis", "frontal bone",
+                             (cx + rng.normal(0, 4), cy - rng.uniform(20, 45)),
                              0.1, rng.uniform(22.0, 35.0), float(rng.uniform(1.4, 2.2)), s, rng.uniform(1.4, 2.0),
                              thickness=12.0))
     if rng.random() < 0.08:

@@ -29,6 +29,7 @@ import datetime as dt
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -49,6 +50,11 @@ from spectnode.phantom.synth import (
     render_scan,
     sample_findings,
 )
+
+if TYPE_CHECKING:
+    from spectnode.phantom.anatomy import Anatomy
+    from spectnode.phantom.findings import Lesion
+    from spectnode.phantom.voxel import VoxelAnatomy
 
 __all__ = [
     "ANATOMY_CHOICES",
@@ -190,7 +196,8 @@ def _anatomy_for_patient(seed: int, patient: int, anatomy: str) -> str:
     return ANATOMIES[int(rng.integers(len(ANATOMIES)))]
 
 
-def _findings_for_study(seed: int, planned: PlannedStudy, matrix: tuple[int, int] | None, anatomy: str):
+def _findings_for_study(seed: int, planned: PlannedStudy, matrix: tuple[int, int] | None,
+                        anatomy: str) -> tuple[Anatomy | VoxelAnatomy, str, list[Lesion], bool]:
     """The patient's body at ``matrix`` and its findings at the planned visit: ``(body, label, lesions, superscan)``."""
     name = _anatomy_for_patient(seed, planned.patient, anatomy)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SCAN_STREAM, planned.patient)))

@@ -112,7 +112,7 @@ class ProjectionCanvas:
     def _layer(z: float) -> int:
         return min(int(max(z, 0.0) * len(DEPTH_LAYER_CENTRES)), len(DEPTH_LAYER_CENTRES) - 1)
 
-    def _box(self, xmin: float, xmax: float, ymin: float, ymax: float):
+    def _box(self, xmin: float, xmax: float, ymin: float, ymax: float) -> tuple[int, int, int, int] | None:
         rows, cols = self.shape
         c0 = max(int(math.floor(xmin)), 0)
         c1 = min(int(math.ceil(xmax)) + 1, cols)

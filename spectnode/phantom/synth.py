@@ -66,6 +66,8 @@ from .render import DEPTH_LAYER_CENTRES, ProjectionCanvas
 if TYPE_CHECKING:
     import datetime
 
+    from .voxel import VoxelAnatomy
+
 __all__ = [
     "LABELS",
     "PHASES",
@@ -161,7 +163,7 @@ def sample_acquisition(rng: np.random.Generator) -> Acquisition:
     )
 
 
-def apply_phase(anatomy: Anatomy, phase: str, rng: np.random.Generator) -> None:
+def apply_phase(anatomy: Anatomy | VoxelAnatomy, phase: str, rng: np.random.Generator) -> None:
     """Set the tracer distribution of ``phase`` through ``anatomy.gains``.
 
     ``delayed`` leaves the bone scan as it is.  ``early`` (blood pool) dims the skeleton and the
@@ -216,7 +218,7 @@ class PhantomScan:
     study_datetime: datetime.datetime | None = None
 
 
-def sample_findings(anatomy: Anatomy, label: str, rng: np.random.Generator) -> tuple[list[Lesion], bool]:
+def sample_findings(anatomy: Anatomy | VoxelAnatomy, label: str, rng: np.random.Generator) -> tuple[list[Lesion], bool]:
     """Draw the findings for a label; also adjusts ``anatomy.gains`` for a superscan.
 
     Returns:
@@ -239,13 +241,14 @@ def sample_findings(anatomy: Anatomy, label: str, rng: np.random.Generator) -> t
     return lesions, superscan
 
 
-def evolve_findings(anatomy, lesions: list[Lesion], label: str, rng: np.random.Generator,
+def evolve_findings(anatomy: Anatomy | VoxelAnatomy, lesions: list[Lesion], label: str, rng: np.random.Generator,
                     new_metastases_chance: float = 0.2) -> tuple[list[Lesion], str]:
     """The same patient's findings at a follow-up months later, and the label they give.
 
     Metastases grow (larger, hotter: a visible one stays visible) and new ones appear; a
-    patient without them develops them with ``new_metastases_chance``.  Arthritis persists at a similar level (never below
-    :data:`~spectnode.phantom.findings.ARTHRITIS_MIN_RATIO` of the joint's physiological level).
+    patient without them develops them with ``new_metastases_chance``.  Arthritis persists
+    at a similar level (never below :data:`~spectnode.phantom.findings.ARTHRITIS_MIN_RATIO`
+    of the joint's physiological level).
     Physiological and degenerative uptake, fractures and benign variants stay; injection
     site and contamination are the new study's own.
     """
@@ -443,7 +446,8 @@ def _check_arguments(label: str, matrix: tuple[int, int], anatomy: str, phase: s
         raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
 
 
-def build_anatomy(name: str, rng: np.random.Generator, matrix: tuple[int, int], patient_id: str):
+def build_anatomy(name: str, rng: np.random.Generator, matrix: tuple[int, int],
+                  patient_id: str) -> Anatomy | VoxelAnatomy:
     """Draw one patient with the anatomy builder ``name`` (one of :data:`ANATOMIES`)."""
     if name == "classic":
         return sample_anatomy(rng, matrix, patient_id)
@@ -454,21 +458,21 @@ def build_anatomy(name: str, rng: np.random.Generator, matrix: tuple[int, int], 
     raise ValueError(f"anatomy must be one of {ANATOMIES}, not {name!r}")
 
 
-def render_scan(anatomy, label: str, lesions: list[Lesion], superscan: bool, phase: str,
+def render_scan(anatomy: Anatomy | VoxelAnatomy, label: str, lesions: list[Lesion], superscan: bool, phase: str,
                 rng: np.random.Generator) -> PhantomScan:
     """Acquire a patient with its findings: phase, acquisition, rendering, counts and noise."""
     apply_phase(anatomy, phase, rng)
     acquisition = sample_acquisition(rng)
     rows, cols = anatomy.matrix
     s = anatomy.pixel_spacing_mm
-    if anatomy.name == "voxel":
-        from .voxel import render_voxel_views
-
-        ant, post = render_voxel_views(anatomy, lesions, acquisition)
-    else:
+    if isinstance(anatomy, Anatomy):
         ant, post = render_expected_views(anatomy, lesions, acquisition.resolution())
         ant = _scatter(ant, acquisition.scatter_fraction, acquisition.scatter_sigma_mm, s)
         post = _scatter(post, acquisition.scatter_fraction, acquisition.scatter_sigma_mm, s)
+    else:
+        from .voxel import render_voxel_views
+
+        ant, post = render_voxel_views(anatomy, lesions, acquisition)
     ant = _motion(ant, acquisition, s, mirrored=False)
     post = _motion(post, acquisition, s, mirrored=True)
     # scale to the study's count level; both views share one scale (same acquisition time)

@@ -30,11 +30,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
 from .anatomy import BoneSite, Joint, PhantomPatient, sample_patient
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .findings import Lesion
+    from .synth import Acquisition
 
 __all__ = ["Solid", "VoxelAnatomy", "render_voxel_views", "sample_voxel_anatomy"]
 
@@ -47,6 +54,8 @@ _BREADTHS = {"shoulder": 0.115, "chest": 0.088, "waist": 0.075, "pelvis": 0.083,
 _BONE_GROUPS = ("axial", "appendicular", "joint", "face")
 _DZ_MM = 2.5  # depth step of the activity sampling
 _DZ_COARSE_MM = 5.0  # depth step of the attenuation grid
+
+Point3 = tuple[float, float, float]  # (x, y, z) in mm
 
 
 @dataclass
@@ -101,6 +110,13 @@ class VoxelAnatomy:
 class _Graph:
     """Landmarks and bones of one body; ``P`` is a 3-D point (x, y, z) in mm."""
 
+    # set while the body is built: by _build_skeleton, then by _limbs
+    vertebrae: dict[str, tuple[Point3, float, float]]  # centre, width, height
+    head: tuple[Point3, float, float, float]  # centre and semi-axes
+    arm_pose: str
+    arm_parts: dict[int, tuple[Point3, Point3, Point3, Point3]]  # per side: shoulder, elbow, wrist, fingertip
+    leg_parts: dict[int, tuple[Point3, Point3, Point3, Point3]]  # per side: hip, knee, ankle, tarsus
+
     def __init__(self, rng: np.random.Generator, patient: PhantomPatient, matrix: tuple[int, int], s: float):
         self.rng, self.patient, self.s = rng, patient, s
         self.rows, self.cols = matrix
@@ -145,21 +161,25 @@ class _Graph:
         return (x, y, z)
 
     # -- solids -----------------------------------------------------------------------------
-    def tube(self, a, b, r0, r1=None, conc=1.0, group="axial", depth_aspect=1.0, exponent=2.0, shell=0.0):
+    def tube(self, a: Point3, b: Point3, r0: float, r1: float | None = None, conc: float = 1.0,
+             group: str = "axial", depth_aspect: float = 1.0, exponent: float = 2.0, shell: float = 0.0) -> None:
         r1 = r0 if r1 is None else r1
         k = self.thick if group in _BONE_GROUPS else 1.0
         self.solids.append(Solid("tube", a, b, (r0 * k, r0 * k * depth_aspect, r1 * k, r1 * k * depth_aspect),
                                  conc * self.gain * float(self.rng.lognormal(0.0, 0.1)), group, exponent, shell))
 
-    def blob(self, c, a, b, cz, conc=1.0, group="axial", angle=0.0, exponent=2.0, shell=0.0, soft=False):
+    def blob(self, c: Point3, a: float, b: float, cz: float, conc: float = 1.0, group: str = "axial",
+             angle: float = 0.0, exponent: float = 2.0, shell: float = 0.0, soft: bool = False) -> None:
         self.solids.append(Solid("blob", c, c, (a, b, cz), conc * self.gain * float(self.rng.lognormal(0.0, 0.1)),
                                  group, exponent, shell, angle + self.roll, soft))
 
-    def site(self, name, region, pts3, radius, thickness, weight=1.0):
+    def site(self, name: str, region: str, pts3: Sequence[Point3], radius: float, thickness: float,
+             weight: float = 1.0) -> None:
         site = BoneSite(name, region, [(p[0], p[1]) for p in pts3], [p[2] for p in pts3], radius, thickness, weight)
         self.sites.append(site)
 
-    def joint(self, name, group, side, c3, hw, hh, direction=(0.0, 1.0), thickness=30.0):
+    def joint(self, name: str, group: str, side: str, c3: Point3, hw: float, hh: float,
+              direction: tuple[float, float] = (0.0, 1.0), thickness: float = 30.0) -> None:
         j = Joint(name, group, side, (c3[0], c3[1]), c3[2], hw, hh, _rot(direction, self.roll), thickness)
         self.joints.append(j)
 
@@ -171,12 +191,12 @@ def _rot(d: tuple[float, float], a: float) -> tuple[float, float]:
     return (x / n, y / n)
 
 
-def _lerp(a, b, t):
-    return tuple(a[i] + (b[i] - a[i]) * t for i in range(len(a)))
+def _lerp(a: Point3, b: Point3, t: float) -> Point3:
+    return (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t)
 
 
-def _build_skeleton(g: _Graph) -> dict[str, object]:
-    """Lay out every bone; returns the body outline parameters the soft tissue needs."""
+def _build_skeleton(g: _Graph) -> np.ndarray:
+    """Lay out trunk and head bones; returns the regional uptake gains (the limbs use the last ones)."""
     rng, H, L, B = g.rng, g.H, g.level, g.breadth
     D = g.trunk_depth
     gains = rng.lognormal(0.0, 0.15, 6)
@@ -333,7 +353,7 @@ def _build_skeleton(g: _Graph) -> dict[str, object]:
         g.landmarks[f"{sname} hip"] = hip[:2]
     g.vertebrae = vertebrae
     g.head = (hc, head_a, head_b, head_c)
-    return {"front": front, "gains": gains}
+    return gains
 
 
 def _patient_v(g: _Graph, x: float, y: float) -> float:
@@ -389,10 +409,10 @@ def _limbs(g: _Graph, gains: np.ndarray) -> None:
         perp = (-d[1], d[0], 0.0)
         mcp = _add(carpus, _scale(d, 0.45 * hand_len))
         for i in range(5):
-            off = _scale(perp, (i - 2) * 8.0 * spread)
-            base = _add(carpus, _scale(off, 0.6))
-            mc = _add(_add(carpus, _scale(d, 0.42 * hand_len)), off)
-            tip = _add(mc, _add(_scale(d, 0.5 * hand_len * float(rng.uniform(0.6, 1.0))), _scale(off, 0.3)))
+            ray = _scale(perp, (i - 2) * 8.0 * spread)
+            base = _add(carpus, _scale(ray, 0.6))
+            mc = _add(_add(carpus, _scale(d, 0.42 * hand_len)), ray)
+            tip = _add(mc, _add(_scale(d, 0.5 * hand_len * float(rng.uniform(0.6, 1.0))), _scale(ray, 0.3)))
             g.tube(base, mc, 3.4, 3.2, 1.3, "appendicular")
             g.tube(mc, tip, 3.0, 2.4, 1.0, "appendicular")
         g.site(f"{sname} proximal humerus", "humerus", [shoulder, _lerp(shoulder, elbow, 0.45)], 12.0, 22.0)
@@ -437,10 +457,10 @@ def _limbs(g: _Graph, gains: np.ndarray) -> None:
         g.blob(heel, 0.011 * H, 0.011 * H, 0.013 * H, 0.9, "appendicular")
         tars = _add(ankle, (foot_d[0] * 0.03 * H * fl, 0.02 * H + foot_d[1] * 0.03 * H * fl, 0.02 * H))
         g.blob(tars, 0.014 * H, 0.009 * H, 0.01 * H, 1.3, "appendicular")
-        mt_head = None
+        mt_head = tars  # replaced by the first metatarsal's head below
         for i in range(5):
-            off = (-side * (i - 2) * 8.0, 0.0, 0.0)
-            start = _add(tars, off)
+            ray = (-side * (i - 2) * 8.0, 0.0, 0.0)
+            start = _add(tars, ray)
             end = _add(start, (foot_d[0] * 0.04 * H * fl, foot_d[1] * 0.04 * H * fl, 0.02 * H))
             g.tube(start, end, 4.0 if i else 5.0, 3.5, 1.2, "appendicular")
             if i == 0:
@@ -463,18 +483,18 @@ def _limbs(g: _Graph, gains: np.ndarray) -> None:
     g.gain = 1.0
 
 
-def _add(a, b):
-    return tuple(a[i] + b[i] for i in range(3))
+def _add(a: Point3, b: Point3) -> Point3:
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
 
 
-def _scale(a, k):
-    return tuple(x * k for x in a)
+def _scale(a: Point3, k: float) -> Point3:
+    return (a[0] * k, a[1] * k, a[2] * k)
 
 
-def _unit3(a, b):
-    d = tuple(a[i] - b[i] for i in range(3))
+def _unit3(a: Point3, b: Point3) -> Point3:
+    d = (a[0] - b[0], a[1] - b[1], a[2] - b[2])
     n = math.sqrt(sum(x * x for x in d)) or 1.0
-    return tuple(x / n for x in d)
+    return (d[0] / n, d[1] / n, d[2] / n)
 
 
 def _organs(g: _Graph) -> None:
@@ -515,7 +535,8 @@ def _body_surfaces(g: _Graph) -> tuple[np.ndarray, np.ndarray, list]:
     ys = (np.arange(rows, dtype=np.float32) + 0.5) * s
     fat = g.fat
 
-    def add_tube(a, b, ra, rb, za, zb, ta, tb):
+    def add_tube(a: Sequence[float], b: Sequence[float], ra: float, rb: float, za: float, zb: float,
+                 ta: float, tb: float) -> None:
         """Limb/neck: elliptic cross-section, half breadth r and half depth t, centre height z."""
         rmax = max(ra, rb)
         c0, c1 = max(int((min(a[0], b[0]) - rmax) / s), 0), min(int((max(a[0], b[0]) + rmax) / s) + 2, cols)
@@ -600,8 +621,8 @@ def sample_voxel_anatomy(rng: np.random.Generator, matrix: tuple[int, int] = (10
     # large matrices are rendered at about 2 mm and interpolated: the system blur is wider
     factor = 2 if rows > 1024 and rows % 2 == 0 and cols % 2 == 0 else 1
     g = _Graph(rng, patient, (rows // factor, cols // factor), spacing * factor)
-    out = _build_skeleton(g)
-    _limbs(g, out["gains"])
+    gains_by_region = _build_skeleton(g)
+    _limbs(g, gains_by_region)
     _organs(g)
     top, bottom, lungs = _body_surfaces(g)
     _relative_depths(g, top, bottom)
@@ -650,7 +671,8 @@ class _Volume:
 
     def __init__(self, anatomy: VoxelAnatomy, n_groups: int = 6):
         self.a = anatomy
-        rows, cols = self.shape = anatomy.z_top.shape
+        rows, cols = anatomy.z_top.shape
+        self.shape = (rows, cols)
         self.s = anatomy.pixel_spacing_mm * anatomy.grid_factor
         self.f = 2  # coarse grid: 2 x 2 pixels per cell
         top, bottom = anatomy.z_top, anatomy.z_bottom
@@ -775,7 +797,7 @@ class _Volume:
         return bone, soft
 
 
-def _lesion_solid(lesion, anatomy: VoxelAnatomy) -> Solid:
+def _lesion_solid(lesion: Lesion, anatomy: VoxelAnatomy) -> Solid:
     s = anatomy.pixel_spacing_mm
     x, y = (lesion.col + 0.5) * s, (lesion.row + 0.5) * s
     rows, cols = anatomy.z_top.shape
@@ -791,7 +813,8 @@ def _lesion_solid(lesion, anatomy: VoxelAnatomy) -> Solid:
                  "lesion", 2.0, 0.0, -math.radians(lesion.orientation_deg), soft)
 
 
-def render_voxel_views(anatomy: VoxelAnatomy, lesions, acquisition) -> tuple[np.ndarray, np.ndarray]:
+def render_voxel_views(anatomy: VoxelAnatomy, lesions: list[Lesion],
+                       acquisition: Acquisition) -> tuple[np.ndarray, np.ndarray]:
     """Expected anterior and posterior images (relative units), scatter included.
 
     Sets ``anatomy.soft_tissue_ratio`` so that the image has the anatomy's soft tissue to bone

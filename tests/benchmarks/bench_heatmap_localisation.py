@@ -3,9 +3,10 @@
     python tests/benchmarks/bench_heatmap_localisation.py [--bundle B]
 
 Runs the phantom seeds (of 0-2999) whose metastatic scan has exactly one finding besides the
-physiological joint uptake every patient has, a metastasis of at least 4x bone uptake. Prints the predicted class and the distance from each view's heatmap
-peak to the lesion (the posterior shows it mirrored). Issue 4 asks for "within a few
-centimetres"; tests/test_default_bundle.py checks it on some of these seeds.
+physiological joint uptake every patient has, a metastasis of at least 4x bone uptake. Prints
+the predicted class and the distance from each view's heatmap peak to the lesion (the
+posterior shows it mirrored). Issue 4 asks for "within a few centimetres";
+tests/test_default_bundle.py checks it on some of these seeds.
 """
 
 from __future__ import annotations
