@@ -167,7 +167,9 @@ class StudyResult:
             "views": list(self.views),
             "view_certainty": {k: round(v, 3) for k, v in self.view_certainty.items()},
             "inferred_views": list(self.inferred_views),
+            # The first model's class and probabilities, for a one-line reader; every model's are in "models".
             "label": self.label,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
             "models": [m.to_json() for m in self.models],
             "skipped_models": dict(self.skipped_models),
         }

@@ -14,7 +14,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from blood_pool import blood_pool_views
 from spectnode.classify import StudyClassifier
 from spectnode.imaging.guards import check_study, check_view, early_phase_words
 from spectnode.imaging.views import EARLY_PHASE, NOT_BONE_SCAN, StudyViews, ViewImage
@@ -82,13 +81,24 @@ def test_delayed_scan_with_hot_bladder_and_kidneys_is_still_a_bone_scan() -> Non
         assert check_view(view_image(counts, anatomy.pixel_spacing_mm)) is None
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_blood_pool_images_are_early_phase_by_content(seed: int) -> None:
-    anterior, posterior, spacing = blood_pool_views(seed)
-    for view, pixels in (("anterior", anterior), ("posterior", posterior)):
-        problem = check_view(view_image(pixels, spacing, view))
-        assert problem is not None and problem.code == EARLY_PHASE, problem
-        assert problem.reason.startswith("early (blood-pool) phase, not a delayed bone scan")
+def early_study(seed: int, anatomy: str) -> StudyViews:
+    """The phantom's early blood-pool images (``spectnode phantom --phase early``) as a study."""
+    scan = synthesize_scan(np.random.default_rng(seed), LABELS[seed % len(LABELS)], anatomy=anatomy, phase="early")
+    spacing = scan.pixel_spacing_mm
+    return StudyViews(f"2.25.{seed}", view_image(scan.anterior, spacing),
+                      view_image(scan.posterior, spacing, "posterior"))
+
+
+@pytest.mark.parametrize("anatomy", ["classic", "voxel"])
+def test_blood_pool_images_are_early_phase_by_content(anatomy: str) -> None:
+    """Seeds 0-7 of each anatomy, chosen before the guard ran. On 50 seeds per anatomy the guard
+    finds 82-86 % of early views by content (README), so a study, with two views, is nearly always
+    found; a study it misses is taken for a delayed scan, never refused for another reason."""
+    problems = [check_study(early_study(seed, anatomy)) for seed in range(8)]
+    found = [p for p in problems if p is not None and p.code == EARLY_PHASE]
+    assert len(found) >= 7, [p.code if p else None for p in problems]
+    assert all(p.reason.startswith("early (blood-pool) phase, not a delayed bone scan") for p in found)
+    assert all(p is None or p.code == EARLY_PHASE for p in problems)
 
 
 @pytest.mark.parametrize(("text", "early"), [
@@ -124,8 +134,8 @@ def classifier_that_must_not_run() -> StudyClassifier:
 
 def test_classify_runs_the_guards_before_the_model() -> None:
     classifier = classifier_that_must_not_run()
-    anterior, posterior, spacing = blood_pool_views(0)
-    study = StudyViews("1.2.3.4", view_image(anterior, spacing), view_image(posterior, spacing, "posterior"))
+    early = early_study(1, "classic")
+    study = StudyViews("1.2.3.4", early.anterior, early.posterior)
     assert check_study(study) is not None
     result = classifier.classify(study)
     assert result.outcome == "not_assessable" and result.reason_code == EARLY_PHASE

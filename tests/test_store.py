@@ -219,6 +219,7 @@ def test_a_stored_result_reads_back_typed_from_another_connection(store, tmp_pat
         "view_certainty": {},
         "inferred_views": [],
         "label": "metastatic",
+        "probabilities": probabilities,
         "models": [{"model": "spectnode-test", "version": "2.0.0", "input_mode": "per_view", "views": ["anterior"],
                     "label": "metastatic", "second_label": "arthritic", "probabilities": probabilities,
                     "domain_score": 1.25, "outside_domain": False}],

@@ -208,8 +208,10 @@ def test_classify_json_lines(bundle, phantoms, tmp_path):
     classified = next(r for r in lines if r["outcome"] == "classified")
     assert classified["views"] == ["anterior", "posterior"]
     assert classified["label"] in classified["probabilities"]
-    assert classified["second_label"] in classified["probabilities"]
-    assert classified["second_label"] != classified["label"]
+    (model,) = classified["models"]  # one bundle, one model's result
+    assert (model["label"], model["probabilities"]) == (classified["label"], classified["probabilities"])
+    assert model["second_label"] in model["probabilities"]
+    assert model["second_label"] != model["label"]
     assert sum(classified["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     ct = next(r for r in lines if r["outcome"] == "not_assessable")
     assert "CT" in ct["reason"] and ct["label"] is None

@@ -148,11 +148,11 @@ class ClassifyStage:
         np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
         write_durably(self.data_dir.work_file(study.study_uid, study.generation), buffer.getvalue())
         summary = "; ".join(
-            f"{m.model}: {m.label} ({', '.join(f'{k} {v:.3f}' for k, v in m.probabilities.items())}) "
+            f"{m.label} by {m.model} ({', '.join(f'{k} {v:.3f}' for k, v in m.probabilities.items())}) "
             f"from {'+'.join(m.views)}" for m in result.models)
         moved = self.store.advance(study.study_uid, study.generation, COMPLETE, CLASSIFIED,
-                                   f"classified: {summary}", result=result)
+                                   f"classified as {summary}", result=result)
         if moved:
-            _log.info("study %s from %s: classified: %s", study.study_uid, study.calling_ae, summary,
+            _log.info("study %s from %s: classified as %s", study.study_uid, study.calling_ae, summary,
                       extra=study_log_extra(study))
         return CLASSIFIED if moved else None
