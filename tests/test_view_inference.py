@@ -7,8 +7,8 @@ must be re-checked on every new anatomy model and on labelled real scans.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 
 from spectnode.imaging.view_inference import infer_view
