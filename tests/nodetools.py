@@ -68,8 +68,8 @@ STORESCU_TS_OPTION = {
 
 
 def storescu(port: int, files: list[Path], aet: str = "CAMERA", aec: str = "SPECTNODE",
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Send files with DCMTK storescu, one association per transfer syntax group."""
+             timeout: float = 60, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """Send files with DCMTK storescu, one association per transfer syntax group; ``options`` go to storescu."""
     exe = require_tool("storescu")
     groups: dict[str | None, list[str]] = {}
     for f in files:
@@ -77,7 +77,7 @@ def storescu(port: int, files: list[Path], aet: str = "CAMERA", aec: str = "SPEC
         groups.setdefault(STORESCU_TS_OPTION.get(ts), []).append(str(f))
     last: subprocess.CompletedProcess[str] | None = None
     for option, paths in groups.items():
-        cmd = [exe, "-aet", aet, "-aec", aec, *([option] if option else []), "127.0.0.1", str(port), *paths]
+        cmd = [exe, "-aet", aet, "-aec", aec, *options, *([option] if option else []), "127.0.0.1", str(port), *paths]
         last = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if last.returncode != 0:
             return last
