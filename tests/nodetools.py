@@ -129,19 +129,21 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 
 class NodeProcess:
-    """``python -m spectnode serve --config FILE`` as a subprocess, logging to a file."""
+    """``python -m spectnode serve --config FILE`` (or another ``command``) as a subprocess, logging to a file."""
 
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, command: list[str] | None = None) -> None:
         self.config = config
         self.port = port
         self.log = log
+        #: argv before ``--config FILE`` (default ``spectnode serve``).
+        self.command = command if command is not None else spectnode_command("serve")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> NodeProcess:
         """Start and wait until the node answers C-ECHO (echoscu)."""
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         log = self.log.open("ab")
-        self.proc = subprocess.Popen(spectnode_command("serve", "--config", str(self.config)),
+        self.proc = subprocess.Popen([*self.command, "--config", str(self.config)],
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout
