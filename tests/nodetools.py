@@ -72,8 +72,8 @@ STORESCU_TS_OPTION = {
 
 
 def storescu(port: int, files: list[Path], aet: str = "CAMERA", aec: str = "SPECTNODE",
-             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Send files with DCMTK storescu, one association per transfer syntax group."""
+             timeout: float = 60, options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """Send files with DCMTK storescu, one association per transfer syntax group; ``options`` go to storescu."""
     exe = require_tool("storescu")
     groups: dict[str | None, list[str]] = {}
     for f in files:
@@ -81,7 +81,7 @@ def storescu(port: int, files: list[Path], aet: str = "CAMERA", aec: str = "SPEC
         groups.setdefault(STORESCU_TS_OPTION.get(ts), []).append(str(f))
     last: subprocess.CompletedProcess[str] | None = None
     for option, paths in groups.items():
-        cmd = [exe, "-aet", aet, "-aec", aec, *([option] if option else []), "127.0.0.1", str(port), *paths]
+        cmd = [exe, "-aet", aet, "-aec", aec, *options, *([option] if option else []), "127.0.0.1", str(port), *paths]
         last = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if last.returncode != 0:
             return last
@@ -133,19 +133,21 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 
 class NodeProcess:
-    """``python -m spectnode serve --config FILE`` as a subprocess, logging to a file."""
+    """``python -m spectnode serve --config FILE`` (or another ``command``) as a subprocess, logging to a file."""
 
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, command: list[str] | None = None) -> None:
         self.config = config
         self.port = port
         self.log = log
+        #: argv before ``--config FILE`` (default ``spectnode serve``).
+        self.command = command if command is not None else spectnode_command("serve")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> NodeProcess:
         """Start and wait until the node answers C-ECHO (echoscu)."""
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
         log = self.log.open("ab")
-        self.proc = subprocess.Popen(spectnode_command("serve", "--config", str(self.config)),
+        self.proc = subprocess.Popen([*self.command, "--config", str(self.config)],
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout

@@ -166,6 +166,49 @@ ERROR_CASES = {
         lambda c: c.update(destinations=[{"name": "p", "type": "dicom", "ae_title": "PACS", "host": "h",
                                           "port": 104, "tls_ca_certificates": __file__}]),
         "destinations[0].tls_ca_certificates", "applies only with tls: true"),
+    "completion timeout zero": (lambda c: c.update(completion={"timeout_seconds": 0}),
+                                "completion.timeout_seconds", "greater than 0"),
+    "completion timeout negative": (lambda c: c.update(completion={"timeout_seconds": -5}),
+                                    "completion.timeout_seconds", "greater than 0"),
+    "retry base zero": (lambda c: c.update(dispatch={"retry_base_seconds": 0}), "dispatch.retry_base_seconds",
+                        "greater than 0"),
+    "association request timeout negative": (
+        lambda c: c.update(node={"timeouts": {"association_request_seconds": -1}}),
+        "node.timeouts.association_request_seconds", "greater than 0"),
+    "idle timeout zero": (lambda c: c.update(node={"timeouts": {"idle_seconds": 0}}), "node.timeouts.idle_seconds",
+                          "greater than 0"),
+    "dimse timeout negative": (lambda c: c.update(node={"timeouts": {"dimse_seconds": -0.5}}),
+                               "node.timeouts.dimse_seconds", "greater than 0"),
+    "outputs empty": (lambda c: c.update(destinations=[{"name": "a", "path": "x", "outputs": []}]),
+                      "destinations[0].outputs", "must name at least one of"),
+    "folder destination with an ae title": (
+        lambda c: c.update(destinations=[{"name": "a", "path": "x", "ae_title": "PACS"}]),
+        "destinations[0].ae_title", "applies only to a dicom destination"),
+    "folder destination with a host": (lambda c: c.update(destinations=[{"name": "a", "path": "x", "host": "h"}]),
+                                       "destinations[0].host", "applies only to a dicom destination"),
+    "folder destination with a port": (lambda c: c.update(destinations=[{"name": "a", "path": "x", "port": 104}]),
+                                       "destinations[0].port", "applies only to a dicom destination"),
+    "bind address empty": (lambda c: c.update(node={"bind_address": ""}), "node.bind_address", "must not be empty"),
+    "ae title not ascii": (lambda c: c.update(node={"ae_title": "KNOCH\u00c9"}), "node.ae_title", "non-ASCII"),
+    "allowed title not ascii": (lambda c: c.update(node={"allowed_calling_ae_titles": ["CAM\u00c9RA"]}),
+                                "node.allowed_calling_ae_titles[0]", "non-ASCII"),
+    "destination ae title not ascii": (
+        lambda c: c.update(destinations=[{"name": "p", "type": "dicom", "ae_title": "P\u00c4CS", "host": "h",
+                                          "port": 104}]), "destinations[0].ae_title", "non-ASCII"),
+    "log folder cannot be created": (lambda c: c.update(logging={"file": "/proc/spectnode-log/node.log"}),
+                                     "logging.file", "cannot be created"),
+    "log folder not writable": (lambda c: c.update(logging={"file": "/proc/self/node.log"}), "logging.file",
+                                "not writable"),
+    "ae title null": (lambda c: c.update(node={"ae_title": None}), "node.ae_title", "must be a string"),
+    "port null": (lambda c: c.update(node={"port": None}), "node.port", "must be an integer"),
+    "data dir null": (lambda c: c.update(storage={"data_dir": None}), "storage.data_dir", "must be a path"),
+    "destination name null": (lambda c: c.update(destinations=[{"name": None, "path": "x"}]),
+                              "destinations[0].name", "must be a string"),
+    "dicom destination host null": (
+        lambda c: c.update(destinations=[{"name": "p", "type": "dicom", "ae_title": "PACS", "host": None,
+                                          "port": 104}]), "destinations[0].host", "is required"),
+    "completion timeout null": (lambda c: c.update(completion={"timeout_seconds": None}),
+                                "completion.timeout_seconds", "must be a number"),
     "data dir cannot be created": (lambda c: c.update(storage={"data_dir": "/proc/spectnode-test"}),
                                    "storage.data_dir", "cannot be created"),
     "data dir not writable": (lambda c: c.update(storage={"data_dir": "/proc/self"}),
@@ -190,6 +233,14 @@ def test_data_dir_under_a_file(tmp_path, base):
     blocker.write_text("x")
     base["storage"] = {"data_dir": str(blocker / "data")}
     with pytest.raises(ConfigError, match=r"storage\.data_dir: directory .* cannot be created"):
+        load_config(write_config(tmp_path, base))
+
+
+def test_data_dir_that_is_a_file(tmp_path, base):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    base["storage"] = {"data_dir": str(blocker)}
+    with pytest.raises(ConfigError, match=r"storage\.data_dir: directory .*a-file' cannot be created: File exists"):
         load_config(write_config(tmp_path, base))
 
 

@@ -252,11 +252,21 @@ def test_silent_peer_times_out(study_a: tuple[str, list[Path]]) -> None:
         silent.listen()
         port = silent.getsockname()[1]
         dest = DestinationConfig(name="hung", type="dicom", ae_title="HUNG", host="127.0.0.1", port=port)
-        started = time.monotonic()
-        with pytest.raises(DispatchError) as info:
-            send_files(dest, study_a[1], calling_ae_title=NODE_AE, timeout=1)
-    assert time.monotonic() - started < 10
-    assert info.value.reason == f"no answer to the association request from HUNG@127.0.0.1:{port} within 1 s"
+        raised: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                send_files(dest, study_a[1], calling_ae_title=NODE_AE, timeout=1)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                raised.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        sender.join(120)  # only a sender that never gives up gets here with the thread alive
+        assert not sender.is_alive(), "send_files kept waiting for a peer that never answers"
+    (error,) = raised
+    assert isinstance(error, DispatchError)
+    assert error.reason == f"no answer to the association request from HUNG@127.0.0.1:{port} within 1 s"
 
 
 @pytest.mark.parametrize("status_scp", [0xA700], indirect=True)
@@ -442,9 +452,17 @@ def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: 
     ids = [setup.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:]) for i in range(24)]
     sent: Counter[tuple[Path, ...]] = Counter()
     lock = threading.Lock()
+    # Each worker's first send waits until all three are sending at once: every worker has claimed
+    # an item and the rest of the queue is still open to all of them.
+    all_sending = threading.Barrier(3)
+    first_sends: set[int] = set()
 
     def slow_send(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
-        time.sleep(0.01)  # widen the window in which a second worker could grab the same item
+        with lock:
+            first = threading.get_ident() not in first_sends
+            first_sends.add(threading.get_ident())
+        if first:
+            all_sending.wait(120)  # a generous deadline only a hang reaches (BrokenBarrierError)
         with lock:
             sent[files] += 1
 
@@ -457,6 +475,7 @@ def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: 
         worker.start()
     for worker in workers:
         worker.join()
+    assert len(first_sends) == 3  # the three workers sent at the same time
     assert sum(sent.values()) == len(ids)
     assert [i.state for i in setup.list_items()] == ["delivered"] * len(ids)
 

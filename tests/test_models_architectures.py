@@ -240,7 +240,6 @@ def test_ra_conv_family_matches_paper_table(full_models, name):
     pool = rows["pool1"]
     assert (pool.kind, pool.kernel_size, pool.strides, pool.output_shape) == ("maxpool", 3, 2, (256, 64, 64))
 
-    three_by_three = 0
     for stage, ((filters, blocks), stage_shape) in enumerate(zip(RA_CONV_STAGES[name], RA_CONV_STAGE_SHAPES), start=2):
         built_blocks = {n.split("_")[1] for n in rows if n.startswith(f"stage{stage}_block")}
         assert len(built_blocks) == blocks, f"stage {stage}"
@@ -251,7 +250,6 @@ def test_ra_conv_family_matches_paper_table(full_models, name):
                 expected_stride = 2 if (stage > 2 and block == 1 and conv == "conv1") else 1
                 assert (info.kernel_size, info.width, info.strides, info.padding) == (3, filters, expected_stride, 1)
                 assert info.output_shape == stage_shape
-                three_by_three += 1
             assert rows[f"{prefix}_add"].output_shape == stage_shape
             cbam = model.get_layer(f"{prefix}_cbam")
             if CBAM_POSITION[name] == "inside":
@@ -263,13 +261,43 @@ def test_ra_conv_family_matches_paper_table(full_models, name):
             assert tuple(cbam.output.shape[1:]) == stage_shape
     assert rows["avg_pool"].kind == "gap"
     assert (rows["predictions"].width, rows["predictions"].activation) == (CLASSES, "softmax")
-    if name in ("Classifier-inRAC", "Classifier-outRAC"):
-        # "the proposed 26-layer CNN": conv1 + 24 RA-Conv convolutions + the classifier.
-        assert 1 + three_by_three + 1 == 26
-    if name == "Classifier-18":
-        assert 1 + three_by_three + 1 == 18
-    if name == "Classifier-34":
-        assert 1 + three_by_three + 1 == 34
+    # The depth the papers name, counted in the built model: its weight layers on the main path (every
+    # convolution and dense layer; the 1x1 projection shortcuts are not counted, as in He et al.).
+    weight_layers = [info for info in layer_table(model) if info.kind in ("conv", "dense")
+                     and not info.name.endswith("_shortcut_conv")]
+    assert len(weight_layers) == PAPER_DEPTH[name]
+
+
+#: Depths as the papers state them: inRAC section 2.3 "the proposed 26-layer CNN" (Classifier-inRAC and
+#: its outRAC variant), and Table 7's ResNet-18 and ResNet-34 depths.
+PAPER_DEPTH = {"Classifier-inRAC": 26, "Classifier-outRAC": 26, "Classifier-18": 18, "Classifier-34": 34}
+
+
+def _ra_conv_params_by_hand(stages: list[tuple[int, int]], classes: int) -> int:
+    """Parameters of an RA-Conv net on a 1-channel input, from the layer formulas (weights + biases;
+    BatchNormalization keeps 4 values per channel: gamma, beta, moving mean and variance)."""
+
+    def cbam(c: int) -> int:
+        hidden = c // 16  # Woo et al.: shared MLP with reduction ratio 16, then a 7x7 conv over 2 maps
+        return (c * hidden + hidden) + (hidden * c + c) + (7 * 7 * 2 * 1 + 1)
+
+    total = 7 * 7 * 1 * 64 + 4 * 64  # conv1 (no bias, BN follows) + BN
+    channels = 64
+    for stage, (filters, blocks) in enumerate(stages):
+        for block in range(blocks):
+            downsample = stage > 0 and block == 0
+            total += 3 * 3 * channels * filters + 4 * filters  # conv1 + bn1
+            total += 3 * 3 * filters * filters + 4 * filters  # conv2 + bn2
+            total += cbam(filters)
+            if downsample or channels != filters:
+                total += channels * filters + 4 * filters  # 1x1 projection shortcut + BN
+            channels = filters
+    return total + channels * classes + classes  # GAP, then the softmax layer
+
+
+@pytest.mark.parametrize("name", list(RA_CONV_STAGES))
+def test_ra_conv_parameter_count_matches_a_hand_count(full_models, name):
+    assert full_models[name].count_params() == _ra_conv_params_by_hand(RA_CONV_STAGES[name], CLASSES)
 
 
 # --- inRAC Table 9: VGG 11 (configuration A) and Inception-v1 -------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -25,6 +27,9 @@ from nodetools import (
     write_config,
 )
 from orthanc import OrthancServer
+
+#: ``spectnode serve`` with a model loading that waits for a file (the test's point to kill at).
+GATED_SERVE = Path(__file__).with_name("gated_serve.py")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,7 @@ def test_killed_between_two_instances_the_study_completes_after_restart(env):
     record = generate_phantoms(env["phantoms"] / "a", n=1, seed=31, layout="split-instances")[0]
     first, second = record.files
     assert storescu(env["port"], [first]).returncode == 0
-    wait_for(lambda: store.study(record.study_uid) is not None, 10, "the first instance")
+    assert store.study(record.study_uid) is not None  # recorded before storescu got Success
     restart(env, kill=True)
     study = store.study(record.study_uid)
     assert (study.state, study.instance_count) == (RECEIVED, 1)
@@ -90,16 +95,42 @@ def test_killed_between_two_instances_the_study_completes_after_restart(env):
 
 def test_killed_after_complete_the_study_is_finished_after_restart(env):
     store = env["store"]
-    restart(env, kill=False)  # a fresh process: its model is still loading for a few seconds
+    # A node whose model loading waits for a gate file the test never makes: its classify stage is held,
+    # so the study stops at complete, and the test kills the node there.
+    gate = env["root"] / "model-gate"
+    assert env["node"].stop() == 0
+    env["node"] = NodeProcess(env["config"], env["port"], env["root"] / "node.log",
+                              command=[sys.executable, str(GATED_SERVE), str(gate)]).start()
+    wait_for(lambda: gate.with_name("model-gate.waiting").exists(), 120, "the model loading to be held")
     record = generate_phantoms(env["phantoms"] / "b", n=1, seed=32, layout="jpeg-lossless")[0]
     assert storescu(env["port"], record.files).returncode == 0
-    state = wait_for(lambda: (s := store.study(record.study_uid)) is not None and s.state != RECEIVED and s.state,
-                     10, "completion", interval=0.02)
+    wait_for(lambda: (s := store.study(record.study_uid)) is not None and s.state == COMPLETE, 120, "completion")
     env["node"].kill()
-    assert state == COMPLETE and store.study(record.study_uid).state == COMPLETE
-    restart(env, kill=False)
+    assert not gate.exists() and store.study(record.study_uid).state == COMPLETE
+    restart(env, kill=False)  # the ordinary node
     study = finished(store, record.study_uid)
     assert study.state == DISPATCHED
+    assert len(store.outputs(record.study_uid)) == 3
+
+
+def test_a_classify_failure_is_visible_and_spectnode_retry_classifies_again(env):
+    store = env["store"]
+    record = generate_phantoms(env["phantoms"] / "f", n=1, seed=36, layout="split-series")[0]
+    # A plain file where the study's work folder must go: the classify stage fails for real, after the model ran.
+    blocker = env["root"] / "data" / "work" / record.study_uid
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    assert storescu(env["port"], record.files).returncode == 0
+    study = finished(store, record.study_uid)
+    assert study.state == ERROR and study.error_stage == COMPLETE
+    assert study.reason.startswith("classify failed:") and "Error" in study.reason
+    status = run_spectnode("status", "--config", str(env["config"]))
+    assert record.study_uid in status.stdout and "classify failed" in status.stdout
+    blocker.unlink()
+    proc = run_spectnode("retry", "--config", str(env["config"]), record.study_uid)
+    assert proc.returncode == 0 and "returned to complete" in proc.stdout, proc.stdout + proc.stderr
+    study = finished(store, record.study_uid)
+    assert study.state == DISPATCHED and study.result is not None and study.result.classified
     assert len(store.outputs(record.study_uid)) == 3
 
 
@@ -183,7 +214,7 @@ def test_dead_letters_are_listed_and_retry_sends_them(env, tmp_path):
         assert proc.returncode == 0 and "1 outbox item" in proc.stdout
         assert finished(store, record.study_uid).state == DISPATCHED
         (sr,) = [o for o in store.outputs(record.study_uid) if o.kind == "sr"]
-        files = wait_for(lambda: list(received.iterdir()), 10, "the archive's file")
+        files = wait_for(lambda: list(received.iterdir()), 60, "the archive's file")
         assert pydicom.dcmread(files[0]).SOPInstanceUID == sr.sop_instance_uid
     finally:
         archive.terminate()

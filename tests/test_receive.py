@@ -6,8 +6,11 @@ import hashlib
 import logging
 import resource
 import shutil
+import sqlite3
+import subprocess
 import threading
 import warnings
+import zlib
 from io import BytesIO
 from typing import TYPE_CHECKING
 
@@ -36,12 +39,15 @@ from spectnode.phantom.dicom import LAYOUTS
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import JobStore
 
+from dicomtools import require_tool
 from nodetools import echoscu, storescu
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 # C-STORE failure statuses, from PS3.4 Annex B.2.3 (not from spectnode's own constants).
+STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources
 STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error: Data Set does not match SOP Class
 STATUS_CANNOT_UNDERSTAND = 0xC210  # Error: Cannot understand (C000-CFFF; 0xC210 as DCMTK answers)
@@ -55,11 +61,14 @@ def phantoms(tmp_path_factory):
 
 
 class Node:
-    def __init__(self, root: Path, allowed=("CAMERA", "PACS")) -> None:
-        self.store = JobStore(root / "jobs.sqlite")
+    """A receive stage in this process on a free port; ``stored`` lists the study UIDs ``on_stored`` got."""
+
+    def __init__(self, root: Path, allowed=("CAMERA", "PACS"), store: JobStore | None = None,
+                 on_stored: Callable[[str], None] | None = None) -> None:
+        self.store = store if store is not None else JobStore(root / "jobs.sqlite")
         self.stored: list[str] = []
         self.scp = ReceiveStage(self.store, DataDir(root), ae_title="SPECTNODE", port=0,
-                              allowed_calling_ae_titles=allowed, on_stored=self.stored.append)
+                                allowed_calling_ae_titles=allowed, on_stored=on_stored or self.stored.append)
         self.scp.start()
 
     @property
@@ -126,20 +135,59 @@ def test_unknown_calling_ae_and_wrong_called_ae_are_refused(node, phantoms, capl
     assert any("BADAE" in r.getMessage() and "refused" in r.getMessage() for r in caplog.records)
 
 
-def test_all_storage_classes_and_common_transfer_syntaxes_are_accepted(node):
-    syntaxes = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
-                JPEGLossless, JPEGLSNearLossless, JPEG2000]
+#: Storage SOP classes from PS3.6 Annex A (UIDs written out, not taken from pynetdicom or spectnode).
+STORAGE_CLASSES = {
+    "NM Image": "1.2.840.10008.5.1.4.1.1.20",
+    "NM Image (retired)": "1.2.840.10008.5.1.4.1.1.5",  # what older gamma cameras still send
+    "CT Image": "1.2.840.10008.5.1.4.1.1.2",
+    "MR Image": "1.2.840.10008.5.1.4.1.1.4",
+    "Ultrasound Image": "1.2.840.10008.5.1.4.1.1.6.1",
+    "Ultrasound Multi-frame Image": "1.2.840.10008.5.1.4.1.1.3.1",
+    "Secondary Capture Image": "1.2.840.10008.5.1.4.1.1.7",
+    "Multi-frame Grayscale Word SC Image": "1.2.840.10008.5.1.4.1.1.7.3",
+    "Basic Text SR": "1.2.840.10008.5.1.4.1.1.88.11",
+    "Comprehensive SR": "1.2.840.10008.5.1.4.1.1.88.33",
+    "Positron Emission Tomography Image": "1.2.840.10008.5.1.4.1.1.128",
+    "X-Ray Angiographic Image": "1.2.840.10008.5.1.4.1.1.12.1",
+    "Encapsulated PDF": "1.2.840.10008.5.1.4.1.1.104.1",
+    "RT Dose": "1.2.840.10008.5.1.4.1.1.481.2",
+}
+SYNTAXES = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGExtended12Bit,
+            JPEGLossless, JPEGLSNearLossless, JPEG2000]
+
+
+def test_storage_classes_of_many_modalities_and_common_transfer_syntaxes_are_accepted(node):
     ae = AE(ae_title="CAMERA")
-    for sop_class in (NuclearMedicineImageStorage, CTImageStorage):
-        for ts in syntaxes:
-            ae.add_requested_context(sop_class, ts)
+    for sop_class in STORAGE_CLASSES.values():
+        for ts in SYNTAXES:
+            ae.add_requested_context(sop_class, ts)  # 98 contexts: one association can propose 128
     assoc = ae.associate("127.0.0.1", node.port, ae_title="SPECTNODE")
     try:
         assert assoc.is_established
         accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
-        assert accepted == {(s, t) for s in (NuclearMedicineImageStorage, CTImageStorage) for t in syntaxes}
+        assert accepted == {(s, t) for s in STORAGE_CLASSES.values() for t in SYNTAXES}
     finally:
         assoc.release()
+
+
+@pytest.mark.parametrize("name", sorted(STORAGE_CLASSES))
+def test_an_object_of_each_storage_class_is_stored(node, name, tmp_path):
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = STORAGE_CLASSES[name]
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    ds.Modality = "OT"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = tmp_path / "object.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    # DCMTK storescu proposing only the file's own SOP class (-R): its default list lacks the retired
+    # NM class, and pynetdicom's SCU refuses to send a class it does not know.
+    proc = subprocess.run([require_tool("storescu"), "-R", "-aet", "CAMERA", "-aec", "SPECTNODE", "127.0.0.1",
+                           str(node.port), str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = node.store.instances(ds.StudyInstanceUID)
+    assert (row["sop_instance_uid"], row["sop_class_uid"]) == (ds.SOPInstanceUID, STORAGE_CLASSES[name])
+    assert node.scp.data_dir.spooled_object(ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
 
 
 def _send(port: int, payload, sop_class=NuclearMedicineImageStorage, ts=ExplicitVRLittleEndian) -> int:
@@ -154,12 +202,16 @@ def _send(port: int, payload, sop_class=NuclearMedicineImageStorage, ts=Explicit
         assoc.release()
 
 
-def _raw_file(path: Path, body: bytes, sop: str) -> Path:
-    """A Part 10 file whose file meta is fine but whose dataset is ``body`` as given."""
+def _raw_file(path: Path, body: bytes, sop: str, ts: str = ExplicitVRLittleEndian) -> Path:
+    """A Part 10 file whose file meta is fine but whose dataset is ``body`` as given.
+
+    Sent with pynetdicom's chunked sending, ``body`` goes on the wire unchanged, and the
+    request's Affected SOP Instance UID is ``sop`` (the file meta's).
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = NuclearMedicineImageStorage
     meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ts
     buffer = BytesIO()
     buffer.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(buffer, meta)
@@ -167,26 +219,160 @@ def _raw_file(path: Path, body: bytes, sop: str) -> Path:
     return path
 
 
-def test_unparseable_and_unidentifiable_datasets_fail_with_a_log_line(node, phantoms, tmp_path, caplog,
-                                                                      monkeypatch):
+def _encoded(ds: pydicom.Dataset, implicit: bool = False) -> bytes:
+    """``ds`` encoded as a dataset (no file meta), little endian."""
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, implicit
+    write_dataset(body, ds)
+    return body.getvalue()
+
+
+def _deflated(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def _header(phantoms) -> pydicom.Dataset:
+    """A phantom object's header as a new study and instance (so nothing of it is known yet)."""
+    ds = pydicom.dcmread(phantoms[0].files[0], stop_before_pixels=True)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    return ds
+
+
+def _up_to_group_0020(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """The elements of ``ds`` up to group 0020: every UID the node files an object by, no image."""
+    head = pydicom.Dataset()
+    for element in ds:
+        if element.tag.group <= 0x0020:
+            head.add(element)
+    return head
+
+
+def _cut_deflate_stream(ds: pydicom.Dataset) -> bytes:
+    """A deflate stream of ``ds`` cut at an element boundary after group 0020, after a full flush:
+    zlib inflates it without an error to whole elements, and no final block follows."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(_encoded(_up_to_group_0020(ds))) + packer.flush(zlib.Z_FULL_FLUSH)
+
+
+# case -> (dataset bytes from the header's encoding, transfer syntax, what the node's log names)
+MALFORMED = {
+    "implicit VR under an explicit VR transfer syntax": (
+        lambda ds: _encoded(ds, implicit=True), ExplicitVRLittleEndian,
+        "the dataset is encoded in implicit VR, but its transfer syntax Explicit VR Little Endian is explicit VR"),
+    "four bytes after the last element": (
+        lambda ds: _encoded(ds) + b"\x01\x02\x03\x04", ExplicitVRLittleEndian,
+        "4 byte(s) after the last complete element"),
+    "an element that runs past the end": (
+        lambda ds: _encoded(ds) + b"\x09\x00\x10\x00LO\xe8\x03" + b"x" * 10, ExplicitVRLittleEndian,
+        "declares 1000 bytes but the dataset ends after 10"),
+    "no element at all": (lambda ds: b"", ExplicitVRLittleEndian, "the dataset holds no data elements"),
+    "a corrupt deflate stream": (
+        # The first block header's type bits set to 11, a reserved block type (RFC 1951 3.2.3).
+        lambda ds: bytes([_deflated(_encoded(ds))[0] | 0b110]) + _deflated(_encoded(ds))[1:],
+        DeflatedExplicitVRLittleEndian, "cannot be inflated: Error -3 while decompressing data: invalid block type"),
+    "a deflate stream cut short": (
+        _cut_deflate_stream, DeflatedExplicitVRLittleEndian,
+        "the deflate stream ends before its final block"),
+    "bytes after the deflate stream": (
+        lambda ds: _deflated(_encoded(ds)) + b"\x01\x02", DeflatedExplicitVRLittleEndian,
+        "byte(s) after the end of the deflate stream"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_dataset_cannot_be_understood_and_the_log_says_why(node, phantoms, tmp_path, caplog,
+                                                                      monkeypatch, case):
+    encode, ts, reason = MALFORMED[case]
     caplog.set_level(logging.ERROR, logger="spectnode.receive")
     before = node.store.counts_by_state()
-    # Send the files' dataset bytes as they are, without pynetdicom decoding them first.
+    # Send the dataset bytes as they are, without pynetdicom decoding them first.
     monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)
-    garbage = _raw_file(tmp_path / "garbage.dcm", bytes(range(256)) * 4, generate_uid())
-    assert _send(node.port, garbage) == STATUS_CANNOT_UNDERSTAND
-    assert any("cannot be parsed" in r.getMessage() for r in caplog.records)
+    ds = _header(phantoms)
+    path = _raw_file(tmp_path / "malformed.dcm", encode(ds), str(ds.SOPInstanceUID), ts)
+    assert _send(node.port, path, ts=ts) == STATUS_CANNOT_UNDERSTAND
+    (line,) = [r.getMessage() for r in caplog.records if str(ds.SOPInstanceUID) in r.getMessage()]
+    assert "cannot be parsed" in line and reason in line and "answered 0xC210" in line, line
+    assert node.store.counts_by_state() == before
+    assert not node.scp.data_dir.spooled_object(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)).exists()
 
+
+def test_a_cut_deflate_stream_inflates_quietly_to_whole_elements(phantoms):
+    """What makes "a deflate stream cut short" above a test of the end-of-stream check: zlib does not
+    complain, and it gives whole elements with every UID, so no later check would notice."""
+    ds = _header(phantoms)
+    full, head = _encoded(ds), _encoded(_up_to_group_0020(ds))
+    assert full.startswith(head) and len(head) < len(full)
+    assert zlib.decompressobj(-zlib.MAX_WBITS).decompress(_cut_deflate_stream(ds)) == head
+    assert {"SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"} <= set(
+        _up_to_group_0020(ds).dir())
+
+
+def test_a_dataset_without_its_uids_does_not_match_its_sop_class(node, phantoms, tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.ERROR, logger="spectnode.receive")
+    before = node.store.counts_by_state()
+    monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)
     ds = pydicom.dcmread(phantoms[0].files[0])
     del ds.SOPInstanceUID
     del ds.StudyInstanceUID
-    body = DicomBytesIO()
-    body.is_little_endian, body.is_implicit_VR = True, False
-    write_dataset(body, ds)
-    stripped = _raw_file(tmp_path / "no-uids.dcm", body.getvalue(), generate_uid())
+    stripped = _raw_file(tmp_path / "no-uids.dcm", _encoded(ds), generate_uid())
     assert _send(node.port, stripped) == STATUS_DOES_NOT_MATCH_SOP_CLASS
     assert any("has no SOPInstanceUID and no StudyInstanceUID" in r.getMessage() for r in caplog.records)
     assert node.store.counts_by_state() == before
+
+
+def test_an_affected_sop_instance_uid_other_than_the_datasets_is_logged_and_the_datasets_is_used(
+        node, phantoms, tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.WARNING, logger="spectnode.receive")
+    monkeypatch.setattr(pynetdicom_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ds = _header(phantoms)
+    requested = generate_uid()
+    path = _raw_file(tmp_path / "other-uid.dcm", _encoded(ds), requested)
+    assert _send(node.port, path) == STATUS_SUCCESS
+    assert [r["sop_instance_uid"] for r in node.store.instances(ds.StudyInstanceUID)] == [ds.SOPInstanceUID]
+    assert node.scp.data_dir.spooled_object(ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
+    assert not node.scp.data_dir.spooled_object(ds.StudyInstanceUID, requested).exists()
+    assert any(f"C-STORE names instance {requested} but the dataset says {ds.SOPInstanceUID}; using the dataset's"
+               in r.getMessage() for r in caplog.records)
+
+
+class FailingRecords(JobStore):
+    """A job store whose recording of objects fails, as SQLite does on an I/O error."""
+
+    def record_instance(self, record, peer, now=None):
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_a_job_store_failure_after_the_spool_write_answers_out_of_resources_and_leaves_no_file(
+        tmp_path, phantoms, caplog):
+    caplog.set_level(logging.ERROR, logger="spectnode.receive")
+    failing = Node(tmp_path, store=FailingRecords(tmp_path / "jobs.sqlite"))
+    try:
+        ds = pydicom.dcmread(phantoms[0].files[0])
+        assert _send(failing.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_OUT_OF_RESOURCES
+        assert [p for p in failing.scp.data_dir.spool.rglob("*") if p.is_file()] == []  # neither file nor .tmp
+        assert failing.store.studies() == [] and failing.stored == []
+        assert any("cannot be stored (OperationalError: disk I/O error)" in r.getMessage() for r in caplog.records)
+    finally:
+        failing.close()
+
+
+def test_an_on_stored_callback_that_raises_leaves_the_object_stored_with_success(tmp_path, phantoms, caplog):
+    caplog.set_level(logging.ERROR, logger="spectnode.receive")
+
+    def broken(study_uid: str) -> None:
+        raise RuntimeError("the assemble stage cannot be woken")
+
+    node = Node(tmp_path, on_stored=broken)
+    try:
+        ds = pydicom.dcmread(phantoms[0].files[0])
+        assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_SUCCESS
+        assert [r["sop_instance_uid"] for r in node.store.instances(ds.StudyInstanceUID)] == [ds.SOPInstanceUID]
+        assert node.scp.data_dir.spooled_object(ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
+        assert any(f"study {ds.StudyInstanceUID}: on_stored callback failed" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        node.close()
 
 
 def test_duplicates_are_idempotent_and_changed_objects_are_noticed(node, phantoms):

@@ -311,6 +311,45 @@ def test_classify_resumes_after_a_restart(store, data_dir, phantoms):
         assert classifier.seen == [record.study_uid] and reopened.study(record.study_uid).state == CLASSIFIED
 
 
+def test_a_study_whose_spooled_files_no_longer_read_ends_not_assessable_unreadable(
+        clocked_store, data_dir, phantoms, clock):
+    record = phantoms["split-instances"]
+    for path in record.files:
+        spool(clocked_store, data_dir, path)
+    for path in clocked_store.instance_paths(record.study_uid):
+        path.write_bytes(b"not DICOM any more")  # the spool's copies were damaged after they were received
+    stage = AssembleStage(clocked_store, data_dir, TIMEOUT_S, clock=clock)
+    assert not stage.step()  # the headers cannot be read: not complete by content
+    clock.advance(TIMEOUT_S)
+    assert stage.step()
+    assert clocked_store.study(record.study_uid).completed_by == "timeout"
+    classifier = FakeClassifier()
+    assert ClassifyStage(clocked_store, data_dir, lambda: classifier, not_assessable_sr=True).step()
+    study = clocked_store.study(record.study_uid)
+    assert study.state == NOT_ASSESSABLE and study.result.reason_code == "unreadable"
+    assert study.reason.startswith("no object of the study could be read: ")
+    assert study.reason.count("cannot be read as DICOM") == 2
+
+
+def test_one_unreadable_view_leaves_a_one_view_study_and_a_warning(clocked_store, data_dir, phantoms, clock,
+                                                                   caplog):
+    record = phantoms["split-instances"]
+    for path in record.files:
+        spool(clocked_store, data_dir, path)
+    posterior = pydicom.dcmread(view_file(record, "posterior"), stop_before_pixels=True).SOPInstanceUID
+    damaged = data_dir.spooled_object(record.study_uid, str(posterior))
+    damaged.write_bytes(b"\0" * 64)
+    stage = AssembleStage(clocked_store, data_dir, TIMEOUT_S, clock=clock)
+    assert not stage.step()
+    clock.advance(TIMEOUT_S)
+    assert stage.step()
+    caplog.set_level("WARNING", logger="spectnode.node")
+    assert ClassifyStage(clocked_store, data_dir, FakeClassifier, not_assessable_sr=True).step()
+    study = clocked_store.study(record.study_uid)
+    assert study.state == CLASSIFIED and study.result.views == ["anterior"]
+    assert any(f"{damaged.name}: cannot be read as DICOM" in r.getMessage() for r in caplog.records)
+
+
 # --------------------------------------------------------------------------- report
 
 

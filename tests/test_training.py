@@ -307,3 +307,45 @@ def test_resumed_batches_continue_the_augmentation_stream():
         np.testing.assert_array_equal(resumed[index][0], unbroken[index][0])
         np.testing.assert_array_equal(resumed[index][1], unbroken[index][1])
     assert not np.array_equal(resumed[0][0], first)
+
+
+#: Validation losses the early-stopping test feeds the training loop, one per epoch: the best is epoch 2,
+#: and with patience 2 the run stops after epoch 4.
+FABRICATED_VAL_LOSS = [1.0, 0.5, 0.8, 0.9, 0.1, 0.1]
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_epoch(tmp_path, monkeypatch):
+    from spectnode.training import train as training
+    from spectnode.training.labels import LabelledStudy
+
+    rng = np.random.default_rng(0)
+    classes = ("no_metastasis", "metastasis")
+    studies = [LabelledStudy(f"1.2.3.{i}", f"P{i}", classes[i % 2]) for i in range(12)]
+    samples = training.LoadedSamples(x=rng.random((12, 128, 32, 1), dtype=np.float32),
+                                     y=np.array([i % 2 for i in range(12)]), study=np.arange(12),
+                                     studies=studies, skipped={})
+    settings = training.TrainSettings(arch="dSPIC-AM", scheme="binary", learning_rate=1e-2, batch_size=4,
+                                      epochs=len(FABRICATED_VAL_LOSS), input_mode="per_view", input_shape=(128, 32),
+                                      patience=2, arch_options={"fc_units": [4]}, train_fraction=0.7,
+                                      validation_fraction=0.3)
+    weights_after_epoch: dict[int, list[np.ndarray]] = {}
+    make_callback = training._progress_callback
+
+    def fabricating(*args, **kwargs):
+        callback = make_callback(*args, **kwargs)
+        on_epoch_end = callback.on_epoch_end
+
+        def with_fabricated_loss(epoch, logs=None):
+            weights_after_epoch[epoch + 1] = [w.copy() for w in callback.model.get_weights()]
+            on_epoch_end(epoch, {**(logs or {}), "val_loss": FABRICATED_VAL_LOSS[epoch]})
+
+        callback.on_epoch_end = with_fabricated_loss
+        return callback
+
+    monkeypatch.setattr(training, "_progress_callback", fabricating)
+    result = training.train(samples, settings, tmp_path / "run", log=lambda _line: None, verbose=0)
+    assert sorted(weights_after_epoch) == [1, 2, 3, 4]  # stopped after two epochs without improvement
+    assert result.stopped_early and result.best_epoch == 2
+    kept = result.model.get_weights()
+    assert all(np.array_equal(k, b) for k, b in zip(kept, weights_after_epoch[2], strict=True))
+    assert not all(np.array_equal(k, last) for k, last in zip(kept, weights_after_epoch[4], strict=True))

@@ -25,7 +25,7 @@ def inflate_bounded(data: bytes, limit: int) -> bytes:
 
     Raises:
         InflatedTooLarge: As soon as the output passes ``limit`` bytes.
-        ValueError: If ``data`` is not a valid deflate stream.
+        ValueError: If ``data`` is not a valid deflate stream, or is cut short.
     """
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     out = bytearray()
@@ -42,6 +42,12 @@ def inflate_bounded(data: bytes, limit: int) -> bytes:
         out += inflater.flush(_CHUNK)
         if len(out) > limit:
             raise InflatedTooLarge(f"the deflated dataset inflates to more than {limit} bytes")
+        if not inflater.eof:  # zlib inflates a cut stream quietly, as far as it goes
+            raise ValueError("the deflated dataset cannot be inflated: the deflate stream ends before its "
+                             "final block (truncated)")
+        if inflater.unused_data.strip(b"\0"):  # a zero byte may pad the stream to even length
+            raise ValueError(f"{len(inflater.unused_data)} byte(s) after the end of the deflate stream are not "
+                             "part of it")
     except zlib.error as exc:
         raise ValueError(f"the deflated dataset cannot be inflated: {exc}") from None
     return bytes(out)

@@ -15,7 +15,8 @@ forget the object: it survives a crash or power loss of the node.
 Failures answer with the status a peer can act on:
 
 * 0xA700 (Refused: out of resources) when the spool or the job store cannot be
-  written (disk full, file size limit, read-only file system ...);
+  written (disk full, file size limit, read-only file system ...; a new
+  object whose record fails is removed from the spool again);
   and when the object is larger than ``node.max_object_bytes`` (a deflated
   one counted after inflating, which stops as soon as the limit is passed,
   so a deflate bomb never takes more memory than the limit);
@@ -43,8 +44,9 @@ deadline, and DICOM TLS is optional or required (:mod:`spectnode.net`).
 Associations are refused (A-ASSOCIATE-RJ, rejected-permanent, service user)
 when the calling AE title is not allowed (reason 3, calling AE title not
 recognised) or the called AE title is not this node's (reason 7). Every
-storage SOP class is accepted, in the uncompressed and the common compressed
-transfer syntaxes: what an object is gets decided by its content later, so a
+storage SOP class of the current standard (pynetdicom's list), and the retired
+NM Image Storage of older cameras, is accepted, in the uncompressed and the
+common compressed transfer syntaxes: what an object is gets decided by its content later, so a
 CT ends as "not assessable" rather than as a refused association.
 
 Like every stage, it knows nothing of the stages after it: it calls
@@ -90,7 +92,8 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification, register_uid  # type: ignore[attr-defined]
 
 from spectnode.fsutil import write_durably
 from spectnode.net.inflate import InflatedTooLarge, inflate_bounded
@@ -105,6 +108,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
+    "RETIRED_STORAGE_SOP_CLASSES",
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_DOES_NOT_MATCH_SOP_CLASS",
     "STATUS_OUT_OF_RESOURCES",
@@ -142,6 +146,10 @@ ACCEPTED_TRANSFER_SYNTAXES: Final = (
     JPEG2000,
     RLELossless,
 )
+
+#: Retired storage SOP classes accepted besides pynetdicom's current ones (UID -> keyword): the
+#: retired NM Image Storage (PS3.6), which older gamma cameras still send.
+RETIRED_STORAGE_SOP_CLASSES: Final = {"1.2.840.10008.5.1.4.1.1.5": "NuclearMedicineImageStorageRetired"}
 
 # Values longer than this are skipped, not loaded, while a received dataset is
 # checked (pixel data); that they lie whole within the dataset is still checked.
@@ -268,6 +276,10 @@ class ReceiveStage:
         for context in AllStoragePresentationContexts:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, self._transfer_syntaxes)
+        for sop_class, keyword in RETIRED_STORAGE_SOP_CLASSES.items():
+            # Without a registered service class pynetdicom accepts the context but aborts at the C-STORE.
+            register_uid(sop_class, keyword, StorageServiceClass)
+            ae.add_supported_context(sop_class, self._transfer_syntaxes)
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         # Limits, timeouts and the maximum PDU size come from the policy (start_guarded_server).
         return ae
@@ -541,20 +553,25 @@ class ReceiveStage:
                           study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
                 return STATUS_SUCCESS
             write_durably(path, data)
-            outcome = self.store.record_instance(
-                InstanceRecord(
-                    study_uid=study_uid,
-                    sop_instance_uid=identity.sop_instance_uid,
-                    series_uid=identity.series_uid,
-                    sop_class_uid=identity.sop_class_uid,
-                    modality=identity.modality,
-                    transfer_syntax=transfer_syntax,
-                    path=path,
-                    sha256=digest,
-                    size=len(data),
-                ),
-                peer,
-            )
+            try:
+                outcome = self.store.record_instance(
+                    InstanceRecord(
+                        study_uid=study_uid,
+                        sop_instance_uid=identity.sop_instance_uid,
+                        series_uid=identity.series_uid,
+                        sop_class_uid=identity.sop_class_uid,
+                        modality=identity.modality,
+                        transfer_syntax=transfer_syntax,
+                        path=path,
+                        sha256=digest,
+                        size=len(data),
+                    ),
+                    peer,
+                )
+            except BaseException:
+                if known is None:  # a new object the store never recorded: no spooled file without a record
+                    path.unlink(missing_ok=True)
+                raise
         except (OSError, sqlite3.Error, StoreError) as exc:
             _log.error(
                 "study %s from %s: instance %s cannot be stored (%s: %s); answered 0x%04X (out of resources)",
