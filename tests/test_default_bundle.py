@@ -1,7 +1,8 @@
-"""The shipped default model: verifies, is small, says it is synthetic, classifies fresh phantoms.
+"""The shipped models: verify, small enough, say they are synthetic, and are as good as their cards say.
 
-Its held-out quality is measured once when it is trained (see the README for the commands) and
-recorded in its card; these tests check the artefact and a fresh phantom sample, not training.
+Quality is checked against the phantom's truth on a small fresh sample, with a bound derived from
+the card's held-out figure and the sample's binomial error, so the suite checks the card instead
+of repeating it. The heatmap seeds follow a rule written down before any model ran.
 """
 
 from __future__ import annotations
@@ -11,27 +12,38 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
-from spectnode.classify import DEFAULT_BUNDLE, StudyClassifier
+from spectnode.classify import DEFAULT_BUNDLES, StudyClassifier
 from spectnode.imaging.views import StudyViews, ViewImage
-from spectnode.phantom.synth import synthesize_scan
+from spectnode.phantom.synth import LABELS, synthesize_scan
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+#: Fresh phantoms for the quality check: seeds no training or held-out set of the cards used
+#: (those are 2026-7777 as generate_phantoms seeds; these are synthesize_scan seeds of their own).
+QUALITY_SEEDS = range(910_000, 910_032)
+#: One-sided error probability of the quality bound.
+QUALITY_ALPHA = 0.001
+#: Rule, written before any model ran: the first six seeds from 0 upward whose metastatic phantom
+#: has exactly one finding besides physiological uptake, a metastasis of at least 4x bone uptake
+#: (tests/benchmarks/bench_heatmap_localisation.py's single_strong_lesion_seeds; the list is
+#: re-derived by test_heatmap_seeds_follow_the_rule).
+SINGLE_STRONG_LESION_SEEDS = (31, 76, 180, 271, 340, 407)
 
 
-@pytest.fixture(scope="module")
-def classifier() -> StudyClassifier:
-    return StudyClassifier.from_bundle(None)
+@pytest.fixture(scope="module", params=[p.name for p in DEFAULT_BUNDLES])
+def classifier(request: pytest.FixtureRequest) -> StudyClassifier:
+    return StudyClassifier.from_bundle(next(p for p in DEFAULT_BUNDLES if p.name == request.param))
 
 
 def test_bundle_is_shipped_small_and_marked_synthetic(classifier):
-    assert (DEFAULT_BUNDLE / "model.keras").stat().st_size <= 25 * 1024 * 1024
+    assert sum((p / "model.keras").stat().st_size for p in DEFAULT_BUNDLES) <= 60 * 1024 * 1024
     card = classifier.card
-    assert card.scheme == "dspic4" and list(card.classes) == ["normal", "metastatic", "arthritic", "both"]
+    assert card.scheme == "dspic4" and list(card.classes) == list(LABELS)
     assert card.training_data.synthetic is True
     text = card.intended_use.lower()
     assert "synthetic" in text and "not for clinical use" in text
-    assert sum(card.training_data.counts["train"].values()) >= 2000 * 0.9  # >= 2,000 studies generated
+    assert card.domain_fit, "a shipped bundle carries its domain fit"
 
 
 def test_readme_states_the_cards_figures(classifier):
@@ -49,41 +61,61 @@ def scan_views(seed: int, label: str) -> tuple[StudyViews, object]:
     return views, scan
 
 
-def test_classifies_fresh_phantoms(classifier):
-    for seed, label in [(11, "normal"), (12, "metastatic"), (13, "arthritic"), (14, "both")]:
-        views, _ = scan_views(seed, label)
+def binomial_floor(p: float, n: int, alpha: float = QUALITY_ALPHA) -> int:
+    """The smallest count of successes out of ``n`` that a true rate ``p`` reaches with probability >= 1 - alpha."""
+    return int(binom.ppf(alpha, n, p))
+
+
+def test_binomial_floor_by_hand():
+    # n = 10, p = 0.5: P(X <= 0) = 0.001, P(X <= 1) = 0.0107; the 0.001 quantile is 0, the 0.01 one 1.
+    assert binomial_floor(0.5, 10, 0.001) == 0 and binomial_floor(0.5, 10, 0.0108) == 1
+
+
+def test_fresh_phantoms_are_classified_as_well_as_the_card_says(classifier):
+    """Accuracy on a fresh sample against the phantom's truth, bounded by the card's held-out figure."""
+    right = 0
+    for seed in QUALITY_SEEDS:
+        truth = LABELS[seed % len(LABELS)]
+        views, _ = scan_views(seed, truth)
         result = classifier.classify(views)
         assert result.outcome == "classified" and result.views == ["anterior", "posterior"]
-        assert math.isclose(sum(result.probabilities.values()), 1.0, abs_tol=1e-4)
-        assert result.primary.second_label in result.probabilities and result.primary.second_label != result.label
+        (model,) = result.models
+        assert math.isclose(sum(model.probabilities.values()), 1.0, abs_tol=1e-4)
+        right += model.label == truth
+    card_accuracy = classifier.card.metrics["accuracy"]
+    floor = binomial_floor(card_accuracy, len(QUALITY_SEEDS))
+    assert right >= floor, (f"{right} of {len(QUALITY_SEEDS)} right; the card's accuracy {card_accuracy:.3f} "
+                            f"reaches at least {floor} with probability {1 - QUALITY_ALPHA}")
 
 
-def test_heatmap_layers_are_the_stride_4_8_and_16_maps(classifier):
-    from spectnode.explain import find_cam_layers
+def test_heatmap_seeds_follow_the_rule():
+    import sys
 
-    # 384 x 96 input: conv2_relu is 96 x 24 (stride 4), inception3b 48 x 12, inception4e 24 x 6.
-    assert find_cam_layers(classifier.model) == ["conv2_relu", "inception3b", "inception4e"]
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from bench_heatmap_localisation import single_strong_lesion_seeds
 
-
-# Phantoms whose metastatic scan has exactly one finding besides physiological joint uptake, a
-# metastasis of at least 4x bone uptake, that the shipped model calls metastatic or both.
-# Of the 16 such seeds of 0-1499 under the domain-randomised generator (issue 13), the shipped
-# model (trained on the earlier generator) calls 9 "arthritic" and 7 metastatic or both; these are
-# the 3 whose heatmap peaks lie within 50 mm in both views (tests/benchmarks/bench_heatmap_localisation.py
-# runs them all). Refresh the list when the default model is retrained.
-SINGLE_STRONG_LESION_SEEDS = (31, 407, 1385)
+    assert tuple(single_strong_lesion_seeds(range(SINGLE_STRONG_LESION_SEEDS[-1] + 1))) == SINGLE_STRONG_LESION_SEEDS
 
 
-@pytest.mark.parametrize("seed", SINGLE_STRONG_LESION_SEEDS)
-def test_heatmap_peak_lies_on_a_single_strong_lesion(classifier, seed):
-    views, scan = scan_views(seed, "metastatic")
-    (lesion,) = [lesion for lesion in scan.lesions if lesion.kind != "physiological"]
-    result = classifier.classify(views, explain=True)
-    assert result.label in ("metastatic", "both")
-    cols = scan.anterior.shape[1]
-    for view, lesion_col in (("anterior", lesion.col), ("posterior", cols - 1 - lesion.col)):
-        heat = result.models[0].heatmaps[view]
-        assert heat.shape == scan.anterior.shape
-        row, col = np.unravel_index(np.argmax(heat), heat.shape)
-        distance_mm = math.hypot(row - lesion.row, col - lesion_col) * scan.pixel_spacing_mm
-        assert distance_mm < 50, f"{view}: peak {distance_mm:.0f} mm from the {lesion.site} lesion"
+def test_heatmap_peaks_lie_on_single_strong_lesions(classifier):
+    """Every rule seed the model calls metastatic must have its heatmap peak within 50 mm of the lesion
+    in both views; how many it calls metastatic is bounded by the card's metastatic recall."""
+    called, misplaced = 0, []
+    for seed in SINGLE_STRONG_LESION_SEEDS:
+        views, scan = scan_views(seed, "metastatic")
+        (lesion,) = [lesion for lesion in scan.lesions if lesion.kind != "physiological"]
+        result = classifier.classify(views, explain=True)
+        if result.label not in ("metastatic", "both"):
+            continue
+        called += 1
+        cols = scan.anterior.shape[1]
+        for view, lesion_col in (("anterior", lesion.col), ("posterior", cols - 1 - lesion.col)):
+            heat = result.models[0].heatmaps[view]
+            assert heat.shape == scan.anterior.shape
+            row, col = np.unravel_index(np.argmax(heat), heat.shape)
+            distance_mm = math.hypot(row - lesion.row, col - lesion_col) * scan.pixel_spacing_mm
+            if distance_mm >= 50:
+                misplaced.append(f"seed {seed} {view}: {distance_mm:.0f} mm from the {lesion.site} lesion")
+    recall = classifier.card.metrics["recall"]["metastatic"] if "recall" in classifier.card.metrics else 0.5
+    assert called >= binomial_floor(recall, len(SINGLE_STRONG_LESION_SEEDS)), called
+    assert misplaced == []
