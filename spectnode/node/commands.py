@@ -52,8 +52,10 @@ def serve(cfg: Config) -> int:
     anything listens (exit 2 if it does not verify); a port that cannot be
     bound or a job store (or its outbox table) that cannot be opened exits 1
     with the reason on stderr (and in the log). On SIGTERM/SIGINT the
-    listener stops, each stage finishes its current step, and the exit code
-    is 0; anything unfinished resumes at the next start.
+    listener stops accepting at once, associations in flight may finish
+    within ``node.shutdown_grace_seconds`` (then they are aborted), each stage
+    finishes its current step, and the exit code is 0; anything unfinished
+    resumes at the next start.
     """
     from spectnode import RESEARCH_USE_NOTICE
     from spectnode.node.logs import configure_logging
@@ -83,7 +85,7 @@ def serve(cfg: Config) -> int:
                   node.port, cfg.storage.data_dir, RESEARCH_USE_NOTICE)
         while not stop.wait(1.0):
             pass
-        node.stop()
+        node.stop(grace_seconds=cfg.node.shutdown_grace_seconds)
         _log.info("stopped")
         return EXIT_OK
     finally:

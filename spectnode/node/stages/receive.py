@@ -60,6 +60,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -99,6 +100,7 @@ from spectnode.fsutil import write_durably
 from spectnode.net.inflate import InflatedTooLarge, inflate_bounded
 from spectnode.net.server import ConnectionPolicy, start_guarded_server
 from spectnode.node.datadir import DataDir
+from spectnode.node.diskspace import DiskSpace, unguarded
 from spectnode.peer import Peer
 from spectnode.store import InstanceRecord, JobStore, StoreError
 
@@ -164,6 +166,14 @@ _PIXEL_DESCRIPTION: Final = {
 _PIXEL_DESCRIPTION_TAGS: Final = {BaseTag(tag_for_keyword(k)): (k, v) for k, v in _PIXEL_DESCRIPTION.items()}
 
 
+#: The audit trail's outcome of a refusal, by the status answered (when no more precise one is known).
+_OUTCOMES: Final = {
+    STATUS_OUT_OF_RESOURCES: "refused: out of resources",
+    STATUS_DOES_NOT_MATCH_SOP_CLASS: "refused: a required UID is missing or invalid",
+    STATUS_CANNOT_UNDERSTAND: "refused: cannot be parsed",
+}
+
+
 def uid_problem(value: str) -> str | None:
     """Why ``value`` is not a valid UID (PS3.5 9.1), or None if it is.
 
@@ -226,6 +236,12 @@ class ReceiveStage:
             are the configuration's).
         max_object_bytes: Largest object accepted (a deflated one after
             inflating); larger ones are answered 0xA700.
+        disk: The data directory's free space: an object that would leave
+            less than its floor free is answered 0xA700 (default: no floor).
+        on_answer: Called with the peer, the status answered, a short outcome,
+            the study UID (if read) and the seconds the C-STORE took, for each
+            C-STORE (metrics, audit); exceptions in it are logged only.
+        on_refused: Called with the reason of each refused association (metrics, audit).
     """
 
     def __init__(
@@ -241,7 +257,13 @@ class ReceiveStage:
         transfer_syntaxes: Sequence[str] = ACCEPTED_TRANSFER_SYNTAXES,
         policy: ConnectionPolicy | None = None,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        disk: DiskSpace | None = None,
+        on_answer: Callable[[Peer, int, str, str | None, float], None] | None = None,
+        on_refused: Callable[[Peer, str], None] | None = None,
     ) -> None:
+        self.disk = disk if disk is not None else unguarded(data_dir.root)
+        self.on_answer = on_answer
+        self.on_refused = on_refused
         self.store = store
         self.data_dir = data_dir
         self.ae_title = ae_title
@@ -288,6 +310,7 @@ class ReceiveStage:
         with self._lock:
             self._server = start_guarded_server(ae, (self.bind_address, self._requested_port), self.policy,
                                                 handlers)
+            self._count_connection_refusals(self._server)
         policy = self.policy
         _log.info(
             "listening as %s on %s:%d (calling AE titles allowed: %s; addresses allowed: %s; TLS %s; at most %d "
@@ -296,6 +319,25 @@ class ReceiveStage:
             policy.allowed_addresses, policy.tls_mode, policy.max_associations, policy.max_associations_per_peer,
         )
 
+    def _count_connection_refusals(self, server: Any) -> None:
+        """Pass every connection the guard refuses (address, limits, TLS, stalled, oversized PDU) to
+        ``on_refused``, with the reason's kind; the guard's own log lines stay throttled."""
+        refusals = getattr(server, "refusals", None)
+        if self.on_refused is None or refusals is None:
+            return
+        log_refusal = refusals.warning
+        on_refused = self.on_refused
+
+        def counted(key: str, message: str, *args: object) -> None:
+            reason, _, address = key.partition(":")
+            try:
+                on_refused(Peer("", address, 0), reason)
+            except Exception:  # noqa: BLE001 - metrics and audit are best effort
+                _log.exception("on_refused callback failed")
+            log_refusal(key, message, *args)
+
+        refusals.warning = counted
+
     @property
     def port(self) -> int:
         """The bound TCP port (the real one when constructed with port 0)."""
@@ -303,15 +345,33 @@ class ReceiveStage:
             return self._requested_port
         return int(self._server.server_address[1])
 
-    def stop(self) -> None:
-        """Stop listening and end open associations."""
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop listening at once; let open associations finish for up to ``grace_seconds``, then abort them.
+
+        New connections are refused from the first moment (the listening
+        socket is closed); an association in flight can still send its objects
+        and release normally within the grace period.
+        """
         with self._lock:
             server, self._server = self._server, None
-        if server is not None:
-            for assoc in server.active_associations:
-                assoc.abort()
-            server.shutdown()
-            _log.info("listener on port %d stopped", server.server_address[1])
+        if server is None:
+            return
+        port = server.server_address[1]
+        server.shutdown()  # stops accepting and closes the listening socket
+        deadline = time.monotonic() + max(0.0, grace_seconds)
+        active = server.active_associations
+        if active and grace_seconds > 0:
+            _log.info("listener on port %d closed; waiting up to %g s for %d association(s) in flight", port,
+                      grace_seconds, len(active))
+        while active and time.monotonic() < deadline:
+            time.sleep(0.1)
+            active = server.active_associations
+        for assoc in active:
+            assoc.abort()
+        if active:
+            _log.warning("%d association(s) still open after the %g s grace period were aborted", len(active),
+                         grace_seconds)
+        _log.info("listener on port %d stopped", port)
 
     # ------------------------------------------------------------------ handlers
 
@@ -327,6 +387,12 @@ class ReceiveStage:
     def _handle_rejected(self, event: Any) -> None:
         requestor = event.assoc.requestor
         calling = str(requestor.ae_title).strip()
+        if self.on_refused is not None:
+            allowed = "*" in self.allowed_calling_ae_titles or calling in self.allowed_calling_ae_titles
+            try:
+                self.on_refused(self._peer(event), "called_ae_title" if allowed else "calling_ae_title")
+            except Exception:  # noqa: BLE001 - metrics and audit are best effort
+                _log.exception("on_refused callback failed")
         _log.warning(
             "association from %s@%s refused: allowed calling AE titles are %s, and the called AE title must be %s",
             calling, requestor.address, ", ".join(self.allowed_calling_ae_titles), self.ae_title,
@@ -459,8 +525,28 @@ class ReceiveStage:
 
     def _handle_store(self, event: Any) -> int:
         peer = self._peer(event)
+        started = time.monotonic()
+        receipt: dict[str, str] = {}
+        status = self._store_object(event, peer, receipt)
+        outcome = receipt.get("outcome") or _OUTCOMES.get(status, "refused")
+        try:
+            self.store.record_receipt(peer, receipt.get("study_uid"), receipt.get("sop_instance_uid"), status,
+                                      outcome)
+        except Exception as exc:  # noqa: BLE001 - the audit row is best effort (a full disk must not change the answer)
+            _log.warning("C-STORE from %s@%s: audit receipt not recorded: %s: %s", peer.ae_title, peer.address,
+                         type(exc).__name__, exc, extra={"calling_ae": peer.ae_title})
+        if self.on_answer is not None:
+            try:
+                self.on_answer(peer, status, outcome, receipt.get("study_uid"), time.monotonic() - started)
+            except Exception:  # noqa: BLE001 - metrics and audit are best effort
+                _log.exception("on_answer callback failed")
+        return status
+
+    def _store_object(self, event: Any, peer: Peer, receipt: dict[str, str]) -> int:
+        """Check, spool and record one C-STORE; ``receipt`` gets its UIDs and outcome for the audit trail."""
         who = {"calling_ae": peer.ae_title}
         request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(" \x00")
+        receipt["sop_instance_uid"] = request_sop[:64]
         if (problem := uid_problem(request_sop)) is not None:
             _log.error("C-STORE from %s@%s: the request's Affected SOP Instance UID %r %s; answered 0x%04X "
                        "(cannot understand)", peer.ae_title, peer.address, request_sop[:80], problem,
@@ -507,6 +593,7 @@ class ReceiveStage:
             )
             return STATUS_DOES_NOT_MATCH_SOP_CLASS
         study_uid = identity.study_uid
+        receipt.update(study_uid=study_uid, sop_instance_uid=identity.sop_instance_uid)
         where = {**who, "study_uid": study_uid}
         if request_sop and request_sop != identity.sop_instance_uid:
             _log.warning("study %s from %s: C-STORE names instance %s but the dataset says %s; using the dataset's",
@@ -516,13 +603,22 @@ class ReceiveStage:
         try:
             known = self.store.known_instance(study_uid, identity.sop_instance_uid)
             if known == "own_output":
+                receipt["outcome"] = "own result sent back; not re-processed"
                 _log.info("study %s from %s: %s is one of this node's own results, sent back; not re-processed",
                           study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
                 return STATUS_SUCCESS
             if known == digest:
+                receipt["outcome"] = "identical copy received before; nothing to do"
                 _log.info("study %s from %s: instance %s received again, identical; nothing to do",
                           study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
                 return STATUS_SUCCESS
+            if self.disk.below_floor(len(data)):
+                receipt["outcome"] = "refused: free space below storage.min_free_bytes"
+                _log.error("study %s from %s: instance %s (%d bytes) refused: it would leave less than "
+                           "storage.min_free_bytes (%d) free on %s; answered 0x%04X (out of resources)", study_uid,
+                           peer.ae_title, identity.sop_instance_uid, len(data), self.disk.min_free_bytes,
+                           self.disk.path, STATUS_OUT_OF_RESOURCES, extra=where)
+                return STATUS_OUT_OF_RESOURCES
             write_durably(path, data)
             outcome = self.store.record_instance(
                 InstanceRecord(
@@ -539,6 +635,7 @@ class ReceiveStage:
                 peer,
             )
         except (OSError, sqlite3.Error, StoreError) as exc:
+            receipt["outcome"] = f"refused: cannot be stored ({type(exc).__name__})"
             _log.error(
                 "study %s from %s: instance %s cannot be stored (%s: %s); answered 0x%04X (out of resources)",
                 study_uid, peer.ae_title, identity.sop_instance_uid, type(exc).__name__, exc,
@@ -549,6 +646,9 @@ class ReceiveStage:
                   study_uid, peer.ae_title, peer.address, identity.modality or "?", identity.sop_instance_uid,
                   transfer_syntax, len(data), " - it differs from the copy received before" if outcome == "changed"
                   else "", extra=where)
+        receipt["outcome"] = {"new": "stored", "changed": "stored; it differs from the copy received before",
+                              "duplicate": "identical copy received before; nothing to do",
+                              "own_output": "own result sent back; not re-processed"}[outcome]
         if outcome in ("new", "changed") and self.on_stored is not None:
             try:
                 self.on_stored(study_uid)
