@@ -22,9 +22,11 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["DISK_FULL_ERRNOS", "DiskSpace", "is_disk_full", "unguarded"]
 

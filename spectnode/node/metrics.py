@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
@@ -36,6 +35,8 @@ from prometheus_client.registry import Collector
 from spectnode.store import ITEM_STATES, STATES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from spectnode.node.diskspace import DiskSpace
     from spectnode.peer import Peer
     from spectnode.store import JobStore
@@ -146,7 +147,8 @@ class _StoreCollector(Collector):
         if free is not None:
             yield GaugeMetricFamily("spectnode_disk_free_bytes", "Free bytes on the data directory's file system",
                                     value=free)
-        yield GaugeMetricFamily("spectnode_disk_min_free_bytes", "storage.min_free_bytes", value=metrics.disk.min_free_bytes)
+        yield GaugeMetricFamily("spectnode_disk_min_free_bytes", "storage.min_free_bytes",
+                                value=metrics.disk.min_free_bytes)
         yield GaugeMetricFamily("spectnode_healthy", "1 when /healthz says ok, 0 when degraded",
                                 value=0 if metrics.problems() else 1)
 

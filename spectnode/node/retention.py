@@ -33,15 +33,20 @@ applies it every ``retention.interval_seconds``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from spectnode.node.datadir import DataDir
 from spectnode.store import DISPATCHED, NOT_ASSESSABLE, JobStore, StudyRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from spectnode.node.datadir import DataDir
 
 __all__ = ["PurgePlan", "PurgedStudy", "RetentionPolicy", "folder_bytes", "run_periodically"]
 
@@ -230,10 +235,8 @@ def _remove_tree(folder: Path) -> None:
 
 
 def _remove_empty(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # not empty (a new object arrived), or already gone
         folder.rmdir()
-    except OSError:  # not empty (a new object arrived), or already gone
-        pass
 
 
 def run_periodically(policy: RetentionPolicy, interval_seconds: float, stopping: Callable[[float], bool]) -> None:
