@@ -205,6 +205,7 @@ class Node:
             policy=policy_from_config(node), max_object_bytes=node.max_object_bytes, disk=disk,
             on_answer=self.metrics.answered if self.metrics is not None else None,
             on_refused=self.metrics.refused_association if self.metrics is not None else None,
+            log_patient_data=cfg.logging.patient_data,
         )
         retention = RetentionPolicy(store, self.data_dir, cfg.retention.keep_seconds, cfg.retention.max_bytes)
         self._retention = threading.Thread(

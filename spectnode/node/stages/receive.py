@@ -29,7 +29,9 @@ Failures answer with the status a peer can act on:
   malformed: encoded in another VR encoding than its transfer syntax says,
   or truncated (an element, pixel data included, running past its end), or
   an element that describes the pixel data (Rows, Columns, Bits Allocated
-  ...) has the wrong VR or length, so the image cannot be decoded; and when
+  ...) has the wrong VR or length, so the image cannot be decoded, or any
+  standard top-level element has another VR than the data dictionary's
+  (UN allowed), so its value would be misread; and when
   the request's own Affected SOP Instance UID is empty or invalid (the
   command, not the dataset, is what cannot be understood). The checks are
   explicit and thread-safe; they do not rely on pydicom's warnings.
@@ -67,7 +69,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Final
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import DicomDictionary, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import (
     _read_file_meta_info,
@@ -199,6 +201,8 @@ class _Identity:
     series_uid: str
     sop_class_uid: str
     modality: str
+    patient_name: str
+    patient_id: str
 
 
 def _check_pixel_description(element: Any, implicit: bool) -> None:
@@ -213,6 +217,37 @@ def _check_pixel_description(element: Any, implicit: bool) -> None:
     if element.length != length:
         raise ValueError(f"{keyword} is {element.length} bytes long; a single {vr} value is {length}, so the "
                          "pixel data cannot be decoded")
+
+
+#: Every VR of PS3.5 Table 6.2-1.
+_KNOWN_VRS: Final = frozenset({
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN",
+    "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
+})
+
+
+def _check_vr(element: Any) -> None:
+    """Refuse a top-level element of explicit VR whose VR is unknown, or not its tag's VR in the data dictionary.
+
+    A VR lie makes the value decode as something else (a text as floats, a
+    name as a number), which breaks whoever reads it later; UN is always
+    allowed (PS3.5 6.2.2), and private and unknown tags need only a known VR.
+
+    Raises:
+        ValueError: Saying which element has which VR, and which it must have.
+    """
+    vr = element.VR
+    if vr is None or vr == "UN":
+        return
+    if vr not in _KNOWN_VRS:
+        raise ValueError(f"element {element.tag} has VR {vr!r}, which is not a DICOM VR")
+    tag = element.tag
+    if tag.is_private or int(tag) not in DicomDictionary:
+        return
+    expected = dictionary_VR(tag)
+    allowed = {v.strip() for v in expected.split(" or ")}
+    if vr not in allowed and expected != "NONE":
+        raise ValueError(f"element {tag} has VR {vr}; the data dictionary says {expected}")
 
 
 class ReceiveStage:
@@ -242,6 +277,10 @@ class ReceiveStage:
             the study UID (if read) and the seconds the C-STORE took, for each
             C-STORE (metrics, audit); exceptions in it are logged only.
         on_refused: Called with the reason of each refused association (metrics, audit).
+        log_patient_data: Add the object's PatientName and PatientID to the
+            log record of each stored object (fields ``patient_name`` and
+            ``patient_id``; ``logging.patient_data``, off by default). Without it
+            no log record of the node holds patient names or IDs.
     """
 
     def __init__(
@@ -260,7 +299,9 @@ class ReceiveStage:
         disk: DiskSpace | None = None,
         on_answer: Callable[[Peer, int, str, str | None, float], None] | None = None,
         on_refused: Callable[[Peer, str], None] | None = None,
+        log_patient_data: bool = False,
     ) -> None:
+        self.log_patient_data = log_patient_data
         self.disk = disk if disk is not None else unguarded(data_dir.root)
         self.on_answer = on_answer
         self.on_refused = on_refused
@@ -449,7 +490,9 @@ class ReceiveStage:
           end with its delimiter, and nothing but zero padding may follow the
           last element;
         * the dataset must hold at least one element;
-        * the elements that describe the pixel data have their VR and length.
+        * the elements that describe the pixel data have their VR and length;
+        * in explicit VR, every top-level element has a DICOM VR, its tag's VR
+          in the data dictionary when the tag is a standard one (or UN).
 
         A deflated dataset is inflated up to :attr:`max_object_bytes` only.
 
@@ -493,6 +536,8 @@ class ReceiveStage:
                                      f"ends after {max(available, 0)}")
             if element.tag in _PIXEL_DESCRIPTION_TAGS:
                 _check_pixel_description(element, implicit)
+            elif not implicit:
+                _check_vr(element)
             elements[element.tag] = element
             complete_up_to = body.tell()
         body.seek(complete_up_to)
@@ -521,6 +566,8 @@ class ReceiveStage:
             series_uid=text("SeriesInstanceUID"),
             sop_class_uid=text("SOPClassUID"),
             modality=text("Modality").strip(),
+            patient_name=text("PatientName").strip(),
+            patient_id=text("PatientID").strip(),
         )
 
     def _handle_store(self, event: Any) -> int:
@@ -642,6 +689,8 @@ class ReceiveStage:
                 STATUS_OUT_OF_RESOURCES, extra=where,
             )
             return STATUS_OUT_OF_RESOURCES
+        if self.log_patient_data:
+            where = {**where, "patient_name": identity.patient_name, "patient_id": identity.patient_id}
         _log.info("study %s from %s@%s: stored %s instance %s (%s, %d bytes)%s",
                   study_uid, peer.ae_title, peer.address, identity.modality or "?", identity.sop_instance_uid,
                   transfer_syntax, len(data), " - it differs from the copy received before" if outcome == "changed"
