@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from dicomtools import require_tool
-from nodetools import NodeProcess, free_port, wait_for, write_config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -24,6 +22,9 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomtools import require_tool
+from nodetools import NodeProcess, free_port, wait_for, write_config
 
 STALLED_FROM = "127.0.0.2"
 IDLE_FROM = "127.0.0.3"

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from nodetools import NodeProcess, free_port, wait_for, write_config
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -37,6 +36,8 @@ from pynetdicom import _config as pynetdicom_config
 from spectnode.node.logs import EscapingFormatter, JsonLineFormatter
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import END_STATES, ERROR, JobStore
+
+from nodetools import NodeProcess, free_port, wait_for, write_config
 
 MAX_PEAK_RSS_BYTES = 2 * 1024**3
 # C-STORE failure statuses, from PS3.4 Annex B.2.3 (not from spectnode's own constants).
