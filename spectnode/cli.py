@@ -317,7 +317,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from .node.commands import status
 
     cfg = _node_config(args, check_dirs=False)
-    return EXIT_USAGE if cfg is None else status(cfg, json=args.json)
+    return EXIT_USAGE if cfg is None else status(cfg, json=args.json, study_uid=args.study)
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from .node.commands import purge
+
+    cfg = _node_config(args, check_dirs=False)
+    return EXIT_USAGE if cfg is None else purge(cfg, dry_run=args.dry_run, json=args.json)
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
@@ -463,10 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML configuration (default: built-in defaults)")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("status", help="studies by state, the outbox and dead letters")
+    p = sub.add_parser("status", help="studies by state, the outbox and dead letters; or one study's audit trail")
+    p.add_argument("study", nargs="?", metavar="STUDY_UID",
+                   help="show this study's audit trail: who sent each object, each stage, each delivery")
     p.add_argument("--config", help="YAML configuration (default: built-in defaults)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("purge", help="apply the retention policy now: remove the files of finished studies")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--config", help="YAML configuration (default: built-in defaults)")
+    p.set_defaults(func=_cmd_purge)
 
     p = sub.add_parser("retry", help="send dead-lettered results again / resume studies in error")
     p.add_argument("target", nargs="?", help="outbox item ID or study UID")

@@ -30,11 +30,13 @@ __all__ = [
     "DestinationConfig",
     "DispatchConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "ModelConfig",
     "NodeConfig",
     "NodeTimeoutsConfig",
     "PacsConfig",
     "ReportConfig",
+    "RetentionConfig",
     "StorageConfig",
     "TlsConfig",
     "load_config",
@@ -85,6 +87,9 @@ class NodeConfig:
     max_object_bytes: int = 256 * 1024 * 1024
     timeouts: NodeTimeoutsConfig = field(default_factory=lambda: NodeTimeoutsConfig())
     tls: TlsConfig = field(default_factory=lambda: TlsConfig())
+    #: On SIGTERM, how long associations in flight may go on before they are aborted
+    #: (new ones are refused at once); the systemd unit's TimeoutStopSec leaves room for it.
+    shutdown_grace_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,12 @@ class StorageConfig:
     #: Data directory (spool, job store, results). Relative paths are taken
     #: from the current working directory.
     data_dir: Path = Path("spectnode-data")
+    #: Free-space floor of the data directory's file system, in bytes: below it
+    #: (counting the object being received) new objects are refused with 0xA700,
+    #: and the classify and report stages wait, before the disk is actually full.
+    min_free_bytes: int = 512 * 1024 * 1024
+    #: A stage that could not write (disk full, quota, read-only) tries again after this many seconds.
+    disk_retry_seconds: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -216,6 +227,34 @@ class LoggingConfig:
     format: LogFormat = "text"
     #: Log file; ``null`` logs to standard error (journald under systemd).
     file: Path | None = None
+    #: Allow patient names and IDs in log records (fields ``patient_name``, ``patient_id``); off by default.
+    patient_data: bool = False
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """When the node removes its copies of finished studies (spool, work files, local results)."""
+
+    #: Seconds after a study ended (dispatched, or not assessable) with every
+    #: output acknowledged before its files are removed; ``null``: only the budget removes.
+    keep_seconds: float | None = 30 * 86400.0
+    #: Disk budget of the spool, work and results folders together, in bytes:
+    #: above it the oldest finished studies are removed first, before ``keep_seconds``; ``null``: none.
+    max_bytes: int | None = None
+    #: How often the running node applies the policy.
+    interval_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus ``/metrics`` and ``/healthz`` HTTP endpoint (off by default)."""
+
+    enabled: bool = False
+    #: Address to listen on; loopback by default (scrape through a proxy or bind elsewhere on purpose).
+    bind_address: str = "127.0.0.1"
+    port: int = 9464
+    #: ``/healthz`` says degraded when the oldest undelivered outbox item is older than this.
+    outbox_stuck_seconds: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -270,6 +309,8 @@ class Config:
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     pacs: tuple[PacsConfig, ...] = ()
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: Where this configuration came from, for messages ("<defaults>" if none).
     source: str = field(default="<defaults>", compare=False)
 
@@ -539,6 +580,8 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
     if cfg.dispatch.retry_max_seconds < cfg.dispatch.retry_base_seconds:
         raise ConfigError(source, "dispatch.retry_max_seconds", "must be at least dispatch.retry_base_seconds")
 
+    _check_operations(cfg, source)
+
     _check_pacs(cfg, source)
 
     if cfg.model.bundles is not None:
@@ -607,6 +650,27 @@ def _with_pacs_destinations(cfg: Config) -> Config:
     added = tuple(DestinationConfig(name=p.name, type="dicom", ae_title=p.ae_title, host=p.host, port=p.port)
                   for p in cfg.pacs if p.return_results)
     return dataclasses.replace(cfg, destinations=cfg.destinations + added) if added else cfg
+def _check_operations(cfg: Config, source: str) -> None:
+    """Disk floor, shutdown grace, retention and metrics keys."""
+    if cfg.node.shutdown_grace_seconds < 0:
+        raise ConfigError(source, "node.shutdown_grace_seconds", "must be 0 or more")
+    if cfg.storage.min_free_bytes < 0:
+        raise ConfigError(source, "storage.min_free_bytes", "must be 0 or more")
+    if cfg.storage.disk_retry_seconds <= 0:
+        raise ConfigError(source, "storage.disk_retry_seconds", "must be greater than 0")
+    retention = cfg.retention
+    if retention.keep_seconds is not None and retention.keep_seconds < 0:
+        raise ConfigError(source, "retention.keep_seconds", "must be 0 or more, or null")
+    if retention.max_bytes is not None and retention.max_bytes < 1:
+        raise ConfigError(source, "retention.max_bytes", "must be at least 1, or null")
+    if retention.interval_seconds <= 0:
+        raise ConfigError(source, "retention.interval_seconds", "must be greater than 0")
+    if (problem := _check_port(cfg.metrics.port)) is not None:
+        raise ConfigError(source, "metrics.port", problem)
+    if not cfg.metrics.bind_address.strip():
+        raise ConfigError(source, "metrics.bind_address", "must not be empty")
+    if cfg.metrics.outbox_stuck_seconds <= 0:
+        raise ConfigError(source, "metrics.outbox_stuck_seconds", "must be greater than 0")
 
 
 def resolve_folder(cfg: Config, dest: DestinationConfig) -> Path:

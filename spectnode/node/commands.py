@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from spectnode.config import Config
 
-__all__ = ["serve", "status", "retry", "demo"]
+__all__ = ["serve", "status", "purge", "retry", "demo"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -55,8 +55,10 @@ def serve(cfg: Config) -> int:
     anything listens (exit 2 if it does not verify); a port that cannot be
     bound or a job store (or its outbox table) that cannot be opened exits 1
     with the reason on stderr (and in the log). On SIGTERM/SIGINT the
-    listener stops, each stage finishes its current step, and the exit code
-    is 0; anything unfinished resumes at the next start.
+    listener stops accepting at once, associations in flight may finish
+    within ``node.shutdown_grace_seconds`` (then they are aborted), each stage
+    finishes its current step, and the exit code is 0; anything unfinished
+    resumes at the next start.
     """
     from spectnode import RESEARCH_USE_NOTICE
     from spectnode.node.logs import configure_logging
@@ -86,7 +88,7 @@ def serve(cfg: Config) -> int:
                   node.port, cfg.storage.data_dir, RESEARCH_USE_NOTICE)
         while not stop.wait(1.0):
             pass
-        node.stop()
+        node.stop(grace_seconds=cfg.node.shutdown_grace_seconds)
         _log.info("stopped")
         return EXIT_OK
     finally:
@@ -94,9 +96,13 @@ def serve(cfg: Config) -> int:
             signal.signal(sig, handler)
 
 
-def status(cfg: Config, json: bool = False) -> int:
+def status(cfg: Config, json: bool = False, study_uid: str | None = None) -> int:
     """Print studies by state and the outbox, dead letters with their reasons
-    (``spectnode status [--json]``). Works while the node runs."""
+    (``spectnode status [--json]``), or one study's audit trail (``spectnode status STUDY_UID``:
+    :func:`spectnode.node.status.study_audit`; exit 1 if the store does not know it).
+    Works while the node runs."""
+    if study_uid is not None:
+        return _study_status(cfg, study_uid.strip(), json)
     try:
         report, items = read_status(cfg)
     except StoreError as exc:
@@ -109,6 +115,54 @@ def status(cfg: Config, json: bool = False) -> int:
         print(f"no job store at {report['job_store']}: no node has run with data directory {report['data_dir']}")
         return EXIT_OK
     print(format_status(report, items, cfg))
+    return EXIT_OK
+
+
+def _study_status(cfg: Config, study_uid: str, json: bool) -> int:
+    from spectnode.node.status import format_study_audit, study_audit
+
+    db = DataDir(cfg.storage.data_dir).database
+    if not db.exists():
+        print(f"spectnode status: no job store at {db}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        with JobStore(db) as store:
+            audit = study_audit(store, study_uid)
+    except StoreError as exc:
+        print(f"spectnode status: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if audit is None:
+        print(f"spectnode status: the job store has no study {study_uid}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(jsonlib.dumps(audit, indent=1) if json else format_study_audit(audit))
+    return EXIT_OK
+
+
+def purge(cfg: Config, dry_run: bool = False, json: bool = False) -> int:
+    """Apply the retention policy once (``spectnode purge [--dry-run]``); see :mod:`spectnode.node.retention`."""
+    from spectnode.node.retention import RetentionPolicy
+
+    data_dir = DataDir(cfg.storage.data_dir)
+    if not data_dir.database.exists():
+        print(f"spectnode purge: no job store at {data_dir.database}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        with JobStore(data_dir.database) as store:
+            plan = RetentionPolicy(store, data_dir, cfg.retention.keep_seconds, cfg.retention.max_bytes).run(dry_run)
+    except (StoreError, sqlite3.Error, OSError) as exc:
+        print(f"spectnode purge: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if json:
+        print(jsonlib.dumps({"dry_run": plan.dry_run, "usage_before": plan.usage_before,
+                             "usage_after": plan.usage_after,
+                             "studies": [vars(s) for s in plan.studies]}, indent=1))
+        return EXIT_OK
+    verb = "would remove" if dry_run else "removed"
+    for entry in plan.studies:
+        print(f"{verb} {entry.study_uid}: {entry.bytes} bytes ({entry.why})")
+    print(f"{verb} the files of {len(plan.studies)} finished stud{'y' if len(plan.studies) == 1 else 'ies'}; "
+          f"spool, work and results: {plan.usage_before} bytes before, {plan.usage_after} "
+          f"{'estimated ' if dry_run else ''}after")
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from spectnode.config import Config
 
-__all__ = ["format_outbox_status", "format_status", "read_status", "status_report"]
+__all__ = ["format_outbox_status", "format_status", "format_study_audit", "read_status", "status_report", "study_audit"]
 
 # `status` lists at most this many finished (dispatched) studies, newest first.
 _MAX_FINISHED_SHOWN: Final = 20
@@ -264,4 +264,85 @@ def format_outbox_status(
             lines.append(indent + item.last_error)
     if any(item.state == "dead" for item in shown):
         lines.append("dead items can be sent again with: spectnode retry ID | STUDY_UID | --all")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------ one study's audit trail
+
+
+def study_audit(store: JobStore, study_uid: str) -> dict[str, Any] | None:
+    """The audit trail of one study (``spectnode status STUDY_UID``), or None if the store never saw it.
+
+    Keys: ``study`` (state, generation, reason, result, ``purged_at``), ``received`` (every
+    C-STORE answered for it: time, calling AE title, address and port, called AE title, SOP
+    Instance UID, status and what the node did), ``history`` (each stage's outcome, in order,
+    with its time and the seconds since the previous step), ``outputs`` (the SR and SC made)
+    and ``deliveries`` (each outbox item: destination, state, attempts, when it was queued and
+    delivered, and the destination's acknowledgement or the last error).
+    """
+    study = store.study(study_uid)
+    if study is None:
+        return None
+    events = store.events(study_uid)
+    history = []
+    previous = study.first_received
+    for at, state, message in events:
+        history.append({"at": at, "state": state, "message": message, "seconds": round(at - previous, 3)})
+        previous = at
+    result = study.result
+    return {
+        "study": {"study_uid": study.study_uid, "state": study.state, "generation": study.generation,
+                  "reason": study.reason, "outcome": result.outcome if result else None,
+                  "label": result.label if result else None, "purged_at": study.purged_at},
+        "received": [{"at": r.at, "calling_ae": r.calling_ae, "address": r.peer_address, "port": r.peer_port,
+                      "called_ae": r.called_ae, "sop_instance_uid": r.sop_instance_uid, "status": r.status,
+                      "outcome": r.outcome} for r in store.receipts(study_uid)],
+        "history": history,
+        "outputs": [{"kind": o.kind, "generation": o.generation, "sop_instance_uid": o.sop_instance_uid,
+                     "path": str(o.path), "current": o.is_current}
+                    for o in store.outputs(study_uid, current_only=False)],
+        "deliveries": [{"item": i.id, "generation": i.generation, "destination": i.destination, "kind": i.kind,
+                        "state": i.state, "attempts": i.attempts, "queued_at": i.created_at,
+                        "delivered_at": i.delivered_at, "acknowledgement": i.acknowledgement,
+                        "last_error": i.last_error} for i in store.outbox.list_items(study_uid=study_uid)],
+    }
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) + f".{int(epoch * 1000) % 1000:03d}"
+
+
+def format_study_audit(audit: Mapping[str, Any]) -> str:
+    """The text of ``spectnode status STUDY_UID``; every value from the network is escaped onto one line."""
+    from spectnode.node.logs import escape_control_characters as esc
+
+    study = audit["study"]
+    lines = [f"study {esc(study['study_uid'])}: {study['state']} (generation {study['generation']})"
+             + (f", {study['label']}" if study["label"] else "")
+             + (f"; {esc(study['reason'])}" if study["reason"] else "")]
+    if study["purged_at"] is not None:
+        lines.append(f"files removed by the retention policy at {_when(study['purged_at'])}")
+    lines.append("received:")
+    for r in audit["received"]:
+        lines.append(f"  {_when(r['at'])}  from {esc(r['calling_ae'] or '?')}@{r['address']}:{r['port']} "
+                     f"(to {esc(r['called_ae'] or '?')})  {esc(r['sop_instance_uid'] or '?')}  "
+                     f"status 0x{r['status']:04X}: {esc(r['outcome'])}")
+    lines.append("stages:")
+    for h in audit["history"]:
+        lines.append(f"  {_when(h['at'])}  +{h['seconds']:.3f} s  {h['state']}: {esc(h['message'])}")
+    if audit["outputs"]:
+        lines.append("outputs:")
+        for o in audit["outputs"]:
+            lines.append(f"  {o['kind']} {o['sop_instance_uid']} (generation {o['generation']}"
+                         f"{', current' if o['current'] else ''}) {o['path']}")
+    lines.append("deliveries:")
+    for d in audit["deliveries"]:
+        answer = d["acknowledgement"] if d["state"] == "delivered" else (d["last_error"] or "")
+        lines.append(f"  item {d['item']}: {d['kind']} to {d['destination']}: {d['state']} after "
+                     f"{d['attempts']} failed attempt(s); queued {_when(d['queued_at'])}, delivered "
+                     f"{_when(d['delivered_at'])}" + (f"; {esc(answer)}" if answer else ""))
+    if not audit["deliveries"]:
+        lines.append("  none")
     return "\n".join(lines)

@@ -20,7 +20,14 @@ unfinished study where it stopped when it starts again:
 
 An exception in a stage's work on a study puts the study in ``error`` with
 the message (``spectnode status`` shows it, ``spectnode retry`` resumes it);
-it is never dropped.
+it is never dropped. A write that fails for want of disk space is not such an
+exception: the stage waits and tries again by itself
+(:mod:`spectnode.node.diskspace`).
+
+Besides the stages, the node runs the retention policy every
+``retention.interval_seconds`` (:mod:`spectnode.node.retention`) and, when
+``metrics.enabled``, the ``/metrics`` and ``/healthz`` endpoint
+(:mod:`spectnode.node.metrics`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from typing import TYPE_CHECKING, Final
 
 from spectnode.net.server import policy_from_config
 from spectnode.node.datadir import DataDir
+from spectnode.node.diskspace import DiskSpace, is_disk_full
 from spectnode.node.model import ClassifierLoader, NodeModels
+from spectnode.node.retention import RetentionPolicy, run_periodically
 from spectnode.node.stages.assemble import AssembleStage
 from spectnode.node.stages.classify import ClassifyStage
 from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy
@@ -45,6 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from spectnode.config import Config
+    from spectnode.node.metrics import MetricsServer, NodeMetrics
     from spectnode.node.stages import Stage
 
 __all__ = ["POLL_SECONDS", "Node", "StageThread"]
@@ -64,27 +74,42 @@ class StageThread(threading.Thread):
         stopping: Set to end the loop (after the current step).
         wake_next: Called after a step that did work (wakes the next stage).
         prepare: Called once in the thread before the first step.
+        disk: Told of a step that raised for want of disk space (logged once, not as a traceback).
+        observe: Called with the stage's name and the seconds of each step that did work (metrics).
     """
 
     def __init__(self, stage: Stage, stopping: threading.Event, wake_next: Callable[[], None] | None = None,
-                 prepare: Callable[[], None] | None = None) -> None:
+                 prepare: Callable[[], None] | None = None, disk: DiskSpace | None = None,
+                 observe: Callable[[str, float], None] | None = None) -> None:
         super().__init__(name=stage.name, daemon=True)
         self.stage = stage
         self.stopping = stopping
         self.wake = threading.Event()
         self._wake_next = wake_next
         self._prepare = prepare
+        self._disk = disk
+        self._observe = observe
+        #: True while the last step raised (``/healthz`` reports the stage as failing).
+        self.failing = False
 
     def run(self) -> None:
         if self._prepare is not None:
             self._prepare()
         while not self.stopping.is_set():
             self.wake.clear()
+            started = time.monotonic()
             try:
                 busy = self.stage.step()
-            except Exception:  # noqa: BLE001 - a stage loop must survive anything and try again
-                _log.exception("%s stage: unexpected error; retrying in %g s", self.name, POLL_SECONDS)
+                self.failing = False
+            except Exception as exc:  # noqa: BLE001 - a stage loop must survive anything and try again
+                if self._disk is not None and is_disk_full(exc):
+                    self._disk.write_failed(self.name, exc)
+                else:
+                    _log.exception("%s stage: unexpected error; retrying in %g s", self.name, POLL_SECONDS)
+                    self.failing = True
                 busy = False
+            if busy and self._observe is not None:
+                self._observe(self.name, time.monotonic() - started)
             if busy and self._wake_next is not None:
                 self._wake_next()
             if not busy:
@@ -126,6 +151,10 @@ class Node:
         self._stages: list[StageThread] = []
         self.store: JobStore | None = None
         self.receive: ReceiveStage | None = None
+        self.disk = DiskSpace(self.data_dir.root, cfg.storage.min_free_bytes, cfg.storage.disk_retry_seconds)
+        self.metrics: NodeMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        self._retention: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -155,25 +184,48 @@ class Node:
                       f"; {resumed} outbox item(s) interrupted while sending" if resumed else "")
         policy = RetryPolicy(max_attempts=cfg.dispatch.max_attempts, base_delay_s=cfg.dispatch.retry_base_seconds,
                              max_delay_s=cfg.dispatch.retry_max_seconds)
-        dispatch = StageThread(DispatchStage(store, self.data_dir, destinations, cfg.node.ae_title, policy=policy),
-                               self._stopping)
-        report = StageThread(ReportStage(store, self.data_dir, self.models.algorithms, cfg.destinations),
-                             self._stopping, wake_next=dispatch.wake.set)
+        disk = self.disk
+        observe = None
+        if cfg.metrics.enabled:
+            from spectnode.node.metrics import NodeMetrics
+
+            self.metrics = NodeMetrics(store, disk, cfg.metrics.outbox_stuck_seconds,
+                                       lambda: [t.name for t in self._stages if t.failing], store.clock)
+            observe = self.metrics.observe_stage
+        dispatch = StageThread(DispatchStage(store, self.data_dir, destinations, cfg.node.ae_title, policy=policy,
+                                             disk=disk),
+                               self._stopping, disk=disk, observe=observe)
+        report = StageThread(ReportStage(store, self.data_dir, self.models.algorithms, cfg.destinations, disk=disk),
+                             self._stopping, wake_next=dispatch.wake.set, disk=disk, observe=observe)
         classify = StageThread(ClassifyStage(store, self.data_dir, self.models.classifiers,
-                                             cfg.report.not_assessable_sr),
-                               self._stopping, wake_next=report.wake.set, prepare=self.models.preload)
-        assemble = StageThread(AssembleStage(store, self.data_dir, cfg.completion.timeout_seconds),
-                               self._stopping, wake_next=classify.wake.set)
+                                             cfg.report.not_assessable_sr, disk=disk),
+                               self._stopping, wake_next=report.wake.set, prepare=self.models.preload, disk=disk,
+                               observe=observe)
+        assemble = StageThread(AssembleStage(store, self.data_dir, cfg.completion.timeout_seconds, disk=disk),
+                               self._stopping, wake_next=classify.wake.set, disk=disk, observe=observe)
         self._stages = [assemble, classify, report, dispatch]
         node = cfg.node
         self.receive = ReceiveStage(
             store, self.data_dir, ae_title=node.ae_title, bind_address=node.bind_address,
             port=self._port, allowed_calling_ae_titles=node.allowed_calling_ae_titles,
             on_stored=lambda _study: assemble.wake.set(),
-            policy=policy_from_config(node), max_object_bytes=node.max_object_bytes,
+            policy=policy_from_config(node), max_object_bytes=node.max_object_bytes, disk=disk,
+            on_answer=self.metrics.answered if self.metrics is not None else None,
+            on_refused=self.metrics.refused_association if self.metrics is not None else None,
+            log_patient_data=cfg.logging.patient_data,
         )
+        retention = RetentionPolicy(store, self.data_dir, cfg.retention.keep_seconds, cfg.retention.max_bytes)
+        self._retention = threading.Thread(
+            target=run_periodically, name="retention", daemon=True,
+            args=(retention, cfg.retention.interval_seconds, self._stopping.wait))
         for thread in self._stages:
             thread.start()
+        self._retention.start()
+        if self.metrics is not None:
+            from spectnode.node.metrics import MetricsServer
+
+            self.metrics_server = MetricsServer(self.metrics, cfg.metrics.bind_address, cfg.metrics.port)
+            self.metrics_server.start()
         if self._listen:
             self.receive.start()
         else:
@@ -184,19 +236,23 @@ class Node:
         """The port the SCP listens on."""
         return self.receive.port if self.receive is not None else self._port
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop listening, let each stage finish its current step, close the store."""
+    def stop(self, timeout: float = 30.0, grace_seconds: float = 0.0) -> None:
+        """Stop listening (associations in flight may finish within ``grace_seconds``), let each stage
+        finish its current step, close the store."""
         if self.receive is not None:
-            self.receive.stop()
+            self.receive.stop(grace_seconds)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self._stopping.set()
         for thread in self._stages:
             thread.wake.set()
         deadline = time.monotonic() + timeout
         busy = []
-        for thread in self._stages:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                busy.append(thread.name)
+        threads: list[threading.Thread] = [*self._stages, *([self._retention] if self._retention else [])]
+        for running in threads:
+            running.join(max(0.0, deadline - time.monotonic()))
+            if running.is_alive():
+                busy.append(running.name)
         if busy:
             # Their threads still use the store's connections: closing those
             # under them would fail their step half-way. They are daemon

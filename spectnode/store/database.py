@@ -165,13 +165,41 @@ def _create_outbox_table(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS outbox_items_study ON outbox_items (study_uid, generation)")
 
 
+def _add_audit_and_retention(db: sqlite3.Connection) -> None:
+    # Every C-STORE answered (accepted or refused), for the audit trail: who sent what, when, and the answer.
+    db.execute("""CREATE TABLE IF NOT EXISTS receipts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        calling_ae TEXT,
+        peer_address TEXT,
+        peer_port INTEGER,
+        called_ae TEXT,
+        study_uid TEXT,
+        sop_instance_uid TEXT,
+        status INTEGER NOT NULL,
+        outcome TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX IF NOT EXISTS receipts_by_study ON receipts(study_uid)")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(outbox_items)")}
+    if "acknowledgement" not in columns:
+        # What the destination answered when it took the item (C-STORE status, folder written).
+        db.execute("ALTER TABLE outbox_items ADD COLUMN acknowledgement TEXT")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
+    if "purged_at" not in columns:
+        # When the retention policy removed the study's files (its rows stay, for the audit trail).
+        db.execute("ALTER TABLE studies ADD COLUMN purged_at REAL")
+
+
 #: The schema, step by step. Version 1 is the job tables of spectnode 0.1.0,
 #: which kept the outbox as a table of its own, created (and upgraded) by the
 #: outbox itself; version 2 makes the outbox part of the schema, taking over
-#: such a table as it is, or one of the first releases with its rows upgraded.
+#: such a table as it is, or one of the first releases with its rows upgraded;
+#: version 3 adds the audit trail (receipts, acknowledgements) and the retention mark.
 MIGRATIONS: Final = (
     Migration(1, "job tables: studies, instances, outputs, events", _create_job_tables),
     Migration(2, "outbox_items: the durable outbox, part of the job store", _create_outbox_table),
+    Migration(3, "receipts, outbox acknowledgements, studies.purged_at: audit trail and retention",
+              _add_audit_and_retention),
 )
 #: The schema version this spectnode reads and writes.
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version

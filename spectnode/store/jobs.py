@@ -67,6 +67,7 @@ __all__ = [
     "StoredOutcome",
     "JobStore",
     "StudyTransaction",
+    "Receipt",
 ]
 
 RECEIVED: Final = "received"
@@ -132,6 +133,8 @@ class StudyRecord:
     #: The classify stage's result, if any.
     result: StudyResult | None
     updated_at: float
+    #: When the retention policy removed the study's files (None: they are kept).
+    purged_at: float | None = None
 
     @property
     def peer(self) -> Peer | None:
@@ -158,6 +161,25 @@ class OutputRecord:
     created_at: float
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """One C-STORE the node answered, accepted or refused: who sent what, when, and the answer."""
+
+    at: float
+    calling_ae: str | None
+    peer_address: str | None
+    peer_port: int | None
+    called_ae: str | None
+    #: The dataset's StudyInstanceUID, when the node could read it.
+    study_uid: str | None
+    #: The dataset's SOP Instance UID (or the request's, if the dataset could not be read).
+    sop_instance_uid: str | None
+    #: The C-STORE status answered.
+    status: int
+    #: What the node did with the object, in words (no patient data).
+    outcome: str
+
+
 def _can_hold_view(record: InstanceRecord) -> bool:
     return record.modality.strip().upper() == "NM"
 
@@ -182,6 +204,7 @@ def _study(row: sqlite3.Row) -> StudyRecord:
         completed_by=row["completed_by"],
         result=StudyResult.from_json(json.loads(row["result"])) if row["result"] else None,
         updated_at=float(row["updated_at"]),
+        purged_at=row["purged_at"],
     )
 
 
@@ -342,7 +365,7 @@ class JobStore:
             db.execute(
                 "UPDATE studies SET calling_ae = ?, peer_address = ?, peer_port = ?, called_ae = ?, "
                 "instance_count = (SELECT COUNT(*) FROM instances WHERE study_uid = ?), "
-                "last_received = ?, content_version = content_version + 1, updated_at = ? "
+                "last_received = ?, content_version = content_version + 1, updated_at = ?, purged_at = NULL "
                 "WHERE study_uid = ?",
                 (peer.ae_title, peer.address, peer.port, peer.called_ae_title, record.study_uid, now, now,
                  record.study_uid),
@@ -362,6 +385,25 @@ class JobStore:
                             f"{record.modality or 'an'} object {record.sop_instance_uid} recorded; not re-opened "
                             "(only NM objects can hold a view)", now)
             return outcome
+
+    def record_receipt(self, peer: Peer, study_uid: str | None, sop_instance_uid: str | None, status: int,
+                       outcome: str, now: float | None = None) -> None:
+        """Add one answered C-STORE to the audit trail (:meth:`receipts`)."""
+        now = self.clock() if now is None else now
+        with self.db.write() as db:
+            db.execute(
+                "INSERT INTO receipts (at, calling_ae, peer_address, peer_port, called_ae, study_uid, "
+                "sop_instance_uid, status, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (now, peer.ae_title, peer.address, peer.port, peer.called_ae_title, study_uid or None,
+                 sop_instance_uid or None, status, outcome),
+            )
+
+    def receipts(self, study_uid: str | None = None) -> list[Receipt]:
+        """The answered C-STOREs of a study (all if None), oldest first."""
+        sql = "SELECT * FROM receipts" + (" WHERE study_uid = ?" if study_uid is not None else "") + " ORDER BY id"
+        rows = self.db.read(sql, () if study_uid is None else (study_uid,))
+        return [Receipt(float(r["at"]), r["calling_ae"], r["peer_address"], r["peer_port"], r["called_ae"],
+                        r["study_uid"], r["sop_instance_uid"], int(r["status"]), r["outcome"]) for r in rows]
 
     # ------------------------------------------------------------------- queries
 

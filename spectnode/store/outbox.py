@@ -75,6 +75,8 @@ class OutboxItem:
         created_at: Epoch seconds of :meth:`Outbox.enqueue`.
         updated_at: Epoch seconds of the last state change.
         delivered_at: Epoch seconds of delivery, or None.
+        acknowledgement: What the destination answered when it took the item
+            (e.g. its C-STORE status), or None.
     """
 
     id: int
@@ -91,6 +93,7 @@ class OutboxItem:
     created_at: float
     updated_at: float
     delivered_at: float | None
+    acknowledgement: str | None = None
 
     @property
     def retrying(self) -> bool:
@@ -122,6 +125,7 @@ def _item_from_row(row: sqlite3.Row) -> OutboxItem:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         delivered_at=row["delivered_at"],
+        acknowledgement=row["acknowledgement"],
     )
 
 
@@ -389,13 +393,13 @@ class Outbox:
             (now, now, item_id, now, now - claim_timeout_s),
         ) == 1
 
-    def delivered(self, item_id: int, now: float | None = None) -> None:
-        """Record that the destination acknowledged the item."""
+    def delivered(self, item_id: int, now: float | None = None, acknowledgement: str | None = None) -> None:
+        """Record that the destination acknowledged the item (``acknowledgement``: what it answered)."""
         now = self._now(now)
         self._write(
-            "UPDATE outbox_items SET state = 'delivered', delivered_at = ?, updated_at = ?, claimed_at = NULL"
-            " WHERE id = ?",
-            (now, now, item_id),
+            "UPDATE outbox_items SET state = 'delivered', delivered_at = ?, updated_at = ?, claimed_at = NULL,"
+            " acknowledgement = ? WHERE id = ?",
+            (now, now, acknowledgement, item_id),
         )
 
     def failed(self, item_id: int, attempts: int, next_attempt_at: float, reason: str,

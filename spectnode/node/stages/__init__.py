@@ -22,6 +22,8 @@ from __future__ import annotations
 import traceback
 from typing import TYPE_CHECKING, Protocol
 
+from spectnode.node.diskspace import DiskSpace, is_disk_full
+
 if TYPE_CHECKING:
     import logging
 
@@ -47,9 +49,21 @@ def study_log_extra(study: StudyRecord) -> dict[str, str | None]:
 
 
 def record_failure(store: JobStore, log: logging.Logger, study: StudyRecord, stage: str,
-                   exc: BaseException) -> None:
-    """Put a study whose stage raised into the visible ``error`` state, with the message and a logged traceback."""
+                   exc: BaseException, disk: DiskSpace) -> bool:
+    """Put a study whose stage raised into the visible ``error`` state, with the message and a logged traceback.
+
+    A write that failed for want of space (:func:`~spectnode.node.diskspace.is_disk_full`)
+    is not a failure of the study: it stays where it is, and ``disk`` makes the
+    stage wait and try again by itself.
+
+    Returns:
+        True if the study went to ``error``; False if the stage waits for disk space.
+    """
+    if is_disk_full(exc):
+        disk.write_failed(stage, exc, study.study_uid)
+        return False
     message = f"{stage} failed: {type(exc).__name__}: {exc}"
     log.error("study %s from %s: %s\n%s", study.study_uid, study.calling_ae, message,
               "".join(traceback.format_exception(exc)).rstrip(), extra=study_log_extra(study))
     store.fail(study.study_uid, study.generation, study.state, message)
+    return True

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 # The header-level part of the view rules; the same function read_study_views uses.
 from spectnode.imaging.views import ANTERIOR, POSTERIOR, object_view_candidates
+from spectnode.node.datadir import DataDir
+from spectnode.node.diskspace import DiskSpace, is_disk_full, unguarded
 from spectnode.node.stages import study_log_extra
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.store import COMPLETE, RECEIVED, JobStore, StudyRecord
@@ -125,20 +127,28 @@ class AssembleStage:
         timeout_seconds: Idle time after which an incomplete study is
             completed anyway (``completion.timeout_seconds``).
         clock: Current time in epoch seconds (tests may pass another).
+        disk: The data directory's free space: a job-store write that fails
+            for want of space makes the stage wait and try again (default: no floor).
     """
 
     name = "assemble"
 
     def __init__(self, store: JobStore, data_dir: DataDir, timeout_seconds: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, disk: DiskSpace | None = None) -> None:
         self.store = store
         self.data_dir = data_dir
         self.timeout_seconds = float(timeout_seconds)
         self.clock = clock
+        self.disk = disk if disk is not None else unguarded(data_dir.root)
 
     def step(self) -> bool:
         """Check every ``received`` study once; True if any became complete."""
-        return self.run_once() > 0
+        if self.disk.should_wait(self.name) and not self.disk.below_floor():
+            return False  # a job-store write failed for want of space a moment ago
+        moved = self.run_once()
+        if moved:
+            self.disk.write_succeeded(self.name)
+        return moved > 0
 
     def check_study(self, study: StudyRecord) -> bool:
         """Look at one ``received`` study; complete it if both views are there
@@ -185,7 +195,10 @@ class AssembleStage:
         for study in self.store.studies([RECEIVED]):
             try:
                 moved += self.check_study(study)
-            except Exception:  # noqa: BLE001 - one bad study must not stop assembling the others
+            except Exception as exc:  # noqa: BLE001 - one bad study must not stop assembling the others
+                if is_disk_full(exc):  # not the study's fault: look again once there is space
+                    self.disk.write_failed(self.name, exc, study.study_uid)
+                    return moved
                 _log.exception("study %s: completion check failed", study.study_uid, extra=study_log_extra(study))
                 self.store.mark_checked(study.study_uid, study.content_version)
                 if self.clock() - study.last_received >= self.timeout_seconds:

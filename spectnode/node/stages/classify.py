@@ -25,6 +25,8 @@ import numpy as np
 
 from spectnode.fsutil import write_durably
 from spectnode.imaging.views import WRONG_MODALITY, NotAssessable, StudyViews, read_study_views
+from spectnode.node.datadir import DataDir
+from spectnode.node.diskspace import DiskSpace, unguarded
 from spectnode.node.stages import record_failure, study_log_extra
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.result import ViewSource
@@ -84,19 +86,24 @@ class ClassifyStage:
         classifiers: Returns the loaded models (they load on first use; see
             :class:`spectnode.node.model.NodeModels`).
         not_assessable_sr: ``report.not_assessable_sr``.
+        disk: The data directory's free space; below its floor, or after a
+            write failed for want of space, the stage waits (default: no floor).
     """
 
     name = "classify"
 
     def __init__(self, store: JobStore, data_dir: DataDir, classifiers: Callable[[], Classifiers],
-                 not_assessable_sr: bool) -> None:
+                 not_assessable_sr: bool, disk: DiskSpace | None = None) -> None:
         self.store = store
         self.data_dir = data_dir
         self.classifiers = classifiers
         self.not_assessable_sr = not_assessable_sr
+        self.disk = disk if disk is not None else unguarded(data_dir.root)
 
     def step(self) -> bool:
-        """Classify the oldest ``complete`` study; True if there was one."""
+        """Classify the oldest ``complete`` study; True if there was one (False while waiting for disk space)."""
+        if self.disk.should_wait(self.name):
+            return False
         studies = self.store.studies([COMPLETE])
         if not studies:
             return False
@@ -104,7 +111,8 @@ class ClassifyStage:
         try:
             self.classify(study)
         except Exception as exc:  # noqa: BLE001 - recorded as the study's visible error
-            record_failure(self.store, _log, study, "classify", exc)
+            return record_failure(self.store, _log, study, self.name, exc, self.disk)
+        self.disk.write_succeeded(self.name)
         return True
 
     def _read_views(self, study_uid: str) -> StudyViews | NotAssessable:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from spectnode.dispatch.senders import DispatchError, send_files
+from spectnode.node.datadir import DataDir
+from spectnode.node.diskspace import DiskSpace, is_disk_full, unguarded
 from spectnode.node.stages import study_log_extra
 from spectnode.store import DEFAULT_CLAIM_TIMEOUT_S, DISPATCHED, REPORTED, JobStore, OutboxItem
 
@@ -87,6 +89,22 @@ class RetryPolicy:
         return float(min(self.base_delay_s * 2 ** max(attempts - 1, 0), self.max_delay_s))
 
 
+def _acknowledgement(dest: DestinationConfig, item: OutboxItem) -> str:
+    """What the destination answered for a delivered item, for the audit trail.
+
+    :func:`~spectnode.dispatch.send_files` returns only when every file was
+    taken: each C-STORE answered Success (or a Warning), or each copy written and fsynced.
+    """
+    count = f"{len(item.files)} file(s)"
+    if dest.type == "folder":
+        return f"{count} written and fsynced to {dest.path}"
+    if dest.type == "sender" and item.sender is not None:
+        peer = f"{dest.ae_title or item.sender.ae_title}@{item.sender.address}:{dest.port}"
+    else:
+        peer = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    return f"{count} acknowledged by {peer} with C-STORE status Success or Warning"
+
+
 class DispatchStage:
     """Delivers due outbox items and marks fully delivered studies ``dispatched``.
 
@@ -99,6 +117,8 @@ class DispatchStage:
         policy: Retries and backoff.
         send: Delivers one item's files (default :func:`spectnode.dispatch.send_files`).
         timeout: Network timeout passed to ``send``.
+        disk: The data directory's free space: a folder delivery that fails for
+            want of space is tried again without counting as an attempt.
 
     The stage's clock is the job store's (``store.clock``).
     """
@@ -115,7 +135,9 @@ class DispatchStage:
         policy: RetryPolicy | None = None,
         send: SendFunction = send_files,
         timeout: float = 30.0,
+        disk: DiskSpace | None = None,
     ) -> None:
+        self.disk = disk if disk is not None else unguarded(data_dir.root)
         self.store = store
         self.outbox = store.outbox
         self.data_dir = data_dir
@@ -193,6 +215,11 @@ class DispatchStage:
             self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
                       timeout=self.timeout)
         except DispatchError as exc:
+            if is_disk_full(exc):  # a full disk is no fault of the item: not an attempt towards a dead letter
+                self.disk.write_failed(self.name, exc, item.study_uid)
+                self.outbox.failed(item.id, item.attempts, self.clock() + self.disk.retry_seconds,
+                                   f"waiting for disk space: {exc.reason}", now=self.clock())
+                return
             self._record_failure(item, exc.reason, exc.retryable)
             if exc.peer_unreachable:
                 unreachable[item.destination] = exc.reason
@@ -204,9 +231,10 @@ class DispatchStage:
             _log.exception("outbox item %d: unexpected error while sending", item.id)
             self._record_failure(item, f"unexpected error: {type(exc).__name__}: {exc}", retryable=True)
         else:
-            _log.info("outbox item %d delivered: %s of %s to %s", item.id, item.kind, item.study_uid,
-                      item.destination)
-            self.outbox.delivered(item.id, now=self.clock())
+            acknowledgement = _acknowledgement(dest, item)
+            _log.info("outbox item %d delivered: %s of %s to %s (%s)", item.id, item.kind, item.study_uid,
+                      item.destination, acknowledgement)
+            self.outbox.delivered(item.id, now=self.clock(), acknowledgement=acknowledgement)
             self._unreachable_until.pop(item.destination, None)
 
     def deliver_due(self) -> list[OutboxItem]:

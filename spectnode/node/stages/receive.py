@@ -30,7 +30,9 @@ Failures answer with the status a peer can act on:
   malformed: encoded in another VR encoding than its transfer syntax says,
   or truncated (an element, pixel data included, running past its end), or
   an element that describes the pixel data (Rows, Columns, Bits Allocated
-  ...) has the wrong VR or length, so the image cannot be decoded; and when
+  ...) has the wrong VR or length, so the image cannot be decoded, or any
+  standard top-level element has another VR than the data dictionary's
+  (UN allowed), so its value would be misread; and when
   the request's own Affected SOP Instance UID is empty or invalid (the
   command, not the dataset, is what cannot be understood). The checks are
   explicit and thread-safe; they do not rely on pydicom's warnings.
@@ -62,10 +64,13 @@ import os
 import re
 import sqlite3
 import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Final
 
+from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import (
     _read_file_meta_info,
@@ -98,6 +103,8 @@ from pynetdicom.sop_class import Verification, register_uid  # type: ignore[attr
 from spectnode.fsutil import write_durably
 from spectnode.net.inflate import InflatedTooLarge, inflate_bounded
 from spectnode.net.server import ConnectionPolicy, start_guarded_server
+from spectnode.node.datadir import DataDir
+from spectnode.node.diskspace import DiskSpace, unguarded
 from spectnode.peer import Peer
 from spectnode.store import InstanceRecord, JobStore, StoreError
 
@@ -173,6 +180,14 @@ _PIXEL_DESCRIPTION: Final = {
 _PIXEL_DESCRIPTION_TAGS: Final = {Tag(k): (k, v) for k, v in _PIXEL_DESCRIPTION.items()}
 
 
+#: The audit trail's outcome of a refusal, by the status answered (when no more precise one is known).
+_OUTCOMES: Final = {
+    STATUS_OUT_OF_RESOURCES: "refused: out of resources",
+    STATUS_DOES_NOT_MATCH_SOP_CLASS: "refused: a required UID is missing or invalid",
+    STATUS_CANNOT_UNDERSTAND: "refused: cannot be parsed",
+}
+
+
 def uid_problem(value: str) -> str | None:
     """Why ``value`` is not a valid UID (PS3.5 9.1), or None if it is.
 
@@ -198,6 +213,8 @@ class _Identity:
     series_uid: str
     sop_class_uid: str
     modality: str
+    patient_name: str
+    patient_id: str
 
 
 def _check_pixel_description(element: Any, implicit: bool) -> None:
@@ -212,6 +229,37 @@ def _check_pixel_description(element: Any, implicit: bool) -> None:
     if element.length != length:
         raise ValueError(f"{keyword} is {element.length} bytes long; a single {vr} value is {length}, so the "
                          "pixel data cannot be decoded")
+
+
+#: Every VR of PS3.5 Table 6.2-1.
+_KNOWN_VRS: Final = frozenset({
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN",
+    "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
+})
+
+
+def _check_vr(element: Any) -> None:
+    """Refuse a top-level element of explicit VR whose VR is unknown, or not its tag's VR in the data dictionary.
+
+    A VR lie makes the value decode as something else (a text as floats, a
+    name as a number), which breaks whoever reads it later; UN is always
+    allowed (PS3.5 6.2.2), and private and unknown tags need only a known VR.
+
+    Raises:
+        ValueError: Saying which element has which VR, and which it must have.
+    """
+    vr = element.VR
+    if vr is None or vr == "UN":
+        return
+    if vr not in _KNOWN_VRS:
+        raise ValueError(f"element {element.tag} has VR {vr!r}, which is not a DICOM VR")
+    tag = element.tag
+    if tag.is_private or int(tag) not in DicomDictionary:
+        return
+    expected = dictionary_VR(tag)
+    allowed = {v.strip() for v in expected.split(" or ")}
+    if vr not in allowed and expected != "NONE":
+        raise ValueError(f"element {tag} has VR {vr}; the data dictionary says {expected}")
 
 
 class ReceiveStage:
@@ -235,6 +283,16 @@ class ReceiveStage:
             are the configuration's).
         max_object_bytes: Largest object accepted (a deflated one after
             inflating); larger ones are answered 0xA700.
+        disk: The data directory's free space: an object that would leave
+            less than its floor free is answered 0xA700 (default: no floor).
+        on_answer: Called with the peer, the status answered, a short outcome,
+            the study UID (if read) and the seconds the C-STORE took, for each
+            C-STORE (metrics, audit); exceptions in it are logged only.
+        on_refused: Called with the reason of each refused association (metrics, audit).
+        log_patient_data: Add the object's PatientName and PatientID to the
+            log record of each stored object (fields ``patient_name`` and
+            ``patient_id``; ``logging.patient_data``, off by default). Without it
+            no log record of the node holds patient names or IDs.
     """
 
     def __init__(
@@ -250,7 +308,15 @@ class ReceiveStage:
         transfer_syntaxes: Sequence[str] = ACCEPTED_TRANSFER_SYNTAXES,
         policy: ConnectionPolicy | None = None,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        disk: DiskSpace | None = None,
+        on_answer: Callable[[Peer, int, str, str | None, float], None] | None = None,
+        on_refused: Callable[[Peer, str], None] | None = None,
+        log_patient_data: bool = False,
     ) -> None:
+        self.log_patient_data = log_patient_data
+        self.disk = disk if disk is not None else unguarded(data_dir.root)
+        self.on_answer = on_answer
+        self.on_refused = on_refused
         self.store = store
         self.data_dir = data_dir
         self.ae_title = ae_title
@@ -302,6 +368,7 @@ class ReceiveStage:
         with self._lock:
             self._server = start_guarded_server(ae, (self.bind_address, self._requested_port), self.policy,
                                                 handlers)
+            self._count_connection_refusals(self._server)
         policy = self.policy
         _log.info(
             "listening as %s on %s:%d (calling AE titles allowed: %s; addresses allowed: %s; TLS %s; at most %d "
@@ -310,6 +377,25 @@ class ReceiveStage:
             policy.allowed_addresses, policy.tls_mode, policy.max_associations, policy.max_associations_per_peer,
         )
 
+    def _count_connection_refusals(self, server: Any) -> None:
+        """Pass every connection the guard refuses (address, limits, TLS, stalled, oversized PDU) to
+        ``on_refused``, with the reason's kind; the guard's own log lines stay throttled."""
+        refusals = getattr(server, "refusals", None)
+        if self.on_refused is None or refusals is None:
+            return
+        log_refusal = refusals.warning
+        on_refused = self.on_refused
+
+        def counted(key: str, message: str, *args: object) -> None:
+            reason, _, address = key.partition(":")
+            try:
+                on_refused(Peer("", address, 0), reason)
+            except Exception:  # noqa: BLE001 - metrics and audit are best effort
+                _log.exception("on_refused callback failed")
+            log_refusal(key, message, *args)
+
+        refusals.warning = counted
+
     @property
     def port(self) -> int:
         """The bound TCP port (the real one when constructed with port 0)."""
@@ -317,15 +403,33 @@ class ReceiveStage:
             return self._requested_port
         return int(self._server.server_address[1])
 
-    def stop(self) -> None:
-        """Stop listening and end open associations."""
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop listening at once; let open associations finish for up to ``grace_seconds``, then abort them.
+
+        New connections are refused from the first moment (the listening
+        socket is closed); an association in flight can still send its objects
+        and release normally within the grace period.
+        """
         with self._lock:
             server, self._server = self._server, None
-        if server is not None:
-            for assoc in server.active_associations:
-                assoc.abort()
-            server.shutdown()
-            _log.info("listener on port %d stopped", server.server_address[1])
+        if server is None:
+            return
+        port = server.server_address[1]
+        server.shutdown()  # stops accepting and closes the listening socket
+        deadline = time.monotonic() + max(0.0, grace_seconds)
+        active = server.active_associations
+        if active and grace_seconds > 0:
+            _log.info("listener on port %d closed; waiting up to %g s for %d association(s) in flight", port,
+                      grace_seconds, len(active))
+        while active and time.monotonic() < deadline:
+            time.sleep(0.1)
+            active = server.active_associations
+        for assoc in active:
+            assoc.abort()
+        if active:
+            _log.warning("%d association(s) still open after the %g s grace period were aborted", len(active),
+                         grace_seconds)
+        _log.info("listener on port %d stopped", port)
 
     # ------------------------------------------------------------------ handlers
 
@@ -341,6 +445,12 @@ class ReceiveStage:
     def _handle_rejected(self, event: Any) -> None:
         requestor = event.assoc.requestor
         calling = str(requestor.ae_title).strip()
+        if self.on_refused is not None:
+            allowed = "*" in self.allowed_calling_ae_titles or calling in self.allowed_calling_ae_titles
+            try:
+                self.on_refused(self._peer(event), "called_ae_title" if allowed else "calling_ae_title")
+            except Exception:  # noqa: BLE001 - metrics and audit are best effort
+                _log.exception("on_refused callback failed")
         _log.warning(
             "association from %s@%s refused: allowed calling AE titles are %s, and the called AE title must be %s",
             calling, requestor.address, ", ".join(self.allowed_calling_ae_titles), self.ae_title,
@@ -397,7 +507,9 @@ class ReceiveStage:
           end with its delimiter, and nothing but zero padding may follow the
           last element;
         * the dataset must hold at least one element;
-        * the elements that describe the pixel data have their VR and length.
+        * the elements that describe the pixel data have their VR and length;
+        * in explicit VR, every top-level element has a DICOM VR, its tag's VR
+          in the data dictionary when the tag is a standard one (or UN).
 
         A deflated dataset is inflated up to :attr:`max_object_bytes` only.
 
@@ -441,6 +553,8 @@ class ReceiveStage:
                                      f"ends after {max(available, 0)}")
             if element.tag in _PIXEL_DESCRIPTION_TAGS:
                 _check_pixel_description(element, implicit)
+            elif not implicit:
+                _check_vr(element)
             elements[element.tag] = element
             complete_up_to = body.tell()
         body.seek(complete_up_to)
@@ -469,6 +583,8 @@ class ReceiveStage:
             series_uid=text("SeriesInstanceUID"),
             sop_class_uid=text("SOPClassUID"),
             modality=text("Modality").strip(),
+            patient_name=text("PatientName").strip(),
+            patient_id=text("PatientID").strip(),
         )
 
     def handle_store(self, event: Any) -> int:
@@ -479,8 +595,32 @@ class ReceiveStage:
         through exactly the same checks into the same spool and job store.
         """
         peer = self._peer(event)
+        started = time.monotonic()
+        receipt: dict[str, str] = {}
+        status = self._store_object(event, peer, receipt)
+        return self._answered(peer, status, receipt, started)
+
+    def _answered(self, peer: Peer, status: int, receipt: dict[str, str], started: float) -> int:
+        """Record the audit receipt of one object and report its answer; returns ``status``."""
+        outcome = receipt.get("outcome") or _OUTCOMES.get(status, "refused")
+        try:
+            self.store.record_receipt(peer, receipt.get("study_uid"), receipt.get("sop_instance_uid"), status,
+                                      outcome)
+        except Exception as exc:  # noqa: BLE001 - the audit row is best effort (a full disk must not change the answer)
+            _log.warning("C-STORE from %s@%s: audit receipt not recorded: %s: %s", peer.ae_title, peer.address,
+                         type(exc).__name__, exc, extra={"calling_ae": peer.ae_title})
+        if self.on_answer is not None:
+            try:
+                self.on_answer(peer, status, outcome, receipt.get("study_uid"), time.monotonic() - started)
+            except Exception:  # noqa: BLE001 - metrics and audit are best effort
+                _log.exception("on_answer callback failed")
+        return status
+
+    def _store_object(self, event: Any, peer: Peer, receipt: dict[str, str]) -> int:
+        """Check, spool and record one C-STORE; ``receipt`` gets its UIDs and outcome for the audit trail."""
         who = {"calling_ae": peer.ae_title}
         request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(" \x00")
+        receipt["sop_instance_uid"] = request_sop[:64]
         if (problem := uid_problem(request_sop)) is not None:
             _log.error("C-STORE from %s@%s: the request's Affected SOP Instance UID %r %s; answered 0x%04X "
                        "(cannot understand)", peer.ae_title, peer.address, request_sop[:80], problem,
@@ -491,15 +631,23 @@ class ReceiveStage:
         except Exception as exc:  # noqa: BLE001 - a broken request must not kill the association
             _log.error("C-STORE from %s: request without a usable dataset: %s", peer.ae_title, exc, extra=who)
             return STATUS_CANNOT_UNDERSTAND
-        return self.store_object(data, str(event.context.transfer_syntax), peer, request_sop)
+        return self._store_data(data, str(event.context.transfer_syntax), peer, request_sop, receipt)
 
     def store_object(self, data: bytes, transfer_syntax: str, peer: Peer, request_sop: str = "") -> int:
-        """Check, spool and record one encoded object (file meta + dataset) from ``peer``.
+        """Check, spool and record one encoded object (file meta + dataset) from ``peer``, with its receipt.
 
         What :meth:`handle_store` does after reading the request; ``spectnode
         classify DIR --send`` calls it for files on disk. Returns the C-STORE
         status (see the module docstring).
         """
+        started = time.monotonic()
+        receipt = {"sop_instance_uid": request_sop[:64]}
+        return self._answered(peer, self._store_data(data, transfer_syntax, peer, request_sop, receipt), receipt,
+                              started)
+
+    def _store_data(self, data: bytes, transfer_syntax: str, peer: Peer, request_sop: str,
+                    receipt: dict[str, str]) -> int:
+        """Check, spool and record one encoded object; ``receipt`` gets its UIDs and outcome for the audit trail."""
         who = {"calling_ae": peer.ae_title}
         if len(data) > self.max_object_bytes:
             _log.error("C-STORE from %s@%s: object %s is %d bytes, more than node.max_object_bytes (%d); answered "
@@ -536,6 +684,7 @@ class ReceiveStage:
             )
             return STATUS_DOES_NOT_MATCH_SOP_CLASS
         study_uid = identity.study_uid
+        receipt.update(study_uid=study_uid, sop_instance_uid=identity.sop_instance_uid)
         where = {**who, "study_uid": study_uid}
         if request_sop and request_sop != identity.sop_instance_uid:
             _log.warning("study %s from %s: C-STORE names instance %s but the dataset says %s; using the dataset's",
@@ -545,13 +694,22 @@ class ReceiveStage:
         try:
             known = self.store.known_instance(study_uid, identity.sop_instance_uid)
             if known == "own_output":
+                receipt["outcome"] = "own result sent back; not re-processed"
                 _log.info("study %s from %s: %s is one of this node's own results, sent back; not re-processed",
                           study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
                 return STATUS_SUCCESS
             if known == digest:
+                receipt["outcome"] = "identical copy received before; nothing to do"
                 _log.info("study %s from %s: instance %s received again, identical; nothing to do",
                           study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
                 return STATUS_SUCCESS
+            if self.disk.below_floor(len(data)):
+                receipt["outcome"] = "refused: free space below storage.min_free_bytes"
+                _log.error("study %s from %s: instance %s (%d bytes) refused: it would leave less than "
+                           "storage.min_free_bytes (%d) free on %s; answered 0x%04X (out of resources)", study_uid,
+                           peer.ae_title, identity.sop_instance_uid, len(data), self.disk.min_free_bytes,
+                           self.disk.path, STATUS_OUT_OF_RESOURCES, extra=where)
+                return STATUS_OUT_OF_RESOURCES
             write_durably(path, data)
             try:
                 outcome = self.store.record_instance(
@@ -573,16 +731,22 @@ class ReceiveStage:
                     path.unlink(missing_ok=True)
                 raise
         except (OSError, sqlite3.Error, StoreError) as exc:
+            receipt["outcome"] = f"refused: cannot be stored ({type(exc).__name__})"
             _log.error(
                 "study %s from %s: instance %s cannot be stored (%s: %s); answered 0x%04X (out of resources)",
                 study_uid, peer.ae_title, identity.sop_instance_uid, type(exc).__name__, exc,
                 STATUS_OUT_OF_RESOURCES, extra=where,
             )
             return STATUS_OUT_OF_RESOURCES
+        if self.log_patient_data:
+            where = {**where, "patient_name": identity.patient_name, "patient_id": identity.patient_id}
         _log.info("study %s from %s@%s: stored %s instance %s (%s, %d bytes)%s",
                   study_uid, peer.ae_title, peer.address, identity.modality or "?", identity.sop_instance_uid,
                   transfer_syntax, len(data), " - it differs from the copy received before" if outcome == "changed"
                   else "", extra=where)
+        receipt["outcome"] = {"new": "stored", "changed": "stored; it differs from the copy received before",
+                              "duplicate": "identical copy received before; nothing to do",
+                              "own_output": "own result sent back; not re-processed"}[outcome]
         if outcome in ("new", "changed") and self.on_stored is not None:
             try:
                 self.on_stored(study_uid)

@@ -28,6 +28,8 @@ from pydicom.uid import generate_uid
 
 from spectnode.fsutil import instance_file_name, write_durably
 from spectnode.imaging.views import ANTERIOR, POSTERIOR, StudyViews, ViewImage, read_study_views
+from spectnode.node.datadir import DataDir
+from spectnode.node.diskspace import DiskSpace, unguarded
 from spectnode.node.stages import record_failure, study_log_extra
 from spectnode.node.stages.classify import VIEW_KEY, heatmap_key
 from spectnode.node.stages.spooled import read_spooled_study
@@ -77,16 +79,19 @@ class ReportStage:
             by model name, in the configured order (the models load on first use).
         destinations: The configured destinations; each takes the output
             kinds its ``outputs`` name.
+        disk: The data directory's free space; below its floor, or after a
+            write failed for want of space, the stage waits (default: no floor).
     """
 
     name = "report"
 
     def __init__(self, store: JobStore, data_dir: DataDir, algorithms: Callable[[], Mapping[str, AlgorithmInfo]],
-                 destinations: Sequence[DestinationConfig]) -> None:
+                 destinations: Sequence[DestinationConfig], disk: DiskSpace | None = None) -> None:
         self.store = store
         self.data_dir = data_dir
         self.algorithms = algorithms
         self.destinations = tuple(destinations)
+        self.disk = disk if disk is not None else unguarded(data_dir.root)
 
     def pending(self) -> list[StudyRecord]:
         """Studies waiting for their report, oldest first."""
@@ -94,7 +99,9 @@ class ReportStage:
                                                    if s.report_pending]
 
     def step(self) -> bool:
-        """Report the oldest study waiting for it; True if there was one."""
+        """Report the oldest study waiting for it; True if there was one (False while waiting for disk space)."""
+        if self.disk.should_wait(self.name):
+            return False
         pending = self.pending()
         if not pending:
             return False
@@ -102,7 +109,8 @@ class ReportStage:
         try:
             self.report(study)
         except Exception as exc:  # noqa: BLE001 - recorded as the study's visible error
-            record_failure(self.store, _log, study, "report", exc)
+            return record_failure(self.store, _log, study, self.name, exc, self.disk)
+        self.disk.write_succeeded(self.name)
         return True
 
     # ------------------------------------------------------------------ work
@@ -180,6 +188,12 @@ class ReportStage:
             raise RuntimeError("; ".join(problems))
         predecessor_record = self.store.predecessor_sr(study.study_uid, study.generation)
         predecessor = None
+        if (predecessor_record is not None and not predecessor_record.path.exists()
+                and self._purged_before(study.study_uid)):
+            _log.warning("study %s: the previous SR %s was removed by the retention policy; the new SR cannot "
+                         "name it in Predecessor Documents", study.study_uid, predecessor_record.sop_instance_uid,
+                         extra=study_log_extra(study))
+            predecessor_record = None
         if predecessor_record is not None:
             try:
                 predecessor = pydicom.dcmread(predecessor_record.path)
@@ -205,6 +219,10 @@ class ReportStage:
                                           series_instance_uid=self._uid(study, algorithm, "sc-series"))
         return [(self._output_record(study, "sr", sr), sr)] + [(self._output_record(study, "sc", sc), sc)
                                                                for sc in captures]
+
+    def _purged_before(self, study_uid: str) -> bool:
+        """Whether the retention policy removed this study's files at some time."""
+        return any(message.startswith("files removed by retention") for _, _, message in self.store.events(study_uid))
 
     def _drop_stale(self, study: StudyRecord) -> None:
         """The study changed while its report was made (a new object re-opened it): the report

@@ -1,0 +1,121 @@
+"""Retention (issue 15, point 6): finished studies' files go, oldest first; nothing still needed does.
+
+The soak is cheap on purpose: 1,000 studies of tiny synthetic files driven
+through the job store's real transitions and outbox (no network, no model),
+with the policy applied as the node applies it; ``spectnode purge`` is run as
+a real process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from spectnode.config import DestinationConfig
+from spectnode.node.datadir import DataDir
+from spectnode.node.retention import RetentionPolicy
+from spectnode.peer import Peer
+from spectnode.store import CLASSIFIED, COMPLETE, DISPATCHED, ERROR, REPORTED, InstanceRecord, JobStore, OutputRecord
+
+from nodetools import FakeClock, run_spectnode, write_config
+
+DEST = DestinationConfig(name="local", type="folder", path=None)
+FILE_BYTES = 8 * 1024
+
+
+def _study(store: JobStore, data: DataDir, n: int, deliver: bool = True) -> str:
+    """A study received, classified, reported and (if ``deliver``) dispatched, with small real files."""
+    uid = f"1.2.3.{n}"
+    spool = data.spooled_object(uid, f"{uid}.1")
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    spool.write_bytes(bytes(FILE_BYTES))
+    store.record_instance(InstanceRecord(uid, f"{uid}.1", f"{uid}.9", "1.2.840.10008.5.1.4.1.1.20", "NM",
+                                         "1.2.840.10008.1.2.1", spool, hashlib.sha256(bytes(FILE_BYTES)).hexdigest(),
+                                         FILE_BYTES), Peer("CAMERA", "127.0.0.1", 1))
+    work = data.work_file(uid, 1)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    work.write_bytes(bytes(FILE_BYTES))
+    result = data.results_folder(uid) / "SR_1.dcm"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_bytes(bytes(FILE_BYTES))
+    assert store.advance(uid, 1, "received", COMPLETE, "test")
+    assert store.advance(uid, 1, COMPLETE, CLASSIFIED, "test")
+    store.record_outputs(uid, 1, [OutputRecord(uid, 1, "sr", f"{uid}.77", "1.2.840.10008.5.1.4.1.1.88.33",
+                                               f"{uid}.78", result, True, 0.0)])
+    with store.transaction(uid, 1, CLASSIFIED) as tx:
+        (item,) = store.outbox.enqueue_outputs(uid, {"sr": [result]}, [DEST], connection=tx.db)
+        tx.move(REPORTED, "test")
+    if deliver:
+        store.outbox.delivered(item, acknowledgement="test")
+        assert store.advance(uid, 1, REPORTED, DISPATCHED, "every output delivered")
+    return uid
+
+
+def _files(data: DataDir, uid: str) -> list[bool]:
+    return [data.spooled_object(uid, f"{uid}.1").exists(), data.work_file(uid, 1).exists(),
+            (data.results_folder(uid) / "SR_1.dcm").exists()]
+
+
+def test_after_keep_seconds_finished_studies_go_and_others_stay(data_dir):
+    clock = FakeClock()
+    store = JobStore(data_dir.database, clock=clock)
+    done = _study(store, data_dir, 1)
+    waiting = _study(store, data_dir, 2, deliver=False)  # its SR is not acknowledged yet
+    failed = _study(store, data_dir, 3)
+    store.advance(failed, 1, DISPATCHED, ERROR, "test")  # an error: `retry` needs its files
+    policy = RetentionPolicy(store, data_dir, keep_seconds=3600, max_bytes=None)
+    assert policy.run().studies == []  # too early
+    clock.advance(3601)
+    plan = policy.run(dry_run=True)
+    assert [s.study_uid for s in plan.studies] == [done] and _files(data_dir, done) == [True] * 3
+    assert [s.study_uid for s in policy.run().studies] == [done]
+    assert _files(data_dir, done) == [False] * 3
+    assert _files(data_dir, waiting) == [True] * 3 and _files(data_dir, failed) == [True] * 3
+    purged = store.study(done)
+    assert purged.purged_at is not None and purged.state == DISPATCHED  # the audit rows stay
+    assert any("files removed by retention" in m for _, _, m in store.events(done))
+    store.close()
+
+
+def test_a_soak_of_1000_studies_stays_under_the_disk_budget(data_dir):
+    clock = FakeClock()
+    store = JobStore(data_dir.database, clock=clock)
+    budget = 60 * 3 * FILE_BYTES  # room for 60 studies' files
+    policy = RetentionPolicy(store, data_dir, keep_seconds=None, max_bytes=budget)
+    peak = 0
+    kept_back = []
+    for n in range(1000):
+        uid = _study(store, data_dir, n, deliver=n % 100 != 0)  # every 100th is never acknowledged
+        if n % 100 == 0:
+            kept_back.append(uid)
+        clock.advance(1)
+        if n % 10 == 9:  # the node applies the policy periodically
+            policy.run()
+            usage = policy.usage_bytes()
+            peak = max(peak, usage)
+            assert usage <= budget + len(kept_back) * 3 * FILE_BYTES
+    print(json.dumps({"studies": 1000, "budget_bytes": budget, "peak_after_purge_bytes": peak}))
+    for uid in kept_back:  # never acknowledged: never removed
+        assert _files(data_dir, uid) == [True] * 3
+    removed = [s for s in store.studies([DISPATCHED]) if s.purged_at is not None]
+    assert len(removed) >= 1000 - 60 - len(kept_back)
+    # oldest first: every study still holding files ended after every removed one
+    kept = [s for s in store.studies([DISPATCHED]) if s.purged_at is None]
+    assert max(s.updated_at for s in removed) <= min(s.updated_at for s in kept)
+    store.close()
+
+
+def test_spectnode_purge_dry_run_and_for_real(tmp_path):
+    data = DataDir(tmp_path / "data")
+    data.create()
+    store = JobStore(data.database)
+    uid = _study(store, data, 1)
+    store.close()
+    config = write_config(tmp_path / "spectnode.yaml", {"storage": {"data_dir": str(data.root)},
+                                                        "retention": {"keep_seconds": 0}})
+    dry = run_spectnode("purge", "--dry-run", "--config", str(config))
+    assert dry.returncode == 0 and f"would remove {uid}" in dry.stdout and _files(data, uid) == [True] * 3
+    real = run_spectnode("purge", "--json", "--config", str(config))
+    assert real.returncode == 0, real.stderr
+    assert [s["study_uid"] for s in json.loads(real.stdout)["studies"]] == [uid]
+    assert _files(data, uid) == [False] * 3
