@@ -73,7 +73,7 @@ MIN_BODY_LENGTH_MM: Final = 700.0
 #: Body (median) over background (median; floored at 2 % of the body).
 MIN_BODY_CONTRAST: Final = 3.0
 #: Brightest point over median of a leg row.
-MIN_LEG_BONE_CONTRAST: Final = 1.5
+MIN_LEG_BONE_CONTRAST: Final = 1.35
 #: Trunk 99th percentile over the legs' median above which low bone contrast means blood pool.
 MIN_EARLY_TRUNK_ACTIVITY: Final = 1.5
 
