@@ -111,6 +111,8 @@ from spectnode.store import InstanceRecord, JobStore, StoreError
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from pynetdicom.events import Event
+
     from spectnode.node.datadir import DataDir
 
 __all__ = [
@@ -434,15 +436,15 @@ class ReceiveStage:
     # ------------------------------------------------------------------ handlers
 
     @staticmethod
-    def _peer(event: Any) -> Peer:
+    def _peer(event: Event) -> Peer:
         return Peer.from_association(event.assoc)
 
-    def _handle_accepted(self, event: Any) -> None:
+    def _handle_accepted(self, event: Event) -> None:
         peer = self._peer(event)
         _log.debug("association accepted from %s@%s:%d", peer.ae_title, peer.address, peer.port,
                    extra={"calling_ae": peer.ae_title})
 
-    def _handle_rejected(self, event: Any) -> None:
+    def _handle_rejected(self, event: Event) -> None:
         requestor = event.assoc.requestor
         calling = str(requestor.ae_title).strip()
         if self.on_refused is not None:
@@ -457,7 +459,7 @@ class ReceiveStage:
             extra={"calling_ae": calling},
         )
 
-    def _answer_malformed_store(self, event: Any) -> None:
+    def _answer_malformed_store(self, event: Event) -> None:
         """Answer 0xC210 to a C-STORE-RQ that pynetdicom would leave unanswered.
 
         pynetdicom drops a request that lacks a required command element
@@ -473,7 +475,10 @@ class ReceiveStage:
             request = message.message_to_primitive()
         except Exception:  # noqa: BLE001 - pynetdicom itself then ends the association (event 19)
             return
-        if request.is_valid_request or request.MessageID is None:
+        if not isinstance(request, C_STORE) or request.is_valid_request or request.MessageID is None:
+            return
+        context_id = message.context_id
+        if context_id is None:
             return
         response = C_STORE()
         response.MessageIDBeingRespondedTo = request.MessageID
@@ -485,9 +490,9 @@ class ReceiveStage:
                    "%s); answered 0x%04X (cannot understand)", peer.ae_title, peer.address,
                    "missing" if not request.AffectedSOPInstanceUID else "present", STATUS_CANNOT_UNDERSTAND,
                    extra={"calling_ae": peer.ae_title})
-        event.assoc.dimse.send_msg(response, message.context_id)
+        event.assoc.dimse.send_msg(response, context_id)
 
-    def _handle_echo(self, event: Any) -> int:
+    def _handle_echo(self, event: Event) -> int:
         peer = self._peer(event)
         _log.debug("C-ECHO from %s@%s", peer.ae_title, peer.address, extra={"calling_ae": peer.ae_title})
         return STATUS_SUCCESS
@@ -587,7 +592,7 @@ class ReceiveStage:
             patient_id=text("PatientID").strip(),
         )
 
-    def handle_store(self, event: Any) -> int:
+    def handle_store(self, event: Event) -> int:
         """The ``EVT_C_STORE`` handler: store the object, answer its status.
 
         Also the handler of this node's C-GET SCU (``spectnode backfill``):
@@ -616,7 +621,7 @@ class ReceiveStage:
                 _log.exception("on_answer callback failed")
         return status
 
-    def _store_object(self, event: Any, peer: Peer, receipt: dict[str, str]) -> int:
+    def _store_object(self, event: Event, peer: Peer, receipt: dict[str, str]) -> int:
         """Check, spool and record one C-STORE; ``receipt`` gets its UIDs and outcome for the audit trail."""
         who = {"calling_ae": peer.ae_title}
         request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(" \x00")
