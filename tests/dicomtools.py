@@ -69,3 +69,10 @@ def dciodvfy_messages(path: Path) -> list[str]:
 def dciodvfy_errors(path: Path) -> list[str]:
     """Only the ``Error`` lines of :func:`dciodvfy_messages`."""
     return [line for line in dciodvfy_messages(path) if line.startswith("Error")]
+
+
+# C-STORE statuses, from PS3.4 Annex B.2.3: what the tests expect, independent of spectnode's constants.
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources
+STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error: Data Set does not match SOP Class
+STATUS_CANNOT_UNDERSTAND = 0xC210  # Error: Cannot understand (C000-CFFF; 0xC210 as DCMTK answers)

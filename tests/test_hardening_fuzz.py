@@ -53,13 +53,12 @@ from pynetdicom import _config as pynetdicom_config
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import END_STATES, ERROR, JobStore
 
+from dicomtools import STATUS_DOES_NOT_MATCH_SOP_CLASS, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from nodetools import NodeProcess, echoscu, free_port, tiny_bundle, wait_for, write_config
 
 SEED = 15
-# PS3.4 Annex B.2.3 C-STORE statuses (not spectnode's constants).
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH_SOP_CLASS = 0xA900
+SUCCESS, OUT_OF_RESOURCES = STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES
+DOES_NOT_MATCH_SOP_CLASS = STATUS_DOES_NOT_MATCH_SOP_CLASS
 FAILURES = (OUT_OF_RESOURCES, DOES_NOT_MATCH_SOP_CLASS)
 MAX_PEAK_RSS_BYTES = 3 * 1024**3
 SECRET_NAME = "FUZZ^SECRET^PATIENT"

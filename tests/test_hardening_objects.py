@@ -37,13 +37,10 @@ from spectnode.node.logs import EscapingFormatter, JsonLineFormatter
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import END_STATES, ERROR, JobStore
 
+from dicomtools import STATUS_CANNOT_UNDERSTAND, STATUS_DOES_NOT_MATCH_SOP_CLASS, STATUS_OUT_OF_RESOURCES
 from nodetools import NodeProcess, free_port, wait_for, write_config
 
 MAX_PEAK_RSS_BYTES = 2 * 1024**3
-# C-STORE failure statuses, from PS3.4 Annex B.2.3 (not from spectnode's own constants).
-STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources
-STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error: Data Set does not match SOP Class
-STATUS_CANNOT_UNDERSTAND = 0xC210  # Error: Cannot understand (C000-CFFF; 0xC210 as DCMTK answers)
 
 
 @pytest.fixture(scope="module")

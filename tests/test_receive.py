@@ -39,18 +39,19 @@ from spectnode.phantom.dicom import LAYOUTS
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import JobStore
 
-from dicomtools import require_tool
+from dicomtools import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    require_tool,
+)
 from nodetools import echoscu, storescu
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-# C-STORE failure statuses, from PS3.4 Annex B.2.3 (not from spectnode's own constants).
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: Out of Resources
-STATUS_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # Error: Data Set does not match SOP Class
-STATUS_CANNOT_UNDERSTAND = 0xC210  # Error: Cannot understand (C000-CFFF; 0xC210 as DCMTK answers)
 
 
 

@@ -26,10 +26,11 @@ from spectnode.node.diskspace import DiskSpace, is_disk_full
 
 if TYPE_CHECKING:
     import logging
+    from collections.abc import Callable
 
     from spectnode.store import JobStore, StudyRecord
 
-__all__ = ["Stage", "record_failure", "study_log_extra"]
+__all__ = ["Stage", "record_failure", "study_log_extra", "work_on_oldest"]
 
 
 class Stage(Protocol):
@@ -66,4 +67,28 @@ def record_failure(store: JobStore, log: logging.Logger, study: StudyRecord, sta
     log.error("study %s from %s: %s\n%s", study.study_uid, study.calling_ae, message,
               "".join(traceback.format_exception(exc)).rstrip(), extra=study_log_extra(study))
     store.fail(study.study_uid, study.generation, study.state, message)
+    return True
+
+
+def work_on_oldest(store: JobStore, log: logging.Logger, disk: DiskSpace, stage: str,
+                   pending: Callable[[], list[StudyRecord]], work: Callable[[StudyRecord], object]) -> bool:
+    """The step of a per-study stage: ``work`` on the oldest of its ``pending`` studies.
+
+    Nothing is done while the stage waits for disk space; a failure is the
+    study's visible error, or makes the stage wait when the disk is full
+    (:func:`record_failure`).
+
+    Returns:
+        True if a study was worked on (the worker steps again at once).
+    """
+    if disk.should_wait(stage):
+        return False
+    studies = pending()
+    if not studies:
+        return False
+    try:
+        work(studies[0])
+    except Exception as exc:  # noqa: BLE001 - recorded as the study's visible error
+        return record_failure(store, log, studies[0], stage, exc, disk)
+    disk.write_succeeded(stage)
     return True

@@ -27,7 +27,7 @@ from spectnode.fsutil import write_durably
 from spectnode.imaging.views import WRONG_MODALITY, NotAssessable, StudyViews, read_study_views
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, unguarded
-from spectnode.node.stages import record_failure, study_log_extra
+from spectnode.node.stages import study_log_extra, work_on_oldest
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.result import ViewSource
 from spectnode.store import CLASSIFIED, COMPLETE, NOT_ASSESSABLE, JobStore, StudyRecord
@@ -102,18 +102,8 @@ class ClassifyStage:
 
     def step(self) -> bool:
         """Classify the oldest ``complete`` study; True if there was one (False while waiting for disk space)."""
-        if self.disk.should_wait(self.name):
-            return False
-        studies = self.store.studies([COMPLETE])
-        if not studies:
-            return False
-        study = studies[0]
-        try:
-            self.classify(study)
-        except Exception as exc:  # noqa: BLE001 - recorded as the study's visible error
-            return record_failure(self.store, _log, study, self.name, exc, self.disk)
-        self.disk.write_succeeded(self.name)
-        return True
+        return work_on_oldest(self.store, _log, self.disk, self.name, lambda: self.store.studies([COMPLETE]),
+                              self.classify)
 
     def _read_views(self, study_uid: str) -> StudyViews | NotAssessable:
         datasets, problems = read_spooled_study(self.store, study_uid, pixel_data=True)

@@ -30,7 +30,7 @@ from spectnode.fsutil import instance_file_name, write_durably
 from spectnode.imaging.views import ANTERIOR, POSTERIOR, StudyViews, ViewImage, read_study_views
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, unguarded
-from spectnode.node.stages import record_failure, study_log_extra
+from spectnode.node.stages import study_log_extra, work_on_oldest
 from spectnode.node.stages.classify import VIEW_KEY, heatmap_key
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.result import StudyResult
@@ -100,18 +100,7 @@ class ReportStage:
 
     def step(self) -> bool:
         """Report the oldest study waiting for it; True if there was one (False while waiting for disk space)."""
-        if self.disk.should_wait(self.name):
-            return False
-        pending = self.pending()
-        if not pending:
-            return False
-        study = pending[0]
-        try:
-            self.report(study)
-        except Exception as exc:  # noqa: BLE001 - recorded as the study's visible error
-            return record_failure(self.store, _log, study, self.name, exc, self.disk)
-        self.disk.write_succeeded(self.name)
-        return True
+        return work_on_oldest(self.store, _log, self.disk, self.name, self.pending, self.report)
 
     # ------------------------------------------------------------------ work
 
