@@ -127,8 +127,9 @@ def test_the_report_of_a_classified_study_decodes_no_pixel_data(tmp_path):
     store.advance(uid, 1, RECEIVED, COMPLETE, "complete", completed_by="content")
     store.advance(uid, 1, COMPLETE, CLASSIFIED, "classified", result=StudyResult.from_json({
         "study_uid": uid, "outcome": "classified", "reason": None, "reason_code": None,
-        "views": ["anterior", "posterior"], "label": "metastatic", "second_label": "arthritic",
-        "probabilities": probabilities, "view_sources": sources}))
+        "views": ["anterior", "posterior"], "view_sources": sources,
+        "models": [{"model": "test-model", "version": "1", "label": "metastatic", "second_label": "arthritic",
+                    "probabilities": probabilities, "views": ["anterior", "posterior"]}]}))
     algorithm = AlgorithmInfo(name="test-model", version="1", device_uid="1.2.826.0.1.3680043.8.498.78",
                               research_use_statement="Research use only.", classes=tuple(probabilities),
                               scheme="dspic4")

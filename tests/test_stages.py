@@ -525,3 +525,20 @@ def test_a_sender_that_raises_something_unexpected_keeps_the_item_retrying(clock
     assert items[0].last_error == "unexpected error: KeyError: 'a bug in a sender'"
     assert items[0].next_attempt_at == clock.now + 5
     assert clocked_store.study(record.study_uid).state == REPORTED
+
+
+def test_a_result_of_release_0_1_0_without_a_model_name_is_classified_again_not_reported(store, data_dir, phantoms,
+                                                                                          algorithm):
+    """0.1.0 kept one model's result without its name: an SR must not name a model that did not make it."""
+    record = phantoms["multiframe"]
+    complete(store, data_dir, record)
+    old = StudyResult.from_json({"study_uid": record.study_uid, "outcome": "classified", "views": ["anterior"],
+                                 "label": "normal", "probabilities": dict(PROBABILITIES)})
+    assert old.models[0].model == ""
+    store.advance(record.study_uid, 1, COMPLETE, CLASSIFIED, "classified by 0.1.0", result=old)
+    stage = ReportStage(store, data_dir, lambda: {algorithm.name: algorithm}, [local_destination(data_dir)])
+    assert stage.step()
+    study = store.study(record.study_uid)
+    assert study.state == COMPLETE and store.outputs(record.study_uid, current_only=False) == []
+    assert ClassifyStage(store, data_dir, FakeClassifier, not_assessable_sr=True).step()
+    assert store.study(record.study_uid).result.models[0].model == "spectnode-test-dspic"

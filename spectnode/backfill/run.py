@@ -151,8 +151,13 @@ class Pipeline:
             data_dir.create()
             self.store = JobStore(data_dir.database)
             # Not started: only its store handler is used (C-GET, files), the node's own pipeline does the rest.
+            from spectnode.node.diskspace import DiskSpace
+
             self.receive = ReceiveStage(self.store, data_dir, ae_title=cfg.node.ae_title,
-                                        max_object_bytes=cfg.node.max_object_bytes)
+                                        max_object_bytes=cfg.node.max_object_bytes,
+                                        disk=DiskSpace(data_dir.root, cfg.storage.min_free_bytes,
+                                                       cfg.storage.disk_retry_seconds),
+                                        log_patient_data=cfg.logging.patient_data)
         else:
             from spectnode.node.worker import Node
 

@@ -35,6 +35,7 @@ concurrently, which WAL allows.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ __all__ = [
     "StudyTransaction",
     "Receipt",
 ]
+
+_log = logging.getLogger("spectnode.store")
 
 RECEIVED: Final = "received"
 COMPLETE: Final = "complete"
@@ -202,10 +205,23 @@ def _study(row: sqlite3.Row) -> StudyRecord:
         content_version=int(row["content_version"]),
         checked_version=int(row["checked_version"]),
         completed_by=row["completed_by"],
-        result=StudyResult.from_json(json.loads(row["result"])) if row["result"] else None,
+        result=_result(row),
         updated_at=float(row["updated_at"]),
         purged_at=row["purged_at"],
     )
+
+
+def _result(row: sqlite3.Row) -> StudyResult | None:
+    """The stored result of a study row; one that cannot be read is logged and taken as none, so that
+    one damaged row cannot stop every stage and ``spectnode status``."""
+    if not row["result"]:
+        return None
+    try:
+        return StudyResult.from_json(json.loads(row["result"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        _log.error("study %s: its stored result cannot be read (%s: %s); taken as none", row["study_uid"],
+                   type(exc).__name__, exc)
+        return None
 
 
 def _output(row: sqlite3.Row) -> OutputRecord:

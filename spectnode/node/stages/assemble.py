@@ -140,13 +140,15 @@ class AssembleStage:
         self.timeout_seconds = float(timeout_seconds)
         self.clock = clock
         self.disk = disk if disk is not None else unguarded(data_dir.root)
+        self._hit_full_disk = False
 
     def step(self) -> bool:
         """Check every ``received`` study once; True if any became complete."""
         if self.disk.should_wait(self.name) and not self.disk.below_floor():
             return False  # a job-store write failed for want of space a moment ago
+        self._hit_full_disk = False
         moved = self.run_once()
-        if moved:
+        if not self._hit_full_disk:  # a pass that wrote what it had to: no longer waiting for space
             self.disk.write_succeeded(self.name)
         return moved > 0
 
@@ -198,6 +200,7 @@ class AssembleStage:
             except Exception as exc:  # noqa: BLE001 - one bad study must not stop assembling the others
                 if is_disk_full(exc):  # not the study's fault: look again once there is space
                     self.disk.write_failed(self.name, exc, study.study_uid)
+                    self._hit_full_disk = True
                     return moved
                 _log.exception("study %s: completion check failed", study.study_uid, extra=study_log_extra(study))
                 self.store.mark_checked(study.study_uid, study.content_version)

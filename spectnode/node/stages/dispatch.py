@@ -235,6 +235,7 @@ class DispatchStage:
             _log.info("outbox item %d delivered: %s of %s to %s (%s)", item.id, item.kind, item.study_uid,
                       item.destination, acknowledgement)
             self.outbox.delivered(item.id, now=self.clock(), acknowledgement=acknowledgement)
+            self.disk.write_succeeded(self.name)
             self._unreachable_until.pop(item.destination, None)
 
     def deliver_due(self) -> list[OutboxItem]:

@@ -491,6 +491,8 @@ class ReceiveStage:
                    "missing" if not request.AffectedSOPInstanceUID else "present", STATUS_CANNOT_UNDERSTAND,
                    extra={"calling_ae": peer.ae_title})
         event.assoc.dimse.send_msg(response, context_id)
+        self._answered(peer, STATUS_CANNOT_UNDERSTAND,
+                       {"outcome": "refused: the request lacks its Affected SOP Instance UID"}, time.monotonic())
 
     def _handle_echo(self, event: Event) -> int:
         peer = self._peer(event)

@@ -34,7 +34,16 @@ from spectnode.node.stages import study_log_extra, work_on_oldest
 from spectnode.node.stages.classify import VIEW_KEY, heatmap_key
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.result import StudyResult
-from spectnode.store import CLASSIFIED, DISPATCHED, NOT_ASSESSABLE, REPORTED, JobStore, OutputRecord, StudyRecord
+from spectnode.store import (
+    CLASSIFIED,
+    COMPLETE,
+    DISPATCHED,
+    NOT_ASSESSABLE,
+    REPORTED,
+    JobStore,
+    OutputRecord,
+    StudyRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -148,21 +157,17 @@ class ReportStage:
     def _algorithms_of(self, result: StudyResult) -> list[AlgorithmInfo]:
         """The identification of each model of ``result``; of every configured model when it has none.
 
-        A result stored by spectnode 0.1.0 names no model: it is taken to be
-        the first configured one's.
-
         Raises:
             RuntimeError: If a model of the result is no longer configured.
         """
         known = self.algorithms()
         if not result.models:
             return list(known.values())
-        missing = [m.model for m in result.models if m.model and m.model not in known]
+        missing = [m.model for m in result.models if m.model not in known]
         if missing:
             raise RuntimeError(f"model(s) {', '.join(missing)} of the stored result are no longer configured "
                                f"(configured: {', '.join(known)})")
-        first = next(iter(known.values()))
-        return [known[m.model] if m.model else first for m in result.models]
+        return [known[m.model] for m in result.models]
 
     def _build_outputs(self, study: StudyRecord, result: StudyResult,
                        views: StudyViews | None) -> list[tuple[OutputRecord, Dataset]]:
@@ -230,6 +235,12 @@ class ReportStage:
             takes any output, or ``not_assessable``), or None if the study
             had changed (its outputs are then neither queued nor kept).
         """
+        if study.state == CLASSIFIED and study.result is not None and any(not m.model for m in study.result.models):
+            # Classified by spectnode 0.1.0, which kept no model name: an SR must not name a model that
+            # did not make the result, so the study is classified again by the configured models.
+            moved = self.store.advance(study.study_uid, study.generation, CLASSIFIED, COMPLETE,
+                                       "classified by an earlier release that kept no model name; classified again")
+            return COMPLETE if moved else None
         result, views = self._load_result(study)
         recorded = [o for o in self.store.outputs(study.study_uid, current_only=False)
                     if o.generation == study.generation]
