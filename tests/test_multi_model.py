@@ -31,6 +31,8 @@ from dicomtools import dciodvfy_errors, require_tool
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from spectnode.result import StudyResult
+
 DSPIC4 = ["normal", "metastatic", "arthritic", "both"]
 
 
@@ -65,8 +67,19 @@ def phantom(tmp_path_factory: pytest.TempPathFactory):
     return record, datasets, views
 
 
-def test_a_two_view_study_goes_to_both_models_and_a_single_view_to_the_per_view_one(bundles, phantom):
-    classifiers = Classifiers.from_bundles(bundles)
+@pytest.fixture(scope="module")
+def classifiers(bundles: list[Path]) -> Classifiers:
+    return Classifiers.from_bundles(bundles)
+
+
+@pytest.fixture(scope="module")
+def explained(classifiers: Classifiers, phantom) -> tuple[StudyResult, list[AlgorithmInfo]]:
+    """The two-view study classified by both models with heatmaps, and the models' identifications."""
+    _, _, views = phantom
+    return classifiers.classify(views, explain=True), [AlgorithmInfo.from_card(c.card) for c in classifiers]
+
+
+def test_a_two_view_study_goes_to_both_models_and_a_single_view_to_the_per_view_one(classifiers, phantom):
     _, _, views = phantom
     both = classifiers.classify(views)
     assert [(m.model, m.input_mode, m.views) for m in both.models] == [
@@ -82,11 +95,9 @@ def test_a_two_view_study_goes_to_both_models_and_a_single_view_to_the_per_view_
     assert "test-aggregate" in only_aggregate.reason
 
 
-def test_the_sr_carries_one_result_per_model_with_its_own_algorithm(bundles, phantom, tmp_path):
-    classifiers = Classifiers.from_bundles(bundles)
+def test_the_sr_carries_one_result_per_model_with_its_own_algorithm(explained, phantom, tmp_path):
     _, datasets, views = phantom
-    result = classifiers.classify(views, explain=True)
-    algorithms = [AlgorithmInfo.from_card(c.card) for c in classifiers]
+    result, algorithms = explained
     sr = build_result_sr(datasets, views, result, algorithms)
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
@@ -112,11 +123,9 @@ def test_the_sr_carries_one_result_per_model_with_its_own_algorithm(bundles, pha
                 " Most probable class:") in text
 
 
-def test_each_capture_shows_every_model_and_names_the_heatmaps_model(bundles, phantom, tmp_path):
-    classifiers = Classifiers.from_bundles(bundles)
+def test_each_capture_shows_every_model_and_names_the_heatmaps_model(explained, phantom, tmp_path):
     _, datasets, views = phantom
-    result = classifiers.classify(views, explain=True)
-    algorithms = [AlgorithmInfo.from_card(c.card) for c in classifiers]
+    result, algorithms = explained
     captures = build_overlay_captures(datasets, views, result, algorithms)
     assert len(captures) == 2
     for capture in captures:
