@@ -117,7 +117,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             input_mode=args.input_mode or defaults["input_mode"],
             input_shape=args.input_shape, translate_px=args.translate, rotate_deg=args.rotate,
             mirror=not args.no_mirror, patience=args.patience, seed=args.seed, arch_options=arch_options,
-            normalization=args.normalization)
+            normalization=args.normalization, warmup_epochs=args.warmup_epochs)
         settings.input_spec()
         files = _data_files(args.data)
         if (args.test_data is None) != (args.test_labels is None):
@@ -417,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotate", type=float, default=3.0, help="augmentation: +/- degrees of rotation")
     p.add_argument("--no-mirror", action="store_true", help="augmentation: no left-right mirroring")
     p.add_argument("--patience", type=_positive_int, default=10, help="early stopping patience (epochs)")
+    p.add_argument("--warmup-epochs", type=int, default=0,
+                   help="ramp the learning rate up linearly over this many epochs (default 0: none)")
     p.add_argument("--seed", type=int, default=0, help="split and augmentation seed")
     p.add_argument("--arch-options", help='JSON keyword arguments for the builder, e.g. \'{"fc_units": [256]}\'')
     p.add_argument("--name", help="model name in the card and in reports (default: OUT's folder name)")

@@ -62,6 +62,7 @@ def padded_conv2d(
     padding: int = 0,
     activation: str | None = "relu",
     use_bias: bool = True,
+    kernel_initializer: str = "glorot_uniform",
 ) -> Any:
     """Convolution with explicit symmetric zero padding of ``padding`` pixels.
 
@@ -82,6 +83,7 @@ def padded_conv2d(
         padding=mode,
         activation=activation,
         use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
         name=name,
     )(x)
 
@@ -166,6 +168,7 @@ def classification_head(
     fc_units: Sequence[int],
     dropout_rate: float,
     classifier_activation: str | None,
+    kernel_initializer: str = "glorot_uniform",
 ) -> Any:
     """Fully connected head: flatten or global-average-pool, ``fc_units`` ReLU layers, then ``predictions``.
 
@@ -183,7 +186,7 @@ def classification_head(
     else:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     for index, units in enumerate(fc_units, start=1):
-        x = layers.Dense(units, activation="relu", name=f"fc{index}")(x)
+        x = layers.Dense(units, activation="relu", kernel_initializer=kernel_initializer, name=f"fc{index}")(x)
         if dropout_rate:
             x = layers.Dropout(dropout_rate, name=f"fc{index}_dropout")(x)
     return layers.Dense(classes, activation=classifier_activation, name="predictions")(x)

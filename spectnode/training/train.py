@@ -37,7 +37,7 @@ __all__ = ["TrainSettings", "paper_defaults", "LoadedSamples", "load_samples", "
 
 #: Settings a resumed run may change: a longer run, or a learning-rate / batch-size step
 #: (the usual manual schedule).  Anything else would make the checkpoint another experiment.
-_RESUMABLE_CHANGES = ("epochs", "patience", "learning_rate", "batch_size")
+_RESUMABLE_CHANGES = ("epochs", "patience", "learning_rate", "batch_size", "warmup_epochs")
 
 # Which paper's table gives an architecture's defaults, and its view handling.
 _INRAC_FAMILY = ("Classifier-inRAC", "Classifier-outRAC", "Classifier-18", "Classifier-34", "VGG11", "Inception-v1")
@@ -79,6 +79,9 @@ class TrainSettings:
     initial_weights: str = ""
     #: How inputs are scaled: the papers' "minmax" or "bone_window".
     normalization: str = "minmax"
+    #: Linear learning-rate warm-up from ~0 to ``learning_rate`` over this many epochs
+    #: (per step); 0 starts at ``learning_rate``.
+    warmup_epochs: int = 0
 
     def input_spec(self) -> InputSpec:
         rows, cols = self.input_shape
@@ -241,6 +244,29 @@ def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir
     return CheckpointProgressEarlyStop()
 
 
+def _warmup_callback(settings: TrainSettings, steps_per_epoch: int) -> Any:
+    import keras
+
+    class LinearWarmUp(keras.callbacks.Callback):
+        """Ramps the learning rate up during the first ``warmup_epochs``, then holds it.
+
+        Large early steps on a network without batch normalisation can push many ReLUs
+        into their dead region for good; a ramp lets Adam's moment estimates settle
+        first. It depends on the epoch and step only, so a resumed run is the same.
+        """
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            total = settings.warmup_epochs * steps_per_epoch
+            step = self.epoch * steps_per_epoch + batch + 1
+            factor = min(1.0, step / total) if total else 1.0
+            self.model.optimizer.learning_rate.assign(settings.learning_rate * factor)
+
+    return LinearWarmUp()
+
+
 #: BatchNormalization momentum while training. Keras's default 0.99 needs about a
 #: thousand steps to forget the initial moving variance of 1, which is far above the
 #: variance of min-max-normalised counts: until then inference-mode outputs collapse
@@ -331,10 +357,14 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                       loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
     if state["epoch"] < settings.epochs and not state["stopped_early"]:
-        model.fit(_augmented_batches(fit, settings, len(classes), state["epoch"]),
+        batches = _augmented_batches(fit, settings, len(classes), state["epoch"])
+        callbacks = [_progress_callback(settings, state_path, checkpoint_dir, state, log)]
+        if settings.warmup_epochs:
+            callbacks.insert(0, _warmup_callback(settings, len(batches)))
+        model.fit(batches,
                   validation_data=(val.x, val.y, class_weights(fit.y, len(classes))[val.y]),
                   epochs=settings.epochs, initial_epoch=state["epoch"],
-                  callbacks=[_progress_callback(settings, state_path, checkpoint_dir, state, log)],
+                  callbacks=callbacks,
                   verbose=verbose if verbose is not None else (1 if sys.stderr.isatty() else 0))
     best = checkpoint_dir / "best.keras"
     if best.exists():
