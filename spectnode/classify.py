@@ -181,7 +181,10 @@ class Classifiers:
             return StudyResult(study.study_uid, "not_assessable", reason=study.reason, reason_code=study.code)
         images = [image for image in (study.anterior, study.posterior) if image is not None]
         skipped = {c.name: why for c in self.classifiers if (why := c.needs(study)) is not None}
-        models = [c.model_result(study, explain=explain) for c in self.classifiers if c.name not in skipped]
+        taking = [c for c in self.classifiers if c.name not in skipped]
+        # The overlay draws the first model's heatmap only, so only that one is computed:
+        # LayerCAM costs about as much again as the network itself.
+        models = [c.model_result(study, explain=explain and i == 0) for i, c in enumerate(taking)]
         result = StudyResult(
             study.study_uid, "classified", views=list(study.available_views),
             view_certainty={image.view: float(image.view_certainty) for image in images},

@@ -1,7 +1,8 @@
 """On demand: does a model trained on one phantom anatomy read the other one (issue 13, point 2)?
 
     python tests/benchmarks/bench_transfer.py [--n 400] [--n-test 200] [--epochs 20]
-        [--arch Inception-v1] [--input-shape 384x96] [--workdir DIR]
+        [--arch Inception-v1] [--input-shape 384x96] [--learning-rate LR] [--normalization bone_window]
+        [--patience 10] [--workdir DIR]
 
 Generates a training and a held-out set with each anatomy (``classic`` and ``voxel``), trains
 one model per anatomy with ``spectnode train`` (held out: the same anatomy's test set), then
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--input-shape", default="384x96")
     parser.add_argument("--batch-size", default="16")
     parser.add_argument("--arch-options", default=None, help="JSON builder options, passed to spectnode train")
+    parser.add_argument("--learning-rate", default=None, help="passed to spectnode train (default: the paper's)")
+    parser.add_argument("--normalization", default="bone_window", help="passed to spectnode train")
+    parser.add_argument("--patience", default="10", help="early-stopping patience, passed to spectnode train")
     parser.add_argument("--seed", type=int, default=1300, help="first of the four phantom seeds")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the data and bundles here")
     args = parser.parse_args()
@@ -67,7 +71,10 @@ def main() -> None:
                       "--anatomy", anatomy, "--max-studies-per-patient", "1")
             sets[anatomy, split] = folder
     common = ["--arch", args.arch, "--scheme", "dspic4", "--epochs", str(args.epochs), "--input-shape",
-              args.input_shape, "--batch-size", args.batch_size]
+              args.input_shape, "--batch-size", args.batch_size, "--normalization", args.normalization,
+              "--patience", args.patience]
+    if args.learning_rate:
+        common += ["--learning-rate", args.learning_rate]
     if args.arch_options:
         common += ["--arch-options", args.arch_options]
     results = {}
