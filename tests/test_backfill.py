@@ -20,7 +20,10 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, generate_uid
 
+import spectnode.backfill.run as backfill_run
 from spectnode.backfill.progress import Progress
+from spectnode.backfill.query import PacsClient, PacsRefused
+from spectnode.backfill.retrieve import RetrieveOutcome, retrieve_series
 from spectnode.backfill.run import BackfillOptions, algorithm_of, run_backfill
 from spectnode.config import parse_config
 from spectnode.node.datadir import DataDir
@@ -29,11 +32,14 @@ from spectnode.report import AlgorithmInfo, build_not_assessable_sr
 from spectnode.result import StudyResult
 from spectnode.store import JobStore
 
-from nodetools import NodeProcess, free_port, spectnode_command, tiny_bundle, write_config
+from nodetools import FakeClock, NodeProcess, free_port, spectnode_command, tiny_bundle, write_config
 from orthanc import OrthancServer
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
+
+    from pynetdicom.events import Event
 
 AE_TITLE = "SPECTNODE"
 
@@ -184,6 +190,71 @@ def test_c_get_backfill_classifies_every_eligible_study_skips_the_rest_and_a_rer
         third = run_backfill(fresh, "main", BackfillOptions(), _quiet())
         assert third.skipped == {"PACS": 6} and third.retrieved == 0
         assert len(pacs.instances()) == instances
+
+
+def test_c_get_brings_every_layout_in_the_transfer_syntax_the_pacs_holds_it_in(tmp_path: Path) -> None:
+    # One study of each phantom layout: uncompressed, RLE, JPEG-LS, JPEG lossless, JPEG 2000,
+    # implicit VR, split instances and series. A C-GET that offered one presentation context per
+    # SOP class got Explicit VR Little Endian accepted, so Orthanc had to decompress every object,
+    # and answered 0xC000 ("Cannot transcode") for JPEG 2000, which it has no codec for.
+    root = tmp_path / "layouts"
+    records = generate_phantoms(root, 9, seed=43)
+    held = {}
+    for path in (f for r in records for f in r.files):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        held[str(ds.SOPInstanceUID)] = str(ds.file_meta.TransferSyntaxUID)
+    assert "1.2.840.10008.1.2.4.90" in held.values()  # JPEG 2000 lossless is among them
+    received: dict[str, str] = {}
+
+    def store(event: Event) -> int:
+        received[str(event.dataset.SOPInstanceUID)] = str(event.context.transfer_syntax)
+        return 0x0000
+
+    node_port = free_port()
+    with _orthanc(tmp_path, node_port) as pacs:
+        for path in (f for r in records for f in r.files):
+            pacs.upload(path.read_bytes())
+        cfg = parse_config(_config(tmp_path, pacs, "get", node_port, tmp_path))
+        client = PacsClient(cfg.pacs[0], AE_TITLE)
+        for record in records:
+            series = [hit.series_uid for hit in client.find_series(record.study_uid)]
+            outcome = retrieve_series(client, record.study_uid, series, store_handler=store)
+            assert outcome == RetrieveOutcome(completed=len(record.files), failed=0, warning=0), record.layout
+        assert "Cannot transcode" not in pacs.log_tail(400)
+    assert received == held
+
+
+def test_a_study_the_pacs_refuses_is_retried_after_a_pause_and_given_up_after_max_attempts(
+        archive: Archive, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The PACS answers 0xC000 to the first C-GET of one study and to every C-GET of another.
+    once, always = list(archive.eligible)[:2]
+    clock = FakeClock(0.0)  # moves only when the run sleeps
+    calls: dict[str, list[float]] = {once: [], always: []}
+
+    def refusing(client: PacsClient, study_uid: str, series_uids: Sequence[str], **kw: Any) -> RetrieveOutcome:
+        calls[study_uid].append(clock())
+        if study_uid == always or len(calls[study_uid]) == 1:
+            raise PacsRefused("C-GET of a series: the PACS answered 0xC000")
+        return retrieve_series(client, study_uid, series_uids, **kw)
+
+    monkeypatch.setattr(backfill_run, "retrieve_series", refusing)
+
+    node_port = free_port()
+    with _orthanc(tmp_path, node_port) as pacs:
+        archive.load(pacs, {once, always})
+        cfg = parse_config(_config(tmp_path, pacs, "get", node_port, bundle, max_attempts=3))
+        out = io.StringIO()
+        summary = run_backfill(cfg, "main", BackfillOptions(), Progress(out, terminal=False), clock=clock,
+                               sleep=clock.advance)
+        assert [len(c) for c in calls.values()] == [2, 3]
+        # Each retry came after a pause of at least retry_base_seconds (0.5).
+        assert all(later - earlier >= 0.5 for c in calls.values() for earlier, later in zip(c, c[1:]))
+        assert summary.classified == 1 and summary.retrieved == 1
+        assert summary.failed == {"retrieve failed 3 times: C-GET of a series: the PACS answered 0xC000": 1}
+        notes = [e for e in _events(out.getvalue().splitlines()) if e["event"] == "note"]
+        assert len(notes) == 3 and all("0xC000; trying again in" in n["message"] for n in notes)
+        assert_each_result_once(pacs, archive, {once: archive.eligible[once]})
+        assert spectnode_objects(pacs, always) == {}
 
 
 def _events(lines: list[str]) -> list[dict[str, Any]]:

@@ -4,7 +4,14 @@
   C-STORE requests to this SCU. They are stored by the receive stage's own
   handler (:meth:`spectnode.node.stages.receive.ReceiveStage.handle_store`),
   into the same spool and job store, with the same checks and statuses, as
-  if they had been pushed.
+  if they had been pushed. The association proposes one presentation context
+  per storage SOP class *and transfer syntax* (:func:`get_storage_contexts`):
+  the PACS can only send an object over a context accepted with a transfer
+  syntax it has or can convert to (PS3.4 C.4.3.3), and an acceptor keeps one
+  syntax of each context. With one context per SOP class listing every
+  syntax, Orthanc accepts Explicit VR Little Endian, must decompress each
+  compressed object to send it, and fails the sub-operation (0xC000, "Cannot
+  transcode") where it has no codec, e.g. for JPEG 2000.
 * **C-MOVE**: the PACS opens its own association to this node's AE title
   (``node.ae_title``, which the PACS must know with its host and port) and
   stores the objects to the node's listening receive stage.
@@ -33,17 +40,19 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from spectnode.backfill.query import PENDING, PacsClient, PacsRefused, PacsUnavailable, check_status
-from spectnode.node.stages.receive import ACCEPTED_TRANSFER_SYNTAXES
+from spectnode.node.stages.receive import ACCEPTED_TRANSFER_SYNTAXES, RETIRED_STORAGE_SOP_CLASSES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-__all__ = ["GET_STORAGE_CLASSES", "RetrieveOutcome", "retrieve_series"]
+__all__ = ["GET_STORAGE_CLASSES", "RetrieveOutcome", "get_storage_contexts", "retrieve_series"]
 
 #: Storage SOP classes offered for C-GET: those an NM whole-body view comes in
-#: (NM Image, and Secondary Capture with Modality NM, as GE exports do).
+#: (NM Image, the retired NM Image of older cameras, and Secondary Capture with
+#: Modality NM, as GE exports do).
 GET_STORAGE_CLASSES: Final = (
     NuclearMedicineImageStorage,
+    *RETIRED_STORAGE_SOP_CLASSES,
     SecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
@@ -58,6 +67,17 @@ class RetrieveOutcome:
     completed: int
     failed: int
     warning: int
+
+
+def get_storage_contexts() -> list[tuple[str, list[str]]]:
+    """The storage presentation contexts a C-GET proposes: one per SOP class and transfer syntax.
+
+    So that every object comes as the PACS holds it, without decompressing or
+    re-encoding on its side (PS3.4 C.4.3.3: a sub-operation needs a context
+    accepted with the object's syntax or one the PACS converts to). 6 classes
+    by 13 syntaxes make 78 contexts, within the 128 an association may carry.
+    """
+    return [(uid, [syntax]) for uid in GET_STORAGE_CLASSES for syntax in ACCEPTED_TRANSFER_SYNTAXES]
 
 
 def _count(status: Dataset, keyword: str) -> int:
@@ -91,7 +111,7 @@ def retrieve_series(client: PacsClient, study_uid: str, series_uids: Sequence[st
     roles = []
     handlers = []
     if get:
-        contexts += [(uid, ACCEPTED_TRANSFER_SYNTAXES) for uid in GET_STORAGE_CLASSES]
+        contexts += get_storage_contexts()
         roles = [build_role(uid, scp_role=True) for uid in GET_STORAGE_CLASSES]
         handlers = [(evt.EVT_C_STORE, store_handler)]
     what = f"C-{'GET' if get else 'MOVE'} of a series"
