@@ -120,3 +120,29 @@ def test_heatmap_peaks_lie_on_single_strong_lesions(classifier):
     recall = classifier.card.metrics["recall"]["per_class"]["metastatic"]
     assert called >= binomial_floor(recall, len(SINGLE_STRONG_LESION_SEEDS)), called
     assert misplaced == []
+
+
+def test_real_ge_single_view_is_classified_by_the_shipped_per_view_model():
+    """pydicom's GE Millennium view (no view code, no ANT/POST text anywhere): the view is inferred
+    from the image and the shipped per-view dSPIC-AM classifies it; the aggregate model, which needs
+    both views, says why it did not run (issue 14, point 2)."""
+    import json
+    import subprocess
+    import sys
+
+    from pydicom.data import get_testdata_file
+
+    modes = {p.name: StudyClassifier.from_bundle(p).card.preprocessing["views"] for p in DEFAULT_BUNDLES}
+    assert sorted(modes.values()) == ["aggregate", "per_view"], modes
+    proc = subprocess.run([sys.executable, "-m", "spectnode", "classify", get_testdata_file("JPEG2000.dcm"), "--json"],
+                          capture_output=True, text=True, timeout=600, check=True)
+    (result,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert result["outcome"] == "classified", result
+    (view,) = result["views"]
+    assert result["inferred_views"] == [view] and 0.5 <= result["view_certainty"][view] <= 1.0
+    (model,) = result["models"]
+    assert model["input_mode"] == "per_view" and model["views"] == [view]
+    assert model["label"] in LABELS and math.isclose(sum(model["probabilities"].values()), 1.0, abs_tol=1e-4)
+    assert model["domain_score"] is not None
+    (skipped,) = result["skipped_models"].values()
+    assert "both" in skipped and "view" in skipped, skipped
