@@ -16,7 +16,8 @@ from pydicom.data import get_testdata_file
 
 from spectnode.classify import StudyClassifier
 from spectnode.imaging.guards import check_study, check_view, early_phase_words
-from spectnode.imaging.views import EARLY_PHASE, NOT_BONE_SCAN, StudyViews, ViewImage
+from spectnode.imaging.safe_text import quote
+from spectnode.imaging.views import EARLY_PHASE, NOT_BONE_SCAN, PhaseText, StudyViews, ViewImage
 from spectnode.phantom import LABELS, synthesize_scan
 from spectnode.phantom.anatomy import sample_anatomy
 from spectnode.phantom.synth import render_expected_views
@@ -25,7 +26,7 @@ SPACING = 2.3
 
 
 def view_image(pixels: np.ndarray, spacing: float = SPACING, view: str = "anterior",
-               descriptions: tuple[tuple[str, str], ...] = ()) -> ViewImage:
+               descriptions: tuple[PhaseText, ...] = ()) -> ViewImage:
     return ViewImage(view, np.asarray(pixels, dtype=np.float32), (spacing, spacing), "1.2.3", "1.2.3",
                      None, descriptions=descriptions)
 
@@ -130,7 +131,7 @@ def test_early_phase_words(text: str, early: bool) -> None:
 def test_described_early_phase_refuses_a_delayed_looking_image() -> None:
     scan = synthesize_scan(np.random.default_rng(5), "normal")
     image = view_image(scan.anterior, scan.pixel_spacing_mm,
-                       descriptions=(("(0008,103E) SeriesDescription", "GK früh"),))
+                       descriptions=(PhaseText("(0008,103E) SeriesDescription", "GK früh", quote("GK früh")),))
     problem = check_view(image)
     assert problem is not None and problem.code == EARLY_PHASE
     assert "SeriesDescription" in problem.reason and "GK früh" in problem.reason

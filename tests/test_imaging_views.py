@@ -494,7 +494,7 @@ def test_patient_orientation_puts_head_up(view, orientation, store) -> None:
 def test_patient_orientation_along_anterior_posterior_axis_is_unusable() -> None:
     anterior, _ = truth_views()
     ds = make_dataset([anterior], study_uid=generate_uid(), ImageID="ANT", PatientOrientation=["A", "F"])
-    assert_not_assessable(read_study_views([ds]), "unusable_geometry", "PatientOrientation A\\F")
+    assert_not_assessable(read_study_views([ds]), "unusable_geometry", "(0020,0020) PatientOrientation A\\F")
 
 
 # ----------------------------------------------------------- compressed, files
@@ -633,7 +633,7 @@ def test_missing_views_multiframe_without_detector_vector() -> None:
     anterior, posterior = truth_views()
     ds = multiframe_study([1, 2], [ANTERIOR_CODE, POSTERIOR_CODE], [anterior, posterior])
     del ds.DetectorVector
-    assert_not_assessable(read_study_views([ds]), "missing_views", "no DetectorVector")
+    assert_not_assessable(read_study_views([ds]), "missing_views", "no (0054,0020) DetectorVector")
 
 
 def test_ambiguous_when_two_objects_claim_one_view() -> None:

@@ -331,7 +331,7 @@ def test_views_named_by_headers_complete_a_study_whose_pixels_cannot_be_decoded(
     assert storescu(setup["port"], broken).returncode == 0
     (study,) = settle(setup["store"], [record.study_uid], timeout=60)
     assert study.state == NOT_ASSESSABLE and study.completed_by == "content"  # not by the idle timeout
-    assert study.result.reason_code == "unreadable" and "pixel data" in study.reason
+    assert study.result.reason_code == "unreadable" and "(7FE0,0010) PixelData" in study.reason
 
 
 def test_two_objects_naming_the_same_view_end_not_assessable_as_ambiguous(setup, tmp_path):

@@ -10,6 +10,7 @@ and a re-opened study.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -43,7 +44,6 @@ from nodetools import FakeClock, instance_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
     from spectnode.node.datadir import DataDir
     from spectnode.report import AlgorithmInfo
@@ -347,7 +347,10 @@ def test_one_unreadable_view_leaves_a_one_view_study_and_a_warning(clocked_store
     assert ClassifyStage(clocked_store, data_dir, FakeClassifier, not_assessable_sr=True).step()
     study = clocked_store.study(record.study_uid)
     assert study.state == CLASSIFIED and study.result.views == ["anterior"]
-    assert any(f"{damaged.name}: cannot be read as DICOM" in r.getMessage() for r in caplog.records)
+    position = [Path(r["path"]) for r in clocked_store.instances(record.study_uid)].index(damaged) + 1
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any(f"received object {position} of 2 (NM) cannot be read as DICOM" in m for m in warnings), warnings
+    assert not any(str(posterior) in m for m in warnings)  # named by position, not by its file or UID
 
 
 # --------------------------------------------------------------------------- report

@@ -46,7 +46,6 @@ from typing import Final
 import numpy as np
 from scipy import ndimage
 
-from spectnode.imaging.safe_text import quote
 from spectnode.imaging.view_labels import label_words
 from spectnode.imaging.views import (
     EARLY_PHASE,
@@ -100,10 +99,10 @@ def early_phase_words(text: str) -> list[str]:
 
 
 def _described_early(image: ViewImage) -> NotAssessable | None:
-    for attribute, text in image.descriptions:
+    for attribute, text, shown in image.descriptions:  # shown: quoted, or withheld, by safe_text
         if early_phase_words(text):
             return NotAssessable("", (
-                f"early (blood-pool) phase, not a delayed bone scan: {attribute} {quote(text)} "
+                f"early (blood-pool) phase, not a delayed bone scan: {attribute} {shown} "
                 f"of the {image.view} view names a flow or blood-pool phase"), EARLY_PHASE)
     return None
 

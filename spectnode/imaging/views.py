@@ -75,13 +75,19 @@ except that the same SOP instance received twice counts once. Once a view is
 identified, any problem with it (undecodable pixels, unusable geometry, an
 empty frame) makes the whole study not assessable rather than silently
 dropping that view.
+
+Reasons hold no patient data (:mod:`spectnode.imaging.safe_text`): an object is
+named by its position and its SeriesNumber and InstanceNumber ("NM object 2
+of 3 (SeriesNumber 5, InstanceNumber 1)"), never by a UID or a path; a
+decoder's message, which may quote header values, is kept out of the reason
+(in :attr:`NotAssessable.detail`, for a log that may hold patient data).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import numpy as np
 import pydicom
@@ -89,7 +95,16 @@ from pydicom.datadict import private_dictionary_description
 from pydicom.pixels import apply_modality_lut
 from pydicom.tag import BaseTag, Tag
 
-from spectnode.imaging.safe_text import IMAGE_TYPE_TERMS, MODALITY_TERMS, WITHHELD, attribute_name, quote, term
+from spectnode.imaging.safe_text import (
+    IMAGE_TYPE_TERMS,
+    MODALITY_TERMS,
+    WITHHELD,
+    attribute_name,
+    code_value,
+    object_name,
+    quote,
+    term,
+)
 from spectnode.imaging.view_inference import infer_view
 from spectnode.imaging.view_labels import ANTERIOR, POSTERIOR, ViewName, view_from_label
 
@@ -109,10 +124,12 @@ __all__ = [
     "MIN_VIEW_COLUMNS",
     "TC99M_PHOTOPEAK_KEV",
     "REASON_CODES",
+    "PhaseText",
     "ViewImage",
     "StudyViews",
     "NotAssessable",
     "group_by_study",
+    "object_names",
     "read_study_views",
     "load_study_views",
 ]
@@ -175,6 +192,18 @@ MIN_WHOLE_BODY_FIELD_MM: Final = 1000.0
 _STANDARD_SCHEMES: Final = frozenset({"SCT", "SRT", "SNM3", "DCM", "LN", "UMLS"})
 
 
+class PhaseText(NamedTuple):
+    """A text that may name the acquisition phase, as the guards read it and a reason shows it."""
+
+    #: The attribute, by tag and keyword: ``"(0008,103E) SeriesDescription"``.
+    attribute: str
+    #: The raw value, for reading only: it may hold patient data.
+    text: str
+    #: What a reason may show of it: the quoted text, or ``(text withheld)``
+    #: (:func:`~spectnode.imaging.safe_text.quote`, decided with the whole dataset at hand).
+    shown: str
+
+
 @dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare pixels yourself
 class ViewImage:
     """One whole-body view, oriented by the module's convention.
@@ -196,10 +225,9 @@ class ViewImage:
             names it, the inference's certainty otherwise.
         view_evidence: What named the view, free of patient data.
         image_type: ImageType (0008,0008) values, upper case.
-        descriptions: ``(attribute, text)`` of the texts that may name the
-            acquisition phase: SeriesDescription, ImageID, ProtocolName and the
-            view code meanings. Raw values, for the guards to read: never put
-            them in a reason without :func:`spectnode.imaging.safe_text.quote`.
+        descriptions: The texts that may name the acquisition phase
+            (:class:`PhaseText`): SeriesDescription, ImageID, ProtocolName and
+            the view code meanings. A reason shows their ``shown`` form only.
     """
 
     view: ViewName
@@ -212,7 +240,7 @@ class ViewImage:
     view_certainty: float = 1.0
     view_evidence: str = ""
     image_type: tuple[str, ...] = ()
-    descriptions: tuple[tuple[str, str], ...] = ()
+    descriptions: tuple[PhaseText, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,13 +269,18 @@ class NotAssessable:
 
     Attributes:
         study_uid: StudyInstanceUID, or ``""`` when it could not be read.
-        reason: Precise, human-readable explanation naming what was found.
+        reason: Precise, human-readable explanation naming what was found;
+            free of patient data (it goes to logs, ``spectnode status`` and SRs).
         code: Short machine code, one of :data:`REASON_CODES`.
+        detail: What a decoder or parser said, word for word; it may quote
+            header values, so it is only for a log that may hold patient data
+            (``logging.patient_data``). Empty when there is nothing more.
     """
 
     study_uid: str
     reason: str
     code: str
+    detail: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.code not in REASON_CODES:
@@ -260,6 +293,8 @@ class _Rejection:
     reason: str
     #: A single-frame whole-body object whose view no header names: the view may be inferred.
     unnamed: Dataset | None = None
+    #: See :attr:`NotAssessable.detail`.
+    detail: str = ""
 
 
 @dataclass
@@ -271,15 +306,16 @@ class _Candidate:
     frame_index: int | None  # 0-based index into NumberOfFrames, None = single-frame
     object_views: frozenset[str] = field(default_factory=frozenset)
     evidence: str = ""
+    #: How reasons name the object (:func:`~spectnode.imaging.safe_text.object_name`).
+    name: str = "NM object"
 
     @property
     def key(self) -> tuple[str, int | None]:
         return (str(self.dataset.get("SOPInstanceUID", id(self.dataset))), self.frame_index)
 
     def describe(self) -> str:
-        uid = self.dataset.get("SOPInstanceUID", "?")
-        frame = "" if self.frame_index is None else f" frame {self.frame_index + 1}"
-        return f"{uid}{frame} ({self.evidence})"
+        frame = "" if self.frame_index is None else f"frame {self.frame_index + 1} of "
+        return f"{frame}{self.name} (view: {self.evidence})"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -335,7 +371,8 @@ def _view_of_code_sequence(sequence: object, ds: Dataset) -> tuple[ViewName | No
         scheme = str(item.get("CodingSchemeDesignator", "")).strip()
         value = str(item.get("CodeValue", "")).strip()
         meaning = str(item.get("CodeMeaning", "") or "").strip()
-        names.append(f"{quote(scheme, ds)} {quote(value, ds)} {quote(meaning, ds)}")
+        standard = scheme.upper() in _STANDARD_SCHEMES
+        names.append(f"{quote(scheme, ds)} {code_value(value, ds, standard)} {quote(meaning, ds)}")
         if (scheme, value) in ANTERIOR_VIEW_CODES:
             return ANTERIOR, names[-1]
         if (scheme, value) in POSTERIOR_VIEW_CODES:
@@ -357,13 +394,13 @@ def _code_meanings(ds: Dataset) -> list[tuple[str, str]]:
     ]
 
 
-def phase_descriptions(ds: Dataset) -> tuple[tuple[str, str], ...]:
-    """The texts of ``ds`` that may name the acquisition phase, as ``(attribute, text)``."""
+def phase_descriptions(ds: Dataset) -> tuple[PhaseText, ...]:
+    """The texts of ``ds`` that may name the acquisition phase."""
     texts = [
         (attribute_name(Tag(keyword), keyword), _text(ds, keyword))
         for keyword in ("SeriesDescription", "ImageID", "ProtocolName")
     ]
-    return tuple((name, text) for name, text in texts + _code_meanings(ds) if text)
+    return tuple(PhaseText(name, text, quote(text, ds)) for name, text in texts + _code_meanings(ds) if text)
 
 
 def _element_text(element: DataElement) -> str | None:
@@ -472,7 +509,7 @@ def _field_length_mm(ds: Dataset) -> float | None:
     return max(rows * spacing[0], cols * spacing[1])
 
 
-def _whole_body_rejection(ds: Dataset) -> _Rejection | None:
+def _whole_body_rejection(ds: Dataset, name: str) -> _Rejection | None:
     """Header rule: is ``ds`` a planar whole-body acquisition at all?
 
     ImageType naming a tomographic, gated, dynamic or reconstructed
@@ -483,13 +520,12 @@ def _whole_body_rejection(ds: Dataset) -> _Rejection | None:
     """
     image_type = [value.replace("_", " ") for value in _image_type(ds)]
     rows, cols = _matrix(ds)
-    uid = ds.get("SOPInstanceUID", "?")
     shown_type = "\\".join(term(value, ds, IMAGE_TYPE_TERMS) for value in image_type) or "(absent)"
     field_mm = _field_length_mm(ds)
     found = (
-        f"the image is not a whole-body bone scan: NM object {uid} has ImageType (0008,0008) {shown_type}, "
+        f"the image is not a whole-body bone scan: {name} has (0008,0008) ImageType {shown_type}, "
         f"matrix {cols}x{rows} (columns x rows)"
-        + ("" if field_mm is None else f", a field {field_mm:.0f} mm long (PixelSpacing (0028,0030))")
+        + ("" if field_mm is None else f", a field {field_mm:.0f} mm long ((0028,0030) PixelSpacing)")
         + f", {_number_of_frames(ds)} frame(s)"
     )
     not_planar = sorted(set(image_type) & _NM_NOT_PLANAR_TERMS)
@@ -506,9 +542,8 @@ def _whole_body_rejection(ds: Dataset) -> _Rejection | None:
     )
 
 
-def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate] | _Rejection:
+def _coded_candidates(ds: Dataset, detectors: list[Dataset], name: str) -> list[_Candidate] | _Rejection:
     """Rule 1: frames mapped through DetectorVector to coded detector views."""
-    uid = ds.get("SOPInstanceUID", "?")
     n_frames = _number_of_frames(ds)
     detector_views = [_view_of_code_sequence(item.get("ViewCodeSequence"), ds) for item in detectors]
     if "DetectorVector" in ds:
@@ -518,13 +553,13 @@ def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate]
     else:
         return _Rejection(
             MISSING_VIEWS,
-            f"object {uid} has {n_frames} frame(s) and {len(detectors)} detectors "
-            "but no DetectorVector (0054,0020) to tell which frame is which view",
+            f"{name} has {n_frames} frame(s) and {len(detectors)} detectors "
+            "but no (0054,0020) DetectorVector to tell which frame is which view",
         )
     if len(detector_vector) != n_frames or any(not 1 <= d <= len(detectors) for d in detector_vector):
         return _Rejection(
             UNUSABLE_GEOMETRY,
-            f"object {uid}: DetectorVector {detector_vector} does not fit {n_frames} frame(s) "
+            f"{name}: (0054,0020) DetectorVector {detector_vector} does not fit {n_frames} frame(s) "
             f"and {len(detectors)} DetectorInformationSequence item(s)",
         )
     if "EnergyWindowVector" in ds:
@@ -532,7 +567,7 @@ def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate]
         if len(window_vector) != n_frames:
             return _Rejection(
                 UNUSABLE_GEOMETRY,
-                f"object {uid}: EnergyWindowVector has {len(window_vector)} values for {n_frames} frame(s)",
+                f"{name}: (0054,0010) EnergyWindowVector has {len(window_vector)} values for {n_frames} frame(s)",
             )
     else:
         window_vector = [1] * n_frames
@@ -543,7 +578,8 @@ def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate]
         codes = "; ".join(description for _, description in detector_views)
         return _Rejection(
             MISSING_VIEWS,
-            f"object {uid}: detector view codes ({codes}) name no anterior or posterior projection",
+            f"{name}: the (0054,0220) ViewCodeSequence codes of its detectors ({codes}) name no anterior "
+            "or posterior projection",
         )
     window = _choose_energy_window(ds, (window_vector[i] for i in view_frames))
     by_view: dict[str, list[int]] = {}
@@ -554,7 +590,7 @@ def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate]
         if len(frames) > 1:
             return _Rejection(
                 MISSING_VIEWS,
-                f"object {uid} is ambiguous: frames {[f + 1 for f in frames]} are all {view} "
+                f"{name} is ambiguous: frames {[f + 1 for f in frames]} are all {view} "
                 f"in energy window {window}; no rule says which one to use",
             )
     object_views = frozenset(by_view)
@@ -568,22 +604,27 @@ def _coded_candidates(ds: Dataset, detectors: list[Dataset]) -> list[_Candidate]
                 f"DetectorVector -> detector {detector_vector[frames[0]]} "
                 f"{detector_views[detector_vector[frames[0]] - 1][1]}, energy window {window}"
             ),
+            name=name,
         )
         for view, frames in sorted(by_view.items())
     ]
 
 
-def object_view_candidates(ds: Dataset) -> list[_Candidate] | _Rejection:
-    """Identify the views held by one NM object (headers only, no pixel decoding)."""
-    rejection = _whole_body_rejection(ds)
+def object_view_candidates(ds: Dataset, name: str | None = None) -> list[_Candidate] | _Rejection:
+    """Identify the views held by one NM object (headers only, no pixel decoding).
+
+    ``name`` is how reasons name the object (:func:`object_names`; default: by
+    its SeriesNumber and InstanceNumber alone).
+    """
+    name = name or object_name(ds)
+    rejection = _whole_body_rejection(ds, name)
     if rejection is not None:
         return rejection
-    uid = ds.get("SOPInstanceUID", "?")
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples != 1:
         return _Rejection(
             UNREADABLE,
-            f"object {uid} has colour pixel data (SamplesPerPixel {samples}, "
+            f"{name} has colour pixel data (SamplesPerPixel {samples}, "
             f"{term(str(ds.get('PhotometricInterpretation', '?')), ds)}): a rendered picture, not counts",
         )
     # An empty ViewCodeSequence (written as type 2 by some exports) says nothing.
@@ -591,43 +632,45 @@ def object_view_candidates(ds: Dataset) -> list[_Candidate] | _Rejection:
         item for item in _as_list(ds.get("DetectorInformationSequence")) if _as_list(item.get("ViewCodeSequence"))
     ]
     if coded_detectors:
-        return _coded_candidates(ds, _as_list(ds.DetectorInformationSequence))
+        return _coded_candidates(ds, _as_list(ds.DetectorInformationSequence), name)
     n_frames = _number_of_frames(ds)
     if n_frames > 1:
         return _Rejection(
             MISSING_VIEWS,
-            f"object {uid} has {n_frames} frames but no ViewCodeSequence in "
+            f"{name} has {n_frames} frames but no (0054,0220) ViewCodeSequence in (0054,0022) "
             "DetectorInformationSequence, so no frame can be assigned a view",
         )
     view, evidence = _text_view(ds)
     if view is None:
         return _Rejection(
             MISSING_VIEWS,
-            f"object {uid}: no view code and no unambiguous ANT/POST label ({evidence})",
+            f"{name}: no view code and no unambiguous ANT/POST label ({evidence})",
             unnamed=ds,
         )
     frame_index = 0 if "NumberOfFrames" in ds else None
-    return [_Candidate(view, ds, frame_index, frozenset({view}), evidence)]
+    return [_Candidate(view, ds, frame_index, frozenset({view}), evidence, name)]
 
 
 # ---------------------------------------------------------------- pixels and orientation
 
 
-def _decode_frames(ds: Dataset) -> np.ndarray | _Rejection:
+def _decode_frames(ds: Dataset, name: str) -> np.ndarray | _Rejection:
     """All frames as float32 (frames, rows, cols) after the modality LUT."""
-    uid = ds.get("SOPInstanceUID", "?")
     transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         pixels = ds.pixel_array
         pixels = apply_modality_lut(pixels, ds)
     except Exception as exc:  # any decoder failure means the same thing here
-        syntax = f" ({transfer_syntax.name})" if transfer_syntax is not None else ""
-        return _Rejection(UNREADABLE, f"pixel data of object {uid}{syntax} cannot be decoded: {exc}")
+        # A transfer syntax is shown by its name in pydicom's dictionary; an unknown UID is not shown.
+        syntax_name = str(transfer_syntax.name) if transfer_syntax is not None else ""
+        syntax = f" ({syntax_name})" if syntax_name and syntax_name != str(transfer_syntax) else ""
+        return _Rejection(UNREADABLE, f"the (7FE0,0010) PixelData of {name}{syntax} cannot be decoded "
+                                      f"({type(exc).__name__} from the decoder)", detail=f"{type(exc).__name__}: {exc}")
     rows, cols = _matrix(ds)
     if pixels.size != _number_of_frames(ds) * rows * cols:
         return _Rejection(
             UNREADABLE,
-            f"pixel data of object {uid} does not hold {_number_of_frames(ds)} frame(s) of {rows}x{cols}",
+            f"the (7FE0,0010) PixelData of {name} does not hold {_number_of_frames(ds)} frame(s) of {rows}x{cols}",
         )
     return np.asarray(pixels, dtype=np.float32).reshape((-1, rows, cols))
 
@@ -656,7 +699,7 @@ def _orient(
         shown = "\\".join(term(value, candidate.dataset) for value in orientation)
         return _Rejection(
             UNUSABLE_GEOMETRY,
-            f"object {candidate.dataset.get('SOPInstanceUID', '?')}: PatientOrientation "
+            f"{candidate.name}: (0020,0020) PatientOrientation "
             f"{shown} is not a planar anterior/posterior projection "
             "(needs one L/R and one H/F direction)",
         )
@@ -733,7 +776,7 @@ def _view_image(candidate: _Candidate, frame: np.ndarray, inferred_certainty: fl
     )
 
 
-def _inferred_single_view(study_uid: str, ds: Dataset, rejections: list[_Rejection]
+def _inferred_single_view(study_uid: str, ds: Dataset, name: str, rejections: list[_Rejection]
                           ) -> StudyViews | NotAssessable:
     """The one whole-body object of a study that no header names: infer its view from the image.
 
@@ -741,11 +784,11 @@ def _inferred_single_view(study_uid: str, ds: Dataset, rejections: list[_Rejecti
     part cannot be read without knowing the view), inferred, then oriented as
     the inferred view.
     """
-    frames = _decode_frames(ds)
+    frames = _decode_frames(ds, name)
     if isinstance(frames, _Rejection):
         return _not_assessable(study_uid, [frames])
     frame_index = 0 if "NumberOfFrames" in ds else None
-    head_up = _orient(frames[0], _Candidate(ANTERIOR, ds, frame_index, frozenset()))
+    head_up = _orient(frames[0], _Candidate(ANTERIOR, ds, frame_index, frozenset(), name=name))
     if isinstance(head_up, _Rejection):
         return _not_assessable(study_uid, [head_up])
     pixels, transposed = head_up
@@ -753,7 +796,7 @@ def _inferred_single_view(study_uid: str, ds: Dataset, rejections: list[_Rejecti
     if inferred is None:
         return _not_assessable(study_uid, rejections)
     candidate = _Candidate(inferred.view, ds, frame_index, frozenset({inferred.view}),
-                           "no view named in the headers; " + inferred.describe())
+                           "no view named in the headers; " + inferred.describe(), name)
     image = _view_image(candidate, frames[0], inferred.certainty)
     if isinstance(image, _Rejection):
         return _not_assessable(study_uid, [image])
@@ -776,12 +819,19 @@ def group_by_study(datasets: Iterable[Dataset]) -> dict[str, list[Dataset]]:
     return studies
 
 
+def object_names(datasets: Sequence[Dataset]) -> list[str]:
+    """How reasons name each of a study's NM objects, in the order given: ``"NM object 2 of 3
+    (SeriesNumber 5, InstanceNumber 1)"`` (:func:`~spectnode.imaging.safe_text.object_name`)."""
+    return [object_name(ds, i, len(datasets)) for i, ds in enumerate(datasets, start=1)]
+
+
 def _not_assessable(study_uid: str, rejections: list[_Rejection]) -> NotAssessable:
     """Explain a failure by the object that got furthest, mentioning the others."""
     worst = max(rejections, key=lambda r: _STAGE[r.code])
     others = [r.reason for r in rejections if r is not worst and r.reason != worst.reason]
     reason = worst.reason if not others else f"{worst.reason}; also: {'; '.join(others)}"
-    return NotAssessable(study_uid=study_uid, reason=reason, code=worst.code)
+    detail = "; ".join(r.detail for r in rejections if r.detail)
+    return NotAssessable(study_uid=study_uid, reason=reason, code=worst.code, detail=detail)
 
 
 def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
@@ -826,8 +876,9 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
 
     rejections: list[_Rejection] = []
     candidates: dict[str, dict[tuple[str, int | None], _Candidate]] = {ANTERIOR: {}, POSTERIOR: {}}
+    names = {id(ds): name for ds, name in zip(nm_objects, object_names(nm_objects))}
     for ds in nm_objects:
-        outcome = object_view_candidates(ds)
+        outcome = object_view_candidates(ds, names[id(ds)])
         if isinstance(outcome, _Rejection):
             rejections.append(outcome)
             continue
@@ -848,14 +899,15 @@ def read_study_views(datasets: Sequence[Dataset]) -> StudyViews | NotAssessable:
                    for r in rejections if r.unnamed is not None}
         if len(unnamed) != 1:
             return _not_assessable(study_uid, rejections)
-        return _inferred_single_view(study_uid, next(iter(unnamed.values())), rejections)
+        only = next(iter(unnamed.values()))
+        return _inferred_single_view(study_uid, only, names[id(only)], rejections)
 
     decoded: dict[int, np.ndarray] = {}
     images: dict[str, ViewImage] = {}
     for candidate in chosen:
         frames = decoded.get(id(candidate.dataset))
         if frames is None:
-            decoding = _decode_frames(candidate.dataset)
+            decoding = _decode_frames(candidate.dataset, candidate.name)
             if isinstance(decoding, _Rejection):
                 return _not_assessable(study_uid, [decoding])
             frames = decoded[id(candidate.dataset)] = decoding
@@ -886,7 +938,9 @@ def load_study_views(paths: Sequence[str | Path]) -> dict[str, StudyViews | NotA
         One entry per study, keyed by StudyInstanceUID, in the order studies
         are first seen. A file that cannot be parsed at all gets its own
         :class:`NotAssessable` (code ``unreadable``, empty ``study_uid``) keyed
-        by its path as given.
+        by its path as given; its reason names the path (the caller's own
+        file, for the caller to find) and the parser's exception class, its
+        detail what the parser said.
     """
     results: dict[str, StudyViews | NotAssessable] = {}
     datasets: list[Dataset] = []
@@ -895,7 +949,8 @@ def load_study_views(paths: Sequence[str | Path]) -> dict[str, StudyViews | NotA
             datasets.append(pydicom.dcmread(path))
         except Exception as exc:  # corrupt or non-DICOM files fail in many ways
             results[str(path)] = NotAssessable(
-                study_uid="", reason=f"{path}: cannot be read as DICOM: {exc}", code=UNREADABLE
+                study_uid="", reason=f"{path}: cannot be read as DICOM ({type(exc).__name__})", code=UNREADABLE,
+                detail=f"{type(exc).__name__}: {exc}",
             )
     for study_uid, members in group_by_study(datasets).items():
         if study_uid:

@@ -198,7 +198,8 @@ class Node:
         report = StageThread(ReportStage(store, self.data_dir, self.models.algorithms, cfg.destinations, disk=disk),
                              self._stopping, wake_next=dispatch.wake.set, disk=disk, observe=observe)
         classify = StageThread(ClassifyStage(store, self.data_dir, self.models.classifiers,
-                                             cfg.report.not_assessable_sr, disk=disk),
+                                             cfg.report.not_assessable_sr, disk=disk,
+                                             log_patient_data=cfg.logging.patient_data),
                                self._stopping, wake_next=report.wake.set, prepare=self.models.preload, disk=disk,
                                observe=observe)
         assemble = StageThread(AssembleStage(store, self.data_dir, cfg.completion.timeout_seconds, disk=disk),

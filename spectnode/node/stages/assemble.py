@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 # The header-level part of the view rules; the same function read_study_views uses.
-from spectnode.imaging.views import ANTERIOR, POSTERIOR, object_view_candidates
+from spectnode.imaging.views import ANTERIOR, POSTERIOR, object_names, object_view_candidates
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, is_disk_full, unguarded
 from spectnode.node.stages import study_log_extra
@@ -77,8 +77,8 @@ def check_completion(nm_headers: Sequence[Dataset], unreadable: int = 0) -> Comp
     """
     named: dict[str, set[tuple[str, int | None]]] = {ANTERIOR: set(), POSTERIOR: set()}
     rejections: list[str] = []
-    for ds in nm_headers:
-        outcome = object_view_candidates(ds)
+    for ds, name in zip(nm_headers, object_names(nm_headers)):
+        outcome = object_view_candidates(ds, name)
         if isinstance(outcome, list):
             for candidate in outcome:
                 named[candidate.view].add(candidate.key)

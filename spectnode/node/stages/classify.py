@@ -11,8 +11,12 @@ stage (or a restarted node) needs neither a second inference nor a second
 decode.
 
 A not-assessable study gets ``report_pending`` set when it will get an SR
-saying so (:func:`wants_not_assessable_sr`). An exception leaves the study in
-``error`` with the message (``spectnode retry`` returns it here).
+saying so (:func:`wants_not_assessable_sr`). Its reason, stored, logged and
+written into that SR, names objects by position and attributes by tag and
+keyword, never a UID, a path or a decoder's message (which may quote header
+values); that message is logged at DEBUG only where ``logging.patient_data``
+allows patient data in the log. An exception leaves the study in ``error``
+with the message (``spectnode retry`` returns it here).
 """
 
 from __future__ import annotations
@@ -88,12 +92,15 @@ class ClassifyStage:
         not_assessable_sr: ``report.not_assessable_sr``.
         disk: The data directory's free space; below its floor, or after a
             write failed for want of space, the stage waits (default: no floor).
+        log_patient_data: ``logging.patient_data``: log what a decoder said of
+            a study's pixel data word for word (DEBUG); it may quote header values.
     """
 
     name = "classify"
 
     def __init__(self, store: JobStore, data_dir: DataDir, classifiers: Callable[[], Classifiers],
-                 not_assessable_sr: bool, disk: DiskSpace | None = None) -> None:
+                 not_assessable_sr: bool, disk: DiskSpace | None = None, log_patient_data: bool = False) -> None:
+        self.log_patient_data = log_patient_data
         self.store = store
         self.data_dir = data_dir
         self.classifiers = classifiers
@@ -114,7 +121,11 @@ class ClassifyStage:
         if problems:
             _log.warning("study %s: %s", study_uid, "; ".join(problems), extra={"study_uid": study_uid})
             if isinstance(found, NotAssessable):
-                found = NotAssessable(study_uid, f"{found.reason}; also: {'; '.join(problems)}", found.code)
+                found = NotAssessable(study_uid, f"{found.reason}; also: {'; '.join(problems)}", found.code,
+                                      found.detail)
+        if isinstance(found, NotAssessable) and found.detail and self.log_patient_data:
+            _log.debug("study %s: the decoder said (logging.patient_data is on): %s", study_uid, found.detail,
+                       extra={"study_uid": study_uid})
         return found
 
     def classify(self, study: StudyRecord) -> str | None:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Final
 
 import pydicom
 
+from spectnode.imaging.safe_text import MODALITY_TERMS, term
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -38,12 +40,16 @@ def read_spooled_study(
             pixel data), which is all that completion checks and reports need.
 
     Returns:
-        ``(datasets, problems)``: one message per file that could not be read.
+        ``(datasets, problems)``: one message per file that could not be read,
+        naming it by its position among the study's received objects (free of
+        patient data: no UID, no path, no parser message).
     """
     datasets: list[Dataset] = []
     problems: list[str] = []
-    for row in store.instances(study_uid):
-        is_nm = str(row["modality"] or "").strip().upper() == "NM"
+    rows = store.instances(study_uid)
+    for position, row in enumerate(rows, start=1):
+        modality = str(row["modality"] or "").strip()
+        is_nm = modality.upper() == "NM"
         if nm_only and not is_nm:
             continue
         path = Path(row["path"])
@@ -53,5 +59,9 @@ def read_spooled_study(
             else:
                 datasets.append(pydicom.dcmread(path, stop_before_pixels=True))
         except Exception as exc:  # noqa: BLE001 - a spooled file that no longer reads is reported, not fatal
-            problems.append(f"{path.name}: cannot be read as DICOM: {exc}")
+            # Named by position, not by its file (named by its SOP Instance UID); the parser's
+            # message may quote header values, so only its class is kept.
+            shown = term(modality, None, MODALITY_TERMS) if modality else "no Modality"
+            problems.append(f"received object {position} of {len(rows)} ({shown}) cannot be read as DICOM "
+                            f"({type(exc).__name__})")
     return datasets, problems
