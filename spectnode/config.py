@@ -54,6 +54,10 @@ RetrieveMethod = Literal["get", "move"]
 #: Matches any calling AE title in ``node.allowed_calling_ae_titles``.
 ANY_AE_TITLE = "*"
 
+#: Default ``destinations[].commitment_timeout_seconds``: under ``metrics.outbox_stuck_seconds``
+#: (900 s), so an output waiting for its commitment does not make ``/healthz`` degraded.
+DEFAULT_COMMITMENT_TIMEOUT_S = 600.0
+
 
 class ConfigError(Exception):
     """A configuration problem; the message names the file and the key."""
@@ -168,6 +172,13 @@ class DestinationConfig:
     #: Client certificate and key (PEM) for a peer that requires mutual authentication.
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
+    #: Storage Commitment (PS3.4 Annex J), for ``type: dicom`` and ``type: sender``:
+    #: after the C-STOREs the node asks the peer to commit the objects (N-ACTION),
+    #: and an output counts as delivered only once the peer confirms it by N-EVENT-REPORT.
+    storage_commitment: bool = False
+    #: With ``storage_commitment``: seconds to wait for the N-EVENT-REPORT before
+    #: the output is sent again (under the dispatch retry policy).
+    commitment_timeout_seconds: float = DEFAULT_COMMITMENT_TIMEOUT_S
 
 
 def _default_destinations() -> tuple[DestinationConfig, ...]:
@@ -572,6 +583,7 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
                                 ("tls_private_key", None)):
                 if getattr(dest, attr) != unset:
                     raise ConfigError(source, f"destinations[{i}].{attr}", "applies only to a dicom destination")
+        _check_commitment(cfg, dest, source, f"destinations[{i}]")
 
     if cfg.dispatch.max_attempts < 1:
         raise ConfigError(source, "dispatch.max_attempts", "must be at least 1")
@@ -602,6 +614,23 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
                 raise ConfigError(source, f"destinations[{i}].path", problem)
         if cfg.logging.file is not None and (problem := _check_writable_dir(cfg.logging.file.parent)):
             raise ConfigError(source, "logging.file", problem)
+
+
+def _check_commitment(cfg: Config, dest: DestinationConfig, source: str, key: str) -> None:
+    """A destination's ``storage_commitment`` and ``commitment_timeout_seconds``."""
+    if not dest.storage_commitment:
+        if dest.commitment_timeout_seconds != DEFAULT_COMMITMENT_TIMEOUT_S:
+            raise ConfigError(source, f"{key}.commitment_timeout_seconds", "applies only with storage_commitment: true")
+        return
+    if dest.type == "folder":
+        raise ConfigError(source, f"{key}.storage_commitment", "applies only to a dicom or sender destination")
+    if not dest.commitment_timeout_seconds > 0:
+        raise ConfigError(source, f"{key}.commitment_timeout_seconds", "must be greater than 0")
+    allowed = cfg.node.allowed_calling_ae_titles
+    # A sender destination's peer is allowed already: it sent the study.
+    if dest.type == "dicom" and ANY_AE_TITLE not in allowed and (dest.ae_title or "").strip() not in allowed:
+        raise ConfigError(source, f"{key}.storage_commitment", f"needs the peer ({dest.ae_title!r}) in "
+                          "node.allowed_calling_ae_titles: it may send the N-EVENT-REPORT on an association of its own")
 
 
 def _check_pacs(cfg: Config, source: str) -> None:

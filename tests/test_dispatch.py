@@ -563,7 +563,8 @@ def test_enqueue_outputs_routes_kinds_by_destination_outputs(tmp_path: Path, stu
     ]
     assert all(i.sender == peer and i.state == "pending" for i in items)
     assert outbox.enqueue_outputs(study_a[0], {"sr": sr, "sc": sc}, cfg.destinations, sender=peer) == ids
-    assert outbox.counts() == {"pending": 3, "sending": 0, "delivered": 0, "dead": 0, "superseded": 0}
+    assert outbox.counts() == {"pending": 3, "sending": 0, "awaiting_commitment": 0, "delivered": 0, "dead": 0,
+                               "superseded": 0}
 
 
 def test_items_of_an_older_generation_are_superseded_not_sent(

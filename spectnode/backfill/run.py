@@ -56,6 +56,7 @@ from spectnode.store import (
     ERROR,
     NOT_ASSESSABLE,
     RECEIVED,
+    UNDELIVERED_STATES,
     JobStore,
 )
 
@@ -239,7 +240,7 @@ class _Run:
             study = self.store.study(uid)
             if study is None or study.state not in END_STATES or study.report_pending:
                 continue
-            if outbox.list_items(["pending", "sending"], study_uid=uid, generation=study.generation):
+            if outbox.list_items(UNDELIVERED_STATES, study_uid=uid, generation=study.generation):
                 continue
             with self._lock:
                 self._waiting.discard(uid)

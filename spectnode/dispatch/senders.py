@@ -46,6 +46,13 @@ from pynetdicom.presentation import build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from spectnode.config import Config, DestinationConfig, resolve_folder
+from spectnode.dispatch.commitment import (
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    CommitmentRequest,
+    event_report_handler,
+    request_commitment,
+)
+from spectnode.dispatch.errors import DispatchError
 from spectnode.fsutil import copy_durably, instance_file_name, safe_file_name
 from spectnode.net.tls import client_context
 
@@ -79,28 +86,6 @@ _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _MAX_CONTEXTS = 128
 # Longest wait of the plain TCP probe that explains a failed connection.
 _PROBE_TIMEOUT_S = 2.0
-
-
-class DispatchError(Exception):
-    """Delivery to a destination failed.
-
-    Attributes:
-        reason: What went wrong, for logs, ``spectnode status`` and the outbox.
-        retryable: False when trying again cannot help without someone
-            changing something (a result file is missing, the destination needs
-            a sender that was not recorded, the peer accepts no presentation
-            context for the object's SOP class); the outbox dead-letters such
-            items at once, with the reason, instead of retrying them.
-        peer_unreachable: True when no DICOM association could be opened at
-            all (connection refused, timeout, rejected); other items for the
-            same destination would fail the same way right now.
-    """
-
-    def __init__(self, reason: str, *, retryable: bool = True, peer_unreachable: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retryable = retryable
-        self.peer_unreachable = peer_unreachable
 
 
 @dataclass(frozen=True)
@@ -180,6 +165,7 @@ def send_files(
     calling_ae_title: str,
     sender: Peer | None = None,
     timeout: float = 30,
+    commitment: CommitmentRequest | None = None,
 ) -> None:
     """Deliver every one of ``files`` to ``destination``, or raise saying why not.
 
@@ -191,6 +177,9 @@ def send_files(
         sender: The peer that sent the study; needed by ``sender`` destinations.
         timeout: Seconds allowed for connecting, for association negotiation
             and for each C-STORE response.
+        commitment: For a ``dicom`` or ``sender`` destination: request
+            Storage Commitment of the files after storing them
+            (:func:`store_to_peer`).
 
     Raises:
         DispatchError: With the reason; files already stored before a failure
@@ -201,11 +190,13 @@ def send_files(
     if kind == "folder":
         if destination.path is None:
             raise DispatchError(f"folder destination {destination.name!r} has no path", retryable=False)
+        if commitment is not None:
+            raise DispatchError(f"folder destination {destination.name!r} cannot commit storage", retryable=False)
         copy_to_folder(files, Path(destination.path))
         return
     if kind in ("dicom", SENDER_DESTINATION_TYPE):
         target = resolve_store_target(destination, sender)
-        store_to_peer(files, target, calling_ae_title=calling_ae_title, timeout=timeout)
+        store_to_peer(files, target, calling_ae_title=calling_ae_title, timeout=timeout, commitment=commitment)
         return
     raise DispatchError(f"destination {destination.name!r} has unknown type {kind!r}", retryable=False)
 
@@ -327,15 +318,25 @@ def store_to_peer(
     *,
     calling_ae_title: str,
     timeout: float = 30,
+    commitment: CommitmentRequest | None = None,
 ) -> None:
     """C-STORE every file to ``target`` over one association.
+
+    With ``commitment``, the association also proposes the Storage Commitment
+    Push Model, and once every file is stored the N-ACTION of ``commitment``
+    goes out on it (:func:`~spectnode.dispatch.commitment.request_commitment`);
+    then the association stays open for up to ``commitment.wait_seconds`` for
+    a report on it (given to ``commitment.on_report``) before it is released.
+    Returning means the request was taken, not that the objects are committed.
 
     Raises:
         DispatchError: Connection refused or timed out, association rejected
             (with the peer's result, source and reason) or aborted, no
             presentation context accepted for a file's SOP class (not
-            retryable: the peer does not take such objects), or a C-STORE
-            failure status (hex code and meaning).
+            retryable: the peer does not take such objects), a C-STORE
+            failure status (hex code and meaning); with ``commitment``, a peer
+            that does not accept the Storage Commitment Push Model (not
+            retryable, and nothing is stored), or an N-ACTION that fails.
     """
     paths = [Path(p) for p in files]
     headers = [_read_header(p) for p in paths]
@@ -343,6 +344,8 @@ def store_to_peer(
         if "SOPClassUID" not in header or "TransferSyntaxUID" not in header.file_meta:
             raise DispatchError(f"result file {str(path)!r} has no SOP Class UID or transfer syntax", retryable=False)
     contexts = _presentation_contexts(headers)
+    if commitment is not None:
+        contexts.append(build_context(STORAGE_COMMITMENT_PUSH_MODEL, list(_UNCOMPRESSED)))
     if len(contexts) > _MAX_CONTEXTS:
         raise DispatchError(
             f"{len(contexts)} presentation contexts needed; one association allows {_MAX_CONTEXTS}",
@@ -357,6 +360,8 @@ def store_to_peer(
         (evt.EVT_CONN_OPEN, lambda event: events.add("connected")),
         (evt.EVT_ACCEPTED, lambda event: events.add("accepted")),
     ]
+    if commitment is not None and commitment.on_report is not None:
+        handlers.append((evt.EVT_N_EVENT_REPORT, event_report_handler(commitment.on_report)))
     started = time.monotonic()
     try:
         tls_args = (target.tls_context, target.host) if target.tls_context is not None else None
@@ -370,6 +375,10 @@ def store_to_peer(
         raise _association_failure(assoc, target, events, timeout, started)
 
     try:
+        if commitment is not None and not any(cx.abstract_syntax == STORAGE_COMMITMENT_PUSH_MODEL
+                                              for cx in assoc.accepted_contexts):
+            raise DispatchError(f"{target} does not accept the Storage Commitment Push Model; turn "
+                                "storage_commitment off for this destination, or on at the peer", retryable=False)
         for path, header in zip(paths, headers):
             encoding = _choose_encoding(assoc, header)
             sop_class = UID(header.SOPClassUID)
@@ -406,9 +415,25 @@ def store_to_peer(
                 continue
             comment = f": {status.ErrorComment}" if status.get("ErrorComment") else ""
             raise DispatchError(f"{target} refused {path.name}: C-STORE status {describe_store_status(code)}{comment}")
+        if commitment is not None:
+            request_commitment(assoc, commitment, target, timeout)
+            _wait_for_report(assoc, commitment)
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _wait_for_report(assoc: Any, commitment: CommitmentRequest) -> None:
+    """Keep the association open for a report on it, until one has come or ``commitment.wait_seconds`` pass.
+
+    The association's own thread answers a report that comes meanwhile; this
+    only decides when to release.
+    """
+    deadline = time.monotonic() + commitment.wait_seconds
+    while assoc.is_established and time.monotonic() < deadline:
+        if commitment.settled is not None and commitment.settled():
+            return
+        time.sleep(0.05)
 
 
 def _association_failure(

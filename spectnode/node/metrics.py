@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from spectnode.store import ITEM_STATES, STATES
+from spectnode.store import ITEM_STATES, STATES, UNDELIVERED_STATES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -94,8 +94,10 @@ class NodeMetrics:
     # ------------------------------------------------------------------ health
 
     def oldest_undelivered_age(self) -> float:
-        """Seconds since the oldest pending or sending outbox item was queued (0 if none)."""
-        rows = self.store.db.read("SELECT MIN(created_at) AS t FROM outbox_items WHERE state IN ('pending', 'sending')")
+        """Seconds since the oldest undelivered outbox item (pending, sending, awaiting commitment) was queued
+        (0 if none)."""
+        rows = self.store.db.read("SELECT MIN(created_at) AS t FROM outbox_items"
+                                  " WHERE state IN ('pending', 'sending', 'awaiting_commitment')")
         oldest = rows[0]["t"] if rows else None
         return max(0.0, self.clock() - float(oldest)) if oldest is not None else 0.0
 
@@ -138,8 +140,9 @@ class _StoreCollector(Collector):
         for state in ITEM_STATES:
             items.add_metric([state], item_counts.get(state, 0))
         yield items
-        yield GaugeMetricFamily("spectnode_outbox_depth", "Outbox items not yet delivered (pending or sending)",
-                                value=item_counts.get("pending", 0) + item_counts.get("sending", 0))
+        yield GaugeMetricFamily("spectnode_outbox_depth",
+                                "Outbox items not yet delivered (pending, sending or awaiting commitment)",
+                                value=sum(item_counts.get(s, 0) for s in UNDELIVERED_STATES))
         yield GaugeMetricFamily("spectnode_outbox_oldest_undelivered_age_seconds",
                                 "Age of the oldest undelivered outbox item (0 if none)",
                                 value=metrics.oldest_undelivered_age())

@@ -11,7 +11,16 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from spectnode.node.datadir import DataDir
-from spectnode.store import ERROR, ITEM_STATES, NOT_ASSESSABLE, STATES, JobStore, OutboxItem, StudyRecord
+from spectnode.store import (
+    ERROR,
+    ITEM_STATES,
+    NOT_ASSESSABLE,
+    STATES,
+    UNDELIVERED_STATES,
+    JobStore,
+    OutboxItem,
+    StudyRecord,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -89,7 +98,7 @@ def read_status(cfg: Config) -> tuple[dict[str, Any], list[OutboxItem]]:
         return report, []
     with JobStore(db) as store:
         outbox = store.outbox
-        waiting = outbox.list_items(["pending", "sending"])
+        waiting = outbox.list_items(UNDELIVERED_STATES)
         dead = outbox.dead_letters()
         dead_by_result: dict[tuple[str, int], list[Any]] = {}
         for item in dead:
@@ -230,7 +239,8 @@ def format_outbox_status(
     retrying = sum(1 for item in items if item.retrying)
     lines = [
         f"outbox: {counts.get('pending', 0)} pending ({retrying} retrying), {counts.get('sending', 0)} sending, "
-        f"{counts.get('delivered', 0)} delivered, {counts.get('dead', 0)} dead"
+        + (f"{counts['awaiting_commitment']} awaiting commitment, " if counts.get("awaiting_commitment") else "")
+        + f"{counts.get('delivered', 0)} delivered, {counts.get('dead', 0)} dead"
         + (f", {counts['superseded']} superseded" if counts.get("superseded") else "")
     ]
     shown = [item for item in items

@@ -33,7 +33,14 @@ from spectnode.store.jobs import (
     StudyRecord,
     StudyTransaction,
 )
-from spectnode.store.outbox import DEFAULT_CLAIM_TIMEOUT_S, ITEM_STATES, RETRY_REQUESTED, Outbox, OutboxItem
+from spectnode.store.outbox import (
+    DEFAULT_CLAIM_TIMEOUT_S,
+    ITEM_STATES,
+    RETRY_REQUESTED,
+    UNDELIVERED_STATES,
+    Outbox,
+    OutboxItem,
+)
 
 __all__ = [
     "ACTIVE_STATES",
@@ -51,6 +58,7 @@ __all__ = [
     "RETRY_REQUESTED",
     "SCHEMA_VERSION",
     "STATES",
+    "UNDELIVERED_STATES",
     "Database",
     "InstanceRecord",
     "JobStore",

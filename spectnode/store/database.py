@@ -190,16 +190,72 @@ def _add_audit_and_retention(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE studies ADD COLUMN purged_at REAL")
 
 
+# The outbox table from schema version 4 on: the 'awaiting_commitment' state and the Storage
+# Commitment transaction of an item (its UID, the SOP references asked for, the deadline, and
+# the failure a report gave, for the dispatch stage to act on).
+_OUTBOX_V4_TABLE: Final = """CREATE TABLE outbox_items_v4 (
+    id                    INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid             TEXT    NOT NULL,
+    generation            INTEGER NOT NULL DEFAULT 1,
+    destination           TEXT    NOT NULL,
+    kind                  TEXT    NOT NULL,
+    files_json            TEXT    NOT NULL,
+    files_key             TEXT    NOT NULL,
+    sender_ae_title       TEXT,
+    sender_host           TEXT,
+    state                 TEXT    NOT NULL CHECK (state IN
+                              ('pending', 'sending', 'awaiting_commitment', 'delivered', 'dead', 'superseded')),
+    attempts              INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at       REAL    NOT NULL,
+    last_error            TEXT,
+    created_at            REAL    NOT NULL,
+    updated_at            REAL    NOT NULL,
+    claimed_at            REAL,
+    delivered_at          REAL,
+    acknowledgement       TEXT,
+    commitment_uid        TEXT,
+    commitment_refs_json  TEXT,
+    commitment_deadline   REAL,
+    commitment_failure    TEXT,
+    UNIQUE (study_uid, destination, kind, files_key)
+)"""
+
+# Columns of the outbox table of schema version 3.
+_OUTBOX_V3_COLUMNS: Final = (*_OUTBOX_V1_COLUMNS, "generation", "acknowledgement")
+
+
+def _add_storage_commitment(db: sqlite3.Connection) -> None:
+    # SQLite cannot change a CHECK constraint in place: the table is rebuilt, every row kept,
+    # and its id sequence carried over (ids are what ``spectnode retry ID`` names).
+    (sequence,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox_items'"
+                             ).fetchone()
+    db.execute(_OUTBOX_V4_TABLE)
+    columns = ", ".join(_OUTBOX_V3_COLUMNS)
+    db.execute(f"INSERT INTO outbox_items_v4 ({columns}) SELECT {columns} FROM outbox_items")
+    db.execute("DROP TABLE outbox_items")
+    db.execute("ALTER TABLE outbox_items_v4 RENAME TO outbox_items")
+    (current,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'outbox_items'"
+                            ).fetchone()
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox_items'")
+    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox_items', ?)", (max(sequence, current),))
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_items_due ON outbox_items (state, next_attempt_at)")
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_items_study ON outbox_items (study_uid, generation)")
+    db.execute("CREATE INDEX IF NOT EXISTS outbox_items_commitment ON outbox_items (commitment_uid)")
+
+
 #: The schema, step by step. Version 1 is the job tables of spectnode 0.1.0,
 #: which kept the outbox as a table of its own, created (and upgraded) by the
 #: outbox itself; version 2 makes the outbox part of the schema, taking over
 #: such a table as it is, or one of the first releases with its rows upgraded;
-#: version 3 adds the audit trail (receipts, acknowledgements) and the retention mark.
+#: version 3 adds the audit trail (receipts, acknowledgements) and the retention mark;
+#: version 4 adds Storage Commitment to the outbox (the ``awaiting_commitment`` state).
 MIGRATIONS: Final = (
     Migration(1, "job tables: studies, instances, outputs, events", _create_job_tables),
     Migration(2, "outbox_items: the durable outbox, part of the job store", _create_outbox_table),
     Migration(3, "receipts, outbox acknowledgements, studies.purged_at: audit trail and retention",
               _add_audit_and_retention),
+    Migration(4, "outbox_items: Storage Commitment transactions and the awaiting_commitment state",
+              _add_storage_commitment),
 )
 #: The schema version this spectnode reads and writes.
 SCHEMA_VERSION: Final = MIGRATIONS[-1].version

@@ -11,13 +11,23 @@ IMMEDIATE``, so two workers never claim the same item.
 Life of an item::
 
     enqueue ──► pending ──claim──► sending ──delivered()──► delivered
-                  ▲  ▲ │              │
+                  ▲  ▲ │              │  ▲                      ▲
+                  │  │ │              │  │ end_commitment()     │ commitment_confirmed()
+                  │  │ │              │  │ (refused, timed out) │
+                  │  │ │              │  awaiting_commitment ───┘
+                  │  │ │              │  ▲
+                  │  │ │              │  └── await_commitment() (Storage Commitment requested)
                   │  │ │              ├── failed(): pending again, due at the time the stage chose
                   │  │ │              ▼
                   │  └─┼── retry() ◄─ dead  (given up: dead())
                   │    ▼                │
                   │   superseded ◄──────┘   (a later generation of the study exists)
                   └── recover_interrupted() (``sending`` at start-up: its process died)
+
+An item for a destination with Storage Commitment carries the transaction
+(:meth:`Outbox.begin_commitment`) from before the N-ACTION goes out, so a
+report that arrives at once, on any association, finds it; it stays
+``awaiting_commitment`` across restarts until the report or its deadline.
 
 Every item carries the ``generation`` of the study result it delivers.
 Enqueueing a generation supersedes the study's older pending and dead items,
@@ -42,12 +52,19 @@ if TYPE_CHECKING:
     from spectnode.config import DestinationConfig
     from spectnode.store.database import Database
 
-__all__ = ["DEFAULT_CLAIM_TIMEOUT_S", "ITEM_STATES", "RETRY_REQUESTED", "Outbox", "OutboxItem"]
+__all__ = ["DEFAULT_CLAIM_TIMEOUT_S", "ITEM_STATES", "RETRY_REQUESTED", "UNDELIVERED_STATES", "Outbox", "OutboxItem"]
 
 T = TypeVar("T")
 
 #: Every state an outbox item can be in.
-ITEM_STATES: Final = ("pending", "sending", "delivered", "dead", "superseded")
+ITEM_STATES: Final = ("pending", "sending", "awaiting_commitment", "delivered", "dead", "superseded")
+
+#: The states of an item not yet delivered and still on its way.
+UNDELIVERED_STATES: Final = ("pending", "sending", "awaiting_commitment")
+
+# Clears an item's Storage Commitment transaction (in an UPDATE's SET list).
+_NO_COMMITMENT: Final = ("commitment_uid = NULL, commitment_refs_json = NULL, commitment_deadline = NULL,"
+                         " commitment_failure = NULL")
 
 #: How the last_error of an item that an operator retried begins.
 RETRY_REQUESTED: Final = "retry requested after: "
@@ -76,7 +93,14 @@ class OutboxItem:
         updated_at: Epoch seconds of the last state change.
         delivered_at: Epoch seconds of delivery, or None.
         acknowledgement: What the destination answered when it took the item
-            (e.g. its C-STORE status), or None.
+            (e.g. its C-STORE status, or its storage commitment), or None.
+        commitment_uid: Transaction UID of the Storage Commitment request in
+            flight (``sending`` or ``awaiting_commitment``), or None.
+        commitment_references: The (SOP Class UID, SOP Instance UID) pairs that
+            request asks the destination to commit.
+        commitment_deadline: Epoch seconds by which the report must have come.
+        commitment_failure: Why a report refused the commitment, until the
+            dispatch stage sends the item again.
     """
 
     id: int
@@ -94,6 +118,10 @@ class OutboxItem:
     updated_at: float
     delivered_at: float | None
     acknowledgement: str | None = None
+    commitment_uid: str | None = None
+    commitment_references: tuple[tuple[str, str], ...] = ()
+    commitment_deadline: float | None = None
+    commitment_failure: str | None = None
 
     @property
     def retrying(self) -> bool:
@@ -126,6 +154,10 @@ def _item_from_row(row: sqlite3.Row) -> OutboxItem:
         updated_at=row["updated_at"],
         delivered_at=row["delivered_at"],
         acknowledgement=row["acknowledgement"],
+        commitment_uid=row["commitment_uid"],
+        commitment_references=tuple((str(c), str(i)) for c, i in json.loads(row["commitment_refs_json"] or "[]")),
+        commitment_deadline=row["commitment_deadline"],
+        commitment_failure=row["commitment_failure"],
     )
 
 
@@ -345,12 +377,15 @@ class Outbox:
         Call once at node start-up, before any worker runs: an item still in
         ``sending`` then belongs to a process that died mid-send. (While
         workers run, :meth:`due` picks such items up after the claim timeout.)
+        A Storage Commitment it may have requested is forgotten (a late report
+        of it is ignored): the item is sent again. Items ``awaiting_commitment``
+        keep waiting for their report.
         """
         now = self._now(now)
         # Keep the item's place in the queue: it was already due when claimed.
         return self._write(
             "UPDATE outbox_items SET state = 'pending', next_attempt_at = MIN(next_attempt_at, ?), updated_at = ?,"
-            " claimed_at = NULL WHERE state = 'sending'",
+            f" claimed_at = NULL, {_NO_COMMITMENT} WHERE state = 'sending'",
             (now, now),
         )
 
@@ -402,13 +437,88 @@ class Outbox:
             (now, now, acknowledgement, item_id),
         )
 
+    # ---------------------------------------------------------------- storage commitment
+
+    def begin_commitment(self, item_id: int, transaction_uid: str, references: Sequence[tuple[str, str]],
+                         now: float | None = None) -> bool:
+        """Record the Storage Commitment request about to be sent for a ``sending`` item.
+
+        Committed before the N-ACTION goes out, so that a report arriving at
+        once (on any association) finds the item. False if the item is not
+        ``sending``.
+        """
+        now = self._now(now)
+        return self._write(
+            "UPDATE outbox_items SET commitment_uid = ?, commitment_refs_json = ?, commitment_deadline = NULL,"
+            " commitment_failure = NULL, updated_at = ? WHERE id = ? AND state = 'sending'",
+            (transaction_uid, json.dumps([list(r) for r in references]), now, item_id),
+        ) == 1
+
+    def await_commitment(self, item_id: int, transaction_uid: str, deadline: float, now: float | None = None) -> bool:
+        """The destination took the request: the item waits for the report until ``deadline``.
+
+        False (and nothing changes) if a report already settled the item.
+        """
+        now = self._now(now)
+        return self._write(
+            "UPDATE outbox_items SET state = 'awaiting_commitment', commitment_deadline = ?, claimed_at = NULL,"
+            " updated_at = ? WHERE id = ? AND state = 'sending' AND commitment_uid = ?",
+            (deadline, now, item_id, transaction_uid),
+        ) == 1
+
+    def committing(self, transaction_uid: str) -> OutboxItem | None:
+        """The item whose Storage Commitment request has this transaction UID, while it is in flight."""
+        items = self._select(
+            "SELECT * FROM outbox_items WHERE commitment_uid = ? AND state IN ('sending', 'awaiting_commitment')",
+            (transaction_uid,),
+        )
+        return items[0] if items else None
+
+    def commitment_confirmed(self, item_id: int, transaction_uid: str, acknowledgement: str,
+                             now: float | None = None) -> bool:
+        """The report confirmed every object: the item is delivered, with ``acknowledgement``.
+
+        False if the transaction is no longer in flight (timed out, settled already).
+        """
+        now = self._now(now)
+        return self._write(
+            "UPDATE outbox_items SET state = 'delivered', delivered_at = ?, updated_at = ?, claimed_at = NULL,"
+            f" acknowledgement = ?, {_NO_COMMITMENT}"
+            " WHERE id = ? AND commitment_uid = ? AND state IN ('sending', 'awaiting_commitment')",
+            (now, now, acknowledgement, item_id, transaction_uid),
+        ) == 1
+
+    def commitment_refused(self, item_id: int, transaction_uid: str, reason: str, now: float | None = None) -> bool:
+        """The report did not confirm every object: the dispatch stage sends the item again (its policy).
+
+        False if the transaction is no longer in flight.
+        """
+        now = self._now(now)
+        return self._write(
+            "UPDATE outbox_items SET commitment_failure = ?, updated_at = ?"
+            " WHERE id = ? AND commitment_uid = ? AND state IN ('sending', 'awaiting_commitment')",
+            (reason, now, item_id, transaction_uid),
+        ) == 1
+
+    def end_commitment(self, item_id: int, transaction_uid: str, now: float | None = None) -> bool:
+        """Take an ``awaiting_commitment`` item back to ``sending`` (refused or timed out), forgetting
+        its transaction, so the stage can record the failed attempt; False if a report settled it first."""
+        now = self._now(now)
+        return self._write(
+            f"UPDATE outbox_items SET state = 'sending', claimed_at = ?, updated_at = ?, {_NO_COMMITMENT}"
+            " WHERE id = ? AND state = 'awaiting_commitment' AND commitment_uid = ?",
+            (now, now, item_id, transaction_uid),
+        ) == 1
+
+    # ---------------------------------------------------------------- failures
+
     def failed(self, item_id: int, attempts: int, next_attempt_at: float, reason: str,
                now: float | None = None) -> None:
         """Record a failed attempt: the item is pending again, due at ``next_attempt_at``."""
         now = self._now(now)
         self._write(
             "UPDATE outbox_items SET state = 'pending', attempts = ?, next_attempt_at = ?, last_error = ?,"
-            " updated_at = ?, claimed_at = NULL WHERE id = ?",
+            f" updated_at = ?, claimed_at = NULL, {_NO_COMMITMENT} WHERE id = ?",
             (attempts, next_attempt_at, reason, now, item_id),
         )
 
@@ -416,8 +526,8 @@ class Outbox:
         """Give an item up: a dead letter until :meth:`retry`."""
         now = self._now(now)
         self._write(
-            "UPDATE outbox_items SET state = 'dead', attempts = ?, last_error = ?, updated_at = ?, claimed_at = NULL"
-            " WHERE id = ?",
+            "UPDATE outbox_items SET state = 'dead', attempts = ?, last_error = ?, updated_at = ?, claimed_at = NULL,"
+            f" {_NO_COMMITMENT} WHERE id = ?",
             (attempts, reason, now, item_id),
         )
 

@@ -18,6 +18,15 @@ delivery policy is here:
   item an operator retried is tried at once;
 * **superseded results**: an item of an older generation of its study than
   the store's current one is superseded, never sent;
+* **storage commitment** (``storage_commitment: true`` on a ``dicom`` or
+  ``sender`` destination): after the C-STOREs the stage asks the peer to
+  commit the item's objects (N-ACTION, a fresh Transaction UID, recorded on
+  the item before it goes out) and the item is ``awaiting_commitment``; it
+  is delivered only when the peer's N-EVENT-REPORT confirms every object
+  (:func:`record_commitment_report`, on the association of the request or,
+  through the receive stage, on one the peer opens). A report that fails
+  any object, or none within ``commitment_timeout_seconds``, counts as a
+  failed attempt: the item is sent again under the same backoff and limit;
 * a study whose current generation has every item delivered becomes
   ``dispatched``.
 
@@ -29,13 +38,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
+from pydicom.uid import generate_uid
+
+from spectnode.dispatch.commitment import STATUS_SUCCESS, CommitmentReport, CommitmentRequest, sop_references
 from spectnode.dispatch.senders import DispatchError, send_files
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, is_disk_full, unguarded
 from spectnode.node.stages import study_log_extra
-from spectnode.store import DEFAULT_CLAIM_TIMEOUT_S, DISPATCHED, REPORTED, JobStore, OutboxItem
+from spectnode.store import DEFAULT_CLAIM_TIMEOUT_S, DISPATCHED, REPORTED, JobStore, Outbox, OutboxItem
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -45,16 +57,60 @@ if TYPE_CHECKING:
     from spectnode.node.datadir import DataDir
     from spectnode.peer import Peer
 
-__all__ = ["DispatchStage", "RetryPolicy", "SendFunction"]
+__all__ = ["SAME_ASSOCIATION_REPORT_SECONDS", "DispatchStage", "RetryPolicy", "SendFunction",
+           "record_commitment_report"]
 
 _log = logging.getLogger("spectnode.dispatch")
 
+#: After a Storage Commitment request, the association stays open this long for a report on
+#: it (PS3.4 J.3.3 allows it there); a peer that reports later opens an association of its own.
+SAME_ASSOCIATION_REPORT_SECONDS: Final = 1.0
+
 
 class SendFunction(Protocol):
-    """Delivers files to one destination now, or raises :class:`~spectnode.dispatch.DispatchError`."""
+    """Delivers files to one destination now, or raises :class:`~spectnode.dispatch.DispatchError`.
+
+    ``commitment`` is passed only for a destination with ``storage_commitment``
+    (so a function without the parameter serves every other destination).
+    """
 
     def __call__(self, destination: DestinationConfig, files: Sequence[Path], *, calling_ae_title: str,
-                 sender: Peer | None = None, timeout: float = 30) -> object: ...
+                 sender: Peer | None = None, timeout: float = 30,
+                 commitment: CommitmentRequest | None = None) -> object: ...
+
+
+def record_commitment_report(outbox: Outbox, report: CommitmentReport, peer: Peer, now: float, *,
+                             same_association: bool = False) -> int:
+    """Apply one storage commitment report to the outbox item it answers; returns the status to answer.
+
+    Every object of the item committed: the item is delivered, with the
+    report as its acknowledgement. Otherwise the failure is recorded on the
+    item, and the dispatch stage sends it again (:meth:`DispatchStage.settle_commitments`).
+    A report for a transaction no item awaits (one that timed out and was sent
+    again, or never this node's) changes nothing and is answered Success too:
+    refusing it would only make the peer send it again.
+    """
+    who = {"calling_ae": peer.ae_title}
+    uid = report.transaction_uid
+    item = outbox.committing(uid)
+    if item is None or item.commitment_uid is None:
+        _log.warning("storage commitment report from %s@%s for transaction %s, which no outbox item awaits "
+                     "(it timed out and was sent again, or is not this node's): ignored", peer.ae_title,
+                     peer.address, uid, extra=who)
+        return STATUS_SUCCESS
+    problem = report.problem(item.commitment_references)
+    where = "on the association of the request" if same_association else "on an association of its own"
+    extra = {**who, "study_uid": item.study_uid}
+    if problem is None:
+        acknowledgement = (f"{len(item.files)} file(s) stored by C-STORE and committed: N-EVENT-REPORT event type "
+                           f"{report.event_type} from {peer.ae_title}@{peer.address} {where}, transaction {uid}")
+        if outbox.commitment_confirmed(item.id, uid, acknowledgement, now=now):
+            _log.info("outbox item %d delivered: %s of %s to %s (%s)", item.id, item.kind, item.study_uid,
+                      item.destination, acknowledgement, extra=extra)
+    elif outbox.commitment_refused(item.id, uid, f"{problem} (from {peer.ae_title}@{peer.address})", now=now):
+        _log.warning("outbox item %d (%s to %s): %s; it is sent again", item.id, item.kind, item.destination,
+                     problem, extra=extra)
+    return STATUS_SUCCESS
 
 
 @dataclass(frozen=True)
@@ -151,10 +207,12 @@ class DispatchStage:
         self._unreachable_until: dict[str, float] = {}
 
     def step(self) -> bool:
-        """One delivery pass, then the studies it finished; True if any item was tried."""
+        """One delivery pass, the storage commitments refused or overdue, then the studies finished;
+        True if any item was tried or sent back."""
         tried = self.deliver_due()
+        settled = self.settle_commitments()
         self.finish_delivered()
-        return bool(tried)
+        return bool(tried or settled)
 
     # ------------------------------------------------------------------ policy
 
@@ -211,9 +269,15 @@ class DispatchStage:
         if item.destination in unreachable:
             self._record_failure(item, unreachable[item.destination], retryable=True)
             return
+        commitment = None
         try:
-            self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
-                      timeout=self.timeout)
+            if dest.storage_commitment:
+                commitment = self._begin_commitment(item)
+                self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
+                          timeout=self.timeout, commitment=commitment)
+            else:
+                self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
+                          timeout=self.timeout)
         except DispatchError as exc:
             if is_disk_full(exc):  # a full disk is no fault of the item: not an attempt towards a dead letter
                 self.disk.write_failed(self.name, exc, item.study_uid)
@@ -231,12 +295,69 @@ class DispatchStage:
             _log.exception("outbox item %d: unexpected error while sending", item.id)
             self._record_failure(item, f"unexpected error: {type(exc).__name__}: {exc}", retryable=True)
         else:
-            acknowledgement = _acknowledgement(dest, item)
-            _log.info("outbox item %d delivered: %s of %s to %s (%s)", item.id, item.kind, item.study_uid,
-                      item.destination, acknowledgement)
-            self.outbox.delivered(item.id, now=self.clock(), acknowledgement=acknowledgement)
+            if commitment is not None:
+                self._await_commitment(item, dest, commitment)
+            else:
+                acknowledgement = _acknowledgement(dest, item)
+                _log.info("outbox item %d delivered: %s of %s to %s (%s)", item.id, item.kind, item.study_uid,
+                          item.destination, acknowledgement)
+                self.outbox.delivered(item.id, now=self.clock(), acknowledgement=acknowledgement)
             self.disk.write_succeeded(self.name)
             self._unreachable_until.pop(item.destination, None)
+
+    # ------------------------------------------------------------------ storage commitment
+
+    def _begin_commitment(self, item: OutboxItem) -> CommitmentRequest:
+        """A fresh storage commitment transaction for a claimed item, committed to the store before it is used.
+
+        Raises:
+            DispatchError: (not retryable) if a file of the item cannot be read.
+        """
+        references = sop_references(item.files)
+        uid = generate_uid(prefix=None)  # 2.25.<UUID>: unique without a registered root
+        self.outbox.begin_commitment(item.id, uid, references, now=self.clock())
+
+        def settled() -> bool:
+            current = self.outbox.get(item.id)
+            return (current is None or current.state != "sending" or current.commitment_uid != uid
+                    or current.commitment_failure is not None)
+
+        def on_report(report: CommitmentReport, peer: Peer) -> int:
+            return record_commitment_report(self.outbox, report, peer, self.clock(), same_association=True)
+
+        return CommitmentRequest(uid, references, on_report=on_report, settled=settled,
+                                 wait_seconds=min(SAME_ASSOCIATION_REPORT_SECONDS, self.timeout))
+
+    def _await_commitment(self, item: OutboxItem, dest: DestinationConfig, commitment: CommitmentRequest) -> None:
+        """The peer stored the files and took the request: the item waits for the report (unless it came)."""
+        now = self.clock()
+        deadline = now + dest.commitment_timeout_seconds
+        if self.outbox.await_commitment(item.id, commitment.transaction_uid, deadline, now=now):
+            _log.info("outbox item %d: %s of %s stored at %s; awaiting its storage commitment (transaction %s) "
+                      "for up to %g s", item.id, item.kind, item.study_uid, item.destination,
+                      commitment.transaction_uid, dest.commitment_timeout_seconds)
+
+    def settle_commitments(self) -> int:
+        """Send again every item whose storage commitment was refused or is overdue; returns how many.
+
+        Each counts as a failed attempt under the retry policy.
+        """
+        now = self.clock()
+        settled = 0
+        for item in self.outbox.list_items(["awaiting_commitment"]):
+            uid = item.commitment_uid
+            overdue = item.commitment_deadline is not None and item.commitment_deadline <= now
+            if uid is None or (item.commitment_failure is None and not overdue):
+                continue
+            if not self.outbox.end_commitment(item.id, uid, now=now):
+                continue  # its report came meanwhile
+            dest = self.destinations.get(item.destination)
+            waited = f" within {dest.commitment_timeout_seconds:g} s" if dest is not None else ""
+            reason = item.commitment_failure or (
+                f"no storage commitment report (N-EVENT-REPORT) for transaction {uid}{waited}")
+            self._record_failure(item, reason, retryable=True)
+            settled += 1
+        return settled
 
     def deliver_due(self) -> list[OutboxItem]:
         """Try every due item once and return the items tried, in their new state.

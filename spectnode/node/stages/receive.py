@@ -51,6 +51,14 @@ NM Image Storage of older cameras, is accepted, in the uncompressed and the
 common compressed transfer syntaxes: what an object is gets decided by its content later, so a
 CT ends as "not assessable" rather than as a refused association.
 
+It is also the Storage Commitment SCU's receiver of reports: it accepts the
+Storage Commitment Push Model with the peer in the SCP role (SCP/SCU Role
+Selection, PS3.4 J.3.3), as a PACS proposes when it opens an association of
+its own to send the N-EVENT-REPORT for a commitment the dispatch stage asked
+for, and hands each report to
+:func:`spectnode.node.stages.dispatch.record_commitment_report` (committed to
+the job store before the answer goes back).
+
 Like every stage, it knows nothing of the stages after it: it calls
 ``on_stored`` with the study UID after each newly stored object, which the
 node uses to wake the assemble stage.
@@ -100,11 +108,13 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, register_uid  # type: ignore[attr-defined]
 
+from spectnode.dispatch.commitment import STORAGE_COMMITMENT_PUSH_MODEL, CommitmentReport, event_report_handler
 from spectnode.fsutil import write_durably
 from spectnode.net.inflate import InflatedTooLarge, inflate_bounded
 from spectnode.net.server import ConnectionPolicy, start_guarded_server
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, unguarded
+from spectnode.node.stages.dispatch import record_commitment_report
 from spectnode.peer import Peer
 from spectnode.store import InstanceRecord, JobStore, StoreError
 
@@ -349,6 +359,9 @@ class ReceiveStage:
             register_uid(sop_class, keyword, StorageServiceClass)
             ae.add_supported_context(sop_class, self._transfer_syntaxes)
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        # Storage commitment reports: the peer that opens the association is the SCP of the class.
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                                 scu_role=False, scp_role=True)
         # Limits, timeouts and the maximum PDU size come from the policy (start_guarded_server).
         return ae
 
@@ -366,6 +379,7 @@ class ReceiveStage:
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_DIMSE_RECV, self._answer_malformed_store),
+            (evt.EVT_N_EVENT_REPORT, event_report_handler(self.handle_commitment_report)),
         ]
         with self._lock:
             self._server = start_guarded_server(ae, (self.bind_address, self._requested_port), self.policy,
@@ -493,6 +507,14 @@ class ReceiveStage:
         event.assoc.dimse.send_msg(response, context_id)
         self._answered(peer, STATUS_CANNOT_UNDERSTAND,
                        {"outcome": "refused: the request lacks its Affected SOP Instance UID"}, time.monotonic())
+
+    def handle_commitment_report(self, report: CommitmentReport, peer: Peer) -> int:
+        """Record a storage commitment report that came on an association the peer opened; returns the
+        N-EVENT-REPORT status to answer (a store that cannot be written answers 0x0110, processing failure)."""
+        _log.info("storage commitment report from %s@%s: transaction %s, event type %d, %d committed, %d failed",
+                  peer.ae_title, peer.address, report.transaction_uid, report.event_type, len(report.committed),
+                  len(report.failed), extra={"calling_ae": peer.ae_title})
+        return record_commitment_report(self.store.outbox, report, peer, self.store.clock())
 
     def _handle_echo(self, event: Event) -> int:
         peer = self._peer(event)

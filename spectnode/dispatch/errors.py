@@ -1,0 +1,27 @@
+"""The error every sender raises: :class:`DispatchError`, with the reason and whether trying again can help."""
+
+from __future__ import annotations
+
+__all__ = ["DispatchError"]
+
+
+class DispatchError(Exception):
+    """Delivery to a destination failed.
+
+    Attributes:
+        reason: What went wrong, for logs, ``spectnode status`` and the outbox.
+        retryable: False when trying again cannot help without someone
+            changing something (a result file is missing, the destination needs
+            a sender that was not recorded, the peer accepts no presentation
+            context for the object's SOP class); the outbox dead-letters such
+            items at once, with the reason, instead of retrying them.
+        peer_unreachable: True when no DICOM association could be opened at
+            all (connection refused, timeout, rejected); other items for the
+            same destination would fail the same way right now.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool = True, peer_unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+        self.peer_unreachable = peer_unreachable
