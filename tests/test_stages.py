@@ -9,6 +9,7 @@ and a re-opened study.
 
 from __future__ import annotations
 
+import resource
 import shutil
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ import pytest
 from spectnode.config import DestinationConfig
 from spectnode.dispatch import DispatchError
 from spectnode.imaging.views import NotAssessable, StudyViews
+from spectnode.node.diskspace import DiskSpace
 from spectnode.node.stages.assemble import AssembleStage, check_completion
 from spectnode.node.stages.classify import VIEW_KEY, ClassifyStage
 from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy
@@ -42,7 +44,7 @@ from spectnode.store import (
 from nodetools import FakeClock, instance_record
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from spectnode.node.datadir import DataDir
@@ -284,6 +286,40 @@ def test_a_classify_failure_is_a_visible_error_that_retry_returns_to_classify(st
     assert store.retry_study(record.study_uid) == COMPLETE
     assert ClassifyStage(store, data_dir, FakeClassifier, not_assessable_sr=True).step()
     assert store.study(record.study_uid).state == CLASSIFIED
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[Callable[[int], None]]:
+    """Sets this process's file size limit (RLIMIT_FSIZE, ``ulimit -f``, systemd's ``LimitFSIZE=``) until the
+    test ends: a write past it fails with EFBIG for real (Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    yield lambda limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_work_file_past_the_file_size_limit_fails_its_study_and_the_next_study_is_classified(
+        clocked_store, data_dir, phantoms, clock, file_size_limit):
+    """EFBIG is a limit on one file, not a full disk: waiting cannot cure it, and the stage must not
+    try the oldest study again and again while the others wait behind it."""
+    store = clocked_store
+    first, second = phantoms["multiframe"], phantoms["split-instances"]
+    complete(store, data_dir, first)
+    clock.advance(1)
+    complete(store, data_dir, second)
+    stage = ClassifyStage(store, data_dir, FakeClassifier, not_assessable_sr=True,
+                          disk=DiskSpace(data_dir.root, 0, retry_seconds=3600))
+    store.db.read("PRAGMA wal_checkpoint(TRUNCATE)")  # the job store's own files stay far below the limit
+    file_size_limit(160 * 1024)  # a work file is over 200 kB
+    try:
+        assert stage.step() is True
+    finally:
+        file_size_limit(resource.RLIM_INFINITY)
+    failed = store.study(first.study_uid)
+    assert failed.state == ERROR and "File too large" in failed.reason and failed.error_stage == COMPLETE
+    assert not list(data_dir.work.rglob("*"))[1:]  # no partial work file (only the study's folder)
+    assert stage.disk.waiting_stages() == []  # the stage does not wait for space that would not help
+    assert stage.step() is True
+    assert store.study(second.study_uid).state == CLASSIFIED
 
 
 def test_classify_drops_the_result_of_a_stale_generation(store, data_dir, phantoms):
