@@ -9,6 +9,7 @@ and a re-opened study.
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import shutil
 from typing import TYPE_CHECKING
@@ -87,7 +88,8 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PhantomStudy
 def spool(store: JobStore, data_dir: DataDir, source: Path) -> None:
     """What the receive stage does with an object: a copy in the spool, recorded in the store."""
     ds = pydicom.dcmread(source, stop_before_pixels=True)
-    target = data_dir.spooled_object(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+    target = data_dir.spooled_object(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID),
+                                     hashlib.sha256(source.read_bytes()).hexdigest())
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     store.record_instance(instance_record(target), PEER)
@@ -214,7 +216,7 @@ def test_an_exception_in_the_completion_check_keeps_the_study_and_the_timeout_st
         clocked_store, data_dir, phantoms, clock):
     record = phantoms["split-instances"]
     spool(clocked_store, data_dir, view_file(record, "anterior"))
-    data_dir.spooled_object(record.study_uid, "x").parent.joinpath("garbage").write_text("x")
+    data_dir.spool_folder(record.study_uid).joinpath("garbage").write_text("x")
 
     class Exploding(AssembleStage):
         def check_study(self, study: StudyRecord) -> bool:
@@ -373,7 +375,7 @@ def test_one_unreadable_view_leaves_a_one_view_study_and_a_warning(clocked_store
     for path in record.files:
         spool(clocked_store, data_dir, path)
     posterior = pydicom.dcmread(view_file(record, "posterior"), stop_before_pixels=True).SOPInstanceUID
-    damaged = data_dir.spooled_object(record.study_uid, str(posterior))
+    (damaged,) = data_dir.spooled_versions(record.study_uid, str(posterior))
     damaged.write_bytes(b"\0" * 64)
     stage = AssembleStage(clocked_store, data_dir, TIMEOUT_S, clock=clock)
     assert not stage.step()
