@@ -202,6 +202,7 @@ def _cmd_classify_send(args: argparse.Namespace) -> int:
     from .backfill.progress import Progress
     from .backfill.run import run_folder
     from .bundle import BundleError
+    from .node.datadir import DataDirInUse
 
     cfg = _node_config(args)
     if cfg is None:
@@ -218,6 +219,9 @@ def _cmd_classify_send(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"spectnode classify: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DataDirInUse as exc:
+        print(f"spectnode classify: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return _summary_exit(summary)
 
 
@@ -233,6 +237,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     from .backfill.query import PacsError
     from .backfill.run import BackfillOptions, run_backfill
     from .bundle import BundleError
+    from .node.datadir import DataDirInUse
 
     cfg = _node_config(args)
     if cfg is None:
@@ -251,7 +256,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"spectnode backfill: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except PacsError as exc:
+    except (PacsError, DataDirInUse) as exc:
         print(f"spectnode backfill: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return _summary_exit(summary)

@@ -3,6 +3,8 @@
 * ``clock``: a :class:`FakeClock`, for stages and the outbox;
 * ``data_dir`` and ``store``: a temporary data directory and its job store;
 * ``algorithm``: a report-side model identification that needs no model;
+* ``locking_process``: starts processes that hold a data directory's lock
+  (:class:`nodetools.LockingProcess`), killed when the test ends;
 * ``study``: one phantom study per layout, read as datasets and views
   (:class:`nodetools.PhantomStudy`); a module that uses it names its layouts
   in ``LAYOUTS_UNDER_TEST`` and its seed in ``SEED``.
@@ -26,10 +28,10 @@ from spectnode.phantom.generate import generate_phantoms
 from spectnode.report import AlgorithmInfo
 from spectnode.store import JobStore
 
-from nodetools import FakeClock, PhantomStudy
+from nodetools import FakeClock, LockingProcess, PhantomStudy
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 #: The dSPIC four-class scheme, in its output order.
@@ -53,6 +55,19 @@ def store(data_dir: DataDir) -> Iterator[JobStore]:
     db = JobStore(data_dir.database)
     yield db
     db.close()
+
+
+@pytest.fixture
+def locking_process() -> Iterator[Callable[[Path, str], LockingProcess]]:
+    started: list[LockingProcess] = []
+
+    def start(root: Path, command: str) -> LockingProcess:
+        started.append(LockingProcess(root, command))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.close()
 
 
 @pytest.fixture(scope="session")

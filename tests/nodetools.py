@@ -225,3 +225,37 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+_HOLD_LOCK = ("import sys\n"
+              "from spectnode.node.datadir import DataDir\n"
+              "lock = DataDir(sys.argv[1]).lock(sys.argv[2])\n"
+              "print('locked', flush=True)\n"
+              "sys.stdin.read()\n")  # holds it until its stdin closes, or it is killed
+
+
+class LockingProcess:
+    """Another process that holds a data directory's lock as ``command`` (conftest's ``locking_process``)."""
+
+    def __init__(self, root: Path, command: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(root), command], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # returns once the lock is held (or the process ended)
+        assert line.strip() == "locked", line
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up code runs; the kernel drops the lock."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()

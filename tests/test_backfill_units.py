@@ -6,20 +6,27 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from spectnode.backfill.polite import Backoff, RateLimiter, TimeWindow, parse_window
 from spectnode.backfill.progress import Progress
-from spectnode.backfill.run import run_folder
+from spectnode.backfill.run import Pipeline, run_folder
 from spectnode.config import ConfigError, parse_config
+from spectnode.node.datadir import DataDir, DataDirInUse, LockHolder
+from spectnode.node.stages.receive import ReceiveStage
 from spectnode.phantom.generate import generate_phantoms
+from spectnode.store import JobStore
 
-from nodetools import FakeClock, tiny_bundle
+from nodetools import FakeClock, echoscu, free_port, tiny_bundle
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
+
+    from nodetools import LockingProcess
 
 # ------------------------------------------------------------------ politeness
 
@@ -179,7 +186,6 @@ def test_classify_send_runs_files_through_the_pipeline_and_a_rerun_skips_them(
     records = generate_phantoms(tmp_path / "studies", 2, seed=43)
     (tmp_path / "studies" / "notes.bin").write_bytes(b"not DICOM")
     cfg = parse_config({"storage": {"data_dir": str(tmp_path / "data")}, "model": {"bundles": [str(bundle)]},
-                        "node": {"port": 1},  # nothing listens there: the stages run in-process
                         "destinations": [{"name": "out", "type": "folder", "path": str(tmp_path / "out")}]})
     files = sorted(p for p in (tmp_path / "studies").rglob("*") if p.is_file() and p.suffix != ".csv")
     summary = run_folder(cfg, files, Progress(io.StringIO(), terminal=False))
@@ -190,3 +196,59 @@ def test_classify_send_runs_files_through_the_pipeline_and_a_rerun_skips_them(
     assert again.skipped == {"job store": 2} and again.classified == 0
     assert {r.study_uid for r in records} == set(json.loads(p.read_text())["study_uid"]
                                                  for p in (tmp_path / "data" / "results").rglob("result.json"))
+
+
+# ------------------------------------------------- who runs the pipeline: the lock
+
+
+def _no_model(_bundle: Path | None) -> Any:
+    raise RuntimeError("no model in this test")
+
+
+def _pipeline_config(tmp_path: Path, port: int) -> Any:
+    return parse_config({"storage": {"data_dir": str(tmp_path / "data")}, "node": {"port": port},
+                         "destinations": []})
+
+
+def test_a_serve_holding_the_data_directory_gets_the_studies_though_nothing_answers_on_its_port(
+        tmp_path: Path, locking_process: Callable[[Path, str], LockingProcess]) -> None:
+    cfg = _pipeline_config(tmp_path, free_port())  # nothing listens there
+    serve = locking_process(tmp_path / "data", "serve")
+    pipeline = Pipeline(cfg, listen=True, classifier_loader=_no_model)
+    try:
+        assert pipeline.serving and pipeline.node is None
+        with pytest.raises(DataDirInUse) as held:  # the serve keeps its lock; the run took none
+            DataDir(tmp_path / "data").lock("test")
+        assert held.value.holder == LockHolder("serve", serve.pid)
+    finally:
+        pipeline.close()
+
+
+def test_without_a_serve_on_the_data_directory_the_run_is_the_pipeline_though_a_node_answers_on_the_port(
+        tmp_path: Path) -> None:
+    other_node = ReceiveStage(JobStore(tmp_path / "other.sqlite"), DataDir(tmp_path / "other"),
+                              ae_title="SPECTNODE", port=0)
+    other_node.start()  # another node (another data directory) answers C-ECHO on node.port as SPECTNODE
+    try:
+        assert echoscu(other_node.port)
+        cfg = _pipeline_config(tmp_path, other_node.port)
+        pipeline = Pipeline(cfg, listen=False, classifier_loader=_no_model)
+        try:
+            assert not pipeline.serving and pipeline.node is not None
+            with pytest.raises(DataDirInUse) as held:  # a serve started now would be refused
+                DataDir(tmp_path / "data").lock("serve")
+            assert held.value.holder == LockHolder("backfill", os.getpid())
+        finally:
+            pipeline.close()
+        with DataDir(tmp_path / "data").lock("serve"):  # and is not once the run has ended
+            pass
+    finally:
+        other_node.stop()
+        other_node.store.close()
+
+
+def test_a_data_directory_that_another_backfill_runs_is_refused(
+        tmp_path: Path, locking_process: Callable[[Path, str], LockingProcess]) -> None:
+    other = locking_process(tmp_path / "data", "classify --send")
+    with pytest.raises(DataDirInUse, match=rf"in use by spectnode classify --send \(pid {other.pid}\)"):
+        Pipeline(_pipeline_config(tmp_path, free_port()), listen=False, classifier_loader=_no_model)

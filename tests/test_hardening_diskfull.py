@@ -34,12 +34,13 @@ import pytest
 from pynetdicom import AE
 
 from spectnode.node.diskspace import DiskSpace, is_disk_full
+from spectnode.node.stages.assemble import AssembleStage
 from spectnode.node.stages.classify import ClassifyStage
 from spectnode.peer import Peer
 from spectnode.phantom.generate import generate_phantoms
-from spectnode.store import COMPLETE, DISPATCHED, END_STATES, ERROR, JobStore
+from spectnode.store import COMPLETE, DISPATCHED, END_STATES, ERROR, RECEIVED, JobStore
 
-from nodetools import NodeProcess, free_port, instance_record, storescu, tiny_bundle, wait_for, write_config
+from nodetools import FakeClock, NodeProcess, free_port, instance_record, storescu, tiny_bundle, wait_for, write_config
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -206,4 +207,31 @@ def _complete_study(store: JobStore, tmp_path: Path) -> str:
     store.record_instance(instance, Peer("CAMERA", "127.0.0.1", 1))
     study = store.study(instance.study_uid)
     assert store.advance(study.study_uid, study.generation, "received", COMPLETE, "test")
+    return instance.study_uid
+
+
+def test_assemble_waits_after_a_failed_write_also_below_the_floor(store, data_dir, tmp_path):
+    """Like the classify and report stages: a job-store write that failed for want of space, or free
+    space below the floor, makes the stage wait (it used to run on whenever the floor was passed)."""
+    uid = _received_study(store, tmp_path)
+    clock = FakeClock(0.0)
+    disk = DiskSpace(data_dir.root, 2**62, retry_seconds=60, clock=clock)  # far below the floor
+    stage = AssembleStage(store, data_dir, timeout_seconds=3600, disk=disk)
+    disk.write_failed("assemble", sqlite3.OperationalError("database or disk is full"), uid)
+    assert stage.step() is False
+    assert store.study(uid).state == RECEIVED
+    clock.advance(61)  # the retry time has passed, but the disk is still below its floor
+    assert stage.step() is False
+    assert store.study(uid).state == RECEIVED
+    disk.min_free_bytes = 0  # space is back
+    assert stage.step() is True
+    assert store.study(uid).state == COMPLETE and disk.waiting_stages() == []
+
+
+def _received_study(store: JobStore, tmp_path: Path) -> str:
+    """A study whose both views are recorded (complete by content) and still ``received``."""
+    (record,) = generate_phantoms(tmp_path / "phantom", n=1, seed=78, layout="multiframe")
+    instance = instance_record(record.files[0])
+    store.record_instance(instance, Peer("CAMERA", "127.0.0.1", 1))
+    assert store.study(instance.study_uid).state == RECEIVED
     return instance.study_uid

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 
 from spectnode.config import DestinationConfig
 from spectnode.node.datadir import DataDir
 from spectnode.node.retention import RetentionPolicy
 from spectnode.peer import Peer
-from spectnode.store import CLASSIFIED, COMPLETE, DISPATCHED, ERROR, REPORTED, InstanceRecord, JobStore, OutputRecord
+from spectnode.store import (
+    CLASSIFIED,
+    COMPLETE,
+    DISPATCHED,
+    ERROR,
+    NOT_ASSESSABLE,
+    REPORTED,
+    InstanceRecord,
+    JobStore,
+    OutputRecord,
+)
 
 from nodetools import FakeClock, run_spectnode, write_config
 
@@ -23,15 +35,27 @@ DEST = DestinationConfig(name="local", type="folder", path=None)
 FILE_BYTES = 8 * 1024
 
 
+def _spool(store: JobStore, data: DataDir, uid: str, content: bytes, mtime_ns: int | None = None,
+           record: bool = True) -> Path:
+    """One copy of the study's object ``<uid>.1`` in the spool, as the receive stage writes it (its file
+    time ``mtime_ns`` when given), and recorded unless ``record`` is False (a copy still being received)."""
+    digest = hashlib.sha256(content).hexdigest()
+    spool = data.spooled_object(uid, f"{uid}.1", digest)
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    spool.write_bytes(content)
+    if mtime_ns is not None:
+        os.utime(spool, ns=(mtime_ns, mtime_ns))
+    if record:
+        store.record_instance(InstanceRecord(uid, f"{uid}.1", f"{uid}.9", "1.2.840.10008.5.1.4.1.1.20", "NM",
+                                             "1.2.840.10008.1.2.1", spool, digest, len(content)),
+                              Peer("CAMERA", "127.0.0.1", 1))
+    return spool
+
+
 def _study(store: JobStore, data: DataDir, n: int, deliver: bool = True) -> str:
     """A study received, classified, reported and (if ``deliver``) dispatched, with small real files."""
     uid = f"1.2.3.{n}"
-    spool = data.spooled_object(uid, f"{uid}.1")
-    spool.parent.mkdir(parents=True, exist_ok=True)
-    spool.write_bytes(bytes(FILE_BYTES))
-    store.record_instance(InstanceRecord(uid, f"{uid}.1", f"{uid}.9", "1.2.840.10008.5.1.4.1.1.20", "NM",
-                                         "1.2.840.10008.1.2.1", spool, hashlib.sha256(bytes(FILE_BYTES)).hexdigest(),
-                                         FILE_BYTES), Peer("CAMERA", "127.0.0.1", 1))
+    _spool(store, data, uid, bytes(FILE_BYTES))
     work = data.work_file(uid, 1)
     work.parent.mkdir(parents=True, exist_ok=True)
     work.write_bytes(bytes(FILE_BYTES))
@@ -52,7 +76,7 @@ def _study(store: JobStore, data: DataDir, n: int, deliver: bool = True) -> str:
 
 
 def _files(data: DataDir, uid: str) -> list[bool]:
-    return [data.spooled_object(uid, f"{uid}.1").exists(), data.work_file(uid, 1).exists(),
+    return [bool(data.spooled_versions(uid, f"{uid}.1")), data.work_file(uid, 1).exists(),
             (data.results_folder(uid) / "SR_1.dcm").exists()]
 
 
@@ -74,6 +98,32 @@ def test_after_keep_seconds_finished_studies_go_and_others_stay(data_dir):
     purged = store.study(done)
     assert purged.purged_at is not None and purged.state == DISPATCHED  # the audit rows stay
     assert any("files removed by retention" in m for _, _, m in store.events(done))
+    store.close()
+
+
+def test_the_copies_a_changed_object_replaced_go_with_their_study_and_a_copy_arriving_now_stays(data_dir):
+    """A changed object is spooled under a new name and the copy it replaced is kept (a stage may be
+    reading it); retention removes such copies with the study. One newer than the recorded copy, and
+    not recorded, is a copy the receive stage is storing right now: it stays."""
+    clock = FakeClock()
+    store = JobStore(data_dir.database, clock=clock)
+    uid, t = "1.2.3.500", 1_700_000_000 * 10**9
+    legacy = data_dir.spool_folder(uid) / f"{uid}.1.dcm"  # how releases before named the spool
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"first")
+    os.utime(legacy, ns=(t, t))
+    replaced = _spool(store, data_dir, uid, b"second" * 100, t + 10**9)
+    recorded = _spool(store, data_dir, uid, b"third" * 100, t + 2 * 10**9)
+    assert [Path(r["path"]) for r in store.instances(uid)] == [recorded]
+    assert store.advance(uid, 1, "received", COMPLETE, "test")
+    assert store.advance(uid, 1, COMPLETE, NOT_ASSESSABLE, "test")
+    policy = RetentionPolicy(store, data_dir, keep_seconds=0, max_bytes=None)
+    (planned,) = policy.plan().studies
+    assert planned.bytes == len(b"first") + 600 + 500  # every copy counts
+    arriving = _spool(store, data_dir, uid, b"fourth" * 100, t + 3 * 10**9, record=False)
+    assert [s.study_uid for s in policy.run().studies] == [uid]
+    assert data_dir.spooled_versions(uid, f"{uid}.1") == [arriving]
+    assert not (legacy.exists() or replaced.exists() or recorded.exists())
     store.close()
 
 

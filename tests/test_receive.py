@@ -12,6 +12,7 @@ import threading
 import warnings
 import zlib
 from io import BytesIO
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -50,7 +51,6 @@ from nodetools import echoscu, storescu
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 
 
@@ -107,7 +107,9 @@ def test_every_layout_is_spooled_as_received_and_recorded(node, phantoms):
         assert (study.calling_ae, study.peer_address) == ("CAMERA", "127.0.0.1")
         for source in record.files:
             sop = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
-            spooled = node.scp.data_dir.spooled_object(record.study_uid, sop)
+            spooled = _spooled(node, record.study_uid, sop)
+            assert spooled == node.scp.data_dir.spooled_object(record.study_uid, sop,
+                                                               hashlib.sha256(spooled.read_bytes()).hexdigest())
             # The dataset bytes are exactly what the camera sent (no re-encoding).
             assert dataset_bytes(spooled) == dataset_bytes(source), record.layout
             ts = pydicom.dcmread(spooled, stop_before_pixels=True).file_meta.TransferSyntaxUID
@@ -188,7 +190,13 @@ def test_an_object_of_each_storage_class_is_stored(node, name, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (row,) = node.store.instances(ds.StudyInstanceUID)
     assert (row["sop_instance_uid"], row["sop_class_uid"]) == (ds.SOPInstanceUID, STORAGE_CLASSES[name])
-    assert node.scp.data_dir.spooled_object(ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
+    assert _spooled(node, ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
+
+
+def _spooled(node: Node, study_uid: str, sop_instance_uid: str) -> Path:
+    """The spooled file the job store records for an object."""
+    (path,) = [Path(r["path"]) for r in node.store.instances(study_uid) if r["sop_instance_uid"] == sop_instance_uid]
+    return path
 
 
 def _send(port: int, payload, sop_class=NuclearMedicineImageStorage, ts=ExplicitVRLittleEndian) -> int:
@@ -295,7 +303,7 @@ def test_a_malformed_dataset_cannot_be_understood_and_the_log_says_why(node, pha
     (line,) = [r.getMessage() for r in caplog.records if str(ds.SOPInstanceUID) in r.getMessage()]
     assert "cannot be parsed" in line and reason in line and "answered 0xC210" in line, line
     assert node.store.counts_by_state() == before
-    assert not node.scp.data_dir.spooled_object(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)).exists()
+    assert not node.scp.data_dir.spool_folder(str(ds.StudyInstanceUID)).exists()
 
 
 def test_a_cut_deflate_stream_inflates_quietly_to_whole_elements(phantoms):
@@ -331,8 +339,8 @@ def test_an_affected_sop_instance_uid_other_than_the_datasets_is_logged_and_the_
     path = _raw_file(tmp_path / "other-uid.dcm", _encoded(ds), requested)
     assert _send(node.port, path) == STATUS_SUCCESS
     assert [r["sop_instance_uid"] for r in node.store.instances(ds.StudyInstanceUID)] == [ds.SOPInstanceUID]
-    assert node.scp.data_dir.spooled_object(ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
-    assert not node.scp.data_dir.spooled_object(ds.StudyInstanceUID, requested).exists()
+    assert _spooled(node, ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
+    assert node.scp.data_dir.spooled_versions(ds.StudyInstanceUID, requested) == []
     assert any(f"C-STORE names instance {requested} but the dataset says {ds.SOPInstanceUID}; using the dataset's"
                in r.getMessage() for r in caplog.records)
 
@@ -369,7 +377,7 @@ def test_an_on_stored_callback_that_raises_leaves_the_object_stored_with_success
         ds = pydicom.dcmread(phantoms[0].files[0])
         assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_SUCCESS
         assert [r["sop_instance_uid"] for r in node.store.instances(ds.StudyInstanceUID)] == [ds.SOPInstanceUID]
-        assert node.scp.data_dir.spooled_object(ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
+        assert _spooled(node, ds.StudyInstanceUID, ds.SOPInstanceUID).is_file()
         assert any(f"study {ds.StudyInstanceUID}: on_stored callback failed" in r.getMessage()
                    for r in caplog.records)
     finally:
@@ -390,8 +398,42 @@ def test_duplicates_are_idempotent_and_changed_objects_are_noticed(node, phantom
     assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == 0
     changed = node.store.study(record.study_uid)
     assert changed.content_version == study.content_version + 1 and node.stored == [record.study_uid]
-    spooled = node.scp.data_dir.spooled_object(record.study_uid, ds.SOPInstanceUID)
+    spooled = _spooled(node, record.study_uid, ds.SOPInstanceUID)
     assert pydicom.dcmread(spooled, stop_before_pixels=True).SeriesDescription == "WB edited"
+
+
+def test_a_changed_object_whose_record_fails_leaves_the_recorded_copy_as_recorded(tmp_path, phantoms):
+    """The job store cannot record a changed copy (another process holds its write lock, for real): the
+    copy the store records is not touched, and the refused one leaves no file. Sent again, the changed
+    copy is recorded under a name of its own; the replaced copy is left to the retention policy."""
+    node = Node(tmp_path, store=JobStore(tmp_path / "jobs.sqlite", busy_timeout_s=0.2))
+    try:
+        ds = pydicom.dcmread(phantoms[0].files[0])
+        study_uid, sop = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+        assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_SUCCESS
+        (row,) = node.store.instances(study_uid)
+        recorded = Path(row["path"])
+        original = recorded.read_bytes()
+        ds.SeriesDescription = "WB edited"  # same SOP Instance UID, other bytes
+        other = sqlite3.connect(node.store.path, isolation_level=None)
+        try:
+            other.execute("BEGIN EXCLUSIVE")
+            assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_OUT_OF_RESOURCES
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert node.store.instances(study_uid) == [row]
+        assert hashlib.sha256(recorded.read_bytes()).hexdigest() == row["sha256"]
+        assert node.scp.data_dir.spooled_versions(study_uid, sop) == [recorded]
+
+        assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_SUCCESS
+        (changed,) = node.store.instances(study_uid)
+        assert Path(changed["path"]) != recorded and changed["sha256"] != row["sha256"]
+        assert hashlib.sha256(Path(changed["path"]).read_bytes()).hexdigest() == changed["sha256"]
+        assert recorded.read_bytes() == original
+        assert sorted(node.scp.data_dir.spooled_versions(study_uid, sop)) == sorted([recorded, Path(changed["path"])])
+    finally:
+        node.close()
 
 
 def test_deflated_dataset_is_stored(node):
@@ -405,7 +447,7 @@ def test_deflated_dataset_is_stored(node):
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     assert _send(node.port, ds, sop_class=CTImageStorage, ts=DeflatedExplicitVRLittleEndian) == 0
-    spooled = node.scp.data_dir.spooled_object(ds.StudyInstanceUID, ds.SOPInstanceUID)
+    spooled = _spooled(node, ds.StudyInstanceUID, ds.SOPInstanceUID)
     back = pydicom.dcmread(spooled)
     assert back.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     assert back.PatientName == "Deflate^Test"

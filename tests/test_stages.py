@@ -9,6 +9,8 @@ and a re-opened study.
 
 from __future__ import annotations
 
+import hashlib
+import resource
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +22,7 @@ import pytest
 from spectnode.config import DestinationConfig
 from spectnode.dispatch import DispatchError
 from spectnode.imaging.views import NotAssessable, StudyViews
+from spectnode.node.diskspace import DiskSpace
 from spectnode.node.stages.assemble import AssembleStage, check_completion
 from spectnode.node.stages.classify import VIEW_KEY, ClassifyStage
 from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy
@@ -43,7 +46,7 @@ from spectnode.store import (
 from nodetools import FakeClock, instance_record
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from spectnode.node.datadir import DataDir
     from spectnode.report import AlgorithmInfo
@@ -85,7 +88,8 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, PhantomStudy
 def spool(store: JobStore, data_dir: DataDir, source: Path) -> None:
     """What the receive stage does with an object: a copy in the spool, recorded in the store."""
     ds = pydicom.dcmread(source, stop_before_pixels=True)
-    target = data_dir.spooled_object(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID))
+    target = data_dir.spooled_object(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID),
+                                     hashlib.sha256(source.read_bytes()).hexdigest())
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     store.record_instance(instance_record(target), PEER)
@@ -212,7 +216,7 @@ def test_an_exception_in_the_completion_check_keeps_the_study_and_the_timeout_st
         clocked_store, data_dir, phantoms, clock):
     record = phantoms["split-instances"]
     spool(clocked_store, data_dir, view_file(record, "anterior"))
-    data_dir.spooled_object(record.study_uid, "x").parent.joinpath("garbage").write_text("x")
+    data_dir.spool_folder(record.study_uid).joinpath("garbage").write_text("x")
 
     class Exploding(AssembleStage):
         def check_study(self, study: StudyRecord) -> bool:
@@ -286,6 +290,40 @@ def test_a_classify_failure_is_a_visible_error_that_retry_returns_to_classify(st
     assert store.study(record.study_uid).state == CLASSIFIED
 
 
+@pytest.fixture
+def file_size_limit() -> Iterator[Callable[[int], None]]:
+    """Sets this process's file size limit (RLIMIT_FSIZE, ``ulimit -f``, systemd's ``LimitFSIZE=``) until the
+    test ends: a write past it fails with EFBIG for real (Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    yield lambda limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_work_file_past_the_file_size_limit_fails_its_study_and_the_next_study_is_classified(
+        clocked_store, data_dir, phantoms, clock, file_size_limit):
+    """EFBIG is a limit on one file, not a full disk: waiting cannot cure it, and the stage must not
+    try the oldest study again and again while the others wait behind it."""
+    store = clocked_store
+    first, second = phantoms["multiframe"], phantoms["split-instances"]
+    complete(store, data_dir, first)
+    clock.advance(1)
+    complete(store, data_dir, second)
+    stage = ClassifyStage(store, data_dir, FakeClassifier, not_assessable_sr=True,
+                          disk=DiskSpace(data_dir.root, 0, retry_seconds=3600))
+    store.db.read("PRAGMA wal_checkpoint(TRUNCATE)")  # the job store's own files stay far below the limit
+    file_size_limit(160 * 1024)  # a work file is over 200 kB
+    try:
+        assert stage.step() is True
+    finally:
+        file_size_limit(resource.RLIM_INFINITY)
+    failed = store.study(first.study_uid)
+    assert failed.state == ERROR and "File too large" in failed.reason and failed.error_stage == COMPLETE
+    assert not list(data_dir.work.rglob("*"))[1:]  # no partial work file (only the study's folder)
+    assert stage.disk.waiting_stages() == []  # the stage does not wait for space that would not help
+    assert stage.step() is True
+    assert store.study(second.study_uid).state == CLASSIFIED
+
+
 def test_classify_drops_the_result_of_a_stale_generation(store, data_dir, phantoms):
     record = phantoms["multiframe"]
     complete(store, data_dir, record)
@@ -337,7 +375,7 @@ def test_one_unreadable_view_leaves_a_one_view_study_and_a_warning(clocked_store
     for path in record.files:
         spool(clocked_store, data_dir, path)
     posterior = pydicom.dcmread(view_file(record, "posterior"), stop_before_pixels=True).SOPInstanceUID
-    damaged = data_dir.spooled_object(record.study_uid, str(posterior))
+    (damaged,) = data_dir.spooled_versions(record.study_uid, str(posterior))
     damaged.write_bytes(b"\0" * 64)
     stage = AssembleStage(clocked_store, data_dir, TIMEOUT_S, clock=clock)
     assert not stage.step()

@@ -19,10 +19,15 @@ One run:
    store, its outputs delivered (or dead-lettered), and reports each one.
 
 The pipeline that processes them is the running ``spectnode serve`` of the
-same configuration if one answers C-ECHO on ``node.port``; otherwise the run
-starts the node's stages in-process (:class:`spectnode.node.worker.Node`,
-listening only for C-MOVE) and stops them at the end. Either way the studies
-go through the same stages, job store and destinations as pushed ones.
+same data directory if one holds its lock (:meth:`spectnode.node.datadir.DataDir.lock`);
+otherwise the run takes the lock and starts the node's stages in-process
+(:class:`spectnode.node.worker.Node`, listening only for C-MOVE) until the
+end. What decides is the lock, never the network: a serve that does not
+answer C-ECHO is still the one that runs the pipeline, and another node that
+answers on the port is not. A data directory locked by another backfill (or
+``classify --send``) is refused: two pipelines on one job store would process
+each study twice. Either way the studies go through the same stages, job
+store and destinations as pushed ones.
 
 Every step is idempotent (SOP Instance UIDs of the inputs are stored once,
 and the report stage derives the SR's UID from the study, its generation and
@@ -46,7 +51,7 @@ import pydicom
 from spectnode.backfill.polite import Backoff, RateLimiter, TimeWindow
 from spectnode.backfill.query import PacsClient, PacsRefused, PacsUnavailable, SeriesHit
 from spectnode.backfill.retrieve import retrieve_series
-from spectnode.node.datadir import DataDir
+from spectnode.node.datadir import DataDir, DataDirInUse, DataDirLock
 from spectnode.node.stages.assemble import complete_now
 from spectnode.node.stages.receive import STATUS_SUCCESS, ReceiveStage
 from spectnode.peer import Peer
@@ -70,7 +75,7 @@ if TYPE_CHECKING:
     from spectnode.node.worker import Node
     from spectnode.report import AlgorithmInfo
 
-__all__ = ["BackfillOptions", "Pipeline", "node_is_serving", "run_backfill", "run_folder"]
+__all__ = ["BackfillOptions", "Pipeline", "run_backfill", "run_folder"]
 
 _log = logging.getLogger("spectnode.backfill")
 
@@ -95,22 +100,6 @@ class BackfillOptions:
     limit: int | None = None
     #: Only list what would be done.
     dry_run: bool = False
-
-
-def node_is_serving(cfg: Config, timeout_s: float = 3.0) -> bool:
-    """Whether a DICOM node answers on ``node.port`` as ``node.ae_title`` (a running ``spectnode serve``)."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-    host = "127.0.0.1" if cfg.node.bind_address in ("0.0.0.0", "::", "") else cfg.node.bind_address
-    ae = AE(ae_title=cfg.node.ae_title)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    assoc = ae.associate(host, cfg.node.port, ae_title=cfg.node.ae_title)
-    if assoc.is_established:
-        assoc.release()
-        return True
-    return bool(assoc.is_rejected)  # a node whose allow-list refuses its own title is still there
 
 
 def algorithm_of(cfg: Config, bundles: Sequence[Path] | None) -> AlgorithmInfo:
@@ -140,15 +129,26 @@ class Pipeline:
     Args:
         cfg: The configuration (the same job store and destinations either way).
         listen: Whether objects arrive by C-MOVE (the in-process node must listen).
+        command: What the run is, for the lock (``backfill``, ``classify --send``).
         bundles, classifier_loader: For the in-process node (see :class:`~spectnode.node.worker.Node`).
+
+    Raises:
+        DataDirInUse: If another backfill or ``classify --send`` runs the pipeline on the data directory.
     """
 
-    def __init__(self, cfg: Config, *, listen: bool, bundles: Sequence[Path] | None = None,
-                 classifier_loader: ClassifierLoader | None = None) -> None:
+    def __init__(self, cfg: Config, *, listen: bool, command: str = "backfill",
+                 bundles: Sequence[Path] | None = None, classifier_loader: ClassifierLoader | None = None) -> None:
         self.node: Node | None = None
-        self.serving = node_is_serving(cfg)
+        self._lock: DataDirLock | None = None
+        data_dir = DataDir(cfg.storage.data_dir)
+        try:
+            self._lock = data_dir.lock(command)
+        except DataDirInUse as busy:
+            if busy.holder is None or busy.holder.command != "serve":
+                raise
+        #: True when a running ``spectnode serve`` (the lock's holder) processes the studies.
+        self.serving = self._lock is None
         if self.serving:
-            data_dir = DataDir(cfg.storage.data_dir)
             data_dir.create()
             self.store = JobStore(data_dir.database)
             # Not started: only its store handler is used (C-GET, files), the node's own pipeline does the rest.
@@ -162,22 +162,35 @@ class Pipeline:
         else:
             from spectnode.node.worker import Node
 
-            self.node = Node(cfg, bundles=bundles, classifier_loader=classifier_loader, listen=listen)
             try:
-                self.node.start()
+                self.node = Node(cfg, bundles=bundles, classifier_loader=classifier_loader, listen=listen)
+                try:
+                    self.node.start()
+                except BaseException:
+                    self.node.stop(timeout=5)
+                    raise
             except BaseException:
-                self.node.stop(timeout=5)
+                self.close_lock()
                 raise
             assert self.node.store is not None and self.node.receive is not None
             self.store = self.node.store
             self.receive = self.node.receive
 
     def close(self) -> None:
-        """Stop the in-process stages (their unfinished work resumes at the next start), or close the store."""
-        if self.node is not None:
-            self.node.stop()
-        else:
-            self.store.close()
+        """Stop the in-process stages (their unfinished work resumes at the next start) and let go of the
+        data directory, or close the store."""
+        try:
+            if self.node is not None:
+                self.node.stop()
+            else:
+                self.store.close()
+        finally:
+            self.close_lock()
+
+    def close_lock(self) -> None:
+        """Let go of the data directory's lock, if this run holds it."""
+        if self._lock is not None:
+            self._lock.release()
 
 
 class _Run:
@@ -423,6 +436,7 @@ def run_backfill(cfg: Config, pacs_name: str, options: BackfillOptions, progress
     Raises:
         KeyError: If no ``pacs`` entry has that name.
         PacsRefused, PacsUnavailable: If the studies cannot be found at all.
+        DataDirInUse: If another backfill or ``classify --send`` runs the pipeline on the data directory.
     """
     pacs = {p.name: p for p in cfg.pacs}[pacs_name]
     algorithm = algorithm_of(cfg, bundles)
@@ -510,14 +524,19 @@ def group_files_by_study(paths: list[Path]) -> tuple[dict[str, list[tuple[Path, 
 
 def run_folder(cfg: Config, paths: list[Path], progress: Progress, *, bundles: Sequence[Path] | None = None,
                classifier_loader: ClassifierLoader | None = None) -> Summary:
-    """``spectnode classify DIR --send``: the studies of files on disk through the same batch path."""
+    """``spectnode classify DIR --send``: the studies of files on disk through the same batch path.
+
+    Raises:
+        DataDirInUse: If another backfill or ``classify --send`` runs the pipeline on the data directory.
+    """
     algorithm = algorithm_of(cfg, bundles)
     studies, unreadable = group_files_by_study(paths)
     progress.start(f"classify {len(paths)} file(s)")
     if unreadable:
         progress.note(f"{unreadable} file(s) are not DICOM files with a StudyInstanceUID; left out",
                       files=unreadable)
-    pipeline = Pipeline(cfg, listen=False, bundles=bundles, classifier_loader=classifier_loader)
+    pipeline = Pipeline(cfg, listen=False, command="classify --send", bundles=bundles,
+                        classifier_loader=classifier_loader)
     try:
         run = _Run(pipeline, progress, algorithm)
         progress.found(len(studies))

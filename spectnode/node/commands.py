@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from spectnode.node.datadir import DataDir
+from spectnode.node.datadir import DataDir, DataDirInUse
 from spectnode.node.status import format_status, read_status
 from spectnode.store import ERROR, JobStore, StoreError
 
@@ -53,8 +53,10 @@ def serve(cfg: Config) -> int:
 
     Logs go where ``cfg.logging`` says. The model bundle is verified before
     anything listens (exit 2 if it does not verify); a port that cannot be
-    bound or a job store (or its outbox table) that cannot be opened exits 1
-    with the reason on stderr (and in the log). On SIGTERM/SIGINT the
+    bound, a job store (or its outbox table) that cannot be opened, or a data
+    directory that another spectnode process runs the pipeline on (its lock,
+    :meth:`~spectnode.node.datadir.DataDir.lock`, held for as long as the node
+    runs) exits 1 with the reason on stderr (and in the log). On SIGTERM/SIGINT the
     listener stops accepting at once, associations in flight may finish
     within ``node.shutdown_grace_seconds`` (then they are aborted), each stage
     finishes its current step, and the exit code is 0; anything unfinished
@@ -73,17 +75,24 @@ def serve(cfg: Config) -> int:
         _log.info("%s received; stopping", signal.Signals(signum).name)
         stop.set()
 
+    def cannot_start(exc: Exception) -> int:
+        _log.error("cannot start: %s", exc)
+        if cfg.logging.file is not None:  # the log file is not where a person starting it looks
+            print(f"spectnode serve: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+    try:
+        lock = DataDir(cfg.storage.data_dir).lock("serve")
+    except (DataDirInUse, OSError) as exc:
+        return cannot_start(exc)
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     node = Node(cfg)
     try:
         try:
             node.start()
         except (OSError, StoreError, sqlite3.Error) as exc:
-            _log.error("cannot start: %s", exc)
-            if cfg.logging.file is not None:  # the log file is not where a person starting it looks
-                print(f"spectnode serve: cannot start: {exc}", file=sys.stderr)
             node.stop(timeout=5)
-            return EXIT_FAILURE
+            return cannot_start(exc)
         _log.info("spectnode node %s ready on %s:%d, data in %s. %s", cfg.node.ae_title, cfg.node.bind_address,
                   node.port, cfg.storage.data_dir, RESEARCH_USE_NOTICE)
         while not stop.wait(1.0):
@@ -94,6 +103,7 @@ def serve(cfg: Config) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        lock.release()
 
 
 def status(cfg: Config, json: bool = False, study_uid: str | None = None) -> int:

@@ -4,14 +4,17 @@ Two mechanisms, one object (:class:`DiskSpace`, shared by the stages of a node):
 
 * a **free-space floor** (``storage.min_free_bytes``): the receive stage
   refuses an object (0xA700) that would leave less than the floor free, and
-  the stages that write files (classify, report) do not start work below it,
+  the stages (assemble, classify, report) do not start work below it,
   so the disk is never filled by the node's own spool;
 * **write failures that space can cure** (:func:`is_disk_full`: ENOSPC,
-  EDQUOT, EROFS, EFBIG, and SQLite's "database or disk is full" and
+  EDQUOT, EROFS, and SQLite's "database or disk is full" and
   "readonly database"): the stage leaves the study where it is (never in
   ``error``), logs once that it waits, and tries again every
   ``storage.disk_retry_seconds`` by itself; once the write succeeds it logs
-  that it resumed. Any other exception still puts the study in ``error``.
+  that it resumed. Any other exception still puts the study in ``error``,
+  EFBIG (file too large) included: it is a limit on one file (the process's
+  ``RLIMIT_FSIZE``, the file system's largest file), which no waiting cures,
+  and retrying the study would hold up every study behind it.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ __all__ = ["DISK_FULL_ERRNOS", "DiskSpace", "is_disk_full", "unguarded"]
 
 _log = logging.getLogger("spectnode.disk")
 
-#: OS errors a write can fail with that more space, a larger quota or a remount cures.
-DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+#: OS errors a write can fail with that more space, a larger quota or a remount cures (for every study alike).
+DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # SQLite primary result codes (sqlite3.h): SQLITE_READONLY, SQLITE_FULL.
 _SQLITE_DISK_CODES: Final = frozenset({8, 13})
 

@@ -25,7 +25,10 @@ Each study is removed inside a job-store write transaction that checks its
 state and generation again, so a study re-opened by a new object meanwhile
 is left alone, and the receive stage (which records every object under the
 same lock) never has an object recorded and removed at once. A spooled file
-is removed only if it still holds the bytes recorded for it.
+is removed only if it still holds the bytes recorded for it. The copies of an
+object that a changed copy replaced (:meth:`~spectnode.node.datadir.DataDir.spooled_versions`)
+go too, but only those older than the recorded copy: a newer one that is not
+recorded is a copy the receive stage is storing at this moment.
 
 ``spectnode purge [--dry-run]`` applies the policy once; the running node
 applies it every ``retention.interval_seconds``.
@@ -39,12 +42,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spectnode.store import DISPATCHED, NOT_ASSESSABLE, JobStore, StudyRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from spectnode.node.datadir import DataDir
 
@@ -136,9 +139,27 @@ class RetentionPolicy:
 
     def _study_files(self, study_uid: str) -> tuple[list[tuple[Path, str | None]], list[Path]]:
         """(spooled files with the sha256 recorded for them, folders of the study's work and results)."""
-        spooled = [(Path(r["path"]), r["sha256"]) for r in self.store.instances(study_uid)]
+        spooled = self._spooled_files(study_uid, self.store.instances(study_uid))
         folders = [self.data_dir.work_file(study_uid, 1).parent, self.data_dir.results_folder(study_uid)]
         return spooled, folders
+
+    def _spooled_files(self, study_uid: str, rows: Iterable[Mapping[str, Any]]) -> list[tuple[Path, str | None]]:
+        """The copies of a study's objects to remove: first the copies a changed copy replaced (older
+        than the recorded one; no sha256 to check), then each recorded copy with its sha256."""
+        replaced: list[tuple[Path, str | None]] = []
+        recorded: list[tuple[Path, str | None]] = []
+        for row in rows:
+            path = Path(row["path"])
+            recorded.append((path, row["sha256"]))
+            try:
+                recorded_at = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue  # nothing tells an old copy from one being received now: keep them
+            for version in self.data_dir.spooled_versions(study_uid, row["sop_instance_uid"]):
+                with contextlib.suppress(FileNotFoundError):
+                    if version != path and version.stat().st_mtime_ns < recorded_at:
+                        replaced.append((version, None))
+        return replaced + recorded
 
     def _study_bytes(self, study_uid: str) -> int:
         spooled, folders = self._study_files(study_uid)
@@ -191,14 +212,14 @@ class RetentionPolicy:
                                  (study.study_uid,)).fetchone()
             if busy or pending["purged_at"] is not None or pending["report_pending"]:
                 return False
-            spooled = [(Path(r["path"]), r["sha256"]) for r in
-                       db.execute("SELECT path, sha256 FROM instances WHERE study_uid = ?", (study.study_uid,))]
+            spooled = self._spooled_files(study.study_uid, db.execute(
+                "SELECT sop_instance_uid, path, sha256 FROM instances WHERE study_uid = ?", (study.study_uid,)))
             for path, sha256 in spooled:
                 _remove_if_unchanged(path, sha256)
             for folder in (self.data_dir.work_file(study.study_uid, 1).parent,
                            self.data_dir.results_folder(study.study_uid)):
                 _remove_tree(folder)
-            _remove_empty(self.data_dir.spooled_object(study.study_uid, "x").parent)
+            _remove_empty(self.data_dir.spool_folder(study.study_uid))
             # The rows of the spooled objects go (a re-sent object is then new); the audit rows stay.
             db.execute("DELETE FROM instances WHERE study_uid = ?", (study.study_uid,))
             db.execute("UPDATE studies SET purged_at = ?, instance_count = 0 WHERE study_uid = ?",

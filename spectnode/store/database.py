@@ -8,9 +8,10 @@ outbox) lives in one SQLite file, opened here and nowhere else:
 * ``synchronous=FULL``: a commit is on disk before the SCP answers Success
   or an outbox row is trusted;
 * ``BEGIN IMMEDIATE`` for every write transaction, so a writer takes the lock
-  up front instead of failing when it upgrades a read lock;
+  up front instead of failing when it upgrades a read lock; a transaction
+  whose COMMIT fails is rolled back;
 * one connection per operation from a small pool (each association of the
-  SCP has its own thread).
+  SCP has its own thread); a connection is never pooled inside a transaction.
 
 The schema is a numbered list of migrations (:data:`MIGRATIONS`); the
 database records the number of the last one applied in ``store_meta``. A
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -332,24 +333,31 @@ class Database:
         try:
             yield db
         finally:
+            # A connection still inside a transaction (one whose COMMIT or ROLLBACK failed) is closed,
+            # which rolls it back: pooled, it would hold the write lock and run the next user's work in it.
             with self._lock:
-                if self._closed:
-                    db.close()
-                else:
+                pooled = not self._closed and not db.in_transaction
+                if pooled:
                     self._idle.append(db)
+            if not pooled:
+                db.close()
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled back if it raises."""
+        """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled back if it
+        raises or if the COMMIT itself fails (the error of the block or of the COMMIT is raised)."""
         with self.borrow() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            else:
                 db.execute("COMMIT")
+            except BaseException:
+                # SQLite may have rolled back already (an I/O error, a full disk); a failed COMMIT
+                # (a deferred constraint, SQLITE_BUSY) leaves the transaction open.
+                if db.in_transaction:
+                    with suppress(sqlite3.Error):  # then borrow() discards the connection
+                        db.execute("ROLLBACK")
+                raise
 
     def read(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Rows of one query, outside any transaction."""

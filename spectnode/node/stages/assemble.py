@@ -127,8 +127,9 @@ class AssembleStage:
         timeout_seconds: Idle time after which an incomplete study is
             completed anyway (``completion.timeout_seconds``).
         clock: Current time in epoch seconds (tests may pass another).
-        disk: The data directory's free space: a job-store write that fails
-            for want of space makes the stage wait and try again (default: no floor).
+        disk: The data directory's free space: below its floor, or after a
+            job-store write failed for want of space, the stage waits, like
+            the other stages (default: no floor).
     """
 
     name = "assemble"
@@ -144,8 +145,8 @@ class AssembleStage:
 
     def step(self) -> bool:
         """Check every ``received`` study once; True if any became complete."""
-        if self.disk.should_wait(self.name) and not self.disk.below_floor():
-            return False  # a job-store write failed for want of space a moment ago
+        if self.disk.should_wait(self.name):
+            return False  # below the floor, or a job-store write failed for want of space a moment ago
         self._hit_full_disk = False
         moved = self.run_once()
         if not self._hit_full_disk:  # a pass that wrote what it had to: no longer waiting for space

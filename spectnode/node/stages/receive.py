@@ -10,7 +10,12 @@ Every object a peer sends is
 3. recorded in the job store (committed),
 
 and only then answered with status Success. A peer that gets Success can
-forget the object: it survives a crash or power loss of the node.
+forget the object: it survives a crash or power loss of the node. A changed
+object (the same SOP Instance UID with other bytes) is spooled under a name of
+its own (the name holds the SHA-256 of its bytes), so the copy the job store
+records is never overwritten, not even by a crash before the new record is
+committed; the replaced copy stays until the retention policy removes the
+study's files.
 
 Failures answer with the status a peer can act on:
 
@@ -719,7 +724,9 @@ class ReceiveStage:
             _log.warning("study %s from %s: C-STORE names instance %s but the dataset says %s; using the dataset's",
                          study_uid, peer.ae_title, request_sop, identity.sop_instance_uid, extra=where)
         digest = hashlib.sha256(data).hexdigest()
-        path = self.data_dir.spooled_object(study_uid, identity.sop_instance_uid)
+        # Named by its content: a changed copy goes to a file of its own, and the file the job store
+        # records is never overwritten, whatever happens before the record is committed.
+        path = self.data_dir.spooled_object(study_uid, identity.sop_instance_uid, digest)
         try:
             known = self.store.known_instance(study_uid, identity.sop_instance_uid)
             if known == "own_output":
@@ -756,8 +763,8 @@ class ReceiveStage:
                     peer,
                 )
             except BaseException:
-                if known is None:  # a new object the store never recorded: no spooled file without a record
-                    path.unlink(missing_ok=True)
+                # No spooled file without a record; a changed object's recorded copy is another file.
+                path.unlink(missing_ok=True)
                 raise
         except (OSError, sqlite3.Error, StoreError) as exc:
             receipt["outcome"] = f"refused: cannot be stored ({type(exc).__name__})"
