@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 __all__ = [
+    "AuditConfig",
     "CompletionConfig",
     "Config",
     "ConfigError",
@@ -50,6 +51,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
 TlsMode = Literal["off", "optional", "required"]
 RetrieveMethod = Literal["get", "move"]
+AuditTransport = Literal["udp", "tcp", "tls"]
 
 #: Matches any calling AE title in ``node.allowed_calling_ae_titles``.
 ANY_AE_TITLE = "*"
@@ -269,6 +271,36 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """DICOM audit messages (PS3.15 Annex A.5) to a syslog server (``audit:``, off by default).
+
+    Security-relevant events (application start and stop, a refused
+    association or TLS handshake, a study received, results sent) go as
+    RFC 5424 syslog messages, as IHE ATNA's Record Audit Event (ITI-20) sends them.
+    """
+
+    enabled: bool = False
+    #: The syslog server (an audit record repository); required when enabled.
+    host: str | None = None
+    #: Its port; ``null``: 514 for ``udp`` and ``tcp``, 6514 for ``tls`` (RFC 5425).
+    port: int | None = None
+    #: ``udp`` (RFC 5426), ``tcp`` (octet-counted frames, RFC 6587) or ``tls`` (RFC 5425, what ATNA asks for).
+    transport: AuditTransport = "udp"
+    #: CA certificates (PEM) that sign the server's certificate (``tls``); ``null``: the system's.
+    tls_ca_certificates: Path | None = None
+    #: Client certificate and key (PEM) for a server that requires mutual authentication (``tls``).
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+
+    @property
+    def server_port(self) -> int:
+        """The configured port, or the transport's default."""
+        if self.port is not None:
+            return self.port
+        return 6514 if self.transport == "tls" else 514
+
+
+@dataclass(frozen=True)
 class PacsConfig:
     """A PACS that ``spectnode backfill`` queries (C-FIND) and retrieves from (C-GET or C-MOVE)."""
 
@@ -322,6 +354,7 @@ class Config:
     pacs: tuple[PacsConfig, ...] = ()
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     #: Where this configuration came from, for messages ("<defaults>" if none).
     source: str = field(default="<defaults>", compare=False)
 
@@ -593,6 +626,7 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
         raise ConfigError(source, "dispatch.retry_max_seconds", "must be at least dispatch.retry_base_seconds")
 
     _check_operations(cfg, source)
+    _check_audit(cfg.audit, source)
 
     _check_pacs(cfg, source)
 
@@ -700,6 +734,31 @@ def _check_operations(cfg: Config, source: str) -> None:
         raise ConfigError(source, "metrics.bind_address", "must not be empty")
     if cfg.metrics.outbox_stuck_seconds <= 0:
         raise ConfigError(source, "metrics.outbox_stuck_seconds", "must be greater than 0")
+
+
+def _check_audit(audit: AuditConfig, source: str) -> None:
+    """The ``audit`` keys: a server when enabled, a port, TLS files only with ``transport: tls``."""
+    if audit.enabled and (audit.host is None or not audit.host.strip()):
+        raise ConfigError(source, "audit.host", "is required with audit.enabled: true (the syslog server)")
+    if audit.port is not None and (problem := _check_port(audit.port)) is not None:
+        raise ConfigError(source, "audit.port", problem)
+    files = ("tls_ca_certificates", "tls_certificate", "tls_private_key")
+    for name in files:
+        path = getattr(audit, name)
+        if path is not None and audit.transport != "tls":
+            raise ConfigError(source, f"audit.{name}", "applies only with audit.transport: tls")
+        if path is not None and not path.is_file():
+            raise ConfigError(source, f"audit.{name}", f"{str(path)!r} is not a file")
+    if (audit.tls_certificate is None) != (audit.tls_private_key is None):
+        raise ConfigError(source, "audit.tls_certificate", "and audit.tls_private_key go together")
+    if audit.transport == "tls":
+        from spectnode.net.tls import client_context
+
+        try:
+            client_context(audit.tls_ca_certificates, audit.tls_certificate, audit.tls_private_key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(source, "audit.transport", f"no TLS client context can be made from the "
+                              f"audit.tls_* files: {exc}") from None
 
 
 def resolve_folder(cfg: Config, dest: DestinationConfig) -> Path:

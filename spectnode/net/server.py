@@ -41,13 +41,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pynetdicom import evt
 from pynetdicom._handlers import standard_dimse_recv_handler
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from spectnode.net.access import AddressAllowList, ConnectionLimiter, ThrottledLog
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["ConnectionPolicy", "GuardedAssociationServer", "TlsMode", "policy_from_config", "start_guarded_server"]
 
@@ -198,8 +201,11 @@ class _GuardedRequestHandler(RequestHandler):
         assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
         _install_read_deadlines(assoc, policy, connected_at, self.server.refusals)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        assoc.start()
-        assoc.join()
+        try:
+            assoc.start()
+            assoc.join()
+        finally:
+            self.server.association_ended(assoc)
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):
@@ -218,8 +224,19 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         self.policy = policy
         self.limiter = ConnectionLimiter(policy.max_associations, policy.max_associations_per_peer)
         self.refusals = ThrottledLog(_log)
+        #: Called with each association once it has ended, however it ended (released, aborted, the
+        #: connection lost: pynetdicom has no event for the last).
+        self.on_association_end: Callable[[Any], None] | None = None
         super().__init__(ae, address, ae_title, contexts, None, evt_handlers=evt_handlers,
                          request_handler=_GuardedRequestHandler)
+
+    def association_ended(self, assoc: Any) -> None:
+        """Tell :attr:`on_association_end` that ``assoc`` has ended (its exceptions are logged only)."""
+        if self.on_association_end is not None:
+            try:
+                self.on_association_end(assoc)
+            except Exception:  # noqa: BLE001 - the connection is over; the audit is best effort
+                _log.exception("on_association_end callback failed")
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """Accept a connection, without any TLS handshake (that would block the accept loop)."""

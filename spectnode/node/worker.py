@@ -25,9 +25,11 @@ exception: the stage waits and tries again by itself
 (:mod:`spectnode.node.diskspace`).
 
 Besides the stages, the node runs the retention policy every
-``retention.interval_seconds`` (:mod:`spectnode.node.retention`) and, when
-``metrics.enabled``, the ``/metrics`` and ``/healthz`` endpoint
-(:mod:`spectnode.node.metrics`).
+``retention.interval_seconds`` (:mod:`spectnode.node.retention`), when
+``metrics.enabled`` the ``/metrics`` and ``/healthz`` endpoint
+(:mod:`spectnode.node.metrics`), and when ``audit.enabled`` the DICOM audit
+messages to syslog (:mod:`spectnode.audit`): application start and stop,
+refused associations, studies received and results sent.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from spectnode.store import END_STATES, JobStore, StudyRecord
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from spectnode.audit import NodeAudit
     from spectnode.config import Config
     from spectnode.node.metrics import MetricsServer, NodeMetrics
     from spectnode.node.stages import Stage
@@ -155,6 +158,7 @@ class Node:
         self.metrics: NodeMetrics | None = None
         self.metrics_server: MetricsServer | None = None
         self._retention: threading.Thread | None = None
+        self.audit: NodeAudit | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,11 +167,13 @@ class Node:
 
         Raises:
             spectnode.store.StoreError: If the job store cannot be opened.
-            OSError: If the port cannot be bound.
+            OSError: If the port cannot be bound (or the audit's TLS files cannot be loaded).
         """
+        from spectnode.audit import NodeAudit
         from spectnode.dispatch import destinations_by_name
 
         cfg = self.cfg
+        self.audit = NodeAudit.from_config(cfg.audit, cfg.node.ae_title, cfg.logging.patient_data)
         self.data_dir.create()
         store = self.store = JobStore(self.data_dir.database)
         destinations = destinations_by_name(cfg)
@@ -192,8 +198,9 @@ class Node:
             self.metrics = NodeMetrics(store, disk, cfg.metrics.outbox_stuck_seconds,
                                        lambda: [t.name for t in self._stages if t.failing], store.clock)
             observe = self.metrics.observe_stage
+        audit = self.audit
         dispatch = StageThread(DispatchStage(store, self.data_dir, destinations, cfg.node.ae_title, policy=policy,
-                                             disk=disk),
+                                             disk=disk, on_delivered=audit.instances_sent if audit else None),
                                self._stopping, disk=disk, observe=observe)
         report = StageThread(ReportStage(store, self.data_dir, self.models.algorithms, cfg.destinations, disk=disk),
                              self._stopping, wake_next=dispatch.wake.set, disk=disk, observe=observe)
@@ -213,7 +220,7 @@ class Node:
             policy=policy_from_config(node), max_object_bytes=node.max_object_bytes, disk=disk,
             on_answer=self.metrics.answered if self.metrics is not None else None,
             on_refused=self.metrics.refused_association if self.metrics is not None else None,
-            log_patient_data=cfg.logging.patient_data,
+            log_patient_data=cfg.logging.patient_data, audit=audit,
         )
         retention = RetentionPolicy(store, self.data_dir, cfg.retention.keep_seconds, cfg.retention.max_bytes)
         self._retention = threading.Thread(
@@ -227,6 +234,8 @@ class Node:
 
             self.metrics_server = MetricsServer(self.metrics, cfg.metrics.bind_address, cfg.metrics.port)
             self.metrics_server.start()
+        if audit is not None:  # before the listener, so that no refusal is reported before the start
+            audit.application_started()
         if self._listen:
             self.receive.start()
         else:
@@ -261,6 +270,9 @@ class Node:
             # transaction they leave open, and their studies resume at the next start.
             _log.warning("%s stage(s) still busy at shutdown; their connections are left open and their "
                          "studies resume at the next start", ", ".join(busy))
+        if self.audit is not None:
+            self.audit.application_stopped()
+        if busy:
             return
         if self.store is not None:
             self.store.close()

@@ -50,7 +50,7 @@ from spectnode.node.stages import study_log_extra
 from spectnode.store import DEFAULT_CLAIM_TIMEOUT_S, DISPATCHED, REPORTED, JobStore, Outbox, OutboxItem
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
     from spectnode.config import DestinationConfig
@@ -175,6 +175,8 @@ class DispatchStage:
         timeout: Network timeout passed to ``send``.
         disk: The data directory's free space: a folder delivery that fails for
             want of space is tried again without counting as an attempt.
+        on_delivered: Called with the destination and the item after each
+            delivery (the audit trail); exceptions in it are logged only.
 
     The stage's clock is the job store's (``store.clock``).
     """
@@ -192,8 +194,10 @@ class DispatchStage:
         send: SendFunction = send_files,
         timeout: float = 30.0,
         disk: DiskSpace | None = None,
+        on_delivered: Callable[[DestinationConfig, OutboxItem], None] | None = None,
     ) -> None:
         self.disk = disk if disk is not None else unguarded(data_dir.root)
+        self.on_delivered = on_delivered
         self.store = store
         self.outbox = store.outbox
         self.data_dir = data_dir
@@ -304,6 +308,11 @@ class DispatchStage:
                 self.outbox.delivered(item.id, now=self.clock(), acknowledgement=acknowledgement)
             self.disk.write_succeeded(self.name)
             self._unreachable_until.pop(item.destination, None)
+            if self.on_delivered is not None:
+                try:
+                    self.on_delivered(dest, item)
+                except Exception:  # noqa: BLE001 - delivered is delivered; the audit is best effort
+                    _log.exception("outbox item %d: on_delivered callback failed", item.id)
 
     # ------------------------------------------------------------------ storage commitment
 

@@ -81,7 +81,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataelem import RawDataElement
@@ -137,6 +137,7 @@ __all__ = [
     "STATUS_DOES_NOT_MATCH_SOP_CLASS",
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_SUCCESS",
+    "ReceiveAudit",
     "ReceiveStage",
     "uid_problem",
 ]
@@ -203,6 +204,21 @@ _OUTCOMES: Final = {
     STATUS_DOES_NOT_MATCH_SOP_CLASS: "refused: a required UID is missing or invalid",
     STATUS_CANNOT_UNDERSTAND: "refused: cannot be parsed",
 }
+
+
+class ReceiveAudit(Protocol):
+    """What the receive stage tells the audit trail (:class:`spectnode.audit.NodeAudit` is one)."""
+
+    def association_refused(self, peer: Peer, reason: str, detail: str) -> None:
+        """A connection or association was refused; ``reason`` as for ``on_refused``, ``detail`` in words."""
+
+    def instance_received(self, peer: Peer, *, study_uid: str, sop_class_uid: str, sop_instance_uid: str,
+                          stored: str | None, peer_is_requestor: bool = True, patient_id: str | None = None,
+                          patient_name: str | None = None) -> None:
+        """A C-STORE of ``study_uid`` was answered; ``stored`` is None when it was refused."""
+
+    def association_ended(self, peer: Peer) -> None:
+        """``peer``'s association ended."""
 
 
 def uid_problem(value: str) -> str | None:
@@ -309,7 +325,11 @@ class ReceiveStage:
         log_patient_data: Add the object's PatientName and PatientID to the
             log record of each stored object (fields ``patient_name`` and
             ``patient_id``; ``logging.patient_data``, off by default). Without it
-            no log record of the node holds patient names or IDs.
+            no log record of the node holds patient names or IDs, and the audit
+            trail is not told them either.
+        audit: Told of each refused association, each C-STORE of a study
+            received over the network, and each association's end (DICOM
+            audit messages); exceptions in it are logged only.
     """
 
     def __init__(
@@ -329,8 +349,10 @@ class ReceiveStage:
         on_answer: Callable[[Peer, int, str, str | None, float], None] | None = None,
         on_refused: Callable[[Peer, str], None] | None = None,
         log_patient_data: bool = False,
+        audit: ReceiveAudit | None = None,
     ) -> None:
         self.log_patient_data = log_patient_data
+        self.audit = audit
         self.disk = disk if disk is not None else unguarded(data_dir.root)
         self.on_answer = on_answer
         self.on_refused = on_refused
@@ -390,6 +412,8 @@ class ReceiveStage:
             self._server = start_guarded_server(ae, (self.bind_address, self._requested_port), self.policy,
                                                 handlers)
             self._count_connection_refusals(self._server)
+            if self.audit is not None:
+                self._server.on_association_end = self._association_ended
         policy = self.policy
         _log.info(
             "listening as %s on %s:%d (calling AE titles allowed: %s; addresses allowed: %s; TLS %s; at most %d "
@@ -402,15 +426,19 @@ class ReceiveStage:
         """Pass every connection the guard refuses (address, limits, TLS, stalled, oversized PDU) to
         ``on_refused``, with the reason's kind; the guard's own log lines stay throttled."""
         refusals = getattr(server, "refusals", None)
-        if self.on_refused is None or refusals is None:
+        if (self.on_refused is None and self.audit is None) or refusals is None:
             return
         log_refusal = refusals.warning
-        on_refused = self.on_refused
+        on_refused, audit = self.on_refused, self.audit
 
         def counted(key: str, message: str, *args: object) -> None:
             reason, _, address = key.partition(":")
+            peer = Peer("", address, 0)
             try:
-                on_refused(Peer("", address, 0), reason)
+                if on_refused is not None:
+                    on_refused(peer, reason)
+                if audit is not None:
+                    audit.association_refused(peer, reason, message % args)
             except Exception:  # noqa: BLE001 - metrics and audit are best effort
                 _log.exception("on_refused callback failed")
             log_refusal(key, message, *args)
@@ -466,17 +494,29 @@ class ReceiveStage:
     def _handle_rejected(self, event: Event) -> None:
         requestor = event.assoc.requestor
         calling = str(requestor.ae_title).strip()
-        if self.on_refused is not None:
-            allowed = "*" in self.allowed_calling_ae_titles or calling in self.allowed_calling_ae_titles
-            try:
-                self.on_refused(self._peer(event), "called_ae_title" if allowed else "calling_ae_title")
-            except Exception:  # noqa: BLE001 - metrics and audit are best effort
-                _log.exception("on_refused callback failed")
+        allowed = "*" in self.allowed_calling_ae_titles or calling in self.allowed_calling_ae_titles
+        reason = "called_ae_title" if allowed else "calling_ae_title"
+        peer = self._peer(event)
+        try:
+            if self.on_refused is not None:
+                self.on_refused(peer, reason)
+            if self.audit is not None:
+                why = (f"called AE title {peer.called_ae_title!r} is not {self.ae_title!r}" if allowed
+                       else f"calling AE title {calling!r} is not in node.allowed_calling_ae_titles")
+                self.audit.association_refused(peer, reason, f"association from {calling}@{requestor.address} "
+                                               f"refused (A-ASSOCIATE-RJ): {why}")
+        except Exception:  # noqa: BLE001 - metrics and audit are best effort
+            _log.exception("on_refused callback failed")
         _log.warning(
             "association from %s@%s refused: allowed calling AE titles are %s, and the called AE title must be %s",
             calling, requestor.address, ", ".join(self.allowed_calling_ae_titles), self.ae_title,
             extra={"calling_ae": calling},
         )
+
+    def _association_ended(self, assoc: Any) -> None:
+        """The server's ``on_association_end``: the audit trail reports what the association sent."""
+        if self.audit is not None:
+            self.audit.association_ended(Peer.from_association(assoc))
 
     def _answer_malformed_store(self, event: Event) -> None:
         """Answer 0xC210 to a C-STORE-RQ that pynetdicom would leave unanswered.
@@ -632,7 +672,18 @@ class ReceiveStage:
         started = time.monotonic()
         receipt: dict[str, str] = {}
         status = self._store_object(event, peer, receipt)
-        return self._answered(peer, status, receipt, started)
+        status = self._answered(peer, status, receipt, started)
+        if self.audit is not None and receipt.get("study_uid"):
+            try:
+                self.audit.instance_received(
+                    peer, study_uid=receipt["study_uid"], sop_class_uid=receipt.get("sop_class_uid", ""),
+                    sop_instance_uid=receipt.get("sop_instance_uid", ""),
+                    stored=receipt.get("stored") if status == STATUS_SUCCESS else None,
+                    peer_is_requestor=not event.assoc.is_requestor, patient_id=receipt.get("patient_id"),
+                    patient_name=receipt.get("patient_name"))
+            except Exception:  # noqa: BLE001 - the audit is best effort
+                _log.exception("audit of a C-STORE failed")
+        return status
 
     def _answered(self, peer: Peer, status: int, receipt: dict[str, str], started: float) -> int:
         """Record the audit receipt of one object and report its answer; returns ``status``."""
@@ -718,7 +769,10 @@ class ReceiveStage:
             )
             return STATUS_DOES_NOT_MATCH_SOP_CLASS
         study_uid = identity.study_uid
-        receipt.update(study_uid=study_uid, sop_instance_uid=identity.sop_instance_uid)
+        receipt.update(study_uid=study_uid, sop_instance_uid=identity.sop_instance_uid,
+                       sop_class_uid=identity.sop_class_uid)
+        if self.log_patient_data:  # only then may the audit trail name the patient
+            receipt.update(patient_id=identity.patient_id, patient_name=identity.patient_name)
         where = {**who, "study_uid": study_uid}
         if request_sop and request_sop != identity.sop_instance_uid:
             _log.warning("study %s from %s: C-STORE names instance %s but the dataset says %s; using the dataset's",
@@ -730,12 +784,12 @@ class ReceiveStage:
         try:
             known = self.store.known_instance(study_uid, identity.sop_instance_uid)
             if known == "own_output":
-                receipt["outcome"] = "own result sent back; not re-processed"
+                receipt.update(outcome="own result sent back; not re-processed", stored="own_output")
                 _log.info("study %s from %s: %s is one of this node's own results, sent back; not re-processed",
                           study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
                 return STATUS_SUCCESS
             if known == digest:
-                receipt["outcome"] = "identical copy received before; nothing to do"
+                receipt.update(outcome="identical copy received before; nothing to do", stored="duplicate")
                 _log.info("study %s from %s: instance %s received again, identical; nothing to do",
                           study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
                 return STATUS_SUCCESS
@@ -783,6 +837,7 @@ class ReceiveStage:
         receipt["outcome"] = {"new": "stored", "changed": "stored; it differs from the copy received before",
                               "duplicate": "identical copy received before; nothing to do",
                               "own_output": "own result sent back; not re-processed"}[outcome]
+        receipt["stored"] = outcome
         if outcome in ("new", "changed") and self.on_stored is not None:
             try:
                 self.on_stored(study_uid)
