@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from spectnode.dispatch.senders import DispatchError, send_files
+from spectnode.errors import exception_name
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, is_disk_full, unguarded
 from spectnode.node.stages import study_log_extra
@@ -229,7 +230,7 @@ class DispatchStage:
                 self._unreachable_until.pop(item.destination, None)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the stage; keep the item retrying
             _log.exception("outbox item %d: unexpected error while sending", item.id)
-            self._record_failure(item, f"unexpected error: {type(exc).__name__}: {exc}", retryable=True)
+            self._record_failure(item, f"unexpected error: {exception_name(exc)}", retryable=True)
         else:
             acknowledgement = _acknowledgement(dest, item)
             _log.info("outbox item %d delivered: %s of %s to %s (%s)", item.id, item.kind, item.study_uid,
