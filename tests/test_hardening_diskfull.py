@@ -196,7 +196,8 @@ def test_any_other_exception_still_puts_the_study_in_error(store, data_dir, tmp_
     stage = ClassifyStage(store, data_dir, lambda: _FailingClassifier(OSError(errno.EACCES, "Permission denied")),
                           True, disk=disk)
     assert stage.step() is True
-    assert store.study(uid).state == ERROR and "Permission denied" in store.study(uid).reason
+    assert store.study(uid).reason == "classify failed: PermissionError [EACCES]; the node's log has its traceback"
+    assert store.study(uid).state == ERROR
     assert disk.waiting_stages() == []
 
 
