@@ -52,7 +52,8 @@ def node(tmp_path_factory):
                  "max_object_bytes": 64 * 1024 * 1024},
         "storage": {"data_dir": str(root / "data")},
         "completion": {"timeout_seconds": 2},
-        "logging": {"level": "INFO", "format": "text", "file": str(root / "node.log")},
+        # The values an object is refused for are logged only with patient_data: the forging test needs them.
+        "logging": {"level": "INFO", "format": "text", "file": str(root / "node.log"), "patient_data": True},
     })
     process = NodeProcess(config, port, root / "stdout.log").start()
     store = JobStore(root / "data" / "spectnode.sqlite")

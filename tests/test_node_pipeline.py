@@ -240,10 +240,13 @@ def test_identical_resend_is_no_new_work_and_a_change_gets_a_successor_sr(setup,
     before = store.study(record.study_uid)
     old_sr = next(o for o in store.outputs(record.study_uid) if o.kind == "sr")
     assert storescu(setup["port"], record.files).returncode == 0
-    # The node answered Success only after deciding about each object; its log says what it decided.
+    # The node answered Success only after deciding about each object; its audit trail and log say what it
+    # decided (the log without SOP Instance UIDs: logging.patient_data is off).
     sops = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in record.files}
-    wait_for(lambda: sops <= {e["message"].split(": instance ")[1].split(" ")[0] for e in log_entries(setup)
-                              if "received again, identical; nothing to do" in e["message"]},
+    assert sops <= {r.sop_instance_uid for r in store.receipts(record.study_uid)
+                    if r.outcome == "identical copy received before; nothing to do"}
+    wait_for(lambda: len([e for e in log_entries(setup) if e.get("study_uid") == record.study_uid
+                          and "received again, identical; nothing to do" in e["message"]]) == len(sops),
              60, "the log lines of the identical objects")
     again = store.study(record.study_uid)
     assert (again.generation, again.state, again.content_version) == (before.generation, DISPATCHED,
@@ -359,9 +362,11 @@ def test_the_nodes_own_sr_and_sc_sent_back_are_recorded_as_its_own_and_not_proce
     # A PACS echoes them back (storescu -R: its default proposal lacks Comprehensive 3D SR).
     assert storescu(setup["port"], [o.path for o in outputs], options=("-R",)).returncode == 0
     own = {str(o.sop_instance_uid) for o in outputs}
-    wait_for(lambda: own <= {e["message"].split(": ")[1].split(" ")[0] for e in log_entries(setup)
-                             if "one of this node's own results, sent back; not re-processed" in e["message"]},
-             60, "the log lines of the node's own objects")
+    assert own <= {r.sop_instance_uid for r in store.receipts(record.study_uid)
+                   if r.outcome == "own result sent back; not re-processed"}
+    wait_for(lambda: len([e for e in log_entries(setup) if e.get("study_uid") == record.study_uid
+                          and "one of this node's own results, sent back; not re-processed" in e["message"]])
+             == len(own), 60, "the log lines of the node's own objects")
     after = store.study(record.study_uid)
     assert (after.generation, after.state, after.content_version, after.instance_count) == (
         before.generation, DISPATCHED, before.content_version, before.instance_count)

@@ -284,7 +284,8 @@ def test_a_classify_failure_is_a_visible_error_that_retry_returns_to_classify(st
     assert ClassifyStage(store, data_dir, lambda: failing, not_assessable_sr=True).step()
     study = store.study(record.study_uid)
     assert (study.state, study.error_stage) == (ERROR, COMPLETE)
-    assert study.reason == "classify failed: RuntimeError: model exploded"
+    # The exception's message may quote patient data: the reason keeps its class only.
+    assert study.reason == "classify failed: RuntimeError; the node's log has its traceback"
     assert store.retry_study(record.study_uid) == COMPLETE
     assert ClassifyStage(store, data_dir, FakeClassifier, not_assessable_sr=True).step()
     assert store.study(record.study_uid).state == CLASSIFIED
@@ -563,7 +564,7 @@ def test_a_sender_that_raises_something_unexpected_keeps_the_item_retrying(clock
     assert stage.step()
     items = clocked_store.outbox.list_items()
     assert [(i.state, i.attempts) for i in items] == [("pending", 1)] * 2
-    assert items[0].last_error == "unexpected error: KeyError: 'a bug in a sender'"
+    assert items[0].last_error == "unexpected error: KeyError"  # its message may quote a value
     assert items[0].next_attempt_at == clock.now + 5
     assert clocked_store.study(record.study_uid).state == REPORTED
 

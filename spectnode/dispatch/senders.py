@@ -25,6 +25,10 @@ transfer syntaxes and Explicit + Implicit VR Little Endian. A file goes in its
 own transfer syntax when the peer accepts it; a compressed file whose syntax
 the peer refuses is decompressed first. Warning statuses (0xB000, 0xB006,
 0xB007, ...) count as delivered and are logged.
+
+A reason names a result file by its position among the item's files ("result
+file 2 of 3"), never by its path or name, which hold its SOP Instance UID; of
+an exception it keeps the class and errno name (:mod:`spectnode.errors`).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from spectnode.dispatch.commitment import (
     request_commitment,
 )
 from spectnode.dispatch.errors import DispatchError
+from spectnode.errors import exception_name
 from spectnode.fsutil import copy_durably, instance_file_name, safe_file_name
 from spectnode.net.tls import client_context
 
@@ -204,13 +209,23 @@ def send_files(
 # ------------------------------------------------------------------------ folder
 
 
-def _read_header(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except FileNotFoundError:
-        raise DispatchError(f"result file {str(path)!r} does not exist", retryable=False) from None
-    except (InvalidDicomError, OSError, ValueError) as exc:
-        raise DispatchError(f"result file {str(path)!r} cannot be read as DICOM: {exc}", retryable=False) from None
+def _file_label(position: int, count: int) -> str:
+    """``"result file 2 of 3"``: how a reason names a file (its name holds its SOP Instance UID)."""
+    return f"result file {position} of {count}"
+
+
+def _read_headers(files: Sequence[Path]) -> list[tuple[Path, str, Dataset]]:
+    """Each file's path, label (:func:`_file_label`) and header."""
+    read: list[tuple[Path, str, Dataset]] = []
+    for position, path in enumerate(files, start=1):
+        label = _file_label(position, len(files))
+        try:
+            read.append((Path(path), label, pydicom.dcmread(path, stop_before_pixels=True)))
+        except FileNotFoundError:
+            raise DispatchError(f"{label} does not exist", retryable=False) from None
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise DispatchError(f"{label} cannot be read as DICOM ({exception_name(exc)})", retryable=False) from None
+    return read
 
 
 def copy_to_folder(files: Sequence[Path], folder: Path) -> list[Path]:
@@ -230,9 +245,8 @@ def copy_to_folder(files: Sequence[Path], folder: Path) -> list[Path]:
             the folder cannot be written (retryable: a full disk or an unmounted
             share can come back).
     """
-    headers = [(Path(path), _read_header(Path(path))) for path in files]
     written: list[Path] = []
-    for source, header in headers:
+    for source, label, header in _read_headers(files):
         study_dir = folder / safe_file_name(str(header.get("StudyInstanceUID", "") or "unknown-study"))
         target = study_dir / instance_file_name(str(header.get("Modality", "") or ""),
                                                 str(header.get("SOPInstanceUID", "") or source.stem))
@@ -240,10 +254,10 @@ def copy_to_folder(files: Sequence[Path], folder: Path) -> list[Path]:
             copy_durably(source, target)
         except FileNotFoundError as exc:
             if not source.exists():
-                raise DispatchError(f"result file {str(source)!r} does not exist", retryable=False) from None
-            raise DispatchError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+                raise DispatchError(f"{label} does not exist", retryable=False) from None
+            raise DispatchError(f"cannot write {label} into {str(study_dir)!r} ({exception_name(exc)})") from None
         except OSError as exc:
-            raise DispatchError(f"cannot write {str(target)!r}: {exc.strerror or exc}") from None
+            raise DispatchError(f"cannot write {label} into {str(study_dir)!r} ({exception_name(exc)})") from None
         written.append(target)
     return written
 
@@ -338,12 +352,11 @@ def store_to_peer(
             that does not accept the Storage Commitment Push Model (not
             retryable, and nothing is stored), or an N-ACTION that fails.
     """
-    paths = [Path(p) for p in files]
-    headers = [_read_header(p) for p in paths]
-    for path, header in zip(paths, headers):
+    read = _read_headers(files)
+    for _, label, header in read:
         if "SOPClassUID" not in header or "TransferSyntaxUID" not in header.file_meta:
-            raise DispatchError(f"result file {str(path)!r} has no SOP Class UID or transfer syntax", retryable=False)
-    contexts = _presentation_contexts(headers)
+            raise DispatchError(f"{label} has no SOP Class UID or transfer syntax", retryable=False)
+    contexts = _presentation_contexts([header for _, _, header in read])
     if commitment is not None:
         contexts.append(build_context(STORAGE_COMMITMENT_PUSH_MODEL, list(_UNCOMPRESSED)))
     if len(contexts) > _MAX_CONTEXTS:
@@ -379,7 +392,7 @@ def store_to_peer(
                                               for cx in assoc.accepted_contexts):
             raise DispatchError(f"{target} does not accept the Storage Commitment Push Model; turn "
                                 "storage_commitment off for this destination, or on at the peer", retryable=False)
-        for path, header in zip(paths, headers):
+        for path, label, header in read:
             encoding = _choose_encoding(assoc, header)
             sop_class = UID(header.SOPClassUID)
             if encoding is None:
@@ -393,28 +406,28 @@ def store_to_peer(
             dataset = pydicom.dcmread(path)
             if encoding == "decompress":
                 LOGGER.info("%s does not accept %s; sending %s decompressed", target,
-                            UID(header.file_meta.TransferSyntaxUID).name, path.name)
+                            UID(header.file_meta.TransferSyntaxUID).name, label)
                 try:
                     # Same object in another encoding: keep its SOP Instance UID.
                     dataset.decompress(generate_instance_uid=False)
                 except Exception as exc:  # decoder plugins raise assorted types
                     raise DispatchError(
-                        f"cannot decompress {str(path)!r} for {target}: {exc}", retryable=False
+                        f"cannot decompress {label} for {target} ({exception_name(exc)})", retryable=False
                     ) from None
             status = assoc.send_c_store(dataset)
             if not status or "Status" not in status:
                 if assoc.is_aborted:
-                    raise DispatchError(f"association with {target} aborted while storing {path.name}")
-                raise DispatchError(f"no C-STORE response from {target} within {timeout:g} s for {path.name}")
+                    raise DispatchError(f"association with {target} aborted while storing {label}")
+                raise DispatchError(f"no C-STORE response from {target} within {timeout:g} s for {label}")
             code = int(status.Status)
             category = code_to_category(code)
             if category == "Success":
                 continue
             if category == "Warning":
-                LOGGER.warning("%s stored %s with warning %s", target, path.name, describe_store_status(code))
+                LOGGER.warning("%s stored %s with warning %s", target, label, describe_store_status(code))
                 continue
             comment = f": {status.ErrorComment}" if status.get("ErrorComment") else ""
-            raise DispatchError(f"{target} refused {path.name}: C-STORE status {describe_store_status(code)}{comment}")
+            raise DispatchError(f"{target} refused {label}: C-STORE status {describe_store_status(code)}{comment}")
         if commitment is not None:
             request_commitment(assoc, commitment, target, timeout)
             _wait_for_report(assoc, commitment)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 __all__ = ["IMAGE_TYPE_TERMS", "MAX_QUOTED_LENGTH", "MODALITY_TERMS", "WITHHELD", "attribute_name", "code_value",
-           "object_name", "quotable", "quote", "term"]
+           "instance_numbers", "object_name", "quotable", "quote", "term"]
 
 #: Longer texts are never quoted: a description a reader needs is short.
 MAX_QUOTED_LENGTH: Final = 40
@@ -77,12 +77,19 @@ def attribute_name(tag: BaseTag | int, keyword: str = "") -> str:
     return f"{shown} {keyword}" if keyword else shown
 
 
-def _number(ds: Dataset, keyword: str) -> int | None:
+def _number(value: object) -> int | None:
     try:
-        value = int(str(ds.get(keyword, "")).strip())
+        number = int(str(value).strip())
     except ValueError:
         return None
-    return value if 0 <= value <= _MAX_SHOWN_NUMBER else None
+    return number if 0 <= number <= _MAX_SHOWN_NUMBER else None
+
+
+def instance_numbers(series_number: object, instance_number: object) -> list[str]:
+    """``["SeriesNumber 5", "InstanceNumber 1"]``: the numbers a PACS viewer shows, each only if a small integer."""
+    return [f"{keyword} {number}" for keyword, value in (("SeriesNumber", series_number),
+                                                          ("InstanceNumber", instance_number))
+            if (number := _number(value)) is not None]
 
 
 def object_name(ds: Dataset, position: int | None = None, count: int | None = None) -> str:
@@ -93,8 +100,7 @@ def object_name(ds: Dataset, position: int | None = None, count: int | None = No
     (0020,0013) are what a PACS viewer shows. Its UIDs are never used.
     """
     name = "NM object" if position is None else f"NM object {position} of {count}"
-    numbers = [f"{keyword} {value}" for keyword in ("SeriesNumber", "InstanceNumber")
-               if (value := _number(ds, keyword)) is not None]
+    numbers = instance_numbers(ds.get("SeriesNumber", ""), ds.get("InstanceNumber", ""))
     return f"{name} ({', '.join(numbers)})" if numbers else name
 
 

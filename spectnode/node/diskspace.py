@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
+
+from spectnode.errors import exception_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,20 +52,25 @@ def is_disk_full(exc: BaseException | None) -> bool:
     database", also when wrapped by another exception (``__cause__`` or
     ``__context__``).
     """
+    return _disk_full_cause(exc) is not None
+
+
+def _disk_full_cause(exc: BaseException | None) -> BaseException | None:
+    """The exception of ``exc``'s chain that says a write failed for want of space (see :func:`is_disk_full`)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return True
+            return exc
         if isinstance(exc, sqlite3.Error):
             code = getattr(exc, "sqlite_errorcode", None)
             if code is not None and code & 0xFF in _SQLITE_DISK_CODES:
-                return True
+                return exc
             text = str(exc).lower()
             if "disk is full" in text or "readonly database" in text:
-                return True
+                return exc
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 class DiskSpace:
@@ -125,10 +133,26 @@ class DiskSpace:
             first = stage not in self._waiting
             self._waiting[stage] = self._clock() + self.retry_seconds
         if first:
-            _log.warning("%s stage cannot write (%s: %s)%s; it waits for space and tries again every %g s; nothing "
-                         "is failed or lost", stage, type(exc).__name__, exc,
+            # Named by its class and errno and the data directory's area: its message names the file (spooled
+            # files are named by their SOP Instance UID).
+            cause = _disk_full_cause(exc) or exc
+            _log.warning("%s stage cannot write (%s%s)%s; it waits for space and tries again every %g s; nothing "
+                         "is failed or lost", stage, exception_name(cause), self._area(cause),
                          f" while working on study {study_uid}" if study_uid else "", self.retry_seconds,
                          extra={"study_uid": study_uid} if study_uid else None)
+
+    def _area(self, exc: BaseException) -> str:
+        """``" in spool"``: the top folder of the data directory a failed write went to, if known."""
+        if isinstance(exc, sqlite3.Error):
+            return " in the job store"
+        filename = getattr(exc, "filename", None)
+        if not isinstance(exc, OSError) or not filename:
+            return ""
+        try:
+            parts = Path(os.fsdecode(filename)).resolve().relative_to(self.path.resolve()).parts
+        except (ValueError, OSError):
+            return " outside the data directory"
+        return f" in {parts[0]}" if parts else ""
 
     def write_succeeded(self, stage: str) -> None:
         """Record that ``stage`` did its work: if it was waiting for space, it has resumed."""

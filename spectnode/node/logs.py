@@ -13,6 +13,10 @@ so the text format needs no extra columns.
 Control characters in a message are escaped (``\n`` becomes ``\x0a``) in
 both formats: values in messages come from the network (a UID with a newline
 in it would otherwise forge a log line). Only a traceback keeps its newlines.
+
+A traceback shows its frames and exception classes, but the exceptions'
+messages only with ``logging.patient_data`` (a message may quote a header value
+or a path named by a SOP Instance UID; see :mod:`spectnode.errors`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,14 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from spectnode.errors import traceback_without_messages
+
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from spectnode.config import LoggingConfig
+
+    _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 __all__ = ["EscapingFormatter", "JsonLineFormatter", "configure_logging", "escape_control_characters"]
 
@@ -44,7 +54,28 @@ def escape_control_characters(text: str) -> str:
                         else f"\\u{ord(m.group()):04x}", text)
 
 
-class EscapingFormatter(logging.Formatter):
+class _TracebackFormatter(logging.Formatter):
+    """Tracebacks without the exceptions' messages, unless ``patient_data`` (``logging.patient_data``)."""
+
+    def __init__(self, fmt: str | None = None, *, patient_data: bool = False) -> None:
+        super().__init__(fmt)
+        self.patient_data = patient_data
+
+    def formatException(self, ei: _ExcInfo) -> str:  # noqa: N802 - logging.Formatter's name
+        if self.patient_data or ei[1] is None:
+            return super().formatException(ei)
+        return traceback_without_messages(ei[1])
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Another handler's formatter may have cached the full traceback in the record.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
+
+class EscapingFormatter(_TracebackFormatter):
     """The text format, with control characters in the message escaped."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -52,7 +83,7 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-class JsonLineFormatter(logging.Formatter):
+class JsonLineFormatter(_TracebackFormatter):
     """One JSON object per record, with ``extra`` fields (``study_uid``, ``calling_ae`` ...)."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -85,7 +116,8 @@ def configure_logging(settings: LoggingConfig) -> logging.Handler:
         handler: logging.Handler = logging.FileHandler(settings.file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLineFormatter() if settings.format == "json" else EscapingFormatter(_TEXT_FORMAT))
+    handler.setFormatter(JsonLineFormatter(patient_data=settings.patient_data) if settings.format == "json"
+                         else EscapingFormatter(_TEXT_FORMAT, patient_data=settings.patient_data))
     for name, level in (("spectnode", settings.level), ("pynetdicom", logging.WARNING)):
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if getattr(h, "_spectnode_node_handler", False)]:

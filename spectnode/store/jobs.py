@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from spectnode.errors import exception_name
 from spectnode.peer import Peer
 from spectnode.result import StudyResult
 from spectnode.store.database import Database
@@ -219,8 +220,9 @@ def _result(row: sqlite3.Row) -> StudyResult | None:
     try:
         return StudyResult.from_json(json.loads(row["result"]))
     except (ValueError, KeyError, TypeError) as exc:
-        _log.error("study %s: its stored result cannot be read (%s: %s); taken as none", row["study_uid"],
-                   type(exc).__name__, exc)
+        # Its class only: a parser's message may quote the value it failed on.
+        _log.error("study %s: its stored result cannot be read (%s); taken as none", row["study_uid"],
+                   exception_name(exc))
         return None
 
 
@@ -393,13 +395,12 @@ class JobStore:
                     "WHERE study_uid = ?",
                     (RECEIVED, record.study_uid),
                 )
+                # The object is not named: its SOP Instance UID is in its receipt, and Modality may hold any text.
                 what = "changed object" if outcome == "changed" else "new object"
-                self._event(db, record.study_uid, RECEIVED,
-                            f"re-opened from {study['state']} by a {what} {record.sop_instance_uid}", now)
+                self._event(db, record.study_uid, RECEIVED, f"re-opened from {study['state']} by a {what}", now)
             elif study["state"] != RECEIVED:
                 self._event(db, record.study_uid, study["state"],
-                            f"{record.modality or 'an'} object {record.sop_instance_uid} recorded; not re-opened "
-                            "(only NM objects can hold a view)", now)
+                            "an object that is not NM recorded; not re-opened (only NM objects can hold a view)", now)
             return outcome
 
     def record_receipt(self, peer: Peer, study_uid: str | None, sop_instance_uid: str | None, status: int,

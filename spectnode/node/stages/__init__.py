@@ -19,9 +19,9 @@ thread per association), so it has ``start``/``stop`` instead of ``step``.
 
 from __future__ import annotations
 
-import traceback
 from typing import TYPE_CHECKING, Protocol
 
+from spectnode.errors import exception_name
 from spectnode.node.diskspace import DiskSpace, is_disk_full
 
 if TYPE_CHECKING:
@@ -30,7 +30,12 @@ if TYPE_CHECKING:
 
     from spectnode.store import JobStore, StudyRecord
 
-__all__ = ["Stage", "record_failure", "study_log_extra", "work_on_oldest"]
+__all__ = ["Stage", "StageError", "record_failure", "study_log_extra", "work_on_oldest"]
+
+
+class StageError(RuntimeError):
+    """A stage's failure whose message names no patient data (objects by position, no UID, path or
+    parser message): the study's reason keeps it (:func:`record_failure`)."""
 
 
 class Stage(Protocol):
@@ -51,7 +56,13 @@ def study_log_extra(study: StudyRecord) -> dict[str, str | None]:
 
 def record_failure(store: JobStore, log: logging.Logger, study: StudyRecord, stage: str,
                    exc: BaseException, disk: DiskSpace) -> bool:
-    """Put a study whose stage raised into the visible ``error`` state, with the message and a logged traceback.
+    """Put a study whose stage raised into the visible ``error`` state, with its reason and a logged traceback.
+
+    The reason (stored, shown by ``spectnode status``) is a :class:`StageError`'s
+    message; of any other exception only its class (:func:`spectnode.errors.exception_name`),
+    since its message may quote a header value or a path named by a SOP
+    Instance UID. The traceback is logged with the messages only where
+    ``logging.patient_data`` allows (:mod:`spectnode.node.logs`).
 
     A write that failed for want of space (:func:`~spectnode.node.diskspace.is_disk_full`)
     is not a failure of the study: it stays where it is, and ``disk`` makes the
@@ -63,9 +74,10 @@ def record_failure(store: JobStore, log: logging.Logger, study: StudyRecord, sta
     if is_disk_full(exc):
         disk.write_failed(stage, exc, study.study_uid)
         return False
-    message = f"{stage} failed: {type(exc).__name__}: {exc}"
-    log.error("study %s from %s: %s\n%s", study.study_uid, study.calling_ae, message,
-              "".join(traceback.format_exception(exc)).rstrip(), extra=study_log_extra(study))
+    message = f"{stage} failed: " + (str(exc) if isinstance(exc, StageError)
+                                     else f"{exception_name(exc)}; the node's log has its traceback")
+    log.error("study %s from %s: %s", study.study_uid, study.calling_ae, message, exc_info=exc,
+              extra=study_log_extra(study))
     store.fail(study.study_uid, study.generation, study.state, message)
     return True
 

@@ -44,6 +44,7 @@ from pydicom.uid import generate_uid
 
 from spectnode.dispatch.commitment import STATUS_SUCCESS, CommitmentReport, CommitmentRequest, sop_references
 from spectnode.dispatch.senders import DispatchError, send_files
+from spectnode.errors import exception_name
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, is_disk_full, unguarded
 from spectnode.node.stages import study_log_extra
@@ -297,7 +298,7 @@ class DispatchStage:
                 self._unreachable_until.pop(item.destination, None)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the stage; keep the item retrying
             _log.exception("outbox item %d: unexpected error while sending", item.id)
-            self._record_failure(item, f"unexpected error: {type(exc).__name__}: {exc}", retryable=True)
+            self._record_failure(item, f"unexpected error: {exception_name(exc)}", retryable=True)
         else:
             if commitment is not None:
                 self._await_commitment(item, dest, commitment)

@@ -64,6 +64,12 @@ for, and hands each report to
 :func:`spectnode.node.stages.dispatch.record_commitment_report` (committed to
 the job store before the answer goes back).
 
+Log lines name an object by its Modality, SOP class, SeriesNumber and
+InstanceNumber, and name neither its SOP Instance UID nor a value it was
+refused for, nor what a parser said of it (a value may be patient data, and a
+UID finds the patient's image in any PACS), unless ``logging.patient_data``
+is on; the audit receipt keeps the UID (``spectnode status STUDY_UID``).
+
 Like every stage, it knows nothing of the stages after it: it calls
 ``on_stored`` with the study UID after each newly stored object, which the
 node uses to wake the assemble stage.
@@ -114,7 +120,9 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, register_uid  # type: ignore[attr-defined]
 
 from spectnode.dispatch.commitment import STORAGE_COMMITMENT_PUSH_MODEL, CommitmentReport, event_report_handler
+from spectnode.errors import exception_name
 from spectnode.fsutil import write_durably
+from spectnode.imaging.safe_text import MODALITY_TERMS, instance_numbers, term
 from spectnode.net.inflate import InflatedTooLarge, inflate_bounded
 from spectnode.net.server import ConnectionPolicy, start_guarded_server
 from spectnode.node.datadir import DataDir
@@ -248,6 +256,20 @@ class _Identity:
     modality: str
     patient_name: str
     patient_id: str
+    series_number: str = ""
+    instance_number: str = ""
+
+
+#: Modules whose checks of a received object raise messages that name tags, VRs, lengths and offsets, never a
+#: value: their messages are logged; a parser's (pydicom's) may quote a value, so only its class is.
+_OWN_CHECKS: Final = frozenset({__name__, "spectnode.net.inflate"})
+
+
+def _raised_by_own_checks(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__") in _OWN_CHECKS
 
 
 def _check_pixel_description(element: Any, implicit: bool) -> None:
@@ -324,9 +346,10 @@ class ReceiveStage:
         on_refused: Called with the reason of each refused association (metrics, audit).
         log_patient_data: Add the object's PatientName and PatientID to the
             log record of each stored object (fields ``patient_name`` and
-            ``patient_id``; ``logging.patient_data``, off by default). Without it
-            no log record of the node holds patient names or IDs, and the audit
-            trail is not told them either.
+            ``patient_id``; ``logging.patient_data``, off by default), and name
+            objects by their SOP Instance UID, refused values and a parser's
+            message in log lines. Without it no log record of the node holds
+            patient names, IDs or SOP Instance UIDs.
         audit: Told of each refused association, each C-STORE of a study
             received over the network, and each association's end (DICOM
             audit messages); exceptions in it are logged only.
@@ -481,6 +504,20 @@ class ReceiveStage:
         _log.info("listener on port %d stopped", port)
 
     # ------------------------------------------------------------------ handlers
+
+    def _object(self, identity: _Identity) -> str:
+        """How a log line names an object: ``"NM instance (NuclearMedicineImageStorage, SeriesNumber 1,
+        InstanceNumber 2)"``, its SOP Instance UID added only under ``logging.patient_data``."""
+        parts = [UID(identity.sop_class_uid).keyword or identity.sop_class_uid,
+                 *instance_numbers(identity.series_number, identity.instance_number)]
+        if self.log_patient_data:
+            parts.append(identity.sop_instance_uid)
+        modality = term(identity.modality, None, MODALITY_TERMS) if identity.modality else "?"
+        return f"{modality} instance ({', '.join(parts)})"
+
+    def _shown(self, value: str) -> str:
+        """``" '1.2.3'"``: a UID or value a log line names, under ``logging.patient_data`` only; else ``""``."""
+        return f" {value[:80]!r}" if self.log_patient_data else ""
 
     @staticmethod
     def _peer(event: Event) -> Peer:
@@ -659,6 +696,8 @@ class ReceiveStage:
             modality=text("Modality").strip(),
             patient_name=text("PatientName").strip(),
             patient_id=text("PatientID").strip(),
+            series_number=text("SeriesNumber"),
+            instance_number=text("InstanceNumber"),
         )
 
     def handle_store(self, event: Event) -> int:
@@ -692,8 +731,8 @@ class ReceiveStage:
             self.store.record_receipt(peer, receipt.get("study_uid"), receipt.get("sop_instance_uid"), status,
                                       outcome)
         except Exception as exc:  # noqa: BLE001 - the audit row is best effort (a full disk must not change the answer)
-            _log.warning("C-STORE from %s@%s: audit receipt not recorded: %s: %s", peer.ae_title, peer.address,
-                         type(exc).__name__, exc, extra={"calling_ae": peer.ae_title})
+            _log.warning("C-STORE from %s@%s: audit receipt not recorded: %s", peer.ae_title, peer.address,
+                         exception_name(exc), extra={"calling_ae": peer.ae_title})
         if self.on_answer is not None:
             try:
                 self.on_answer(peer, status, outcome, receipt.get("study_uid"), time.monotonic() - started)
@@ -707,14 +746,15 @@ class ReceiveStage:
         request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(" \x00")
         receipt["sop_instance_uid"] = request_sop[:64]
         if (problem := uid_problem(request_sop)) is not None:
-            _log.error("C-STORE from %s@%s: the request's Affected SOP Instance UID %r %s; answered 0x%04X "
-                       "(cannot understand)", peer.ae_title, peer.address, request_sop[:80], problem,
+            _log.error("C-STORE from %s@%s: the request's Affected SOP Instance UID%s %s; answered 0x%04X "
+                       "(cannot understand)", peer.ae_title, peer.address, self._shown(request_sop), problem,
                        STATUS_CANNOT_UNDERSTAND, extra=who)
             return STATUS_CANNOT_UNDERSTAND
         try:
             data = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # noqa: BLE001 - a broken request must not kill the association
-            _log.error("C-STORE from %s: request without a usable dataset: %s", peer.ae_title, exc, extra=who)
+            _log.error("C-STORE from %s: request without a usable dataset: %s", peer.ae_title, exception_name(exc),
+                       extra=who)
             return STATUS_CANNOT_UNDERSTAND
         return self._store_data(data, str(event.context.transfer_syntax), peer, request_sop, receipt)
 
@@ -735,35 +775,39 @@ class ReceiveStage:
         """Check, spool and record one encoded object; ``receipt`` gets its UIDs and outcome for the audit trail."""
         who = {"calling_ae": peer.ae_title}
         if len(data) > self.max_object_bytes:
-            _log.error("C-STORE from %s@%s: object %s is %d bytes, more than node.max_object_bytes (%d); answered "
-                       "0x%04X (out of resources)", peer.ae_title, peer.address, request_sop, len(data),
+            _log.error("C-STORE from %s@%s: object%s is %d bytes, more than node.max_object_bytes (%d); answered "
+                       "0x%04X (out of resources)", peer.ae_title, peer.address, self._shown(request_sop), len(data),
                        self.max_object_bytes, STATUS_OUT_OF_RESOURCES, extra=who)
             return STATUS_OUT_OF_RESOURCES
         try:
             identity = self._identify(data, transfer_syntax)
         except InflatedTooLarge as exc:
-            _log.error("C-STORE from %s@%s: object %s (%d bytes deflated): %s, node.max_object_bytes; answered "
-                       "0x%04X (out of resources)", peer.ae_title, peer.address, request_sop, len(data), exc,
-                       STATUS_OUT_OF_RESOURCES, extra=who)
+            _log.error("C-STORE from %s@%s: object%s (%d bytes deflated): %s, node.max_object_bytes; answered "
+                       "0x%04X (out of resources)", peer.ae_title, peer.address, self._shown(request_sop), len(data),
+                       exc, STATUS_OUT_OF_RESOURCES, extra=who)
             return STATUS_OUT_OF_RESOURCES
         except Exception as exc:  # noqa: BLE001 - pydicom fails in many ways on garbage
+            own = _raised_by_own_checks(exc)
             _log.error(
-                "C-STORE from %s@%s: object %s (transfer syntax %s, %d bytes) cannot be parsed: %s: %s; "
+                "C-STORE from %s@%s: object%s (transfer syntax %s, %d bytes) cannot be parsed: %s; "
                 "answered 0x%04X (cannot understand)",
-                peer.ae_title, peer.address, request_sop or "?", transfer_syntax, len(data),
-                type(exc).__name__, exc, STATUS_CANNOT_UNDERSTAND, extra=who,
+                peer.ae_title, peer.address, self._shown(request_sop), transfer_syntax, len(data),
+                f"{type(exc).__name__}: {exc}" if own else exception_name(exc), STATUS_CANNOT_UNDERSTAND, extra=who,
             )
+            if not own and self.log_patient_data:
+                _log.debug("C-STORE from %s: the parser said (logging.patient_data is on): %s", peer.ae_title, exc,
+                           extra=who)
             return STATUS_CANNOT_UNDERSTAND
         values = {"SOPClassUID": identity.sop_class_uid, "SOPInstanceUID": identity.sop_instance_uid,
                   "StudyInstanceUID": identity.study_uid, "SeriesInstanceUID": identity.series_uid}
         missing = [name for name in _REQUIRED_UIDS if not values[name]]
-        invalid = [f"{name} {values[name][:80]!r} {problem}" for name in _REQUIRED_UIDS
+        invalid = [f"{name}{self._shown(values[name])} {problem}" for name in _REQUIRED_UIDS
                    if values[name] and (problem := uid_problem(values[name])) is not None]
         if missing or invalid:
             _log.error(
-                "C-STORE from %s@%s: object %s (SOP class %s) %s; it cannot be filed; answered 0x%04X "
-                "(data set does not match SOP class)",
-                peer.ae_title, peer.address, request_sop, identity.sop_class_uid[:80] or "?",
+                "C-STORE from %s@%s: object%s (SOP class %s) %s; it cannot be filed; answered 0x%04X "
+                "(data set does not match SOP class)", peer.ae_title, peer.address, self._shown(request_sop),
+                identity.sop_class_uid if uid_problem(identity.sop_class_uid) is None else "?",
                 "; ".join(([f"has no {' and no '.join(missing)}"] if missing else []) + invalid),
                 STATUS_DOES_NOT_MATCH_SOP_CLASS, extra=who,
             )
@@ -775,8 +819,9 @@ class ReceiveStage:
             receipt.update(patient_id=identity.patient_id, patient_name=identity.patient_name)
         where = {**who, "study_uid": study_uid}
         if request_sop and request_sop != identity.sop_instance_uid:
-            _log.warning("study %s from %s: C-STORE names instance %s but the dataset says %s; using the dataset's",
-                         study_uid, peer.ae_title, request_sop, identity.sop_instance_uid, extra=where)
+            _log.warning("study %s from %s: the C-STORE request names another SOP Instance UID%s than the "
+                         "dataset's%s; using the dataset's", study_uid, peer.ae_title, self._shown(request_sop),
+                         self._shown(identity.sop_instance_uid), extra=where)
         digest = hashlib.sha256(data).hexdigest()
         # Named by its content: a changed copy goes to a file of its own, and the file the job store
         # records is never overwritten, whatever happens before the record is committed.
@@ -786,18 +831,18 @@ class ReceiveStage:
             if known == "own_output":
                 receipt.update(outcome="own result sent back; not re-processed", stored="own_output")
                 _log.info("study %s from %s: %s is one of this node's own results, sent back; not re-processed",
-                          study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
+                          study_uid, peer.ae_title, self._object(identity), extra=where)
                 return STATUS_SUCCESS
             if known == digest:
                 receipt.update(outcome="identical copy received before; nothing to do", stored="duplicate")
-                _log.info("study %s from %s: instance %s received again, identical; nothing to do",
-                          study_uid, peer.ae_title, identity.sop_instance_uid, extra=where)
+                _log.info("study %s from %s: %s received again, identical; nothing to do",
+                          study_uid, peer.ae_title, self._object(identity), extra=where)
                 return STATUS_SUCCESS
             if self.disk.below_floor(len(data)):
                 receipt["outcome"] = "refused: free space below storage.min_free_bytes"
-                _log.error("study %s from %s: instance %s (%d bytes) refused: it would leave less than "
+                _log.error("study %s from %s: %s (%d bytes) refused: it would leave less than "
                            "storage.min_free_bytes (%d) free on %s; answered 0x%04X (out of resources)", study_uid,
-                           peer.ae_title, identity.sop_instance_uid, len(data), self.disk.min_free_bytes,
+                           peer.ae_title, self._object(identity), len(data), self.disk.min_free_bytes,
                            self.disk.path, STATUS_OUT_OF_RESOURCES, extra=where)
                 return STATUS_OUT_OF_RESOURCES
             write_durably(path, data)
@@ -823,15 +868,15 @@ class ReceiveStage:
         except (OSError, sqlite3.Error, StoreError) as exc:
             receipt["outcome"] = f"refused: cannot be stored ({type(exc).__name__})"
             _log.error(
-                "study %s from %s: instance %s cannot be stored (%s: %s); answered 0x%04X (out of resources)",
-                study_uid, peer.ae_title, identity.sop_instance_uid, type(exc).__name__, exc,
+                "study %s from %s: %s cannot be stored (%s); answered 0x%04X (out of resources)",
+                study_uid, peer.ae_title, self._object(identity), exception_name(exc),
                 STATUS_OUT_OF_RESOURCES, extra=where,
             )
             return STATUS_OUT_OF_RESOURCES
         if self.log_patient_data:
             where = {**where, "patient_name": identity.patient_name, "patient_id": identity.patient_id}
-        _log.info("study %s from %s@%s: stored %s instance %s (%s, %d bytes)%s",
-                  study_uid, peer.ae_title, peer.address, identity.modality or "?", identity.sop_instance_uid,
+        _log.info("study %s from %s@%s: stored %s (%s, %d bytes)%s",
+                  study_uid, peer.ae_title, peer.address, self._object(identity),
                   transfer_syntax, len(data), " - it differs from the copy received before" if outcome == "changed"
                   else "", extra=where)
         receipt["outcome"] = {"new": "stored", "changed": "stored; it differs from the copy received before",

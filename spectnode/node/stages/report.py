@@ -26,11 +26,12 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
+from spectnode.errors import exception_name
 from spectnode.fsutil import instance_file_name, write_durably
 from spectnode.imaging.views import ANTERIOR, POSTERIOR, StudyViews, ViewImage, read_study_views
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, unguarded
-from spectnode.node.stages import study_log_extra, work_on_oldest
+from spectnode.node.stages import StageError, study_log_extra, work_on_oldest
 from spectnode.node.stages.classify import VIEW_KEY, heatmap_key
 from spectnode.node.stages.spooled import read_spooled_study
 from spectnode.result import StudyResult
@@ -158,14 +159,14 @@ class ReportStage:
         """The identification of each model of ``result``; of every configured model when it has none.
 
         Raises:
-            RuntimeError: If a model of the result is no longer configured.
+            StageError: If a model of the result is no longer configured.
         """
         known = self.algorithms()
         if not result.models:
             return list(known.values())
         missing = [m.model for m in result.models if m.model not in known]
         if missing:
-            raise RuntimeError(f"model(s) {', '.join(missing)} of the stored result are no longer configured "
+            raise StageError(f"model(s) {', '.join(missing)} of the stored result are no longer configured "
                                f"(configured: {', '.join(known)})")
         return [known[m.model] for m in result.models]
 
@@ -179,22 +180,22 @@ class ReportStage:
         sources, problems = read_spooled_study(self.store, study.study_uid,
                                                pixel_data=views is None and result.classified)
         if problems:
-            raise RuntimeError("; ".join(problems))
+            raise StageError("; ".join(problems))
         predecessor_record = self.store.predecessor_sr(study.study_uid, study.generation)
         predecessor = None
         if (predecessor_record is not None and not predecessor_record.path.exists()
                 and self._purged_before(study.study_uid)):
-            _log.warning("study %s: the previous SR %s was removed by the retention policy; the new SR cannot "
-                         "name it in Predecessor Documents", study.study_uid, predecessor_record.sop_instance_uid,
+            _log.warning("study %s: the previous SR (of generation %d) was removed by the retention policy; the new "
+                         "SR cannot name it in Predecessor Documents", study.study_uid, predecessor_record.generation,
                          extra=study_log_extra(study))
             predecessor_record = None
         if predecessor_record is not None:
             try:
                 predecessor = pydicom.dcmread(predecessor_record.path)
             except (OSError, pydicom.errors.InvalidDicomError) as exc:
-                raise RuntimeError(
-                    f"the previous SR {predecessor_record.sop_instance_uid} ({predecessor_record.path}) that the "
-                    f"new SR must name as its predecessor cannot be read: {exc}"
+                raise StageError(
+                    f"the previous SR (of generation {predecessor_record.generation}) that the new SR must name as "
+                    f"its predecessor cannot be read ({exception_name(exc)})"
                 ) from exc
         series_uid = self._uid(study, algorithm, "sr-series")
         sop_uid = self._uid(study, algorithm, "sr")
@@ -205,7 +206,7 @@ class ReportStage:
         if views is None:  # classified by a node that did not keep the views: read them again
             found = read_study_views(sources)
             if not isinstance(found, StudyViews):
-                raise RuntimeError(f"the study's views can no longer be read: {found.reason}")
+                raise StageError(f"the study's views can no longer be read: {found.reason}")
             views = found
         sr = build_result_sr(sources, views, result, algorithms, predecessor=predecessor,
                              series_instance_uid=series_uid, sop_instance_uid=sop_uid)
