@@ -355,6 +355,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -422,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotate", type=float, default=3.0, help="augmentation: +/- degrees of rotation")
     p.add_argument("--no-mirror", action="store_true", help="augmentation: no left-right mirroring")
     p.add_argument("--patience", type=_positive_int, default=10, help="early stopping patience (epochs)")
-    p.add_argument("--warmup-epochs", type=int, default=0,
+    p.add_argument("--warmup-epochs", type=_non_negative_int, default=0,
                    help="ramp the learning rate up linearly over this many epochs (default 0: none)")
     p.add_argument("--seed", type=int, default=0, help="split and augmentation seed")
     p.add_argument("--arch-options", help='JSON keyword arguments for the builder, e.g. \'{"fc_units": [256]}\'')

@@ -318,7 +318,7 @@ def test_a_work_file_past_the_file_size_limit_fails_its_study_and_the_next_study
     finally:
         file_size_limit(resource.RLIM_INFINITY)
     failed = store.study(first.study_uid)
-    assert failed.state == ERROR and "File too large" in failed.reason and failed.error_stage == COMPLETE
+    assert failed.state == ERROR and "OSError [EFBIG]" in failed.reason and failed.error_stage == COMPLETE
     assert not list(data_dir.work.rglob("*"))[1:]  # no partial work file (only the study's folder)
     assert stage.disk.waiting_stages() == []  # the stage does not wait for space that would not help
     assert stage.step() is True
