@@ -200,7 +200,7 @@ def _summary_exit(summary: object) -> int:
 
 def _cmd_classify_send(args: argparse.Namespace) -> int:
     from .backfill.progress import Progress
-    from .backfill.run import run_folder
+    from .backfill.run import PipelineError, run_folder
     from .bundle import BundleError
     from .node.datadir import DataDirInUse
 
@@ -219,7 +219,7 @@ def _cmd_classify_send(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"spectnode classify: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except DataDirInUse as exc:
+    except (DataDirInUse, PipelineError) as exc:
         print(f"spectnode classify: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return _summary_exit(summary)
@@ -235,7 +235,7 @@ def _dicom_date(text: str) -> str:
 def _cmd_backfill(args: argparse.Namespace) -> int:
     from .backfill.progress import Progress
     from .backfill.query import PacsError
-    from .backfill.run import BackfillOptions, run_backfill
+    from .backfill.run import BackfillOptions, PipelineError, run_backfill
     from .bundle import BundleError
     from .node.datadir import DataDirInUse
 
@@ -256,7 +256,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"spectnode backfill: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (PacsError, DataDirInUse) as exc:
+    except (PacsError, DataDirInUse, PipelineError) as exc:
         print(f"spectnode backfill: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return _summary_exit(summary)

@@ -192,6 +192,30 @@ def test_c_get_backfill_classifies_every_eligible_study_skips_the_rest_and_a_rer
         assert len(pacs.instances()) == instances
 
 
+def test_a_c_get_backfill_listens_for_the_storage_commitment_reports_of_its_destinations(
+        archive: Archive, bundle: Path, tmp_path: Path) -> None:
+    # Orthanc reports storage commitment on an association of its own, to the node's AE title and port:
+    # a backfill without a serve must listen there, though its objects come by C-GET.
+    node_port = free_port()
+    (study,) = list(archive.eligible)[:1]
+    with _orthanc(tmp_path, node_port) as pacs:
+        archive.load(pacs, {study})
+        config = _config(tmp_path, pacs, "get", node_port, bundle, return_results=False)
+        config["dispatch"]["max_attempts"] = 1  # without the report the item is dead at its first timeout
+        config["destinations"] = [{"name": "archive", "type": "dicom", "ae_title": pacs.ae_title, "host": pacs.host,
+                                   "port": pacs.dicom_port, "outputs": ["sr"], "storage_commitment": True,
+                                   "commitment_timeout_seconds": 20}]
+        cfg = parse_config(config)
+        summary = run_backfill(cfg, "main", BackfillOptions(), _quiet())
+        assert summary.classified == 1 and not summary.failed, summary
+        with JobStore(DataDir(cfg.storage.data_dir).database) as store:
+            (item,) = store.outbox.list_items(study_uid=study)
+        assert (item.state, item.attempts) == ("delivered", 0)
+        assert "committed: N-EVENT-REPORT event type 1 from ORTHANC@127.0.0.1 on an association of its own" in (
+            item.acknowledgement or "")
+        assert len(spectnode_objects(pacs, study).get("SR", [])) == 1
+
+
 def test_c_get_brings_every_layout_in_the_transfer_syntax_the_pacs_holds_it_in(tmp_path: Path) -> None:
     # One study of each phantom layout: uncompressed, RLE, JPEG-LS, JPEG lossless, JPEG 2000,
     # implicit VR, split instances and series. A C-GET that offered one presentation context per

@@ -70,7 +70,7 @@ def _study(store: JobStore, data: DataDir, n: int, deliver: bool = True) -> str:
         (item,) = store.outbox.enqueue_outputs(uid, {"sr": [result]}, [DEST], connection=tx.db)
         tx.move(REPORTED, "test")
     if deliver:
-        store.outbox.delivered(item, acknowledgement="test")
+        assert store.outbox.claim(item) and store.outbox.delivered(item, acknowledgement="test")
         assert store.advance(uid, 1, REPORTED, DISPATCHED, "every output delivered")
     return uid
 

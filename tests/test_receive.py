@@ -347,6 +347,25 @@ def test_an_affected_sop_instance_uid_other_than_the_datasets_is_logged_and_the_
     assert requested not in line and ds.SOPInstanceUID not in line  # logging.patient_data is off
 
 
+def _stored_once(node: Node, phantoms) -> tuple[pydicom.Dataset, dict]:
+    """The first object of the phantoms, stored by C-STORE; and the job store's row of it."""
+    ds = pydicom.dcmread(phantoms[0].files[0])
+    assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_SUCCESS
+    (row,) = node.store.instances(str(ds.StudyInstanceUID))
+    return ds, row
+
+
+def _send_while_locked(node: Node, ds: pydicom.Dataset) -> int:
+    """C-STORE ``ds`` while another connection (as another process would) holds the job store's write lock."""
+    other = sqlite3.connect(node.store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        return _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
 class FailingRecords(JobStore):
     """A job store whose recording of objects fails, as SQLite does on an I/O error."""
 
@@ -366,6 +385,39 @@ def test_a_job_store_failure_after_the_spool_write_answers_out_of_resources_and_
         assert any("cannot be stored (OperationalError)" in r.getMessage() for r in caplog.records)
     finally:
         failing.close()
+
+
+class CheckedBeforeTheOtherRecord(JobStore):
+    """A job store whose next check of an object (``known_instance``) comes before another writer's
+    record of it, as when two processes' C-STOREs of the same bytes overlap: it says "not seen" once."""
+
+    stale = False
+
+    def known_instance(self, study_uid, sop_instance_uid):
+        if self.stale:
+            self.stale = False
+            return None
+        return super().known_instance(study_uid, sop_instance_uid)
+
+
+def test_an_identical_copy_whose_record_fails_leaves_the_recorded_file_of_the_same_name(tmp_path, phantoms):
+    """Two C-STOREs of the same bytes write the same spool file; the first is recorded and answered Success.
+    The second's record fails (another process holds the write lock, for real): its file, which is the
+    first one's, stays."""
+    store = CheckedBeforeTheOtherRecord(tmp_path / "jobs.sqlite", busy_timeout_s=0.2)
+    node = Node(tmp_path, store=store)
+    try:
+        ds, row = _stored_once(node, phantoms)
+        study_uid, sop, recorded = row["study_uid"], row["sop_instance_uid"], Path(row["path"])
+        store.stale = True
+        assert _send_while_locked(node, ds) == STATUS_OUT_OF_RESOURCES
+        assert not store.stale  # the second C-STORE did get past the check to its record
+        assert node.store.instances(study_uid) == [row]
+        assert recorded.is_file() and hashlib.sha256(recorded.read_bytes()).hexdigest() == row["sha256"]
+        assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_SUCCESS  # identical: nothing to do
+        assert node.scp.data_dir.spooled_versions(study_uid, sop) == [recorded]
+    finally:
+        node.close()
 
 
 def test_an_on_stored_callback_that_raises_leaves_the_object_stored_with_success(tmp_path, phantoms, caplog):
@@ -410,20 +462,11 @@ def test_a_changed_object_whose_record_fails_leaves_the_recorded_copy_as_recorde
     copy is recorded under a name of its own; the replaced copy is left to the retention policy."""
     node = Node(tmp_path, store=JobStore(tmp_path / "jobs.sqlite", busy_timeout_s=0.2))
     try:
-        ds = pydicom.dcmread(phantoms[0].files[0])
-        study_uid, sop = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
-        assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_SUCCESS
-        (row,) = node.store.instances(study_uid)
-        recorded = Path(row["path"])
+        ds, row = _stored_once(node, phantoms)
+        study_uid, sop, recorded = row["study_uid"], row["sop_instance_uid"], Path(row["path"])
         original = recorded.read_bytes()
         ds.SeriesDescription = "WB edited"  # same SOP Instance UID, other bytes
-        other = sqlite3.connect(node.store.path, isolation_level=None)
-        try:
-            other.execute("BEGIN EXCLUSIVE")
-            assert _send(node.port, ds, ts=ds.file_meta.TransferSyntaxUID) == STATUS_OUT_OF_RESOURCES
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
+        assert _send_while_locked(node, ds) == STATUS_OUT_OF_RESOURCES
         assert node.store.instances(study_uid) == [row]
         assert hashlib.sha256(recorded.read_bytes()).hexdigest() == row["sha256"]
         assert node.scp.data_dir.spooled_versions(study_uid, sop) == [recorded]

@@ -10,6 +10,7 @@ reports, and at the end a whole ``spectnode serve`` process.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,8 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
 
 from spectnode.config import ConfigError, DestinationConfig, parse_config
-from spectnode.dispatch import CommitmentReport
+from spectnode.dispatch import CommitmentReport, DispatchError
+from spectnode.dispatch.commitment import sop_references
 from spectnode.node.datadir import DataDir
 from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy, record_commitment_report
 from spectnode.node.stages.receive import ReceiveStage
@@ -201,8 +203,10 @@ class CommitmentSCP:
 
     ``mode``: ``"new"`` reports on an association it opens to the node (as Orthanc
     does), ``"same"`` on the association of the request, ``"hold"`` only when
-    :meth:`report` is called, ``"never"`` not at all. ``failure`` reports every
-    object failed with that Failure Reason (event type 2).
+    :meth:`report` is called, ``"never"`` not at all, ``"late"`` on an association
+    of its own before it answers the N-ACTION, which it does only once
+    :attr:`answer_action` is set. ``failure`` reports every object failed with
+    that Failure Reason (event type 2).
     """
 
     def __init__(self, node_port: int, mode: str, failure: int | None = None) -> None:
@@ -211,13 +215,16 @@ class CommitmentSCP:
         self.stored: list[str] = []
         self.requests: list[Dataset] = []
         self.answers: list[int] = []
+        #: Set when an association of the node's to this SCP is released.
+        self.released = threading.Event()
+        self.answer_action = threading.Event()
         self._pending: list[threading.Thread] = []
         ae = AE(ae_title="FAKEPACS")
         ae.add_supported_context(ComprehensiveSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.add_supported_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
             (evt.EVT_C_STORE, self._on_store), (evt.EVT_N_ACTION, self._on_action),
-            (evt.EVT_DIMSE_SENT, self._on_sent)])
+            (evt.EVT_DIMSE_SENT, self._on_sent), (evt.EVT_RELEASED, lambda event: self.released.set())])
 
     def destination(self, timeout_s: float = 60.0) -> DestinationConfig:
         return commitment_destination("fake", "FAKEPACS", self.port, timeout_s)
@@ -228,6 +235,9 @@ class CommitmentSCP:
 
     def _on_action(self, event: Any) -> tuple[int, None]:
         self.requests.append(event.action_information)
+        if self.mode == "late":
+            self._start(self.report)
+            self.answer_action.wait(TIMEOUT_S)
         return 0x0000, None
 
     def _on_sent(self, event: Any) -> None:
@@ -313,8 +323,9 @@ def test_a_report_of_failures_sends_the_item_again(scp_node: tuple[CommitmentSCP
     assert (failed.state, failed.attempts) == ("pending", 1)
     uid = scp.requests[0].TransactionUID
     assert failed.last_error == (f"storage commitment not confirmed for 1 of 1 object(s) (N-EVENT-REPORT event type "
-                                 f"2, transaction {uid}): {sop_instance(sr)} failed: 0x0112 (no such object "
+                                 f"2, transaction {uid}): object 1 of 1 failed: 0x0112 (no such object "
                                  "instance) (from FAKEPACS@127.0.0.1)")
+    assert sop_instance(sr) not in failed.last_error  # shown by spectnode status: no SOP Instance UID
     clock.advance(10)
     node.dispatch.step()  # sent again, and refused again
     assert scp.stored == [sop_instance(sr)] * 2
@@ -328,12 +339,64 @@ def test_a_report_on_the_association_of_the_request_delivers_the_item(
     scp, node, _clock = scp_node
     item_id = node.queue([sr])
     (item,) = node.dispatch.deliver_due()
+    wait_for(lambda: scp.answers, TIMEOUT_S, "the fake PACS to read the answer to its report")
     assert scp.answers == [0x0000]
     assert item.state == "delivered"
     assert item.acknowledgement == (
         f"1 file(s) stored by C-STORE and committed: N-EVENT-REPORT event type 1 from FAKEPACS@127.0.0.1 on the "
         f"association of the request, transaction {scp.requests[0].TransactionUID}")
     assert node.store.outbox.get(item_id).state == "delivered"
+
+
+class SlowRecord(logging.Handler):
+    """Holds up the node's report handler where it logs the item delivered, after the record is committed:
+    until the node releases the association (what it did, before the response was out), or 0.5 s."""
+
+    def __init__(self, released: threading.Event) -> None:
+        super().__init__(logging.INFO)
+        self.released = released
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "delivered" in record.getMessage():
+            self.released.wait(0.5)
+
+
+@pytest.mark.parametrize("scp_node", [("same", None)], indirect=True)
+def test_the_association_of_the_request_is_released_only_after_the_answer_to_its_report(
+        scp_node: tuple[CommitmentSCP, Node, FakeClock], sr: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scp, node, _clock = scp_node
+    caplog.set_level(logging.INFO, logger="spectnode.dispatch")
+    slow = SlowRecord(scp.released)
+    logging.getLogger("spectnode.dispatch").addHandler(slow)
+    try:
+        item_id = node.queue([sr])
+        node.dispatch.deliver_due()
+    finally:
+        logging.getLogger("spectnode.dispatch").removeHandler(slow)
+    wait_for(lambda: scp.answers, TIMEOUT_S, "the fake PACS to read the answer to its report")
+    assert scp.answers == [0x0000]  # not -1: the answer came before the release
+    assert node.store.outbox.get(item_id).state == "delivered"
+
+
+@pytest.mark.parametrize("scp_node", [("late", None)], indirect=True)
+def test_a_report_that_delivers_the_item_while_its_n_action_response_is_overdue_is_not_undone(
+        scp_node: tuple[CommitmentSCP, Node, FakeClock], sr: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scp, node, _clock = scp_node
+    caplog.set_level(logging.INFO, logger="spectnode.dispatch")
+    node.dispatch.timeout = 5.0  # how long the node waits for the N-ACTION response
+    item_id = node.queue([sr])
+    try:
+        node.dispatch.deliver_due()  # the report is taken; then the N-ACTION response times out
+    finally:
+        scp.answer_action.set()
+    assert scp.answers == [0x0000]
+    item = node.store.outbox.get(item_id)
+    assert (item.state, item.attempts, item.last_error) == ("delivered", 0, None)
+    assert "committed: N-EVENT-REPORT event type 1 from FAKEPACS@127.0.0.1 on an association of its own" in (
+        item.acknowledgement)
+    assert any(f"the attempt failed (no N-ACTION response from FAKEPACS@127.0.0.1:{scp.port} within 5 s to the "
+               "storage commitment request), but the item is delivered meanwhile" in r.getMessage()
+               for r in caplog.records)
 
 
 @pytest.mark.parametrize("scp_node", [("never", None)], indirect=True)
@@ -395,6 +458,23 @@ def test_a_crash_between_request_and_its_record_sends_the_item_again_and_ignores
         late = CommitmentReport("2.25.1", 1, tuple(refs), ())
         assert record_commitment_report(outbox, late, Peer("PACS", "127.0.0.1", 1), 0.0) == 0x0000
         assert outbox.get(item_id).state == "pending"
+
+
+def test_reasons_name_objects_and_result_files_by_position_never_by_uid_or_path(tmp_path: Path, sr: Path) -> None:
+    refs = [(ComprehensiveSRStorage, f"1.2.826.0.1.3680043.{n}") for n in (1, 2, 3)]
+    report = CommitmentReport("2.25.9", 2, (refs[0],), ((*refs[1], 0x0112),))
+    assert report.problem(refs) == (
+        "storage commitment not confirmed for 2 of 3 object(s) (N-EVENT-REPORT event type 2, transaction 2.25.9): "
+        "object 2 of 3 failed: 0x0112 (no such object instance); object 3 of 3 is not in the report")
+    assert report.problem(refs[:1]) is None
+    named = tmp_path / f"SR_{refs[2][1]}.dcm"  # result files are named by their SOP Instance UID
+    with pytest.raises(DispatchError) as missing:
+        sop_references([sr, named])
+    assert (missing.value.reason, missing.value.retryable) == ("result file 2 of 2 of the item does not exist", False)
+    named.write_bytes(b"not DICOM")
+    with pytest.raises(DispatchError) as unreadable:
+        sop_references([named, sr])
+    assert unreadable.value.reason == "result file 1 of 2 of the item cannot be read as DICOM (InvalidDicomError)"
 
 
 # --------------------------------------------------------------------------- the node's SCP and bad reports

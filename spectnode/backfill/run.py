@@ -21,8 +21,9 @@ One run:
 The pipeline that processes them is the running ``spectnode serve`` of the
 same data directory if one holds its lock (:meth:`spectnode.node.datadir.DataDir.lock`);
 otherwise the run takes the lock and starts the node's stages in-process
-(:class:`spectnode.node.worker.Node`, listening only for C-MOVE) until the
-end. What decides is the lock, never the network: a serve that does not
+(:class:`spectnode.node.worker.Node`, listening only for C-MOVE or for the
+reports of a destination with Storage Commitment) until the end. What
+decides is the lock, never the network: a serve that does not
 answer C-ECHO is still the one that runs the pipeline, and another node that
 answers on the port is not. A data directory locked by another backfill (or
 ``classify --send``) is refused: two pipelines on one job store would process
@@ -51,6 +52,7 @@ import pydicom
 from spectnode.backfill.polite import Backoff, RateLimiter, TimeWindow
 from spectnode.backfill.query import PacsClient, PacsRefused, PacsUnavailable, SeriesHit
 from spectnode.backfill.retrieve import retrieve_series
+from spectnode.errors import exception_name
 from spectnode.node.datadir import DataDir, DataDirInUse, DataDirLock
 from spectnode.node.stages.assemble import complete_now
 from spectnode.node.stages.receive import STATUS_SUCCESS, ReceiveStage
@@ -61,6 +63,7 @@ from spectnode.store import (
     ERROR,
     NOT_ASSESSABLE,
     RECEIVED,
+    REPORTED,
     UNDELIVERED_STATES,
     JobStore,
 )
@@ -75,7 +78,7 @@ if TYPE_CHECKING:
     from spectnode.node.worker import Node
     from spectnode.report import AlgorithmInfo
 
-__all__ = ["BackfillOptions", "Pipeline", "run_backfill", "run_folder"]
+__all__ = ["BackfillOptions", "Pipeline", "PipelineError", "run_backfill", "run_folder"]
 
 _log = logging.getLogger("spectnode.backfill")
 
@@ -123,8 +126,18 @@ def _same_algorithm(found: tuple[str, str, str, str], algorithm: AlgorithmInfo) 
             and (not device_uid or device_uid == algorithm.device_uid))
 
 
+class PipelineError(RuntimeError):
+    """The run cannot start the node's stages in-process."""
+
+
 class Pipeline:
     """Where a run's studies are processed: the running ``spectnode serve``, or the stages in-process.
+
+    The in-process node listens on ``node.port`` when objects arrive by
+    C-MOVE, and also when a destination has ``storage_commitment``: a PACS may
+    send its N-EVENT-REPORT on an association of its own (Orthanc always
+    does), to the node's AE title at that port. Holding the lock, the run is
+    the only pipeline of the data directory, so no serve of it listens there.
 
     Args:
         cfg: The configuration (the same job store and destinations either way).
@@ -134,6 +147,7 @@ class Pipeline:
 
     Raises:
         DataDirInUse: If another backfill or ``classify --send`` runs the pipeline on the data directory.
+        PipelineError: If the in-process node cannot start for an OSError (its port is taken ...).
     """
 
     def __init__(self, cfg: Config, *, listen: bool, command: str = "backfill",
@@ -162,10 +176,20 @@ class Pipeline:
         else:
             from spectnode.node.worker import Node
 
+            committing = ", ".join(repr(dest.name) for dest in cfg.destinations if dest.storage_commitment)
+            why = [*(["objects arrive by C-MOVE"] if listen else []),
+                   *([f"the storage commitment reports for {committing} may come on associations of their own"]
+                     if committing else [])]
             try:
-                self.node = Node(cfg, bundles=bundles, classifier_loader=classifier_loader, listen=listen)
+                self.node = Node(cfg, bundles=bundles, classifier_loader=classifier_loader, listen=bool(why))
                 try:
                     self.node.start()
+                except OSError as exc:
+                    self.node.stop(timeout=5)
+                    listening = (f"; it listens on {cfg.node.bind_address}:{cfg.node.port}, as this {command} must "
+                                 f"({' and '.join(why)}): does another program hold that port?" if why else "")
+                    raise PipelineError(f"cannot start the pipeline in-process ({exception_name(exc)}){listening}"
+                                        ) from exc
                 except BaseException:
                     self.node.stop(timeout=5)
                     raise
@@ -251,13 +275,16 @@ class _Run:
         outbox = self.store.outbox
         for uid in waiting:
             study = self.store.study(uid)
-            if study is None or study.state not in END_STATES or study.report_pending:
+            if study is None or study.report_pending:
                 continue
             if outbox.list_items(UNDELIVERED_STATES, study_uid=uid, generation=study.generation):
                 continue
+            dead = outbox.list_items(["dead"], study_uid=uid, generation=study.generation)
+            # A study with a dead letter stays ``reported`` (until spectnode retry): it has settled too.
+            if study.state not in END_STATES and not (study.state == REPORTED and dead):
+                continue
             with self._lock:
                 self._waiting.discard(uid)
-            dead = outbox.list_items(["dead"], study_uid=uid, generation=study.generation)
             if study.state == ERROR:
                 self.progress.failed(uid, (study.reason or "error")[:160])
             elif dead:
@@ -437,6 +464,7 @@ def run_backfill(cfg: Config, pacs_name: str, options: BackfillOptions, progress
         KeyError: If no ``pacs`` entry has that name.
         PacsRefused, PacsUnavailable: If the studies cannot be found at all.
         DataDirInUse: If another backfill or ``classify --send`` runs the pipeline on the data directory.
+        PipelineError: If the in-process node cannot start (its port is taken ...).
     """
     pacs = {p.name: p for p in cfg.pacs}[pacs_name]
     algorithm = algorithm_of(cfg, bundles)
@@ -528,6 +556,7 @@ def run_folder(cfg: Config, paths: list[Path], progress: Progress, *, bundles: S
 
     Raises:
         DataDirInUse: If another backfill or ``classify --send`` runs the pipeline on the data directory.
+        PipelineError: If the in-process node cannot start (its port is taken ...).
     """
     algorithm = algorithm_of(cfg, bundles)
     studies, unreadable = group_files_by_study(paths)

@@ -34,6 +34,7 @@ from pydicom.uid import UID
 from pynetdicom.status import GENERAL_STATUS
 
 from spectnode.dispatch.errors import DispatchError
+from spectnode.errors import exception_name
 from spectnode.peer import Peer
 
 if TYPE_CHECKING:
@@ -117,18 +118,22 @@ class CommitmentReport:
         """Why the report does not commit every one of ``references``, or None if it does.
 
         Each object must be in the Referenced SOP Sequence with its SOP Class;
-        one in the Failed SOP Sequence, or in neither, is not committed.
+        one in the Failed SOP Sequence, or in neither, is not committed. Objects
+        are named by their position among ``references`` ("object 2 of 3"), the
+        order of the item's files: the reason is stored and shown, and a SOP
+        Instance UID is patient data.
         """
         committed = set(self.committed)
         failures = {(c, i): reason for c, i, reason in self.failed}
         problems = []
-        for ref in references:
+        for n, ref in enumerate(references, start=1):
             if ref in committed:
                 continue
+            name = f"object {n} of {len(references)}"
             if ref in failures:
-                problems.append(f"{ref[1]} failed: {describe_failure_reason(failures[ref])}")
+                problems.append(f"{name} failed: {describe_failure_reason(failures[ref])}")
             else:
-                problems.append(f"{ref[1]} is not in the report")
+                problems.append(f"{name} is not in the report")
         if not problems:
             return None
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
@@ -214,19 +219,22 @@ def sop_references(files: Sequence[Path]) -> tuple[SopReference, ...]:
     """(SOP Class UID, SOP Instance UID) of each file, in order.
 
     Raises:
-        DispatchError: (not retryable) if a file is missing, unreadable or lacks the UIDs.
+        DispatchError: (not retryable) if a file is missing, unreadable or lacks
+            the UIDs; it names the file by its position (a result file's name
+            holds its SOP Instance UID) and an exception by its class.
     """
     found = []
-    for path in files:
+    for n, path in enumerate(files, start=1):
+        name = f"result file {n} of {len(files)} of the item"
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except FileNotFoundError:
-            raise DispatchError(f"result file {str(path)!r} does not exist", retryable=False) from None
+            raise DispatchError(f"{name} does not exist", retryable=False) from None
         except (InvalidDicomError, OSError, ValueError) as exc:
-            raise DispatchError(f"result file {str(path)!r} cannot be read as DICOM: {exc}", retryable=False) from None
+            raise DispatchError(f"{name} cannot be read as DICOM ({exception_name(exc)})", retryable=False) from None
         sop_class, sop_instance = _uid(header, "SOPClassUID"), _uid(header, "SOPInstanceUID")
         if not sop_class or not sop_instance:
-            raise DispatchError(f"result file {str(path)!r} has no SOP Class or Instance UID", retryable=False)
+            raise DispatchError(f"{name} has no SOP Class or Instance UID", retryable=False)
         found.append((sop_class, sop_instance))
     return tuple(found)
 
@@ -252,8 +260,9 @@ def request_commitment(assoc: Any, request: CommitmentRequest, target: object, t
     status, _reply = assoc.send_n_action(info, ACTION_REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
                                          STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
     if not status or "Status" not in status:
-        # pynetdicom returns no status both for a timeout and for an association the peer ended.
-        if assoc.is_aborted or not assoc.is_established or time.monotonic() - started < 0.9 * timeout:
+        # pynetdicom returns no status both for a timeout (after which it aborts the association itself)
+        # and for an association the peer ended.
+        if time.monotonic() - started < 0.9 * timeout:
             raise DispatchError(f"{target} ended the association when asked for storage commitment (N-ACTION); "
                                 "the peer may not know this node's AE title")
         raise DispatchError(f"no N-ACTION response from {target} within {timeout:g} s to the storage commitment "
@@ -285,8 +294,9 @@ def event_report_handler(on_report: Callable[[CommitmentReport, Peer], int]) -> 
                          exc.status, extra=who)
             return exc.status, None
         except Exception as exc:  # noqa: BLE001 - pydicom fails in many ways on a broken dataset
-            _log.warning("N-EVENT-REPORT from %s@%s: its event information cannot be read: %s: %s; answered "
-                         "0x%04X", peer.ae_title, peer.address, type(exc).__name__, exc,
+            # The message may quote the dataset's values (SOP Instance UIDs): its class only.
+            _log.warning("N-EVENT-REPORT from %s@%s: its event information cannot be read (%s); answered "
+                         "0x%04X", peer.ae_title, peer.address, exception_name(exc),
                          STATUS_INVALID_ARGUMENT_VALUE, extra=who)
             return STATUS_INVALID_ARGUMENT_VALUE, None
         try:

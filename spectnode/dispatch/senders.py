@@ -37,6 +37,7 @@ import dataclasses
 import errno
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +47,14 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from spectnode.config import Config, DestinationConfig, resolve_folder
 from spectnode.dispatch.commitment import (
     STORAGE_COMMITMENT_PUSH_MODEL,
+    CommitmentReport,
     CommitmentRequest,
     event_report_handler,
     request_commitment,
@@ -63,7 +66,7 @@ from spectnode.net.tls import client_context
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from pydicom.dataset import Dataset
 
@@ -373,8 +376,8 @@ def store_to_peer(
         (evt.EVT_CONN_OPEN, lambda event: events.add("connected")),
         (evt.EVT_ACCEPTED, lambda event: events.add("accepted")),
     ]
-    if commitment is not None and commitment.on_report is not None:
-        handlers.append((evt.EVT_N_EVENT_REPORT, event_report_handler(commitment.on_report)))
+    answers = _ReportAnswers(commitment.on_report if commitment is not None else None)
+    handlers += answers.handlers()
     started = time.monotonic()
     try:
         tls_args = (target.tls_context, target.host) if target.tls_context is not None else None
@@ -430,23 +433,79 @@ def store_to_peer(
             raise DispatchError(f"{target} refused {label}: C-STORE status {describe_store_status(code)}{comment}")
         if commitment is not None:
             request_commitment(assoc, commitment, target, timeout)
-            _wait_for_report(assoc, commitment)
+            _wait_for_report(assoc, commitment, answers)
     finally:
         if assoc.is_established:
             assoc.release()
 
 
-def _wait_for_report(assoc: Any, commitment: CommitmentRequest) -> None:
-    """Keep the association open for a report on it, until one has come or ``commitment.wait_seconds`` pass.
+#: After the wait for a report on the association, how long more a report taken on it may take to be
+#: answered before the association is released anyway.
+ANSWER_GRACE_SECONDS = 2.0
+
+
+class _ReportAnswers:
+    """The N-EVENT-REPORTs taken on one association, and how many of their responses are on the wire.
+
+    pynetdicom runs the report handler on the association's own thread and
+    writes the response after it returns; a release from the sending thread
+    in between would go out first, and the peer would not hear that its
+    report was taken (and send it again).
+    """
+
+    def __init__(self, on_report: Callable[[CommitmentReport, Peer], int] | None) -> None:
+        self._handle = event_report_handler(on_report) if on_report is not None else None
+        self._lock = threading.Lock()
+        self._taken = self._responses = self._written = 0
+
+    def handlers(self) -> list[tuple[Any, Callable[[Any], Any]]]:
+        """The pynetdicom event handlers that take the reports and count their responses."""
+        if self._handle is None:
+            return []
+        return [(evt.EVT_N_EVENT_REPORT, self._take), (evt.EVT_DIMSE_SENT, self._response_encoded),
+                (evt.EVT_PDU_SENT, self._pdu_written)]
+
+    def _take(self, event: Any) -> tuple[int, None]:
+        assert self._handle is not None
+        with self._lock:
+            self._taken += 1
+        return self._handle(event)
+
+    def _response_encoded(self, event: Any) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            with self._lock:
+                self._responses += 1
+
+    def _pdu_written(self, event: Any) -> None:
+        # The response (a command without a data set) is one P-DATA-TF, written after its DIMSE_SENT event;
+        # while the sender waits, nothing else is sent on the association.
+        if isinstance(event.pdu, P_DATA_TF):
+            with self._lock:
+                self._written = min(self._written + 1, self._responses)
+
+    @property
+    def unanswered(self) -> bool:
+        """A report was taken whose response is not yet written to the socket."""
+        with self._lock:
+            return self._written < self._taken
+
+
+def _wait_for_report(assoc: Any, commitment: CommitmentRequest, answers: _ReportAnswers) -> None:
+    """Keep the association open for a report on it, until one has come or ``commitment.wait_seconds`` pass,
+    and until every report taken on it has its response written (at most :data:`ANSWER_GRACE_SECONDS` more).
 
     The association's own thread answers a report that comes meanwhile; this
     only decides when to release.
     """
     deadline = time.monotonic() + commitment.wait_seconds
-    while assoc.is_established and time.monotonic() < deadline:
-        if commitment.settled is not None and commitment.settled():
+    while assoc.is_established:
+        now = time.monotonic()
+        if answers.unanswered:
+            if now >= deadline + ANSWER_GRACE_SECONDS:
+                return
+        elif now >= deadline or (commitment.settled is not None and commitment.settled()):
             return
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def _association_failure(

@@ -428,14 +428,17 @@ class Outbox:
             (now, now, item_id, now, now - claim_timeout_s),
         ) == 1
 
-    def delivered(self, item_id: int, now: float | None = None, acknowledgement: str | None = None) -> None:
-        """Record that the destination acknowledged the item (``acknowledgement``: what it answered)."""
+    def delivered(self, item_id: int, now: float | None = None, acknowledgement: str | None = None) -> bool:
+        """Record that the destination acknowledged a ``sending`` item (``acknowledgement``: what it answered).
+
+        False (and nothing changes) if the item is no longer ``sending``.
+        """
         now = self._now(now)
-        self._write(
+        return self._write(
             "UPDATE outbox_items SET state = 'delivered', delivered_at = ?, updated_at = ?, claimed_at = NULL,"
-            " acknowledgement = ? WHERE id = ?",
+            " acknowledgement = ? WHERE id = ? AND state = 'sending'",
             (now, now, acknowledgement, item_id),
-        )
+        ) == 1
 
     # ---------------------------------------------------------------- storage commitment
 
@@ -512,24 +515,33 @@ class Outbox:
 
     # ---------------------------------------------------------------- failures
 
-    def failed(self, item_id: int, attempts: int, next_attempt_at: float, reason: str,
-               now: float | None = None) -> None:
-        """Record a failed attempt: the item is pending again, due at ``next_attempt_at``."""
-        now = self._now(now)
-        self._write(
-            "UPDATE outbox_items SET state = 'pending', attempts = ?, next_attempt_at = ?, last_error = ?,"
-            f" updated_at = ?, claimed_at = NULL, {_NO_COMMITMENT} WHERE id = ?",
-            (attempts, next_attempt_at, reason, now, item_id),
-        )
+    # A failed attempt changes only an item still ``sending``: a storage commitment report may have
+    # delivered it meanwhile (the N-ACTION response timed out, but the peer took the request).
 
-    def dead(self, item_id: int, attempts: int, reason: str, now: float | None = None) -> None:
-        """Give an item up: a dead letter until :meth:`retry`."""
+    def failed(self, item_id: int, attempts: int, next_attempt_at: float, reason: str,
+               now: float | None = None) -> bool:
+        """Record a failed attempt of a ``sending`` item: it is pending again, due at ``next_attempt_at``.
+
+        False (and nothing changes) if the item is no longer ``sending``.
+        """
         now = self._now(now)
-        self._write(
+        return self._write(
+            "UPDATE outbox_items SET state = 'pending', attempts = ?, next_attempt_at = ?, last_error = ?,"
+            f" updated_at = ?, claimed_at = NULL, {_NO_COMMITMENT} WHERE id = ? AND state = 'sending'",
+            (attempts, next_attempt_at, reason, now, item_id),
+        ) == 1
+
+    def dead(self, item_id: int, attempts: int, reason: str, now: float | None = None) -> bool:
+        """Give a ``sending`` item up: a dead letter until :meth:`retry`.
+
+        False (and nothing changes) if the item is no longer ``sending``.
+        """
+        now = self._now(now)
+        return self._write(
             "UPDATE outbox_items SET state = 'dead', attempts = ?, last_error = ?, updated_at = ?, claimed_at = NULL,"
-            f" {_NO_COMMITMENT} WHERE id = ?",
+            f" {_NO_COMMITMENT} WHERE id = ? AND state = 'sending'",
             (attempts, reason, now, item_id),
-        )
+        ) == 1
 
     def supersede(self, item_id: int, current_generation: int, now: float | None = None) -> bool:
         """Never send a pending or dead item: its study is at ``current_generation`` now."""

@@ -249,18 +249,31 @@ class DispatchStage:
         attempts = item.attempts + 1
         now = self.clock()
         if not retryable:
-            _log.error("outbox item %d (%s to %s) dead: %s", item.id, item.kind, item.destination, reason)
-            self.outbox.dead(item.id, attempts, f"not retryable: {reason}", now=now)
+            if self.outbox.dead(item.id, attempts, f"not retryable: {reason}", now=now):
+                _log.error("outbox item %d (%s to %s) dead: %s", item.id, item.kind, item.destination, reason)
+            else:
+                self._settled_meanwhile(item, reason)
             return
         if attempts >= self.policy.max_attempts:
-            _log.error("outbox item %d (%s to %s) dead after %d attempts: %s",
-                       item.id, item.kind, item.destination, attempts, reason)
-            self.outbox.dead(item.id, attempts, f"gave up after {attempts} attempts: {reason}", now=now)
+            if self.outbox.dead(item.id, attempts, f"gave up after {attempts} attempts: {reason}", now=now):
+                _log.error("outbox item %d (%s to %s) dead after %d attempts: %s",
+                           item.id, item.kind, item.destination, attempts, reason)
+            else:
+                self._settled_meanwhile(item, reason)
             return
         delay = self.policy.backoff_delay(attempts)
-        _log.warning("outbox item %d (%s to %s) attempt %d/%d failed, next in %g s: %s",
-                     item.id, item.kind, item.destination, attempts, self.policy.max_attempts, delay, reason)
-        self.outbox.failed(item.id, attempts, now + delay, reason, now=now)
+        if self.outbox.failed(item.id, attempts, now + delay, reason, now=now):
+            _log.warning("outbox item %d (%s to %s) attempt %d/%d failed, next in %g s: %s",
+                         item.id, item.kind, item.destination, attempts, self.policy.max_attempts, delay, reason)
+        else:
+            self._settled_meanwhile(item, reason)
+
+    def _settled_meanwhile(self, item: OutboxItem, reason: str) -> None:
+        """A failed attempt of an item that is no longer ``sending`` changes nothing: say why."""
+        current = self.outbox.get(item.id)
+        _log.info("outbox item %d (%s to %s): the attempt failed (%s), but the item is %s meanwhile (a storage "
+                  "commitment report, or another worker); left as it is", item.id, item.kind, item.destination,
+                  reason, current.state if current is not None else "gone")
 
     def _deliver(self, item: OutboxItem, unreachable: dict[str, str]) -> None:
         """Send one claimed item and record what happened."""
@@ -269,7 +282,8 @@ class DispatchStage:
             known = ", ".join(sorted(self.destinations)) or "none"
             reason = f"destination {item.destination!r} is not in the configuration (configured: {known})"
             _log.error("outbox item %d dead: %s", item.id, reason)
-            self.outbox.dead(item.id, item.attempts, reason, now=self.clock())
+            if not self.outbox.dead(item.id, item.attempts, reason, now=self.clock()):
+                self._settled_meanwhile(item, reason)
             return
         if item.destination in unreachable:
             self._record_failure(item, unreachable[item.destination], retryable=True)
@@ -286,8 +300,9 @@ class DispatchStage:
         except DispatchError as exc:
             if is_disk_full(exc):  # a full disk is no fault of the item: not an attempt towards a dead letter
                 self.disk.write_failed(self.name, exc, item.study_uid)
-                self.outbox.failed(item.id, item.attempts, self.clock() + self.disk.retry_seconds,
-                                   f"waiting for disk space: {exc.reason}", now=self.clock())
+                if not self.outbox.failed(item.id, item.attempts, self.clock() + self.disk.retry_seconds,
+                                          f"waiting for disk space: {exc.reason}", now=self.clock()):
+                    self._settled_meanwhile(item, exc.reason)
                 return
             self._record_failure(item, exc.reason, exc.retryable)
             if exc.peer_unreachable:
@@ -304,9 +319,12 @@ class DispatchStage:
                 self._await_commitment(item, dest, commitment)
             else:
                 acknowledgement = _acknowledgement(dest, item)
-                _log.info("outbox item %d delivered: %s of %s to %s (%s)", item.id, item.kind, item.study_uid,
-                          item.destination, acknowledgement)
-                self.outbox.delivered(item.id, now=self.clock(), acknowledgement=acknowledgement)
+                if self.outbox.delivered(item.id, now=self.clock(), acknowledgement=acknowledgement):
+                    _log.info("outbox item %d delivered: %s of %s to %s (%s)", item.id, item.kind, item.study_uid,
+                              item.destination, acknowledgement)
+                else:  # taken over by another worker after the claim timeout
+                    _log.info("outbox item %d (%s of %s to %s): sent (%s), but no longer this worker's to record",
+                              item.id, item.kind, item.study_uid, item.destination, acknowledgement)
             self.disk.write_succeeded(self.name)
             self._unreachable_until.pop(item.destination, None)
             if self.on_delivered is not None:

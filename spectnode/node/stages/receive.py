@@ -133,6 +133,7 @@ from spectnode.store import InstanceRecord, JobStore, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from pathlib import Path
 
     from pynetdicom.events import Event
 
@@ -193,6 +194,8 @@ _DEFER_BYTES: Final = 1024
 DEFAULT_MAX_OBJECT_BYTES: Final = 256 * 1024 * 1024
 
 _UID_CHARS: Final = re.compile(r"[0-9.]+")
+#: C-STOREs of one object are serialised on one of this many locks (chosen by the object's UIDs).
+_OBJECT_LOCK_STRIPES: Final = 64
 
 #: Type 1 UIDs every stored object carries, and that the node files it by.
 _REQUIRED_UIDS: Final = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
@@ -391,6 +394,7 @@ class ReceiveStage:
         self.max_object_bytes = max_object_bytes
         self._server: Any = None
         self._lock = threading.Lock()
+        self._object_locks = tuple(threading.Lock() for _ in range(_OBJECT_LOCK_STRIPES))
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -502,6 +506,21 @@ class ReceiveStage:
             _log.warning("%d association(s) still open after the %g s grace period were aborted", len(active),
                          grace_seconds)
         _log.info("listener on port %d stopped", port)
+
+    def _object_lock(self, study_uid: str, sop_instance_uid: str) -> threading.Lock:
+        """The lock that C-STOREs of one object take from their check of the job store to its record."""
+        return self._object_locks[hash((study_uid, sop_instance_uid)) % len(self._object_locks)]
+
+    def _discard_unrecorded(self, study_uid: str, sop_instance_uid: str, digest: str, path: Path) -> None:
+        """Delete a spooled copy whose record failed, unless the job store records this very copy (another
+        process's C-STORE of the same bytes, whose check ran first, recorded it meanwhile); kept if the store
+        cannot say."""
+        try:
+            recorded = self.store.known_instance(study_uid, sop_instance_uid) == digest
+        except (sqlite3.Error, StoreError):
+            return
+        if not recorded:
+            path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ handlers
 
@@ -826,53 +845,56 @@ class ReceiveStage:
         # Named by its content: a changed copy goes to a file of its own, and the file the job store
         # records is never overwritten, whatever happens before the record is committed.
         path = self.data_dir.spooled_object(study_uid, identity.sop_instance_uid, digest)
-        try:
-            known = self.store.known_instance(study_uid, identity.sop_instance_uid)
-            if known == "own_output":
-                receipt.update(outcome="own result sent back; not re-processed", stored="own_output")
-                _log.info("study %s from %s: %s is one of this node's own results, sent back; not re-processed",
-                          study_uid, peer.ae_title, self._object(identity), extra=where)
-                return STATUS_SUCCESS
-            if known == digest:
-                receipt.update(outcome="identical copy received before; nothing to do", stored="duplicate")
-                _log.info("study %s from %s: %s received again, identical; nothing to do",
-                          study_uid, peer.ae_title, self._object(identity), extra=where)
-                return STATUS_SUCCESS
-            if self.disk.below_floor(len(data)):
-                receipt["outcome"] = "refused: free space below storage.min_free_bytes"
-                _log.error("study %s from %s: %s (%d bytes) refused: it would leave less than "
-                           "storage.min_free_bytes (%d) free on %s; answered 0x%04X (out of resources)", study_uid,
-                           peer.ae_title, self._object(identity), len(data), self.disk.min_free_bytes,
-                           self.disk.path, STATUS_OUT_OF_RESOURCES, extra=where)
-                return STATUS_OUT_OF_RESOURCES
-            write_durably(path, data)
+        # Copies of the same bytes share the file name: one at a time per object, so that one whose record
+        # fails never deletes the file another C-STORE recorded (and answered Success for).
+        with self._object_lock(study_uid, identity.sop_instance_uid):
             try:
-                outcome = self.store.record_instance(
-                    InstanceRecord(
-                        study_uid=study_uid,
-                        sop_instance_uid=identity.sop_instance_uid,
-                        series_uid=identity.series_uid,
-                        sop_class_uid=identity.sop_class_uid,
-                        modality=identity.modality,
-                        transfer_syntax=transfer_syntax,
-                        path=path,
-                        sha256=digest,
-                        size=len(data),
-                    ),
-                    peer,
+                known = self.store.known_instance(study_uid, identity.sop_instance_uid)
+                if known == "own_output":
+                    receipt.update(outcome="own result sent back; not re-processed", stored="own_output")
+                    _log.info("study %s from %s: %s is one of this node's own results, sent back; not re-processed",
+                              study_uid, peer.ae_title, self._object(identity), extra=where)
+                    return STATUS_SUCCESS
+                if known == digest:
+                    receipt.update(outcome="identical copy received before; nothing to do", stored="duplicate")
+                    _log.info("study %s from %s: %s received again, identical; nothing to do",
+                              study_uid, peer.ae_title, self._object(identity), extra=where)
+                    return STATUS_SUCCESS
+                if self.disk.below_floor(len(data)):
+                    receipt["outcome"] = "refused: free space below storage.min_free_bytes"
+                    _log.error("study %s from %s: %s (%d bytes) refused: it would leave less than "
+                               "storage.min_free_bytes (%d) free on %s; answered 0x%04X (out of resources)", study_uid,
+                               peer.ae_title, self._object(identity), len(data), self.disk.min_free_bytes,
+                               self.disk.path, STATUS_OUT_OF_RESOURCES, extra=where)
+                    return STATUS_OUT_OF_RESOURCES
+                write_durably(path, data)
+                try:
+                    outcome = self.store.record_instance(
+                        InstanceRecord(
+                            study_uid=study_uid,
+                            sop_instance_uid=identity.sop_instance_uid,
+                            series_uid=identity.series_uid,
+                            sop_class_uid=identity.sop_class_uid,
+                            modality=identity.modality,
+                            transfer_syntax=transfer_syntax,
+                            path=path,
+                            sha256=digest,
+                            size=len(data),
+                        ),
+                        peer,
+                    )
+                except BaseException:
+                    # No spooled file without a record; a changed object's recorded copy is another file.
+                    self._discard_unrecorded(study_uid, identity.sop_instance_uid, digest, path)
+                    raise
+            except (OSError, sqlite3.Error, StoreError) as exc:
+                receipt["outcome"] = f"refused: cannot be stored ({type(exc).__name__})"
+                _log.error(
+                    "study %s from %s: %s cannot be stored (%s); answered 0x%04X (out of resources)",
+                    study_uid, peer.ae_title, self._object(identity), exception_name(exc),
+                    STATUS_OUT_OF_RESOURCES, extra=where,
                 )
-            except BaseException:
-                # No spooled file without a record; a changed object's recorded copy is another file.
-                path.unlink(missing_ok=True)
-                raise
-        except (OSError, sqlite3.Error, StoreError) as exc:
-            receipt["outcome"] = f"refused: cannot be stored ({type(exc).__name__})"
-            _log.error(
-                "study %s from %s: %s cannot be stored (%s); answered 0x%04X (out of resources)",
-                study_uid, peer.ae_title, self._object(identity), exception_name(exc),
-                STATUS_OUT_OF_RESOURCES, extra=where,
-            )
-            return STATUS_OUT_OF_RESOURCES
+                return STATUS_OUT_OF_RESOURCES
         if self.log_patient_data:
             where = {**where, "patient_name": identity.patient_name, "patient_id": identity.patient_id}
         _log.info("study %s from %s@%s: stored %s (%s, %d bytes)%s",
