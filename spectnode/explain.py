@@ -37,7 +37,7 @@ from .imaging.preprocess import resample_to
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["CAM_STRIDES", "find_cam_layers", "LayerCam"]
+__all__ = ["CAM_STRIDES", "feature_geometry", "find_cam_layers", "LayerCam"]
 
 #: Output strides (input rows per feature-map row) whose layers the heatmap fuses.
 CAM_STRIDES: tuple[int, ...] = (4, 8, 16)
@@ -72,6 +72,60 @@ def find_cam_layers(model: Any, strides: Sequence[int] = CAM_STRIDES) -> list[st
     return chosen
 
 
+def feature_geometry(model: Any, layer_name: str) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """Where each cell of ``layer_name``'s map lies in the input: per axis ``(a, b)``, centre = a * index + b.
+
+    Known exactly for a chain of zero paddings, "valid" convolutions and poolings and
+    shape-keeping layers (dSPIC's networks, whose literal ``P = 3`` paddings grow the maps
+    beyond the image: stretching such a map over the image would misplace every cell and put
+    the padding's border responses on the image's edges). ``None`` for anything else (branches,
+    strided "same" layers), where stretching the map over the input is the approximation used.
+    """
+    import keras
+
+    a, b = [1.0, 1.0], [0.0, 0.0]
+    previous = model.inputs[0]
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        try:
+            if layer.input is not previous:
+                return None
+        except (AttributeError, ValueError):  # a layer with several inputs or calls
+            return None
+        in_shape, out_shape = tuple(layer.input.shape[1:3]), tuple(layer.output.shape[1:3])
+        if isinstance(layer, keras.layers.ZeroPadding2D):
+            for axis in (0, 1):
+                b[axis] -= a[axis] * layer.padding[axis][0]
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
+            kernel = layer.kernel_size if isinstance(layer, keras.layers.Conv2D) else layer.pool_size
+            if layer.padding == "same" and tuple(layer.strides) == (1, 1) and all(k % 2 for k in kernel):
+                pass  # centred kernel, nothing moves
+            elif layer.padding == "valid":
+                for axis in (0, 1):
+                    b[axis] += a[axis] * (kernel[axis] - 1) / 2
+                    a[axis] *= layer.strides[axis]
+            else:
+                return None
+        elif in_shape != out_shape:
+            return None
+        previous = layer.output
+        if layer.name == layer_name:
+            return (a[0], b[0]), (a[1], b[1])
+    return None
+
+
+def _place(cam: np.ndarray, geometry: tuple[tuple[float, float], tuple[float, float]],
+           shape: tuple[int, int]) -> np.ndarray:
+    """Sample a feature map at each input pixel by the cells' centres (linear, clamped at the ends)."""
+    (a_row, b_row), (a_col, b_col) = geometry
+    rows = (np.arange(shape[0]) - b_row) / a_row
+    cols = (np.arange(shape[1]) - b_col) / a_col
+    cells_r, cells_c = np.arange(cam.shape[0]), np.arange(cam.shape[1])
+    by_row = np.stack([np.interp(cols, cells_c, line) for line in cam])  # (cam rows, input cols)
+    return np.stack([np.interp(rows, cells_r, by_row[:, c]) for c in range(shape[1])], axis=1).astype(np.float32)
+
+
 class LayerCam:
     """LayerCAM of one model; build once, call per image (building the tapped model is slow)."""
 
@@ -86,6 +140,7 @@ class LayerCam:
         self._kernel, self._bias = head.kernel, head.bias
         self._tapped = keras.Model(model.inputs,
                                    [model.get_layer(n).output for n in self.layer_names] + [head.input])
+        self._geometry = [feature_geometry(model, n) for n in self.layer_names]
 
     def __call__(self, image: np.ndarray, class_index: int) -> np.ndarray:
         """Map of ``class_index`` for one input (rows, cols, channels): float32 (rows, cols) in [0, 1]."""
@@ -103,11 +158,13 @@ class LayerCam:
                 logit = logit + self._bias[class_index]
         grads = tape.gradient(logit, features)
         fused = np.zeros(image.shape[:2], np.float32)
-        for feature, grad in zip(features, grads):
+        for feature, grad, geometry in zip(features, grads, self._geometry):
             cam = np.maximum((feature.numpy()[0] * np.maximum(grad.numpy()[0], 0.0)).sum(axis=-1), 0.0)
             peak = float(cam.max())
             if peak > 0:
-                fused += np.clip(resample_to(cam / peak, image.shape[:2]), 0.0, 1.0)
+                placed = (resample_to(cam / peak, image.shape[:2]) if geometry is None
+                          else _place(cam / peak, geometry, image.shape[:2]))
+                fused += np.clip(placed, 0.0, 1.0)
         peak = float(fused.max())
         return fused / peak if peak > 0 else fused
 

@@ -110,3 +110,35 @@ def test_class_activation_map_peaks_on_the_evidence_even_when_confident():
     assert cam.shape == (64, 16) and cam.max() == pytest.approx(1.0)
     r, c = np.unravel_index(np.argmax(cam), cam.shape)
     assert 40 <= r < 44 and 3 <= c < 6
+
+
+def test_feature_geometry_puts_each_cell_at_its_receptive_field_centre():
+    """dSPIC-style literal paddings grow the maps beyond the image; each cell's centre in the input,
+    as feature_geometry gives it, must be where that cell's receptive field is centred (found here
+    from the gradient of the cell with respect to the input, independently of the formula)."""
+    import keras
+    import tensorflow as tf
+
+    from spectnode.explain import feature_geometry
+
+    inputs = keras.Input((64, 32, 1))
+    x = keras.layers.ZeroPadding2D(2)(inputs)
+    x = keras.layers.Conv2D(1, 5, strides=2, padding="valid", kernel_initializer="ones", name="a")(x)
+    x = keras.layers.AveragePooling2D(3, strides=2, padding="valid", name="b")(x)  # max: the same geometry
+    x = keras.layers.ZeroPadding2D(3)(x)
+    x = keras.layers.Conv2D(1, 3, padding="valid", kernel_initializer="ones", name="c")(x)
+    model = keras.Model(inputs, x)
+    (a_row, b_row), (a_col, b_col) = feature_geometry(model, "c")
+    image = tf.ones((1, 64, 32, 1))
+    for i, j in ((5, 4), (8, 6)):  # cells whose receptive field lies wholly inside the image
+        with tf.GradientTape() as tape:
+            tape.watch(image)
+            value = model(image)[0, i, j, 0]
+        weight = tape.gradient(value, image).numpy()[0, ..., 0]
+        rows, cols = np.indices(weight.shape)
+        centre = ((weight * rows).sum() / weight.sum(), (weight * cols).sum() / weight.sum())
+        assert centre == pytest.approx((a_row * i + b_row, a_col * j + b_col), abs=0.5)
+    same = keras.layers.Conv2D(1, 3, padding="same", name="same")(inputs)
+    assert feature_geometry(keras.Model(inputs, same), "same") == ((1.0, 0.0), (1.0, 0.0))
+    branched = keras.layers.Add(name="sum")([same, inputs])
+    assert feature_geometry(keras.Model(inputs, branched), "sum") is None  # not a chain: stretched instead
