@@ -72,8 +72,16 @@ def _all_text(result: StudyViews | NotAssessable) -> str:
     return " ".join(image.view_evidence for image in (result.anterior, result.posterior) if image is not None)
 
 
+@pytest.fixture(scope="module")
+def shipped_models():
+    from spectnode.classify import Classifiers
+
+    return Classifiers.from_bundles(None)
+
+
 @pytest.mark.parametrize("name", list(SYNTAXES))
-def test_ge_view_in_every_transfer_syntax_is_a_single_inferred_view(name: str, tmp_path: Path) -> None:
+def test_ge_view_in_every_transfer_syntax_is_a_single_inferred_view(name: str, tmp_path: Path,
+                                                                    shipped_models) -> None:
     syntax = SYNTAXES[name]
     if syntax is None:
         path = Path(get_testdata_file(GE_FILE))
@@ -90,6 +98,12 @@ def test_ge_view_in_every_transfer_syntax_is_a_single_inferred_view(name: str, t
     ds = pydicom.dcmread(path)
     for value in (GE_PRIVATE_NAME, str(ds.PatientName), "Patient", "CompressedSamples"):
         assert value not in _all_text(result)
+    # ... and the shipped per-view model classifies it on that one view, the aggregate one says why not
+    classified = shipped_models.classify(result)
+    assert classified.outcome == "classified" and classified.inferred_views == [image.view]
+    (model,) = classified.models
+    assert model.input_mode == "per_view" and model.views == [image.view]
+    assert len(classified.skipped_models) == 1
 
 
 def test_ge_names_appear_in_no_reason(tmp_path: Path) -> None:
