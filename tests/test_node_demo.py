@@ -13,7 +13,7 @@ from dicomtools import dciodvfy_errors
 
 
 def test_demo_sends_four_studies_and_leaves_their_results(tmp_path):
-    """The README's first command, as a user runs it: the shipped default model, no configuration."""
+    """The README's first command, as a user runs it: the shipped models, no configuration."""
     workdir = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "spectnode", "demo", "--workdir", str(workdir)],
                           capture_output=True, text=True, timeout=300)
@@ -24,7 +24,8 @@ def test_demo_sends_four_studies_and_leaves_their_results(tmp_path):
     assert sorted(t for t, _ in truths) == ["arthritic", "both", "metastatic", "normal"]  # one study per class
     assert len({layout for _, layout in truths}) == 4  # each in another layout
     results = re.findall(r"result: (\w+)[^\[]*\[([^\]]+)\]", out)
-    assert len(results) == 4
+    models = re.findall(r"result: .*\((spectnode-[\w-]+ [\d.]+)\)$", out, flags=re.MULTILINE)
+    assert len(results) == len(models) == 8 and len(set(models)) == 2  # each study read by both shipped models
     for label, probabilities in results:
         values = dict(p.rsplit(" ", 1) for p in probabilities.split(", "))
         assert set(values) == {"normal", "metastatic", "arthritic", "both"}
