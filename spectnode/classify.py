@@ -89,8 +89,10 @@ class StudyClassifier:
         if self._with_features is None:
             import keras
 
+            from .domain import domain_features
+
             self._with_features = keras.Model(self.model.inputs,
-                                              [self.model.get_layer(self.domain.layer).output, self.model.outputs[0]])
+                                              [domain_features(self.model, self.domain.layer), self.model.outputs[0]])
         batch = np.stack(inputs).astype(np.float32)
         features, probs = self._with_features.predict(batch, batch_size=8, verbose=0)
         return np.asarray(probs, dtype=np.float64), self.domain.score(np.asarray(features))

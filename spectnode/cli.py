@@ -153,7 +153,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         fit = (Path(args.fit_data), Path(args.fit_labels), _data_files(args.fit_data))
         held_out = (Path(args.held_out_data), Path(args.held_out_labels), _data_files(args.held_out_data))
-        domain = run_calibration(Path(args.bundle), fit, held_out, log=lambda m: print(m, file=sys.stderr))
+        domain = run_calibration(Path(args.bundle), fit, held_out, log=lambda m: print(m, file=sys.stderr),
+                                 layer=args.layer)
     except (ValueError, LabelError, FileNotFoundError, BundleError) as exc:
         print(f"spectnode calibrate: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -454,6 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out-data", required=True, help="other in-domain studies: the threshold is their 99th "
                    "percentile")
     p.add_argument("--held-out-labels", required=True, help="their labels")
+    p.add_argument("--layer", help="layer whose output (pooled if a feature map) is the feature vector "
+                                   "(default: the last global average pooling, what the head reads)")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("classify", help="classify DICOM files offline, grouped into studies")

@@ -162,12 +162,14 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
     return metrics
 
 
-def fit_domain_of(model: Any, training: LoadedSamples, held_out: LoadedSamples, description: str) -> dict[str, Any]:
+def fit_domain_of(model: Any, training: LoadedSamples, held_out: LoadedSamples, description: str,
+                  layer: str | None = None) -> dict[str, Any]:
     """The ``domain_fit`` of a card: ``model``'s feature distribution on ``training``, its
-    threshold the 99th percentile of ``held_out``'s study scores (see :mod:`spectnode.domain`)."""
+    threshold the 99th percentile of ``held_out``'s study scores (see :mod:`spectnode.domain`).
+    ``layer``: whose (pooled) output the features are; default the last global average pooling."""
     from ..domain import feature_extractor, feature_layer_name, fit_domain
 
-    layer = feature_layer_name(model)
+    layer = layer or feature_layer_name(model)
     extractor = feature_extractor(model, layer)
     fit = fit_domain(layer, extractor.predict(training.x, batch_size=16, verbose=0),
                      extractor.predict(held_out.x, batch_size=16, verbose=0), held_out_studies=held_out.study,
@@ -176,7 +178,7 @@ def fit_domain_of(model: Any, training: LoadedSamples, held_out: LoadedSamples, 
 
 
 def run_calibration(bundle: Path, fit: tuple[Path, Path, Sequence[Path]], held_out: tuple[Path, Path, Sequence[Path]],
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = print, layer: str | None = None) -> dict[str, Any]:
     """Fit (or refit) a bundle's domain: ``fit`` and ``held_out`` are (folder, labels, files) of
     in-domain studies, the first like the training data, the second not seen by the fit.
     The card is rewritten; the weights and their hash are not touched."""
@@ -192,7 +194,7 @@ def run_calibration(bundle: Path, fit: tuple[Path, Path, Sequence[Path]], held_o
     fit_samples = _load(fit[1], fit[2], settings, log)
     held_samples = _load(held_out[1], held_out[2], settings, log)
     card.domain_fit = fit_domain_of(loaded.model, fit_samples, held_samples,
-                                    f"{len(held_samples.studies)} studies from {held_out[0]}")
+                                    f"{len(held_samples.studies)} studies from {held_out[0]}", layer=layer)
     write_durably(Path(bundle) / CARD_FILENAME, card.to_json().encode("utf-8"))
     log(f"domain fit of {card.name}: threshold {card.domain_fit['threshold']:.3f} "
         f"(held-out median {card.domain_fit['calibration']['held_out_median']})")
