@@ -81,3 +81,40 @@ def test_a_resized_chest_ct_slice_is_outside_every_shipped_models_domain():
         result = classifier.model_result(study)
         assert result.domain_score is not None and result.domain_score > classifier.domain.threshold
         assert result.outside_domain
+
+
+def test_calibrate_fits_the_named_layer_pooled_and_refuses_an_unknown_one(tmp_path_factory, tmp_path):
+    """`spectnode calibrate --layer conv2` rewrites the card with a fit on that feature map, pooled
+    (one value per channel: 256 for dSPIC's conv2), and keeps the weights; a layer the model lacks
+    is a usage error, and the card is left as it was."""
+    import json
+    import shutil
+
+    from spectnode.bundle import load_bundle
+    from spectnode.classify import StudyClassifier
+    from spectnode.domain import DomainFit
+    from spectnode.phantom.generate import generate_phantoms
+
+    from nodetools import run_spectnode, tiny_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle(tmp_path_factory), bundle)
+    weights = (bundle / "model.keras").read_bytes()
+    fit, held = tmp_path / "fit", tmp_path / "held"
+    generate_phantoms(fit, n=8, seed=31)
+    generate_phantoms(held, n=4, seed=32)
+    common = ("--bundle", str(bundle), "--fit-data", str(fit), "--fit-labels", str(fit / "labels.csv"),
+              "--held-out-data", str(held), "--held-out-labels", str(held / "labels.csv"))
+    before = (bundle / "card.json").read_text()
+    refused = run_spectnode("calibrate", *common, "--layer", "no_such_layer", timeout=300)
+    assert refused.returncode != 0 and "no_such_layer" in refused.stderr
+    assert (bundle / "card.json").read_text() == before
+    done = run_spectnode("calibrate", *common, "--layer", "conv2", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["threshold"] > 0
+    fitted = DomainFit.from_card(load_bundle(bundle).card.domain_fit)
+    assert fitted.layer == "conv2" and fitted.mean.shape == (256,)
+    assert (bundle / "model.keras").read_bytes() == weights
+    classifier = StudyClassifier.from_bundle(bundle)
+    study = next(iter(classifier.classify_paths(sorted(p for p in held.rglob("*.dcm")))[:1]))
+    assert study.models[0].domain_score is not None
