@@ -259,3 +259,30 @@ class LockingProcess:
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+def write_minimal_sr(path: Path, study_uid: str, patient_id: str, patient_name: str) -> Path:
+    """A minimal Comprehensive SR in ``study_uid`` (what the node returns, reduced to what a PACS files by)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = ComprehensiveSRStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID, ds.PatientName = patient_id, patient_name
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 900, 1
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator = "126000", "DCM"
+    concept.CodeMeaning = "Imaging Measurement Report"
+    ds.ConceptNameCodeSequence = [concept]
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

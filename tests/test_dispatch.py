@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ComprehensiveSRStorage,
     EnhancedSRStorage,
@@ -33,7 +32,7 @@ from spectnode.peer import Peer
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import COMPLETE, RECEIVED, InstanceRecord, JobStore
 
-from nodetools import FakeClock
+from nodetools import FakeClock, write_minimal_sr
 from orthanc import UNCOMPRESSED_ONLY, OrthancServer, free_port
 
 if TYPE_CHECKING:
@@ -66,29 +65,7 @@ def at_generation(store: JobStore, study_uid: str, generation: int) -> None:
 def write_sr_like(path: Path, evidence: Path) -> Path:
     """A minimal Comprehensive SR in the evidence's study, as the node would return."""
     source = pydicom.dcmread(evidence, stop_before_pixels=True)
-    ds = Dataset()
-    ds.SOPClassUID = ComprehensiveSRStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = source.StudyInstanceUID
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = source.PatientID
-    ds.PatientName = source.get("PatientName", "")
-    ds.Modality = "SR"
-    ds.SeriesNumber = 900
-    ds.InstanceNumber = 1
-    ds.ValueType = "CONTAINER"
-    ds.ContinuityOfContent = "SEPARATE"
-    concept = Dataset()
-    concept.CodeValue, concept.CodingSchemeDesignator = "126000", "DCM"
-    concept.CodeMeaning = "Imaging Measurement Report"
-    ds.ConceptNameCodeSequence = [concept]
-    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_minimal_sr(path, source.StudyInstanceUID, source.PatientID, str(source.get("PatientName", "")))
 
 
 def study_files(root: Path, index: int, layout: str = "split-instances") -> tuple[str, list[Path]]:

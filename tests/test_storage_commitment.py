@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance
@@ -32,7 +32,17 @@ from spectnode.peer import Peer
 from spectnode.phantom.generate import generate_phantoms
 from spectnode.store import DISPATCHED, MIGRATIONS, JobStore
 
-from nodetools import FakeClock, NodeProcess, free_port, run_spectnode, storescu, tiny_bundle, wait_for, write_config
+from nodetools import (
+    FakeClock,
+    NodeProcess,
+    free_port,
+    run_spectnode,
+    storescu,
+    tiny_bundle,
+    wait_for,
+    write_config,
+    write_minimal_sr,
+)
 from orthanc import OrthancServer
 
 if TYPE_CHECKING:
@@ -45,26 +55,7 @@ TIMEOUT_S = 30.0
 
 def write_sr(path: Path) -> Path:
     """A minimal Comprehensive SR of a study of its own (what the node returns, reduced to what a PACS files by)."""
-    ds = Dataset()
-    ds.SOPClassUID = ComprehensiveSRStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID, ds.PatientName = "COMMIT", "Commitment^Test"
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 900, 1
-    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
-    concept = Dataset()
-    concept.CodeValue, concept.CodingSchemeDesignator = "126000", "DCM"
-    concept.CodeMeaning = "Imaging Measurement Report"
-    ds.ConceptNameCodeSequence = [concept]
-    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_minimal_sr(path, generate_uid(), "COMMIT", "Commitment^Test")
 
 
 def commitment_destination(name: str, ae_title: str, port: int, timeout_s: float = 60.0) -> DestinationConfig:
