@@ -69,8 +69,7 @@ class StudyClassifier:
 
     def predict(self, inputs: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
         """Class probabilities (n, k) for prepared network inputs."""
-        batch = np.stack(inputs).astype(np.float32)
-        return np.asarray(self.model.predict(batch, batch_size=batch_size, verbose=0), dtype=np.float64)
+        return _predict_in_batches(self.model, inputs, batch_size)[0]
 
     def study_probabilities(self, views: StudyViews) -> tuple[list[NetworkInput], np.ndarray]:
         """The study's network inputs and its probabilities (mean over inputs)."""
@@ -93,9 +92,8 @@ class StudyClassifier:
 
             self._with_features = keras.Model(self.model.inputs,
                                               [domain_features(self.model, self.domain.layer), self.model.outputs[0]])
-        batch = np.stack(inputs).astype(np.float32)
-        features, probs = self._with_features.predict(batch, batch_size=8, verbose=0)
-        return np.asarray(probs, dtype=np.float64), self.domain.score(np.asarray(features))
+        features, probs = _predict_in_batches(self._with_features, inputs, 8)
+        return probs, self.domain.score(features)
 
     def model_result(self, study: StudyViews, explain: bool = False) -> ModelResult:
         """This model's result on a study it can take (see :meth:`needs`)."""
@@ -134,7 +132,7 @@ class StudyClassifier:
         cam = self._cam
         if cam is None:
             cam = self._cam = LayerCam(self.model)
-        maps = {i.name: cam(i.array, class_index) for i in inputs}
+        maps = dict(zip([i.name for i in inputs], cam.maps([i.array for i in inputs], class_index)))
         out: dict[str, np.ndarray] = {}
         for view in study.available_views:
             image = getattr(study, view)
@@ -145,6 +143,22 @@ class StudyClassifier:
     def classify_paths(self, paths: Iterable[Path], explain: bool = False) -> list[StudyResult]:
         """Read files, group them into studies and classify each study with this model."""
         return Classifiers([self]).classify_paths(paths, explain=explain)
+
+
+def _predict_in_batches(model: Any, inputs: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Every output of ``model`` (float64, stacked over ``inputs``), ``batch_size`` inputs per call.
+
+    ``predict_on_batch``, not ``predict``: a study has one or two inputs, and
+    ``predict`` spends several times the network's own time per call on setting
+    up its data pipeline and callbacks (Python that holds the GIL, which the
+    node's other stages then wait for too).
+    """
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, len(inputs), batch_size):
+        batch = np.stack(inputs[start:start + batch_size]).astype(np.float32)
+        outputs = model.predict_on_batch(batch)
+        parts.append([np.asarray(o) for o in (outputs if isinstance(outputs, (list, tuple)) else [outputs])])
+    return [np.concatenate(column).astype(np.float64) for column in zip(*parts)]
 
 
 class Classifiers:

@@ -141,30 +141,49 @@ class LayerCam:
         self._tapped = keras.Model(model.inputs,
                                    [model.get_layer(n).output for n in self.layer_names] + [head.input])
         self._geometry = [feature_geometry(model, n) for n in self.layer_names]
+        self._cams: Any = None  # the compiled map function, traced on first use
 
     def __call__(self, image: np.ndarray, class_index: int) -> np.ndarray:
         """Map of ``class_index`` for one input (rows, cols, channels): float32 (rows, cols) in [0, 1]."""
+        return self.maps([image], class_index)[0]
+
+    def maps(self, images: Sequence[np.ndarray], class_index: int) -> list[np.ndarray]:
+        """Maps of ``class_index`` for inputs of one shape, in one pass through the network."""
         import keras
 
         if keras.backend.backend() != "tensorflow":
             raise NotImplementedError(f"heatmaps need the TensorFlow Keras backend, not {keras.backend.backend()!r}")
         import tensorflow as tf
 
-        x = tf.convert_to_tensor(image[None].astype("float32"))
+        if self._cams is None:
+            self._cams = tf.function(self._layer_cams, reduce_retracing=True)
+        batch = np.stack(images).astype(np.float32)
+        cams = [np.asarray(c) for c in self._cams(tf.constant(batch), tf.constant(class_index, tf.int32))]
+        out = []
+        for i, image in enumerate(images):
+            fused = np.zeros(image.shape[:2], np.float32)
+            for layer_cams, geometry in zip(cams, self._geometry):
+                cam = layer_cams[i]
+                peak = float(cam.max())
+                if peak > 0:
+                    placed = (resample_to(cam / peak, image.shape[:2]) if geometry is None
+                              else _place(cam / peak, geometry, image.shape[:2]))
+                    fused += np.clip(placed, 0.0, 1.0)
+            peak = float(fused.max())
+            out.append(fused / peak if peak > 0 else fused)
+        return out
+
+    def _layer_cams(self, x: Any, class_index: Any) -> list[Any]:
+        # Traced once into a graph (tf.function): run eagerly, op by op, the
+        # tape costs several times the network's own time in Python, holding
+        # the GIL that the node's other stages need as well.
+        import tensorflow as tf
+
         with tf.GradientTape() as tape:
             *features, penultimate = self._tapped(x, training=False)
-            logit = tf.linalg.matvec(penultimate, self._kernel[:, class_index])
+            logit = tf.linalg.matvec(penultimate, tf.gather(self._kernel, class_index, axis=1))
             if self._bias is not None:
-                logit = logit + self._bias[class_index]
+                logit = logit + tf.gather(self._bias, class_index)
         grads = tape.gradient(logit, features)
-        fused = np.zeros(image.shape[:2], np.float32)
-        for feature, grad, geometry in zip(features, grads, self._geometry):
-            cam = np.maximum((feature.numpy()[0] * np.maximum(grad.numpy()[0], 0.0)).sum(axis=-1), 0.0)
-            peak = float(cam.max())
-            if peak > 0:
-                placed = (resample_to(cam / peak, image.shape[:2]) if geometry is None
-                          else _place(cam / peak, geometry, image.shape[:2]))
-                fused += np.clip(placed, 0.0, 1.0)
-        peak = float(fused.max())
-        return fused / peak if peak > 0 else fused
+        return [tf.nn.relu(tf.reduce_sum(f * tf.nn.relu(g), axis=-1)) for f, g in zip(features, grads)]
 
