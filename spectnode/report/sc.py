@@ -204,9 +204,10 @@ def render_overlay(view: ViewImage, result: StudyResult, algorithms: Sequence[Al
     """
     rows, cols = view.pixels.shape
     scale = int(np.clip(round(_TARGET_ROWS / rows), 1, _MAX_SCALE))
-    grey = _inverted_grey(view.pixels)
-    rgb: np.ndarray = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float64)
-    rgb = np.kron(rgb, np.ones((scale, scale, 1)))  # nearest-neighbour upscaling
+    # Nearest-neighbour upscaling; float32 and the colour only where there is any: a
+    # capture is millions of pixels, and this is most of the report stage's time.
+    grey = np.repeat(np.repeat(_inverted_grey(view.pixels).astype(np.float32), scale, axis=0), scale, axis=1)
+    rgb = np.repeat(np.clip(grey, 0, 255).round().astype(np.uint8)[:, :, None], 3, axis=2)
 
     heatmap = result.models[shown].heatmaps.get(view.view)
     if heatmap is not None:
@@ -218,8 +219,10 @@ def render_overlay(view: ViewImage, result: StudyResult, algorithms: Sequence[Al
                 (cols * scale, rows * scale), Image.Resampling.BILINEAR
             )
         )
-        rgb = _blend_heatmap(rgb, large)
-    scan = Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8))
+        coloured = large > HEATMAP_THRESHOLD  # the colour's weight is 0 at and below the threshold
+        blended = _blend_heatmap(grey[coloured][:, None], large[coloured])
+        rgb[coloured] = np.clip(blended, 0, 255).round().astype(np.uint8)
+    scan = Image.fromarray(rgb)
 
     height = scan.height
     unit = max(12, round(height / 64))  # font size: 32 px on a 2048-row capture
@@ -246,11 +249,11 @@ def _inverted_grey(pixels: np.ndarray) -> np.ndarray:
 
 
 def _blend_heatmap(rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
-    """Yellow-to-red colour over ``rgb`` where ``heatmap`` exceeds the threshold."""
+    """Yellow-to-red colour over pixels ``rgb`` (n, 3 or 1) by their ``heatmap`` values (n,)."""
     above = np.clip((heatmap - HEATMAP_THRESHOLD) / (1.0 - HEATMAP_THRESHOLD), 0.0, 1.0)
     alpha = _MAX_ALPHA * np.clip((heatmap - HEATMAP_THRESHOLD) / _ALPHA_RAMP, 0.0, 1.0)
-    colour = _LOW_COLOUR + above[:, :, None] * (_HIGH_COLOUR - _LOW_COLOUR)
-    return (1.0 - alpha[:, :, None]) * rgb + alpha[:, :, None] * colour
+    colour = _LOW_COLOUR + above[:, None] * (_HIGH_COLOUR - _LOW_COLOUR)
+    return (1.0 - alpha[:, None]) * rgb + alpha[:, None] * colour
 
 
 # ------------------------------------------------------------------------------- text
