@@ -219,6 +219,10 @@ class DispatchConfig:
     retry_base_seconds: float = 5.0
     #: ... up to this delay.
     retry_max_seconds: float = 600.0
+    #: Outbox items sent at the same time, each on its own association: a PACS
+    #: answers a C-STORE only once it has stored the object, so sending one at
+    #: a time leaves the node waiting on the PACS's disk most of the time.
+    parallel_sends: int = 4
 
 
 @dataclass(frozen=True)
@@ -624,6 +628,8 @@ def _check_semantics(cfg: Config, source: str, check_dirs: bool) -> None:
         raise ConfigError(source, "dispatch.retry_base_seconds", "must be greater than 0")
     if cfg.dispatch.retry_max_seconds < cfg.dispatch.retry_base_seconds:
         raise ConfigError(source, "dispatch.retry_max_seconds", "must be at least dispatch.retry_base_seconds")
+    if not 1 <= cfg.dispatch.parallel_sends <= 32:
+        raise ConfigError(source, "dispatch.parallel_sends", "must be from 1 to 32")
 
     _check_operations(cfg, source)
     _check_audit(cfg.audit, source)

@@ -42,11 +42,11 @@ NODE_AE = "SPECTNODE"
 
 
 def dispatcher(root: Path, destinations: dict[str, DestinationConfig], *, clock: Callable[[], float] = time.time,
-               send: SendFunction = send_files, **policy: float) -> DispatchStage:
+               send: SendFunction = send_files, parallel_sends: int = 1, **policy: float) -> DispatchStage:
     """A dispatch stage on the job store in ``root`` (its queue: ``stage.outbox``)."""
     store = JobStore(root / "jobs.sqlite", clock=clock)
     return DispatchStage(store, DataDir(root), destinations, NODE_AE, policy=RetryPolicy(**policy),  # type: ignore[arg-type]
-                         send=send, timeout=5)
+                         send=send, timeout=5, parallel_sends=parallel_sends)
 
 
 def at_generation(store: JobStore, study_uid: str, generation: int) -> None:
@@ -420,6 +420,57 @@ def test_outbox_tries_an_unreachable_destination_once_per_pass(
     assert calls == ["pacs"]
     assert [(i.state, i.attempts) for i in tried] == [("pending", 1)] * 3
     assert len({i.last_error for i in tried}) == 1
+
+
+def test_outbox_sends_parallel_sends_items_at_once_and_never_more(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dest, send=lambda *a, **k: None, parallel_sends=3)
+    ids = [stage.outbox.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:]) for i in range(7)]
+    lock = threading.Lock()
+    in_flight, most, sent = 0, 0, Counter[int]()
+    three_at_once = threading.Barrier(3)  # the first three sends wait for each other: all three are on their way
+
+    def slow_send(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+            first_three = sum(sent.values()) + in_flight <= 3
+        if first_three:
+            three_at_once.wait(120)  # a generous deadline only a hang reaches (BrokenBarrierError)
+        time.sleep(0.02)
+        with lock:
+            in_flight -= 1
+            sent[threading.get_ident()] += 1
+
+    stage.send = slow_send
+    tried = stage.deliver_due()
+    assert most == 3
+    assert sorted(i.id for i in tried) == sorted(ids)
+    assert [i.state for i in stage.outbox.list_items()] == ["delivered"] * len(ids)
+    assert sum(sent.values()) == len(ids)
+
+
+def test_parallel_sends_try_an_unreachable_destination_at_most_once_per_sender_per_pass(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def counting_send(destination: DestinationConfig, files: list[Path], **kwargs: object) -> None:
+        with lock:
+            calls.append(destination.name)
+        send_files(destination, files, **kwargs)  # type: ignore[arg-type]
+
+    stage = dispatcher(tmp_path, {"pacs": refused_destination()}, send=counting_send, parallel_sends=3)
+    for i in range(8):
+        stage.outbox.enqueue(f"1.2.3.{i}", "pacs", "sr", study_a[1][-1:])
+    tried = stage.deliver_due()
+    assert 1 <= len(calls) <= 3  # only the items already on their way when the first refusal came back
+    assert [(i.state, i.attempts) for i in tried] == [("pending", 1)] * 8
+    assert stage.deliver_due() == []  # backing off: the next pass claims none of them
 
 
 def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:

@@ -37,6 +37,7 @@ nothing of the store), or another function with its signature.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -178,6 +179,8 @@ class DispatchStage:
             want of space is tried again without counting as an attempt.
         on_delivered: Called with the destination and the item after each
             delivery (the audit trail); exceptions in it are logged only.
+        parallel_sends: Items on their way at once, each in a thread and on
+            an association of its own (``dispatch.parallel_sends``).
 
     The stage's clock is the job store's (``store.clock``).
     """
@@ -196,7 +199,12 @@ class DispatchStage:
         timeout: float = 30.0,
         disk: DiskSpace | None = None,
         on_delivered: Callable[[DestinationConfig, OutboxItem], None] | None = None,
+        parallel_sends: int = 1,
     ) -> None:
+        if parallel_sends < 1:
+            raise ValueError(f"parallel_sends must be at least 1, not {parallel_sends}")
+        self.parallel_sends = parallel_sends
+        self._unreachable_lock = threading.Lock()
         self.disk = disk if disk is not None else unguarded(data_dir.root)
         self.on_delivered = on_delivered
         self.store = store
@@ -285,8 +293,10 @@ class DispatchStage:
             if not self.outbox.dead(item.id, item.attempts, reason, now=self.clock()):
                 self._settled_meanwhile(item, reason)
             return
-        if item.destination in unreachable:
-            self._record_failure(item, unreachable[item.destination], retryable=True)
+        with self._unreachable_lock:
+            known_unreachable = unreachable.get(item.destination)
+        if known_unreachable is not None:
+            self._record_failure(item, known_unreachable, retryable=True)
             return
         commitment = None
         try:
@@ -305,12 +315,13 @@ class DispatchStage:
                     self._settled_meanwhile(item, exc.reason)
                 return
             self._record_failure(item, exc.reason, exc.retryable)
-            if exc.peer_unreachable:
-                unreachable[item.destination] = exc.reason
-                retry_at = (self.outbox.get(item.id) or item).next_attempt_at
-                self._unreachable_until[item.destination] = retry_at
-            else:
-                self._unreachable_until.pop(item.destination, None)
+            with self._unreachable_lock:
+                if exc.peer_unreachable:
+                    unreachable[item.destination] = exc.reason
+                    retry_at = (self.outbox.get(item.id) or item).next_attempt_at
+                    self._unreachable_until[item.destination] = retry_at
+                else:
+                    self._unreachable_until.pop(item.destination, None)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the stage; keep the item retrying
             _log.exception("outbox item %d: unexpected error while sending", item.id)
             self._record_failure(item, f"unexpected error: {exception_name(exc)}", retryable=True)
@@ -326,7 +337,8 @@ class DispatchStage:
                     _log.info("outbox item %d (%s of %s to %s): sent (%s), but no longer this worker's to record",
                               item.id, item.kind, item.study_uid, item.destination, acknowledgement)
             self.disk.write_succeeded(self.name)
-            self._unreachable_until.pop(item.destination, None)
+            with self._unreachable_lock:
+                self._unreachable_until.pop(item.destination, None)
             if self.on_delivered is not None:
                 try:
                     self.on_delivered(dest, item)
@@ -392,26 +404,48 @@ class DispatchStage:
 
         Each item is claimed first (:meth:`spectnode.store.Outbox.claim`), so
         concurrent workers (threads or processes) never send one item twice.
+        Up to ``parallel_sends`` items are on their way at once; an item is
+        claimed only when a sender is free for it, so a claim never waits
+        in a queue towards its timeout.
         """
         self.supersede_outdated()
         now = self.clock()
         unreachable: dict[str, str] = {}
-        tried: list[OutboxItem] = []
+        claimed: list[OutboxItem] = []
+        free = threading.Semaphore(self.parallel_sends)
+        senders: list[threading.Thread] = []
+
+        def deliver(item: OutboxItem) -> None:
+            try:
+                self._deliver(item, unreachable)
+            finally:
+                free.release()
+
         for item in self.outbox.due(now, claim_timeout_s=self.policy.claim_timeout_s):
-            if (item.destination not in unreachable and self._unreachable_until.get(item.destination, now) > now
-                    and not item.retry_requested):
-                continue  # its destination is backing off (an operator's retry is tried at once)
+            free.acquire()
+            with self._unreachable_lock:
+                backing_off = (item.destination not in unreachable
+                               and self._unreachable_until.get(item.destination, now) > now)
             current = self._current_generation(item.study_uid)
-            if current is not None and item.generation < current:
+            if backing_off and not item.retry_requested:
+                free.release()  # its destination is backing off (an operator's retry is tried at once)
+            elif current is not None and item.generation < current:
+                free.release()
                 self._supersede(item, current, now)
-                continue
-            if not self.outbox.claim(item.id, now, claim_timeout_s=self.policy.claim_timeout_s):
-                continue
-            self._deliver(item, unreachable)
-            updated = self.outbox.get(item.id)
-            if updated is not None:
-                tried.append(updated)
-        return tried
+            elif not self.outbox.claim(item.id, now, claim_timeout_s=self.policy.claim_timeout_s):
+                free.release()
+            else:
+                claimed.append(item)
+                if self.parallel_sends == 1:
+                    deliver(item)
+                else:
+                    sender = threading.Thread(target=deliver, args=(item,), name=f"dispatch-item-{item.id}",
+                                              daemon=True)
+                    senders.append(sender)
+                    sender.start()
+        for sender in senders:
+            sender.join()
+        return [updated for item in claimed if (updated := self.outbox.get(item.id)) is not None]
 
     def finish_delivered(self) -> int:
         """Move every ``reported`` study whose current outputs are all delivered to ``dispatched``."""
