@@ -20,8 +20,10 @@ It prints both rates (studies per hour) and their ratio (the goal is >= 0.8), th
 backfill's time went: the seconds each part worked (find: every C-FIND; retrieve: the C-GETs or
 C-MOVEs, storing included; each node stage's steps, as its ``observe`` hook, the one behind
 ``spectnode_stage_seconds``, reports them; the models' own share of classify), against the
-backfill's wall time, and the CPU time of this process and of Orthanc against the cores there are.
-The part that worked closest to all of the wall time, or a CPU use near every core, is the limit.
+backfill's wall time, and the CPU time of this process and of Orthanc against the cores there are,
+per study against the model-only run's, and by thread (sampled from ``/proc/self/task``). The part
+that worked closest to all of the wall time, or a CPU use near every core, is the limit; where both
+runs keep every core busy, the ratio cannot exceed their CPU per study's ratio.
 The timings come from wrapping those calls in this process; nothing in spectnode is changed.
 """
 
@@ -120,6 +122,60 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class ThreadCpu:
+    """CPU seconds of this process's threads by name while the block runs, sampled every 0.1 s
+    (``/proc/self/task``; a thread that ends between samples loses its last 0.1 s at most)."""
+
+    def __init__(self) -> None:
+        self.latest: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        python_names = {t.native_id: t.name for t in threading.enumerate()}  # the OS knows no Python names
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                name = python_names.get(int(task.name)) or (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            self.latest[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def __enter__(self) -> ThreadCpu:
+        self._sample()
+        self.before = dict(self.latest)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def by_group(self) -> dict[str, float]:
+        """CPU seconds spent in the block by thread name (pynetdicom's and TensorFlow's grouped)."""
+        groups: defaultdict[str, float] = defaultdict(float)
+        for tid, (name, seconds) in self.latest.items():
+            spent = seconds - self.before.get(tid, (name, 0.0))[1]
+            if name in ("classify", "report", "dispatch", "assemble") or name.startswith("backfill"):
+                group = "backfill workers" if name.startswith("backfill") else name
+            elif name.startswith("dispatch-item"):
+                group = "dispatch"
+            elif name.startswith(("Requestor", "Acceptor", "Thread-", "AssociationServer")):
+                group = "pynetdicom (associations, C-GET storing)"
+            elif name == "MainThread":
+                group = "main thread"
+            else:
+                group = "TensorFlow's threads and others"
+            groups[group] += spent
+        return groups
+
+
 def bundle_paths(bundle: Path | None) -> list[Path]:
     """The bundles a node of the shipped configuration loads (``model.bundles`` null), or ``bundle``."""
     return [bundle] if bundle is not None else list(DEFAULT_BUNDLES) or [DEFAULT_BUNDLE]
@@ -148,9 +204,11 @@ def main() -> int:
         models.classify_paths(records[0].files, explain=True)  # warm-up: graph tracing, first call
 
         with timings.timed(StudyClassifier, "model_result", "model"):
+            model_cpu0 = cpu_seconds()
             started = time.perf_counter()
             results = models.classify_paths(files, explain=True)
             model_s = time.perf_counter() - started
+            model_cpu_s = cpu_seconds() - model_cpu0
         model_alone_s = timings.seconds["model"]
         assert len(results) == args.n
         timings.clear()
@@ -186,8 +244,9 @@ def main() -> int:
                 timing.enter_context(timings.stage_steps())
                 cpu0, orthanc_cpu0 = cpu_seconds(), cpu_seconds(orthanc_pid)
                 started = time.perf_counter()
-                summary = run_backfill(cfg, "bench", BackfillOptions(), Progress(io.StringIO(), terminal=False),
-                                       classifier_loader=loader)
+                with ThreadCpu() as threads_cpu:
+                    summary = run_backfill(cfg, "bench", BackfillOptions(),
+                                           Progress(io.StringIO(), terminal=False), classifier_loader=loader)
                 backfill_s = time.perf_counter() - started
                 cpu_s, orthanc_cpu_s = cpu_seconds() - cpu0, cpu_seconds(orthanc_pid) - orthanc_cpu0
             stored_back = len(pacs.instances()) - len(files)
@@ -229,6 +288,15 @@ def main() -> int:
     print(f"  CPU: this process {cpu_s:.1f} s, Orthanc {orthanc_cpu_s:.1f} s, of {cores * backfill_s:.1f} s "
           f"({cores} cores x wall): {(cpu_s + orthanc_cpu_s) / (cores * backfill_s):.0%} used (other processes on "
           "the machine not counted)")
+    # Where both runs are bound by the CPU, the ratio cannot exceed the model-only run's CPU over the backfill's.
+    print(f"  CPU per study: model only {model_cpu_s / args.n * 1000:.0f} ms ({model_cpu_s / (cores * model_s):.0%} of "
+          f"{cores} cores), backfill {(cpu_s + orthanc_cpu_s) / args.n * 1000:.0f} ms with Orthanc's; their ratio "
+          f"{model_cpu_s / (cpu_s + orthanc_cpu_s):.2f}")
+    by_thread = threads_cpu.by_group()
+    print("  CPU per study by thread: " + ", ".join(
+        f"{group} {seconds / args.n * 1000:.0f} ms" for group, seconds in sorted(by_thread.items(), key=lambda kv: -kv[1]))
+        + f"; {(cpu_s - sum(by_thread.values())) / args.n * 1000:.0f} ms in threads that ended between samples "
+        "(a sender's or an association's)")
     shares = ("model", "receive", "read", "arrays")  # parts of other parts
     serial = {key: s[key] / (backfill_s * threads) for key, _, threads in parts if key not in shares}
     busiest = max(serial, key=lambda k: serial[k])
