@@ -9,6 +9,7 @@ duplicate; a PACS that goes away mid-run is waited for.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import signal
@@ -369,3 +370,16 @@ def test_a_pacs_stopped_mid_run_makes_the_backfill_wait_and_resume(archive: Arch
         summary = _finish(proc, seen)
         assert summary["failed"] == 0 and summary["classified"] == 3, summary
         assert_each_result_once(pacs, archive, chosen)
+
+
+def test_a_pacs_rejecting_the_called_ae_title_is_refused_every_time(tmp_path: Path) -> None:
+    # Orthanc closes the connection right after its A-ASSOCIATE-RJ; pynetdicom then at times handles the
+    # close first and calls the association aborted. A permanent rejection must still read as one (not as
+    # an unavailable PACS that backfill waits for), whichever comes first: tried a dozen times.
+    with OrthancServer(tmp_path / "strict", ae_title="STRICT", check_called_aet=True) as strict:
+        cfg = parse_config(_config(tmp_path, strict, "get", free_port(), tmp_path))
+        client = PacsClient(dataclasses.replace(cfg.pacs[0], ae_title="WRONGAE"), AE_TITLE)
+        for _ in range(12):
+            with pytest.raises(PacsRefused, match="Called AE title not recognised"), client.associate(
+                    [("1.2.840.10008.1.1", None)]):
+                pass

@@ -47,7 +47,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu import A_ASSOCIATE_RJ, P_DATA_TF
 from pynetdicom.presentation import build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
@@ -372,9 +372,12 @@ def store_to_peer(
     ae.requested_contexts = contexts
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     events: set[str] = set()
+    rejections: list[Any] = []
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, lambda event: events.add("connected")),
         (evt.EVT_ACCEPTED, lambda event: events.add("accepted")),
+        (evt.EVT_PDU_RECV, lambda event: rejections.append(event.pdu) if isinstance(event.pdu, A_ASSOCIATE_RJ)
+         else None),
     ]
     answers = _ReportAnswers(commitment.on_report if commitment is not None else None)
     handlers += answers.handlers()
@@ -388,7 +391,7 @@ def store_to_peer(
             f"cannot resolve host {target.host!r}: {exc.strerror or exc}", peer_unreachable=True
         ) from None
     if not assoc.is_established:
-        raise _association_failure(assoc, target, events, timeout, started)
+        raise _association_failure(assoc, target, events, timeout, started, rejections)
 
     try:
         if commitment is not None and not any(cx.abstract_syntax == STORAGE_COMMITMENT_PUSH_MODEL
@@ -509,10 +512,14 @@ def _wait_for_report(assoc: Any, commitment: CommitmentRequest, answers: _Report
 
 
 def _association_failure(
-    assoc: Any, target: StoreTarget, events: set[str], timeout: float, started: float
+    assoc: Any, target: StoreTarget, events: set[str], timeout: float, started: float,
+    rejections: Sequence[Any] = (),
 ) -> DispatchError:
-    if assoc.is_rejected:
-        rsp = assoc.acceptor.primitive
+    # A peer that closes the connection right after its A-ASSOCIATE-RJ (DCMTK, Orthanc) may
+    # have pynetdicom handle the close first and call the association aborted; the
+    # rejection that came is still the reason.
+    rsp = assoc.acceptor.primitive if assoc.is_rejected else (rejections[0] if rejections else None)
+    if rsp is not None:
         return DispatchError(
             f"association rejected by {target}: {rsp.result_str}, source {rsp.source_str}, "
             f"reason {rsp.reason_str!r}",
