@@ -421,20 +421,17 @@ class DispatchStage:
             finally:
                 free.release()
 
-        for item in self.outbox.due(now, claim_timeout_s=self.policy.claim_timeout_s):
-            free.acquire()
-            with self._unreachable_lock:
-                backing_off = (item.destination not in unreachable
-                               and self._unreachable_until.get(item.destination, now) > now)
-            current = self._current_generation(item.study_uid)
-            if backing_off and not item.retry_requested:
-                free.release()  # its destination is backing off (an operator's retry is tried at once)
-            elif current is not None and item.generation < current:
-                free.release()
-                self._supersede(item, current, now)
-            elif not self.outbox.claim(item.id, now, claim_timeout_s=self.policy.claim_timeout_s):
-                free.release()
-            else:
+        try:
+            for item in self.outbox.due(now, claim_timeout_s=self.policy.claim_timeout_s):
+                free.acquire()
+                try:
+                    mine = self._claim_to_send(item, unreachable, now)
+                except BaseException:
+                    free.release()
+                    raise
+                if not mine:
+                    free.release()
+                    continue
                 claimed.append(item)
                 if self.parallel_sends == 1:
                     deliver(item)
@@ -443,9 +440,23 @@ class DispatchStage:
                                               daemon=True)
                     senders.append(sender)
                     sender.start()
-        for sender in senders:
-            sender.join()
+        finally:  # an error of the store ends the pass, not the items already on their way
+            for sender in senders:
+                sender.join()
         return [updated for item in claimed if (updated := self.outbox.get(item.id)) is not None]
+
+    def _claim_to_send(self, item: OutboxItem, unreachable: Mapping[str, str], now: float) -> bool:
+        """Claim a due item for sending now; False if it is not to be sent in this pass."""
+        with self._unreachable_lock:
+            backing_off = (item.destination not in unreachable
+                           and self._unreachable_until.get(item.destination, now) > now)
+        if backing_off and not item.retry_requested:
+            return False  # its destination is backing off (an operator's retry is tried at once)
+        current = self._current_generation(item.study_uid)
+        if current is not None and item.generation < current:
+            self._supersede(item, current, now)
+            return False
+        return self.outbox.claim(item.id, now, claim_timeout_s=self.policy.claim_timeout_s)
 
     def finish_delivered(self) -> int:
         """Move every ``reported`` study whose current outputs are all delivered to ``dispatched``."""
