@@ -10,6 +10,12 @@ runs ``spectnode evaluate`` of each model on the other anatomy's test set. Print
 macro AUC and per-class recall for a->a, a->b, b->b and b->a. A model that learned to read bone
 scans, not its generator's habits, loses little from a->a to a->b.
 
+Models trained elsewhere (a long CPU run with ``spectnode train``, checkpoints and ``--resume``)
+are tabled the same way, by ``spectnode evaluate`` of each on both held-out sets::
+
+    python tests/benchmarks/bench_transfer.py --trained classic=RUN_A --trained voxel=RUN_B \
+        --test-set classic=TEST_A --test-set voxel=TEST_B
+
 Smoke run (seconds, proves the plumbing only):
 
     python tests/benchmarks/bench_transfer.py --n 16 --n-test 8 --epochs 1 --input-shape 128x32 \\
@@ -59,7 +65,14 @@ def main() -> None:
     parser.add_argument("--patience", default="10", help="early-stopping patience, passed to spectnode train")
     parser.add_argument("--seed", type=int, default=1300, help="first of the four phantom seeds")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the data and bundles here")
+    parser.add_argument("--trained", action="append", default=[], metavar="ANATOMY=BUNDLE",
+                        help="a bundle trained on ANATOMY's phantoms (both anatomies: no training here)")
+    parser.add_argument("--test-set", action="append", default=[], metavar="ANATOMY=DIR",
+                        help="ANATOMY's held-out set (DIR/labels.csv), with --trained")
     args = parser.parse_args()
+    if args.trained or args.test_set:
+        evaluate_trained(parser, args.trained, args.test_set)
+        return
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-transfer-"))
     work.mkdir(parents=True, exist_ok=True)
 
@@ -90,11 +103,33 @@ def main() -> None:
                                                        "--labels", str(target / "labels.csv")))
     print(f"{args.arch} {args.input_shape}, {args.epochs} epochs, {args.n} training / {args.n_test} test studies "
           f"per anatomy (data in {work})")
+    print_table(results)
+
+
+def print_table(results: dict[tuple[str, str], dict]) -> None:
     print(f"{'train -> test':18s} {'n':>5s}  " + "  ".join(f"{h:>8s}" for h in
                                                          ("accuracy", "macroAUC", *(f"R:{c[:6]}" for c in CLASSES))))
     for trained in ANATOMIES:
         for tested in (trained, next(a for a in ANATOMIES if a != trained)):
             print(row(f"{trained} -> {tested}", results[trained, tested]))
+
+
+def evaluate_trained(parser: argparse.ArgumentParser, trained: list[str], test_sets: list[str]) -> None:
+    """Table two trained bundles (one per anatomy) on both anatomies' held-out sets."""
+    def by_anatomy(pairs: list[str], option: str) -> dict[str, Path]:
+        found = dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+        if len(found) != len(pairs) or sorted(found) != sorted(ANATOMIES):
+            parser.error(f"{option} needs ANATOMY=PATH once for each of {', '.join(ANATOMIES)}")
+        return {anatomy: Path(path) for anatomy, path in found.items()}
+
+    bundles, sets = by_anatomy(trained, "--trained"), by_anatomy(test_sets, "--test-set")
+    results = {(a, b): json.loads(spectnode("evaluate", "--bundle", str(bundles[a]), "--data", str(sets[b]),
+                                            "--labels", str(sets[b] / "labels.csv")))
+               for a in ANATOMIES for b in ANATOMIES}
+    for anatomy in ANATOMIES:
+        print(f"trained on {anatomy}: {bundles[anatomy]}")
+    print("held out: " + ", ".join(f"{a} {sets[a]}" for a in ANATOMIES))
+    print_table(results)
 
 
 if __name__ == "__main__":
