@@ -470,7 +470,57 @@ def test_parallel_sends_try_an_unreachable_destination_at_most_once_per_sender_p
     tried = stage.deliver_due()
     assert 1 <= len(calls) <= 3  # only the items already on their way when the first refusal came back
     assert [(i.state, i.attempts) for i in tried] == [("pending", 1)] * 8
-    assert stage.deliver_due() == []  # backing off: the next pass claims none of them
+    stage.outbox.enqueue("1.2.3.9", "pacs", "sr", study_a[1][-1:])  # due now, but its destination backs off
+    assert stage.deliver_due() == [] and len(calls) <= 3
+
+
+def test_a_peer_that_takes_two_associations_gets_every_item_sent_fewer_at_once(
+    tmp_path: Path, study_a: tuple[str, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A modality or small PACS that takes two associations at once rejects a third "for now"
+    # (A-ASSOCIATE-RJ transient, local limit exceeded): no attempt is counted for that, and the
+    # stage sends that destination fewer at once from then on.
+    port = free_port()
+    ae = AE(ae_title="LIMITED")
+    ae.maximum_associations = 2
+    ae.add_supported_context(ComprehensiveSRStorage, [ExplicitVRLittleEndian])
+
+    def slow_store(event: evt.Event) -> int:
+        time.sleep(0.3)  # the peer writes the object to its disk before it answers
+        return 0x0000
+
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, slow_store)])
+    try:
+        dest = DestinationConfig(name="limited", type="dicom", ae_title="LIMITED", host="127.0.0.1", port=port)
+        stage = dispatcher(tmp_path, {"limited": dest}, parallel_sends=4)
+        ids = [stage.outbox.enqueue(f"1.2.3.{i}", "limited", "sr", study_a[1][-1:]) for i in range(12)]
+        for _ in range(20):
+            if not stage.deliver_due():
+                break
+        items = stage.outbox.list_items()
+        assert sorted(i.id for i in items if i.state == "delivered") == sorted(ids)
+        assert all(i.attempts == 0 for i in items)  # a rejection for now at our own concurrency is no attempt
+        assert stage._most_at_once["limited"] <= 2
+        assert "rejected an association for now" in caplog.text
+    finally:
+        server.shutdown()
+
+
+def test_an_error_of_the_store_in_a_sender_is_raised_by_the_pass(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dest, send=lambda *a, **k: None, parallel_sends=3)
+    for i in range(5):
+        stage.outbox.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:])
+
+    def broken_delivered(*args: object, **kwargs: object) -> bool:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    stage.outbox.delivered = broken_delivered  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        stage.deliver_due()
+    assert not [t for t in threading.enumerate() if t.name.startswith("dispatch-item-")]  # none left running
 
 
 def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
@@ -480,21 +530,23 @@ def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: 
     ids = [setup.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:]) for i in range(24)]
     sent: Counter[tuple[Path, ...]] = Counter()
     lock = threading.Lock()
-    # Each worker's first send waits until all three are sending at once: every worker has claimed
-    # an item and the rest of the queue is still open to all of them.
+    # The first three sends wait until all three are on their way at once: the three workers have
+    # each claimed an item and the rest of the queue is still open to all of them.
     all_sending = threading.Barrier(3)
-    first_sends: set[int] = set()
+    started = 0
 
     def slow_send(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        nonlocal started
         with lock:
-            first = threading.get_ident() not in first_sends
-            first_sends.add(threading.get_ident())
-        if first:
+            started += 1
+            first_three = started <= 3
+        if first_three:
             all_sending.wait(120)  # a generous deadline only a hang reaches (BrokenBarrierError)
         with lock:
             sent[files] += 1
 
-    shared = dispatcher(tmp_path, dest, send=slow_send)  # one stage used by two threads, plus a second one
+    # Two threads on one stage (its parallel_sends, 2, bounds both together) and a second stage (1).
+    shared = dispatcher(tmp_path, dest, send=slow_send, parallel_sends=2)
     workers = [
         threading.Thread(target=stage.deliver_due)
         for stage in (shared, shared, dispatcher(tmp_path, dest, send=slow_send))
@@ -503,8 +555,8 @@ def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: 
         worker.start()
     for worker in workers:
         worker.join()
-    assert len(first_sends) == 3  # the three workers sent at the same time
-    assert sum(sent.values()) == len(ids)
+    assert not all_sending.broken  # three sends were on their way at the same time
+    assert sum(sent.values()) == len(ids)  # and none twice
     assert [i.state for i in setup.list_items()] == ["delivered"] * len(ids)
 
 

@@ -18,10 +18,14 @@ class DispatchError(Exception):
         peer_unreachable: True when no DICOM association could be opened at
             all (connection refused, timeout, rejected); other items for the
             same destination would fail the same way right now.
+        rejected_for_now: The peer rejected the association as transient
+            (A-ASSOCIATE-RJ result 2), e.g. at its limit of associations.
     """
 
-    def __init__(self, reason: str, *, retryable: bool = True, peer_unreachable: bool = False) -> None:
+    def __init__(self, reason: str, *, retryable: bool = True, peer_unreachable: bool = False,
+                 rejected_for_now: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.peer_unreachable = peer_unreachable
+        self.rejected_for_now = rejected_for_now

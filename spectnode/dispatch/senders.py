@@ -524,6 +524,7 @@ def _association_failure(
             f"association rejected by {target}: {rsp.result_str}, source {rsp.source_str}, "
             f"reason {rsp.reason_str!r}",
             peer_unreachable=True,
+            rejected_for_now=rsp.result == 0x02,
         )
     if "connected" not in events:
         return DispatchError(_connect_failure_reason(target, timeout), peer_unreachable=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -204,7 +205,12 @@ class DispatchStage:
         if parallel_sends < 1:
             raise ValueError(f"parallel_sends must be at least 1, not {parallel_sends}")
         self.parallel_sends = parallel_sends
-        self._unreachable_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._lock)
+        self._in_flight: Counter[str] = Counter()  # items on their way, by destination
+        # Destinations that rejected an association "for now" while others of ours were open
+        # (a PACS or modality that takes only so many at once), and how many they took.
+        self._most_at_once: dict[str, int] = {}
         self.disk = disk if disk is not None else unguarded(data_dir.root)
         self.on_delivered = on_delivered
         self.store = store
@@ -293,7 +299,7 @@ class DispatchStage:
             if not self.outbox.dead(item.id, item.attempts, reason, now=self.clock()):
                 self._settled_meanwhile(item, reason)
             return
-        with self._unreachable_lock:
+        with self._lock:
             known_unreachable = unreachable.get(item.destination)
         if known_unreachable is not None:
             self._record_failure(item, known_unreachable, retryable=True)
@@ -308,6 +314,8 @@ class DispatchStage:
                 self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
                           timeout=self.timeout)
         except DispatchError as exc:
+            if exc.rejected_for_now and self._fewer_at_once(item, exc.reason):
+                return
             if is_disk_full(exc):  # a full disk is no fault of the item: not an attempt towards a dead letter
                 self.disk.write_failed(self.name, exc, item.study_uid)
                 if not self.outbox.failed(item.id, item.attempts, self.clock() + self.disk.retry_seconds,
@@ -315,12 +323,12 @@ class DispatchStage:
                     self._settled_meanwhile(item, exc.reason)
                 return
             self._record_failure(item, exc.reason, exc.retryable)
-            with self._unreachable_lock:
+            retry_at = (self.outbox.get(item.id) or item).next_attempt_at
+            with self._lock:
                 if exc.peer_unreachable:
                     unreachable[item.destination] = exc.reason
-                    retry_at = (self.outbox.get(item.id) or item).next_attempt_at
                     self._unreachable_until[item.destination] = retry_at
-                else:
+                elif item.destination not in unreachable:  # a sender's refusal meanwhile stands
                     self._unreachable_until.pop(item.destination, None)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the stage; keep the item retrying
             _log.exception("outbox item %d: unexpected error while sending", item.id)
@@ -337,7 +345,8 @@ class DispatchStage:
                     _log.info("outbox item %d (%s of %s to %s): sent (%s), but no longer this worker's to record",
                               item.id, item.kind, item.study_uid, item.destination, acknowledgement)
             self.disk.write_succeeded(self.name)
-            with self._unreachable_lock:
+            with self._lock:  # it took this one: the destination is reachable again
+                unreachable.pop(item.destination, None)
                 self._unreachable_until.pop(item.destination, None)
             if self.on_delivered is not None:
                 try:
@@ -404,50 +413,93 @@ class DispatchStage:
 
         Each item is claimed first (:meth:`spectnode.store.Outbox.claim`), so
         concurrent workers (threads or processes) never send one item twice.
-        Up to ``parallel_sends`` items are on their way at once; an item is
-        claimed only when a sender is free for it, so a claim never waits
-        in a queue towards its timeout.
+        Up to ``parallel_sends`` items are on their way at once (fewer to a
+        destination that rejected an association for now while others were
+        open); an item is claimed only when a sender is free for it. An error
+        of the store ends the pass once the items on their way are done, and
+        is raised.
         """
         self.supersede_outdated()
-        now = self.clock()
         unreachable: dict[str, str] = {}
         claimed: list[OutboxItem] = []
-        free = threading.Semaphore(self.parallel_sends)
         senders: list[threading.Thread] = []
+        errors: list[BaseException] = []
 
         def deliver(item: OutboxItem) -> None:
             try:
                 self._deliver(item, unreachable)
+            except BaseException as exc:  # noqa: BLE001 - raised by the pass, after the others
+                errors.append(exc)
             finally:
-                free.release()
+                self._release(item.destination)
 
         try:
-            for item in self.outbox.due(now, claim_timeout_s=self.policy.claim_timeout_s):
-                free.acquire()
+            for item in self.outbox.due(self.clock(), claim_timeout_s=self.policy.claim_timeout_s):
+                with self._slot_freed:
+                    while not self._room_for(item.destination):
+                        self._slot_freed.wait()
+                    self._in_flight[item.destination] += 1
+                if errors:
+                    self._release(item.destination)
+                    break
                 try:
-                    mine = self._claim_to_send(item, unreachable, now)
+                    mine = self._claim_to_send(item, unreachable, self.clock())
                 except BaseException:
-                    free.release()
+                    self._release(item.destination)
                     raise
                 if not mine:
-                    free.release()
+                    self._release(item.destination)
                     continue
                 claimed.append(item)
                 if self.parallel_sends == 1:
                     deliver(item)
-                else:
-                    sender = threading.Thread(target=deliver, args=(item,), name=f"dispatch-item-{item.id}",
-                                              daemon=True)
-                    senders.append(sender)
+                    continue
+                sender = threading.Thread(target=deliver, args=(item,), name=f"dispatch-item-{item.id}", daemon=True)
+                try:
                     sender.start()
-        finally:  # an error of the store ends the pass, not the items already on their way
+                except BaseException:
+                    self._release(item.destination)
+                    self.outbox.failed(item.id, item.attempts, self.clock(), "not sent: no thread to send it",
+                                       now=self.clock())
+                    raise
+                senders.append(sender)
+        finally:
             for sender in senders:
                 sender.join()
+        if errors:
+            raise errors[0]
         return [updated for item in claimed if (updated := self.outbox.get(item.id)) is not None]
+
+    def _room_for(self, destination: str) -> bool:
+        """Whether another item for ``destination`` may be on its way now (called holding the lock)."""
+        limit = self._most_at_once.get(destination, self.parallel_sends)
+        return sum(self._in_flight.values()) < self.parallel_sends and self._in_flight[destination] < limit
+
+    def _release(self, destination: str) -> None:
+        with self._slot_freed:
+            self._in_flight[destination] -= 1
+            self._slot_freed.notify_all()
+
+    def _fewer_at_once(self, item: OutboxItem, reason: str) -> bool:
+        """After a rejection "for now": if other items for the destination were on their way, it is
+        at its limit of associations; from now on send it fewer at once, and put this item back
+        without counting an attempt. False if none were (an ordinary failed attempt)."""
+        with self._lock:
+            others = self._in_flight[item.destination] - 1
+            if others < 1:
+                return False
+            self._most_at_once[item.destination] = min(others, self._most_at_once.get(item.destination, others))
+            limit = self._most_at_once[item.destination]
+        _log.warning("destination %s rejected an association for now while %d other(s) of ours were open: "
+                     "sending it at most %d at once from now on (%s)", item.destination, others, limit, reason)
+        if not self.outbox.failed(item.id, item.attempts, self.clock(), f"sent again, fewer at once: {reason}",
+                                  now=self.clock()):
+            self._settled_meanwhile(item, reason)
+        return True
 
     def _claim_to_send(self, item: OutboxItem, unreachable: Mapping[str, str], now: float) -> bool:
         """Claim a due item for sending now; False if it is not to be sent in this pass."""
-        with self._unreachable_lock:
+        with self._lock:
             backing_off = (item.destination not in unreachable
                            and self._unreachable_until.get(item.destination, now) > now)
         if backing_off and not item.retry_requested:
