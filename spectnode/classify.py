@@ -24,13 +24,20 @@ if TYPE_CHECKING:
 
     from .explain import LayerCam
 
-__all__ = ["DEFAULT_BUNDLE", "DEFAULT_BUNDLES", "Classifiers", "StudyClassifier", "StudyResult", "find_dicom_files"]
+__all__ = ["DEFAULT_BUNDLE", "DEFAULT_BUNDLES", "Classifiers", "StudyClassifier", "StudyResult", "bundle_paths",
+           "find_dicom_files"]
 
 _DATA = Path(__file__).resolve().parent / "data"
 #: The aggregate-view bundle shipped inside the package, trained on synthetic phantoms only.
 DEFAULT_BUNDLE = _DATA / "default_bundle"
 #: Every bundle shipped inside the package, in the order the node runs them (``model.bundles: null``).
 DEFAULT_BUNDLES: tuple[Path, ...] = tuple(p for p in (DEFAULT_BUNDLE, _DATA / "per_view_bundle") if p.is_dir())
+
+
+def bundle_paths(configured: Sequence[str | Path] | None = None) -> list[Path]:
+    """The bundles a node runs, in order: ``configured`` (``model.bundles``), or else the shipped
+    ones; :data:`DEFAULT_BUNDLE` if the package lost them, so that loading says which is missing."""
+    return [Path(p) for p in configured] if configured else list(DEFAULT_BUNDLES) or [DEFAULT_BUNDLE]
 
 
 class StudyClassifier:
@@ -177,8 +184,8 @@ class Classifiers:
 
     @classmethod
     def from_bundles(cls, paths: Sequence[str | Path] | None = None) -> Classifiers:
-        """Load and verify bundles (``None`` or empty: the shipped ones, :data:`DEFAULT_BUNDLES`)."""
-        return cls([StudyClassifier.from_bundle(p) for p in (paths or DEFAULT_BUNDLES)])
+        """Load and verify bundles (``None`` or empty: the shipped ones, see :func:`bundle_paths`)."""
+        return cls([StudyClassifier.from_bundle(p) for p in bundle_paths(paths)])
 
     def __iter__(self) -> Iterator[StudyClassifier]:
         return iter(self.classifiers)

@@ -113,11 +113,10 @@ def algorithm_of(cfg: Config, bundles: Sequence[Path] | None) -> AlgorithmInfo:
     configuration's results.
     """
     from spectnode.bundle import read_card
-    from spectnode.classify import DEFAULT_BUNDLE, DEFAULT_BUNDLES
+    from spectnode.classify import bundle_paths
     from spectnode.report import AlgorithmInfo
 
-    paths = list(bundles or cfg.model.bundles or DEFAULT_BUNDLES) or [DEFAULT_BUNDLE]
-    return AlgorithmInfo.from_card(read_card(paths[0]))
+    return AlgorithmInfo.from_card(read_card(bundle_paths(bundles or cfg.model.bundles)[0]))
 
 
 def _same_algorithm(found: tuple[str, str, str, str], algorithm: AlgorithmInfo) -> bool:

@@ -36,9 +36,9 @@ _log = logging.getLogger("spectnode.node")
 
 def _verify_bundles(cfg: Config, out: TextIO) -> bool:
     from spectnode.bundle import BundleError, verify_bundle
-    from spectnode.classify import DEFAULT_BUNDLES
+    from spectnode.classify import bundle_paths
 
-    for i, path in enumerate(cfg.model.bundles or DEFAULT_BUNDLES):
+    for i, path in enumerate(bundle_paths(cfg.model.bundles)):
         try:
             verify_bundle(path)
         except BundleError as exc:

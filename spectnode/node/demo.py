@@ -47,7 +47,7 @@ def run_demo(workdir: Path | None = None, *, bundles: Sequence[Path] | None = No
     """
     from spectnode import RESEARCH_USE_NOTICE
     from spectnode.bundle import BundleError, verify_bundle
-    from spectnode.classify import DEFAULT_BUNDLES
+    from spectnode.classify import bundle_paths
     from spectnode.dispatch import DispatchError, StoreTarget, store_to_peer
     from spectnode.phantom.generate import generate_phantoms
 
@@ -56,7 +56,7 @@ def run_demo(workdir: Path | None = None, *, bundles: Sequence[Path] | None = No
     workdir.mkdir(parents=True, exist_ok=True)
     workdir = workdir.resolve()
     try:
-        for bundle in bundles or DEFAULT_BUNDLES:
+        for bundle in bundle_paths(bundles):
             verify_bundle(bundle)
     except BundleError as exc:
         _say(f"spectnode demo: the model bundle cannot be used: {exc}")

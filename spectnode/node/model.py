@@ -47,11 +47,9 @@ class NodeModels:
         self._algorithms: dict[str, AlgorithmInfo] = {}
 
     def _paths(self) -> Sequence[Path | None]:
-        if self.bundles:
-            return self.bundles
-        from spectnode.classify import DEFAULT_BUNDLES
+        from spectnode.classify import bundle_paths
 
-        return DEFAULT_BUNDLES or (None,)
+        return bundle_paths(self.bundles)
 
     def classifiers(self) -> Classifiers:
         """The loaded classifiers (loaded now if they are not yet).

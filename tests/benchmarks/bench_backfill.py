@@ -47,7 +47,7 @@ import spectnode.backfill.run as backfill_run  # noqa: E402
 from spectnode.backfill.progress import Progress  # noqa: E402
 from spectnode.backfill.query import PacsClient  # noqa: E402
 from spectnode.backfill.run import BackfillOptions, run_backfill  # noqa: E402
-from spectnode.classify import DEFAULT_BUNDLE, DEFAULT_BUNDLES, Classifiers, StudyClassifier  # noqa: E402
+from spectnode.classify import DEFAULT_BUNDLE, Classifiers, StudyClassifier, bundle_paths  # noqa: E402
 from spectnode.config import parse_config  # noqa: E402
 from spectnode.node import worker  # noqa: E402
 from spectnode.node.stages import classify as classify_stage  # noqa: E402
@@ -176,11 +176,6 @@ class ThreadCpu:
         return groups
 
 
-def bundle_paths(bundle: Path | None) -> list[Path]:
-    """The bundles a node of the shipped configuration loads (``model.bundles`` null), or ``bundle``."""
-    return [bundle] if bundle is not None else list(DEFAULT_BUNDLES) or [DEFAULT_BUNDLE]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", "--studies", dest="n", type=int, default=50, help="studies (default 50)")
@@ -192,7 +187,7 @@ def main() -> int:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
 
-    paths = bundle_paths(args.bundle)
+    paths = bundle_paths([args.bundle] if args.bundle is not None else None)  # as model.bundles
     loaded = {p.resolve(): StudyClassifier.from_bundle(p) for p in paths}
     models = Classifiers(list(loaded.values()))
     timings = Timings()
@@ -292,10 +287,10 @@ def main() -> int:
     print(f"  CPU per study: model only {model_cpu_s / args.n * 1000:.0f} ms ({model_cpu_s / (cores * model_s):.0%} of "
           f"{cores} cores), backfill {(cpu_s + orthanc_cpu_s) / args.n * 1000:.0f} ms with Orthanc's; their ratio "
           f"{model_cpu_s / (cpu_s + orthanc_cpu_s):.2f}")
-    by_thread = threads_cpu.by_group()
+    by_thread = sorted(threads_cpu.by_group().items(), key=lambda kv: -kv[1])
     print("  CPU per study by thread: " + ", ".join(
-        f"{group} {seconds / args.n * 1000:.0f} ms" for group, seconds in sorted(by_thread.items(), key=lambda kv: -kv[1]))
-        + f"; {(cpu_s - sum(by_thread.values())) / args.n * 1000:.0f} ms in threads that ended between samples "
+        f"{group} {seconds / args.n * 1000:.0f} ms" for group, seconds in by_thread)
+        + f"; {(cpu_s - sum(v for _, v in by_thread)) / args.n * 1000:.0f} ms in threads that ended between samples "
         "(a sender's or an association's)")
     shares = ("model", "receive", "read", "arrays")  # parts of other parts
     serial = {key: s[key] / (backfill_s * threads) for key, _, threads in parts if key not in shares}
