@@ -52,7 +52,7 @@ def fsync_file(path: Path) -> None:
 def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     folder = path.parent
-    created = not folder.is_dir()
+    missing = [d for d in (folder, *folder.parents) if not d.is_dir()]
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -66,8 +66,11 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.unlink(tmp_name)
         raise
     fsync_dir(folder)
-    if created:
-        fsync_dir(folder.parent)
+    # Each new folder's entry in its parent; the folder's own entry always, since another
+    # thread may have created it a moment ago and not made it durable yet (the fsync of a
+    # folder with nothing new costs next to nothing).
+    for created in missing or [folder]:
+        fsync_dir(created.parent)
 
 
 def write_durably(path: Path, data: bytes) -> None:
