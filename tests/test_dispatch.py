@@ -523,6 +523,22 @@ def test_an_error_of_the_store_in_a_sender_is_raised_by_the_pass(
     assert not [t for t in threading.enumerate() if t.name.startswith("dispatch-item-")]  # none left running
 
 
+def test_a_stopping_node_claims_no_more_items_in_a_pass(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    stopping = threading.Event()
+
+    def send_then_stop(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        stopping.set()  # SIGTERM while the first item is on its way
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    stage = DispatchStage(store, DataDir(tmp_path), dest, NODE_AE, send=send_then_stop, stopping=stopping)
+    for i in range(4):
+        stage.outbox.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:])
+    tried = stage.deliver_due()
+    assert [i.state for i in tried] == ["delivered"]  # the one on its way is finished
+    assert [(i.state, i.attempts) for i in stage.outbox.list_items()][1:] == [("pending", 0)] * 3
+
+
 def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
     db = tmp_path / "jobs.sqlite"
     dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}

@@ -200,7 +200,7 @@ class Node:
             observe = self.metrics.observe_stage
         audit = self.audit
         dispatch = StageThread(DispatchStage(store, self.data_dir, destinations, cfg.node.ae_title, policy=policy,
-                                             parallel_sends=cfg.dispatch.parallel_sends,
+                                             parallel_sends=cfg.dispatch.parallel_sends, stopping=self._stopping,
                                              disk=disk, on_delivered=audit.instances_sent if audit else None),
                                self._stopping, disk=disk, observe=observe)
         report = StageThread(ReportStage(store, self.data_dir, self.models.algorithms, cfg.destinations, disk=disk),

@@ -182,6 +182,8 @@ class DispatchStage:
             delivery (the audit trail); exceptions in it are logged only.
         parallel_sends: Items on their way at once, each in a thread and on
             an association of its own (``dispatch.parallel_sends``).
+        stopping: Once set (the node stops), a pass claims no more items; the
+            ones on their way are finished.
 
     The stage's clock is the job store's (``store.clock``).
     """
@@ -201,7 +203,9 @@ class DispatchStage:
         disk: DiskSpace | None = None,
         on_delivered: Callable[[DestinationConfig, OutboxItem], None] | None = None,
         parallel_sends: int = 1,
+        stopping: threading.Event | None = None,
     ) -> None:
+        self.stopping = stopping
         if parallel_sends < 1:
             raise ValueError(f"parallel_sends must be at least 1, not {parallel_sends}")
         self.parallel_sends = parallel_sends
@@ -435,6 +439,8 @@ class DispatchStage:
 
         try:
             for item in self.outbox.due(self.clock(), claim_timeout_s=self.policy.claim_timeout_s):
+                if self.stopping is not None and self.stopping.is_set():
+                    break
                 with self._slot_freed:
                     while not self._room_for(item.destination):
                         self._slot_freed.wait()
