@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Final
 
@@ -52,7 +53,6 @@ def fsync_file(path: Path) -> None:
 def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     folder = path.parent
-    missing = [d for d in (folder, *folder.parents) if not d.is_dir()]
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -66,11 +66,28 @@ def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.unlink(tmp_name)
         raise
     fsync_dir(folder)
-    # Each new folder's entry in its parent; the folder's own entry always, since another
-    # thread may have created it a moment ago and not made it durable yet (the fsync of a
-    # folder with nothing new costs next to nothing).
-    for created in missing or [folder]:
-        fsync_dir(created.parent)
+    _make_entries_durable(folder)
+
+
+#: Folders whose entry in their parent this process has fsynced (they stay durable).
+_DURABLE_FOLDERS: set[Path] = set()
+_DURABLE_LOCK = threading.Lock()
+
+
+def _make_entries_durable(folder: Path) -> None:
+    """fsync the parent of ``folder`` and of each folder above it, up to one this process made
+    durable before. Not "the folders this write created": another thread may have created them a
+    moment ago and not fsynced their parents yet."""
+    absolute = folder.absolute()
+    for current in (absolute, *absolute.parents):
+        with _DURABLE_LOCK:
+            if current in _DURABLE_FOLDERS:
+                return
+        if current.parent == current:
+            return  # the file system's root
+        fsync_dir(current.parent)
+        with _DURABLE_LOCK:
+            _DURABLE_FOLDERS.add(current)
 
 
 def write_durably(path: Path, data: bytes) -> None:

@@ -26,7 +26,7 @@ from pynetdicom.sop_class import NuclearMedicineImageStorage
 from spectnode.config import DestinationConfig
 from spectnode.dispatch import DispatchError, copy_to_folder, send_files
 from spectnode.node.datadir import DataDir
-from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy, SendFunction
+from spectnode.node.stages.dispatch import RAISE_LIMIT_AFTER, DispatchStage, RetryPolicy, SendFunction
 from spectnode.node.status import format_outbox_status
 from spectnode.peer import Peer
 from spectnode.phantom.generate import generate_phantoms
@@ -494,9 +494,10 @@ def test_a_peer_that_takes_two_associations_gets_every_item_sent_fewer_at_once(
         dest = DestinationConfig(name="limited", type="dicom", ae_title="LIMITED", host="127.0.0.1", port=port)
         stage = dispatcher(tmp_path, {"limited": dest}, parallel_sends=4)
         ids = [stage.outbox.enqueue(f"1.2.3.{i}", "limited", "sr", study_a[1][-1:]) for i in range(12)]
-        for _ in range(20):
+        deadline = time.monotonic() + 60  # items put back are due again a second later
+        while time.monotonic() < deadline and any(i.state != "delivered" for i in stage.outbox.list_items()):
             if not stage.deliver_due():
-                break
+                time.sleep(0.1)
         items = stage.outbox.list_items()
         assert sorted(i.id for i in items if i.state == "delivered") == sorted(ids)
         assert all(i.attempts == 0 for i in items)  # a rejection for now at our own concurrency is no attempt
@@ -539,6 +540,73 @@ def test_a_stopping_node_claims_no_more_items_in_a_pass(tmp_path: Path, study_a:
     assert [(i.state, i.attempts) for i in stage.outbox.list_items()][1:] == [("pending", 0)] * 3
 
 
+def test_a_node_stopping_while_the_senders_are_busy_claims_nothing_more(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    stopping, release = threading.Event(), threading.Event()
+    sent: list[int] = []
+    lock = threading.Lock()
+
+    def held_send(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        with lock:
+            sent.append(1)
+        release.wait(120)
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    stage = DispatchStage(store, DataDir(tmp_path), dest, NODE_AE, send=held_send, parallel_sends=2,
+                          stopping=stopping)
+    for i in range(5):
+        stage.outbox.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:])
+    passing = threading.Thread(target=stage.deliver_due)
+    passing.start()
+    deadline = time.monotonic() + 60
+    while len(sent) < 2 and time.monotonic() < deadline:  # both senders busy; the pass waits for room
+        time.sleep(0.01)
+    stopping.set()
+    release.set()
+    passing.join(60)
+    assert not passing.is_alive() and len(sent) == 2
+    assert sorted(i.state for i in stage.outbox.list_items()) == ["delivered"] * 2 + ["pending"] * 3
+
+
+def test_a_destination_sent_fewer_at_once_holds_up_no_other(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    dests = {name: DestinationConfig(name=name, type="folder", path=tmp_path / name) for name in ("slow", "fast")}
+    slow_busy, order = threading.Event(), []
+    lock = threading.Lock()
+
+    def send(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        if destination.name == "slow":
+            slow_busy.wait(5)  # until the fast one's items are through (or 5 s: the old head-of-line wait)
+        with lock:
+            order.append(destination.name)
+        if destination.name == "fast" and order.count("fast") == 3:
+            slow_busy.set()
+
+    stage = dispatcher(tmp_path, dests, send=send, parallel_sends=3)
+    stage._most_at_once["slow"] = 1  # as after the peer rejected associations for now
+    for i, name in enumerate(["slow", "slow", "fast", "fast", "fast"]):
+        stage.outbox.enqueue(f"1.2.3.{i}", name, "sr", study_a[1][-1:])
+    started = time.monotonic()
+    while stage.deliver_due():
+        pass
+    assert order[:3] == ["fast"] * 3 and order.count("slow") == 2
+    assert time.monotonic() - started < 4  # the fast items did not wait behind the slow destination
+
+
+def test_a_destination_sent_fewer_at_once_takes_more_again_after_deliveries(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dest, send=lambda *a, **k: None, parallel_sends=3)
+    stage._most_at_once["local"] = 1
+    for i in range(RAISE_LIMIT_AFTER):
+        stage.outbox.enqueue(f"1.2.3.{i}", "local", "sr", study_a[1][-1:])
+    while stage.deliver_due():
+        pass
+    assert stage._most_at_once["local"] == 2
+
+
 def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
     db = tmp_path / "jobs.sqlite"
     dest = {"local": DestinationConfig(name="local", type="folder", path=tmp_path / "out")}
@@ -551,15 +619,23 @@ def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: 
     all_sending = threading.Barrier(3)
     started = 0
 
+    on_shared, most_on_shared = 0, 0
+
     def slow_send(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
-        nonlocal started
+        nonlocal started, on_shared, most_on_shared
+        shared_stage = threading.current_thread().name.startswith("dispatch-item-")  # the second stage sends inline
         with lock:
             started += 1
             first_three = started <= 3
+            if shared_stage:
+                on_shared += 1
+                most_on_shared = max(most_on_shared, on_shared)
         if first_three:
             all_sending.wait(120)  # a generous deadline only a hang reaches (BrokenBarrierError)
         with lock:
             sent[files] += 1
+            if shared_stage:
+                on_shared -= 1
 
     # Two threads on one stage (its parallel_sends, 2, bounds both together) and a second stage (1).
     shared = dispatcher(tmp_path, dest, send=slow_send, parallel_sends=2)
@@ -572,6 +648,7 @@ def test_outbox_concurrent_workers_send_each_item_once(tmp_path: Path, study_a: 
     for worker in workers:
         worker.join()
     assert not all_sending.broken  # three sends were on their way at the same time
+    assert most_on_shared == 2  # the shared stage's two threads together kept to its parallel_sends
     assert sum(sent.values()) == len(ids)  # and none twice
     assert [i.state for i in setup.list_items()] == ["delivered"] * len(ids)
 

@@ -37,7 +37,9 @@ nothing of the store), or another function with its signature.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
@@ -64,6 +66,13 @@ __all__ = ["SAME_ASSOCIATION_REPORT_SECONDS", "DispatchStage", "RetryPolicy", "S
            "record_commitment_report"]
 
 _log = logging.getLogger("spectnode.dispatch")
+
+#: A transient association rejection this soon after a delivery of ours to the peer is taken
+#: for the peer still counting it; such an item goes back, due again after BUSY_RETRY_SECONDS.
+BUSY_GRACE_SECONDS: Final = 2.0
+BUSY_RETRY_SECONDS: Final = 1.0
+#: Deliveries in a row after which a destination sent fewer at once may take one more again.
+RAISE_LIMIT_AFTER: Final = 20
 
 #: After a Storage Commitment request, the association stays open this long for a report on
 #: it (PS3.4 J.3.3 allows it there); a peer that reports later opens an association of its own.
@@ -215,6 +224,8 @@ class DispatchStage:
         # Destinations that rejected an association "for now" while others of ours were open
         # (a PACS or modality that takes only so many at once), and how many they took.
         self._most_at_once: dict[str, int] = {}
+        self._took_in_a_row: Counter[str] = Counter()
+        self._last_done: dict[str, float] = {}  # monotonic time of the destination's last delivery
         self.disk = disk if disk is not None else unguarded(data_dir.root)
         self.on_delivered = on_delivered
         self.store = store
@@ -349,6 +360,7 @@ class DispatchStage:
                     _log.info("outbox item %d (%s of %s to %s): sent (%s), but no longer this worker's to record",
                               item.id, item.kind, item.study_uid, item.destination, acknowledgement)
             self.disk.write_succeeded(self.name)
+            self._took_one(item.destination)
             with self._lock:  # it took this one: the destination is reachable again
                 unreachable.pop(item.destination, None)
                 self._unreachable_until.pop(item.destination, None)
@@ -439,11 +451,13 @@ class DispatchStage:
 
         try:
             for item in self.outbox.due(self.clock(), claim_timeout_s=self.policy.claim_timeout_s):
-                if self.stopping is not None and self.stopping.is_set():
-                    break
                 with self._slot_freed:
-                    while not self._room_for(item.destination):
-                        self._slot_freed.wait()
+                    while not self._stopped() and sum(self._in_flight.values()) >= self.parallel_sends:
+                        self._slot_freed.wait(0.5)
+                    if self._stopped():
+                        break
+                    if self._in_flight[item.destination] >= self._limit(item.destination):
+                        continue  # its destination takes no more at once: the next pass, not a wait here
                     self._in_flight[item.destination] += 1
                 if errors:
                     self._release(item.destination)
@@ -463,7 +477,7 @@ class DispatchStage:
                 sender = threading.Thread(target=deliver, args=(item,), name=f"dispatch-item-{item.id}", daemon=True)
                 try:
                     sender.start()
-                except BaseException:
+                except RuntimeError:  # no thread to be had
                     self._release(item.destination)
                     self.outbox.failed(item.id, item.attempts, self.clock(), "not sent: no thread to send it",
                                        now=self.clock())
@@ -476,30 +490,49 @@ class DispatchStage:
             raise errors[0]
         return [updated for item in claimed if (updated := self.outbox.get(item.id)) is not None]
 
-    def _room_for(self, destination: str) -> bool:
-        """Whether another item for ``destination`` may be on its way now (called holding the lock)."""
-        limit = self._most_at_once.get(destination, self.parallel_sends)
-        return sum(self._in_flight.values()) < self.parallel_sends and self._in_flight[destination] < limit
+    def _stopped(self) -> bool:
+        return self.stopping is not None and self.stopping.is_set()
+
+    def _limit(self, destination: str) -> int:
+        """How many items ``destination`` may have on their way at once (called holding the lock)."""
+        return self._most_at_once.get(destination, self.parallel_sends)
 
     def _release(self, destination: str) -> None:
         with self._slot_freed:
             self._in_flight[destination] -= 1
             self._slot_freed.notify_all()
 
+    def _took_one(self, destination: str) -> None:
+        """A delivery went through: after :data:`RAISE_LIMIT_AFTER` in a row, allow one more at once again."""
+        with self._lock:
+            self._last_done[destination] = time.monotonic()
+            if destination not in self._most_at_once:
+                return
+            self._took_in_a_row[destination] += 1
+            if self._took_in_a_row[destination] >= RAISE_LIMIT_AFTER:
+                self._took_in_a_row[destination] = 0
+                self._most_at_once[destination] += 1
+                if self._most_at_once[destination] >= self.parallel_sends:
+                    del self._most_at_once[destination]
+
     def _fewer_at_once(self, item: OutboxItem, reason: str) -> bool:
-        """After a rejection "for now": if other items for the destination were on their way, it is
-        at its limit of associations; from now on send it fewer at once, and put this item back
-        without counting an attempt. False if none were (an ordinary failed attempt)."""
+        """After a rejection "for now": if other items of ours for the destination were on their way,
+        or one had just been delivered (a peer counts an association until it has torn it down), the peer
+        is at its limit of associations. It is sent one fewer at once from now on (at least one),
+        and this item goes back, due in :data:`BUSY_RETRY_SECONDS`, with no attempt counted.
+        False if ours were not the cause (an ordinary failed attempt)."""
         with self._lock:
             others = self._in_flight[item.destination] - 1
-            if others < 1:
+            just_done = time.monotonic() - self._last_done.get(item.destination, -math.inf) < BUSY_GRACE_SECONDS
+            if others < 1 and not just_done:
                 return False
-            self._most_at_once[item.destination] = min(others, self._most_at_once.get(item.destination, others))
-            limit = self._most_at_once[item.destination]
-        _log.warning("destination %s rejected an association for now while %d other(s) of ours were open: "
-                     "sending it at most %d at once from now on (%s)", item.destination, others, limit, reason)
-        if not self.outbox.failed(item.id, item.attempts, self.clock(), f"sent again, fewer at once: {reason}",
-                                  now=self.clock()):
+            limit = self._most_at_once[item.destination] = max(1, self._limit(item.destination) - 1)
+            self._took_in_a_row[item.destination] = 0
+        _log.warning("destination %s rejected an association for now with %d other(s) of ours open or just "
+                     "closed: sending it at most %d at once (%s)", item.destination, max(others, 0), limit, reason)
+        now = self.clock()
+        if not self.outbox.failed(item.id, item.attempts, now + BUSY_RETRY_SECONDS,
+                                  f"sent again, fewer at once: {reason}", now=now):
             self._settled_meanwhile(item, reason)
         return True
 
