@@ -16,6 +16,13 @@ delivery policy is here:
   become due for it meanwhile are left alone, not even claimed, so one
   unreachable destination does not hold up the others pass after pass. An
   item an operator retried is tried at once;
+* **parallel sends**: up to ``parallel_sends`` items are on their way at
+  once, each on its own association (a PACS answers a C-STORE only once it
+  has stored the object). A destination that rejects an association "for
+  now" (A-ASSOCIATE-RJ transient: its limit of associations) while others
+  of ours are open, or just after one was delivered, is sent one fewer at
+  once, at least one, and one more again after :data:`RAISE_LIMIT_AFTER`
+  deliveries in a row; the item goes back with no attempt counted;
 * **superseded results**: an item of an older generation of its study than
   the store's current one is superseded, never sent;
 * **storage commitment** (``storage_commitment: true`` on a ``dicom`` or
