@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
-from spectnode.config import DestinationConfig
+from spectnode.config import DestinationConfig, parse_config
 from spectnode.node.datadir import DataDir
-from spectnode.node.retention import RetentionPolicy
+from spectnode.node.retention import RetentionPolicy, remove_unrecorded_files
+from spectnode.node.worker import Node
 from spectnode.peer import Peer
 from spectnode.store import (
     CLASSIFIED,
@@ -169,3 +171,55 @@ def test_spectnode_purge_dry_run_and_for_real(tmp_path):
     assert real.returncode == 0, real.stderr
     assert [s["study_uid"] for s in json.loads(real.stdout)["studies"]] == [uid]
     assert _files(data, uid) == [False] * 3
+
+
+def test_start_up_removes_old_files_no_record_names_and_keeps_every_recorded_and_recent_one(data_dir):
+    store = JobStore(data_dir.database)
+    now = 2_000_000_000.0
+    hour_ago = int((now - 3600) * 1e9)
+    recorded = _spool(store, data_dir, "1.2.3.1", b"recorded", mtime_ns=hour_ago)
+    # A crash between writing and recording: the sender got no Success and sends it again later.
+    crashed = _spool(store, data_dir, "1.2.3.2", b"never recorded", mtime_ns=hour_ago, record=False)
+    # Another process storing an object at this moment: written, its record a millisecond away.
+    arriving = _spool(store, data_dir, "1.2.3.3", b"being received", mtime_ns=int(now * 1e9), record=False)
+    # An older copy that a changed copy replaced (its row names the new one).
+    replaced = _spool(store, data_dir, "1.2.3.1", b"first version", mtime_ns=hour_ago - 10**9, record=False)
+    leftovers = [data_dir.work_file("1.2.3.1", 1).parent / ".gen1.npz.x1.tmp",
+                 data_dir.results_folder("1.2.3.1") / ".SR_1.dcm.x2.tmp", recorded.parent / ".x.dcm.x3.tmp"]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+        os.utime(path, ns=(hour_ago, hour_ago))
+    result = data_dir.results_folder("1.2.3.1") / "SR_1.dcm"  # results are no spool: never swept
+    result.write_bytes(b"sr")
+    os.utime(result, ns=(hour_ago, hour_ago))
+
+    assert remove_unrecorded_files(store, data_dir, now=now) == 5
+    assert recorded.is_file() and arriving.is_file() and result.is_file()
+    assert not crashed.exists() and not crashed.parent.exists()  # and its empty study folder
+    assert not replaced.exists() and not any(p.exists() for p in leftovers)
+    assert remove_unrecorded_files(store, data_dir, now=now) == 0
+
+
+def test_a_node_starting_removes_what_a_crash_left_unrecorded(tmp_path):
+    cfg = parse_config({"node": {"ae_title": "SPECTNODE", "bind_address": "127.0.0.1"},
+                        "storage": {"data_dir": str(tmp_path / "data")}})
+    data = DataDir(tmp_path / "data")
+    data.create()
+    orphan = data.spooled_object("1.2.3.4", "1.2.3.4.1", hashlib.sha256(b"x").hexdigest())
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x")
+    old = int((time.time() - 3600) * 1e9)
+    os.utime(orphan, ns=(old, old))
+
+    def no_model(_bundle: object) -> object:
+        raise RuntimeError("no model in this test")
+
+    node = Node(cfg, port=0, classifier_loader=no_model)
+    node.start()
+    try:
+        assert not orphan.exists()
+    finally:
+        node.stop(timeout=10)
+        if node.store is not None:
+            node.store.close()

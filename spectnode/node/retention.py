@@ -31,7 +31,8 @@ go too, but only those older than the recorded copy: a newer one that is not
 recorded is a copy the receive stage is storing at this moment.
 
 ``spectnode purge [--dry-run]`` applies the policy once; the running node
-applies it every ``retention.interval_seconds``.
+applies it every ``retention.interval_seconds``. At start-up the node also
+removes what no record names (:func:`remove_unrecorded_files`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +53,8 @@ if TYPE_CHECKING:
 
     from spectnode.node.datadir import DataDir
 
-__all__ = ["PurgePlan", "PurgedStudy", "RetentionPolicy", "folder_bytes", "run_periodically"]
+__all__ = ["UNRECORDED_MIN_AGE_SECONDS", "PurgePlan", "PurgedStudy", "RetentionPolicy", "folder_bytes",
+           "remove_unrecorded_files", "run_periodically"]
 
 _log = logging.getLogger("spectnode.retention")
 
@@ -227,6 +230,49 @@ class RetentionPolicy:
             self.store._event(db, study.study_uid, study.state,
                               f"files removed by retention ({entry.why}: {entry.bytes} bytes)", now)
         return True
+
+
+#: Unrecorded spool files younger than this are left alone at start-up: a write that is to be
+#: recorded is recorded within milliseconds.
+UNRECORDED_MIN_AGE_SECONDS = 600.0
+
+
+def remove_unrecorded_files(store: JobStore, data_dir: DataDir, now: float | None = None) -> int:
+    """At start-up, before the node receives: remove the spooled files no job-store row names, and
+    the temporary files that durable writes leave when the process dies mid-write; returns how many.
+
+    A spooled file no row names is one a crash caught between writing and recording (the sender
+    got no Success and sends it again), or an older copy of an object that a changed one replaced.
+    Only files at least :data:`UNRECORDED_MIN_AGE_SECONDS` old go, each after looking in the store
+    again inside a write transaction (the lock the receive stage records under), so that a file
+    another process is storing and recording at this moment is kept.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    for folder, pattern in ((data_dir.spool, "*"), (data_dir.work, ".*.tmp"), (data_dir.results, ".*.tmp")):
+        if not folder.is_dir():
+            continue
+        for study_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for path in sorted(p for p in study_folder.glob(pattern) if p.is_file()):
+                try:
+                    old_enough = now - path.stat().st_mtime >= UNRECORDED_MIN_AGE_SECONDS
+                except FileNotFoundError:
+                    continue
+                if not old_enough:
+                    continue
+                with store.db.write() as db:
+                    if not path.name.endswith(".tmp") and db.execute(
+                            "SELECT 1 FROM instances WHERE path = ? OR path = ? LIMIT 1",
+                            (str(path), str(path.resolve()))).fetchone():
+                        continue
+                    path.unlink(missing_ok=True)
+                removed += 1
+            if folder == data_dir.spool:
+                _remove_empty(study_folder)
+    if removed:
+        _log.info("start-up: removed %d file(s) of the data directory that no record names (written before "
+                  "a crash was recorded, replaced copies, unfinished temporary files)", removed)
+    return removed
 
 
 def _remove_if_unchanged(path: Path, sha256: str | None) -> None:

@@ -44,7 +44,7 @@ from spectnode.net.server import policy_from_config
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, is_disk_full
 from spectnode.node.model import ClassifierLoader, NodeModels
-from spectnode.node.retention import RetentionPolicy, run_periodically
+from spectnode.node.retention import RetentionPolicy, remove_unrecorded_files, run_periodically
 from spectnode.node.stages.assemble import AssembleStage
 from spectnode.node.stages.classify import ClassifyStage
 from spectnode.node.stages.dispatch import DispatchStage, RetryPolicy
@@ -182,6 +182,7 @@ class Node:
             if dest.type == "folder" and dest.path is not None and Path(dest.path).resolve() == results:
                 _log.warning("folder destination %r is the results folder %s itself: delivering to it copies "
                              "each file onto itself; point it at another folder", name, results)
+        remove_unrecorded_files(store, self.data_dir)  # before anything is received
         resumed = store.outbox.recover_interrupted()
         unfinished = {state: n for state, n in store.counts_by_state().items() if n and state not in END_STATES}
         if unfinished or resumed:
