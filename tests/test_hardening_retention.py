@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from spectnode.config import DestinationConfig, parse_config
+from spectnode.node import retention
 from spectnode.node.datadir import DataDir
 from spectnode.node.retention import RetentionPolicy, remove_unrecorded_files
 from spectnode.node.worker import Node
@@ -219,6 +220,56 @@ def test_a_node_starting_removes_what_a_crash_left_unrecorded(tmp_path):
     node.start()
     try:
         assert not orphan.exists()
+    finally:
+        node.stop(timeout=10)
+        if node.store is not None:
+            node.store.close()
+
+
+def test_start_up_matches_records_made_under_another_spelling_of_the_data_directory(tmp_path):
+    real = DataDir(tmp_path / "real")
+    real.create()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    via_link = DataDir(tmp_path / "link")  # e.g. the systemd unit names it otherwise than the shell did
+    store = JobStore(real.database)
+    hour_ago = int((time.time() - 3600) * 1e9)
+    kept = _spool(store, via_link, "1.2.3.1", b"recorded via the link", mtime_ns=hour_ago)
+    assert remove_unrecorded_files(store, real) == 0
+    assert kept.is_file() and (tmp_path / "real" / kept.relative_to(tmp_path / "link")).is_file()
+
+
+def test_start_up_puts_back_a_copy_written_under_the_same_name_meanwhile(data_dir):
+    # A backfill storing into a serving node's spool without the data directory's lock writes the
+    # same bytes under the same content-addressed name after the sweep looked at the old copy.
+    store = JobStore(data_dir.database)
+    hour_ago = int((time.time() - 3600) * 1e9)
+    orphan = _spool(store, data_dir, "1.2.3.5", b"same bytes", mtime_ns=hour_ago, record=False)
+    seen = orphan.lstat()
+    fresh = orphan.with_name(".fresh.tmp")
+    fresh.write_bytes(b"same bytes")
+    os.replace(fresh, orphan)  # the other process's durable write
+    assert retention._remove_unrecorded(store, orphan, seen) == 0
+    assert orphan.read_bytes() == b"same bytes"
+    assert not list(orphan.parent.glob(".*.unrecorded"))
+
+
+def test_a_node_starting_keeps_every_recorded_file_of_an_unfinished_study(tmp_path):
+    cfg = parse_config({"node": {"ae_title": "SPECTNODE", "bind_address": "127.0.0.1"},
+                        "storage": {"data_dir": str(tmp_path / "data")}})
+    data = DataDir(tmp_path / "data")
+    data.create()
+    store = JobStore(data.database)
+    hour_ago = int((time.time() - 3600) * 1e9)
+    kept = _spool(store, data, "1.2.3.6", b"received, not yet complete", mtime_ns=hour_ago)
+    store.close()
+
+    def no_model(_bundle: object) -> object:
+        raise RuntimeError("no model in this test")
+
+    node = Node(cfg, port=0, classifier_loader=no_model)
+    node.start()
+    try:
+        assert kept.is_file()
     finally:
         node.stop(timeout=10)
         if node.store is not None:

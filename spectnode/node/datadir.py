@@ -14,7 +14,8 @@ Every stage and command asks a :class:`DataDir` for paths instead of
 building them. A spooled object's name holds the SHA-256 of its bytes: a
 changed copy of an object (same SOP Instance UID, other bytes) goes to a new
 file, and the file the job store records is never overwritten; the versions it
-replaced stay until the retention policy removes the study's files.
+replaced stay until the retention policy removes the study's files, or the node's
+next start (:func:`spectnode.node.retention.remove_unrecorded_files`).
 
 UIDs that are not safe as file names (they could hold ``/`` or ``..``) are
 replaced by a hash of themselves (:func:`spectnode.fsutil.safe_file_name`),

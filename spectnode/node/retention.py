@@ -41,6 +41,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,41 +239,71 @@ UNRECORDED_MIN_AGE_SECONDS = 600.0
 
 
 def remove_unrecorded_files(store: JobStore, data_dir: DataDir, now: float | None = None) -> int:
-    """At start-up, before the node receives: remove the spooled files no job-store row names, and
-    the temporary files that durable writes leave when the process dies mid-write; returns how many.
+    """At start-up, before the node receives: remove the spooled objects no job-store row names,
+    and the temporary files that durable writes leave when a process dies mid-write; returns how
+    many. Best effort: a file it cannot handle is logged and left.
 
-    A spooled file no row names is one a crash caught between writing and recording (the sender
+    A spooled object no row names is one a crash caught between writing and recording (the sender
     got no Success and sends it again), or an older copy of an object that a changed one replaced.
-    Only files at least :data:`UNRECORDED_MIN_AGE_SECONDS` old go, each after looking in the store
-    again inside a write transaction (the lock the receive stage records under), so that a file
-    another process is storing and recording at this moment is kept.
+    Rows are matched by study folder and file name, so a data directory written another way (a
+    relative path, a symlink, a moved folder) matches its own rows. Only ``*.dcm`` and ``.*.tmp``
+    files at least :data:`UNRECORDED_MIN_AGE_SECONDS` old go. A ``backfill`` or ``classify
+    --send`` that found a node serving may be storing into the spool without the data directory's
+    lock, so each file is moved aside under the store's write lock (under which such a process
+    records) and deleted only if the moved file is the one first looked at: a spooled object's
+    name holds the SHA-256 of its bytes, so a copy written meanwhile under that name is put back
+    unchanged.
     """
     now = time.time() if now is None else now
+    recorded = {Path(row["path"]).parts[-2:] for row in store.db.read("SELECT path FROM instances")}
+    candidates: list[tuple[Path, os.stat_result]] = []
+    for folder, patterns in ((data_dir.spool, ("*.dcm", ".*.tmp", ".*.unrecorded")), (data_dir.work, (".*.tmp",)),
+                             (data_dir.results, (".*.tmp",))):
+        try:
+            study_folders = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+            for study_folder in study_folders:
+                for path in sorted(p for pattern in patterns for p in study_folder.glob(pattern)):
+                    info = path.lstat()
+                    if (path.is_file() and not path.is_symlink() and now - info.st_mtime >= UNRECORDED_MIN_AGE_SECONDS
+                            and path.parts[-2:] not in recorded):
+                        candidates.append((path, info))
+        except OSError as exc:
+            _log.warning("start-up: cannot look through %s for unrecorded files (%s); left as it is", folder,
+                         type(exc).__name__)
     removed = 0
-    for folder, pattern in ((data_dir.spool, "*"), (data_dir.work, ".*.tmp"), (data_dir.results, ".*.tmp")):
-        if not folder.is_dir():
-            continue
-        for study_folder in sorted(p for p in folder.iterdir() if p.is_dir()):
-            for path in sorted(p for p in study_folder.glob(pattern) if p.is_file()):
-                try:
-                    old_enough = now - path.stat().st_mtime >= UNRECORDED_MIN_AGE_SECONDS
-                except FileNotFoundError:
-                    continue
-                if not old_enough:
-                    continue
-                with store.db.write() as db:
-                    if not path.name.endswith(".tmp") and db.execute(
-                            "SELECT 1 FROM instances WHERE path = ? OR path = ? LIMIT 1",
-                            (str(path), str(path.resolve()))).fetchone():
-                        continue
-                    path.unlink(missing_ok=True)
-                removed += 1
-            if folder == data_dir.spool:
-                _remove_empty(study_folder)
+    for path, seen in candidates:
+        try:
+            removed += _remove_unrecorded(store, path, seen)
+        except (OSError, sqlite3.Error) as exc:
+            _log.warning("start-up: %s, recorded nowhere, cannot be removed (%s); left as it is", path,
+                         type(exc).__name__)
+    for study_folder in {path.parent for path, _ in candidates if path.parent.parent == data_dir.spool}:
+        _remove_empty(study_folder)
     if removed:
         _log.info("start-up: removed %d file(s) of the data directory that no record names (written before "
                   "a crash was recorded, replaced copies, unfinished temporary files)", removed)
     return removed
+
+
+def _remove_unrecorded(store: JobStore, path: Path, seen: os.stat_result) -> int:
+    """Remove one candidate of :func:`remove_unrecorded_files` unless a row names it meanwhile or
+    it is not the file first looked at; 1 if removed."""
+    aside = path.with_name(f".{path.name}.unrecorded")
+    with store.db.write() as db:  # a lockless writer records under this lock: none records meanwhile
+        if not path.name.endswith(".tmp") and db.execute(
+                "SELECT 1 FROM instances WHERE path LIKE ? ESCAPE '\\' LIMIT 1",
+                ("%" + path.name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"),)).fetchone():
+            return 0
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return 0
+        moved = aside.lstat()
+        if (moved.st_ino, moved.st_dev, moved.st_mtime_ns) != (seen.st_ino, seen.st_dev, seen.st_mtime_ns):
+            os.replace(aside, path)  # written meanwhile: the same bytes under the same name; put back
+            return 0
+        aside.unlink()
+    return 1
 
 
 def _remove_if_unchanged(path: Path, sha256: str | None) -> None:

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from spectnode.errors import exception_name
 from spectnode.net.server import policy_from_config
 from spectnode.node.datadir import DataDir
 from spectnode.node.diskspace import DiskSpace, is_disk_full
@@ -182,7 +183,10 @@ class Node:
             if dest.type == "folder" and dest.path is not None and Path(dest.path).resolve() == results:
                 _log.warning("folder destination %r is the results folder %s itself: delivering to it copies "
                              "each file onto itself; point it at another folder", name, results)
-        remove_unrecorded_files(store, self.data_dir)  # before anything is received
+        try:
+            remove_unrecorded_files(store, self.data_dir)  # before anything is received
+        except Exception as exc:  # noqa: BLE001 - housekeeping must not keep the node from starting
+            _log.warning("start-up: unrecorded files not looked for (%s)", exception_name(exc))
         resumed = store.outbox.recover_interrupted()
         unfinished = {state: n for state, n in store.counts_by_state().items() if n and state not in END_STATES}
         if unfinished or resumed:

@@ -15,7 +15,7 @@ object (the same SOP Instance UID with other bytes) is spooled under a name of
 its own (the name holds the SHA-256 of its bytes), so the copy the job store
 records is never overwritten, not even by a crash before the new record is
 committed; the replaced copy stays until the retention policy removes the
-study's files.
+study's files, or the node's next start removes what no record names.
 
 Failures answer with the status a peer can act on:
 
