@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
+
+from spectnode.net.rejection import RejectionWatch
 
 if TYPE_CHECKING:
     from spectnode.config import PacsConfig
@@ -142,19 +143,15 @@ class PacsClient:
                 ae.add_requested_context(abstract)
             else:
                 ae.add_requested_context(abstract, list(syntaxes))
-        # A PACS that closes the connection right after its A-ASSOCIATE-RJ may have pynetdicom
-        # handle the close first and call the association aborted: the rejection is kept here.
-        rejections: list[A_ASSOCIATE_RJ] = []
-        watch = (evt.EVT_PDU_RECV, lambda event: rejections.append(event.pdu)
-                 if isinstance(event.pdu, A_ASSOCIATE_RJ) else None)
+        rejections = RejectionWatch()
         try:
             assoc = ae.associate(self.pacs.host, self.pacs.port, ae_title=self.pacs.ae_title,
-                                 ext_neg=list(roles) or None, evt_handlers=[*handlers, watch])
+                                 ext_neg=list(roles) or None, evt_handlers=[*handlers, rejections.handler])
         except (OSError, RuntimeError) as exc:  # name resolution, socket errors
             raise PacsUnavailable(f"cannot connect to {self}: {exc}") from None
         if not assoc.is_established:
-            if assoc.is_rejected or rejections:
-                primitive = getattr(assoc.acceptor, "primitive", None) if assoc.is_rejected else rejections[0]
+            primitive = rejections.rejection(assoc)
+            if primitive is not None:
                 reason = getattr(primitive, "reason_str", "") or "no reason given"
                 if getattr(primitive, "result", None) == 0x02:
                     raise PacsUnavailable(f"{self} rejected the association for now: {reason}")

@@ -47,7 +47,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom.pdu import A_ASSOCIATE_RJ, P_DATA_TF
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
@@ -62,6 +62,7 @@ from spectnode.dispatch.commitment import (
 from spectnode.dispatch.errors import DispatchError
 from spectnode.errors import exception_name
 from spectnode.fsutil import copy_durably, instance_file_name, safe_file_name
+from spectnode.net.rejection import RejectionWatch
 from spectnode.net.tls import client_context
 
 if TYPE_CHECKING:
@@ -372,12 +373,11 @@ def store_to_peer(
     ae.requested_contexts = contexts
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     events: set[str] = set()
-    rejections: list[Any] = []
+    rejections = RejectionWatch()
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, lambda event: events.add("connected")),
         (evt.EVT_ACCEPTED, lambda event: events.add("accepted")),
-        (evt.EVT_PDU_RECV, lambda event: rejections.append(event.pdu) if isinstance(event.pdu, A_ASSOCIATE_RJ)
-         else None),
+        rejections.handler,
     ]
     answers = _ReportAnswers(commitment.on_report if commitment is not None else None)
     handlers += answers.handlers()
@@ -513,12 +513,9 @@ def _wait_for_report(assoc: Any, commitment: CommitmentRequest, answers: _Report
 
 def _association_failure(
     assoc: Any, target: StoreTarget, events: set[str], timeout: float, started: float,
-    rejections: Sequence[Any] = (),
+    rejections: RejectionWatch,
 ) -> DispatchError:
-    # A peer that closes the connection right after its A-ASSOCIATE-RJ (DCMTK, Orthanc) may
-    # have pynetdicom handle the close first and call the association aborted; the
-    # rejection that came is still the reason.
-    rsp = assoc.acceptor.primitive if assoc.is_rejected else (rejections[0] if rejections else None)
+    rsp = rejections.rejection(assoc)
     if rsp is not None:
         return DispatchError(
             f"association rejected by {target}: {rsp.result_str}, source {rsp.source_str}, "
