@@ -16,7 +16,7 @@ import numpy as np
 from .domain import DomainFit
 from .imaging.guards import check_study
 from .imaging.network_input import InputSpec, NetworkInput, heatmap_to_view, network_inputs
-from .imaging.views import MISSING_VIEWS, NotAssessable, StudyViews, load_study_views
+from .imaging.views import MISSING_VIEWS, NotAssessable, StudyViews, iter_study_views
 from .result import ModelResult, StudyResult
 
 if TYPE_CHECKING:
@@ -221,8 +221,8 @@ class Classifiers:
 
     def classify_paths(self, paths: Iterable[Path], explain: bool = False) -> list[StudyResult]:
         """Read files, group them into studies and classify each study."""
-        studies = load_study_views(list(paths))
-        return [self.classify(s, explain=explain) for _, s in sorted(studies.items())]
+        results = {key: self.classify(views, explain=explain) for key, views in iter_study_views(list(paths))}
+        return [result for _, result in sorted(results.items())]
 
 
 def find_dicom_files(path: Path) -> list[Path]:

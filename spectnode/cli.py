@@ -117,7 +117,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             input_mode=args.input_mode or defaults["input_mode"],
             input_shape=args.input_shape, translate_px=args.translate, rotate_deg=args.rotate,
             mirror=not args.no_mirror, patience=args.patience, seed=args.seed, arch_options=arch_options,
-            normalization=args.normalization, warmup_epochs=args.warmup_epochs)
+            normalization=args.normalization, warmup_epochs=args.warmup_epochs,
+            lesion_supervision=args.lesion_supervision)
         settings.input_spec()
         files = _data_files(args.data)
         if (args.test_data is None) != (args.test_labels is None):
@@ -370,6 +371,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spectnode",
@@ -432,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=_positive_int, default=10, help="early stopping patience (epochs)")
     p.add_argument("--warmup-epochs", type=_non_negative_int, default=0,
                    help="ramp the learning rate up linearly over this many epochs (default 0: none)")
+    p.add_argument("--lesion-supervision", type=_non_negative_float, default=0.0, metavar="WEIGHT",
+                   help="also train a head (dropped from the bundle) to point at the findings that the "
+                        "truth.jsonl files under --data record (spectnode phantom writes them), with this "
+                        "loss weight (default 0: labels only)")
     p.add_argument("--seed", type=int, default=0, help="split and augmentation seed")
     p.add_argument("--arch-options", help='JSON keyword arguments for the builder, e.g. \'{"fc_units": [256]}\'')
     p.add_argument("--name", help="model name in the card and in reports (default: OUT's folder name)")

@@ -34,6 +34,7 @@ from spectnode.imaging.views import (
     NotAssessable,
     StudyViews,
     group_by_study,
+    iter_study_views,
     load_study_views,
     read_study_views,
 )
@@ -558,6 +559,44 @@ def test_load_study_views_groups_studies_and_reports_unreadable_files(tmp_path: 
     assert_views(results[datasets_uid(paths[0])], anterior, posterior)
     assert_not_assessable(results[ct.StudyInstanceUID], "wrong_modality", "CT")
     assert_not_assessable(results[str(junk)], "unreadable", "junk.dcm")
+
+
+def test_iter_study_views_holds_one_study_in_memory_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    # Training reads thousands of studies: all their pixel data at once did not fit in 23 GB.
+    import spectnode.imaging.views as views_module
+
+    anterior, posterior = truth_views()
+    paths = []
+    for study in range(3):
+        uid = generate_uid()
+        for i, ds in enumerate(split_instances(anterior, posterior, anterior_attrs={"ImageID": "ANT"},
+                                               posterior_attrs={"ImageID": "POST"})):
+            ds.StudyInstanceUID = uid
+            paths.append(tmp_path / f"s{study}-{i}.dcm")
+            ds.save_as(paths[-1], enforce_file_format=True)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"this is not DICOM")
+    paths.insert(2, junk)
+    reads: list[str] = []
+    real_dcmread = pydicom.dcmread
+
+    def counting_dcmread(path, *args, **kwargs):
+        reads.append("header" if kwargs.get("stop_before_pixels") else "whole")
+        return real_dcmread(path, *args, **kwargs)
+
+    monkeypatch.setattr(views_module.pydicom, "dcmread", counting_dcmread)
+    whole_reads_at_each_study = []
+    entries = []
+    for key, result in iter_study_views(paths):
+        entries.append(key)
+        if result.study_uid:
+            whole_reads_at_each_study.append(reads.count("whole"))
+            assert_views(result, anterior, posterior)
+    assert reads[:7] == ["header"] * 7  # every file's header first, to group them
+    assert whole_reads_at_each_study == [2, 4, 6]  # then one study's two files at a time
+    assert entries[0] == str(junk) and len(entries) == 4
+    monkeypatch.undo()
+    assert dict(iter_study_views(paths)).keys() == load_study_views(paths).keys()
 
 
 def datasets_uid(path: Path) -> str:

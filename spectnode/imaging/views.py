@@ -109,7 +109,7 @@ from spectnode.imaging.view_inference import infer_view
 from spectnode.imaging.view_labels import ANTERIOR, POSTERIOR, ViewName, view_from_label
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
     from pathlib import Path
 
     from pydicom.dataelem import DataElement
@@ -128,6 +128,7 @@ __all__ = [
     "ViewImage",
     "StudyViews",
     "NotAssessable",
+    "iter_study_views",
     "group_by_study",
     "object_names",
     "read_study_views",
@@ -940,24 +941,46 @@ def load_study_views(paths: Sequence[str | Path]) -> dict[str, StudyViews | NotA
         :class:`NotAssessable` (code ``unreadable``, empty ``study_uid``) keyed
         by its path as given; its reason names the path (the caller's own
         file, for the caller to find) and the parser's exception class, its
-        detail what the parser said.
+        detail what the parser said.  :func:`iter_study_views` gives the same
+        entries one study at a time.
     """
-    results: dict[str, StudyViews | NotAssessable] = {}
-    datasets: list[Dataset] = []
+    return dict(iter_study_views(paths))
+
+
+def _unreadable(path: str | Path, exc: Exception) -> NotAssessable:
+    return NotAssessable(study_uid="", reason=f"{path}: cannot be read as DICOM ({type(exc).__name__})",
+                         code=UNREADABLE, detail=f"{type(exc).__name__}: {exc}")
+
+
+def iter_study_views(paths: Sequence[str | Path]) -> Iterator[tuple[str, StudyViews | NotAssessable]]:
+    """The entries of :func:`load_study_views`, one study at a time.
+
+    The files are first grouped by their headers alone; then each study's files are read
+    whole, its views found, and the files let go before the next study is read.  So a
+    folder of thousands of studies (training, ``spectnode classify``) never holds more than
+    one study's pixel data in memory beside what the caller keeps.
+    """
+    by_study: dict[str, list[str | Path]] = {}
     for path in paths:
         try:
-            datasets.append(pydicom.dcmread(path))
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
         except Exception as exc:  # corrupt or non-DICOM files fail in many ways
-            results[str(path)] = NotAssessable(
-                study_uid="", reason=f"{path}: cannot be read as DICOM ({type(exc).__name__})", code=UNREADABLE,
-                detail=f"{type(exc).__name__}: {exc}",
-            )
-    for study_uid, members in group_by_study(datasets).items():
+            yield str(path), _unreadable(path, exc)
+            continue
+        by_study.setdefault(str(header.get("StudyInstanceUID", "") or "").strip(), []).append(path)
+    for study_uid, members in by_study.items():
+        datasets: list[Dataset] = []
+        for path in members:
+            try:
+                datasets.append(pydicom.dcmread(path))
+            except Exception as exc:  # the header read, the rest did not
+                yield str(path), _unreadable(path, exc)
+        if not datasets:
+            continue
         if study_uid:
-            results[study_uid] = read_study_views(members)
+            yield study_uid, read_study_views(datasets)
             continue
         # Without a study UID the files cannot be paired; report each one.
-        for ds in members:
+        for ds in datasets:
             name = str(getattr(ds, "filename", "") or "?")
-            results[name] = NotAssessable("", f"{name}: no StudyInstanceUID (0020,000D)", UNREADABLE)
-    return results
+            yield name, NotAssessable("", f"{name}: no StudyInstanceUID (0020,000D)", UNREADABLE)

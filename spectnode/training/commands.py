@@ -110,11 +110,22 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
     if initial is not None:
         _check_initial_bundle(initial, settings)
         settings = dataclasses.replace(settings, initial_weights=initial.card.content_hash)
+    findings = None
+    if settings.lesion_supervision > 0:
+        from .lesion_maps import read_truth
+
+        findings = read_truth(data)
+        if not findings:
+            raise ValueError(f"lesion supervision needs the findings of the training studies (truth.jsonl), "
+                             f"and there is no truth.jsonl under {data}")
     samples = _load(labels, files, settings, log)
     if test_set is not None:
         settings = dataclasses.replace(settings, train_fraction=1.0)
+    if findings is not None:
+        known = sum(s.study_uid in findings for s in samples.studies)
+        log(f"lesion maps: findings of {known} of {len(samples.studies)} studies (truth.jsonl under {data})")
     result = train(samples, settings, out, resume=resume, log=log,
-                   initial_model=initial.model if initial is not None else None)
+                   initial_model=initial.model if initial is not None else None, findings=findings)
 
     if test_set is None:
         test = subset_samples(samples, result.test)

@@ -24,12 +24,22 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ..imaging.network_input import InputSpec, network_inputs
-from ..imaging.preprocess import apply_augmentation, sample_augmentation
-from ..imaging.views import NotAssessable, load_study_views
+from ..imaging.preprocess import AugmentationParams, apply_augmentation, sample_augmentation
+from ..imaging.views import NotAssessable, iter_study_views
 from .labels import LabelledStudy, scheme_classes, split_by_patient
+from .lesion_maps import (
+    GridGeometry,
+    StudyFindings,
+    choose_feature_layer,
+    head_grid,
+    lesion_map,
+    lesion_map_loss,
+    with_lesion_head,
+    without_lesion_head,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from pathlib import Path
 
 __all__ = ["TrainSettings", "paper_defaults", "LoadedSamples", "load_samples", "subset_samples", "train",
@@ -82,6 +92,9 @@ class TrainSettings:
     #: Linear learning-rate warm-up from ~0 to ``learning_rate`` over this many epochs
     #: (per step); 0 starts at ``learning_rate``.
     warmup_epochs: int = 0
+    #: Weight of the lesion-map loss (:mod:`spectnode.training.lesion_maps`: a training-only head
+    #: that points at the findings the data's ``truth.jsonl`` records); 0 trains on the labels only.
+    lesion_supervision: float = 0.0
 
     def input_spec(self) -> InputSpec:
         rows, cols = self.input_shape
@@ -104,22 +117,25 @@ class LoadedSamples:
 def load_samples(files: Sequence[Path], studies: Sequence[LabelledStudy], classes: Sequence[str],
                  spec: InputSpec) -> LoadedSamples:
     """Read the labelled studies among ``files`` and prepare their network inputs."""
-    views_by_study = load_study_views(list(files))
+    wanted = {s.study_uid for s in studies}
+    # one study's views in memory at a time: only the (much smaller) network inputs are kept
+    inputs_by_study: dict[str, list[np.ndarray] | str] = {}
+    for uid, views in iter_study_views(list(files)):
+        if uid in wanted:
+            inputs_by_study[uid] = (f"not assessable: {views.reason}" if isinstance(views, NotAssessable)
+                                    else [inp.array for inp in network_inputs(views, spec)])
     xs: list[np.ndarray] = []
     ys: list[int] = []
     idx: list[int] = []
     kept: list[LabelledStudy] = []
     skipped: dict[str, str] = {}
     for s in studies:
-        views = views_by_study.get(s.study_uid)
-        if views is None:
-            skipped[s.study_uid] = "no DICOM files of this study in the data folder"
+        found = inputs_by_study.get(s.study_uid, "no DICOM files of this study in the data folder")
+        if isinstance(found, str):
+            skipped[s.study_uid] = found
             continue
-        if isinstance(views, NotAssessable):
-            skipped[s.study_uid] = f"not assessable: {views.reason}"
-            continue
-        for inp in network_inputs(views, spec):
-            xs.append(inp.array)
+        for array in found:
+            xs.append(array)
             ys.append(classes.index(s.label))
             idx.append(len(kept))
         kept.append(s)
@@ -148,8 +164,34 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
+@dataclass(frozen=True)
+class _LesionTargets:
+    """What the lesion-map output of a training model is trained on."""
+
+    grid: GridGeometry
+    #: Findings of each input's study (``None``: not recorded, the input's map does not count).
+    findings: list[StudyFindings | None]
+
+    def maps(self, indices: Sequence[int] | np.ndarray, shape: tuple[int, int],
+             params: Sequence[AugmentationParams | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Targets and their sample weights for the inputs ``indices`` augmented by ``params``."""
+        maps = np.zeros((len(indices), *self.grid.shape, 2), np.float32)
+        weights = np.zeros(len(indices), np.float32)
+        for j, (k, p) in enumerate(zip(indices, params)):
+            found = self.findings[k]
+            if found is not None:
+                maps[j] = lesion_map(found, shape, self.grid, p)
+                weights[j] = 1.0
+        return maps, weights
+
+
+def _lesion_targets(samples: LoadedSamples, findings: Mapping[str, StudyFindings], grid: GridGeometry
+                    ) -> _LesionTargets:
+    return _LesionTargets(grid, [findings.get(samples.studies[int(k)].study_uid) for k in samples.study])
+
+
 def _augmented_batches(samples: LoadedSamples, settings: TrainSettings, n_classes: int,
-                       first_epoch: int = 0) -> Any:
+                       first_epoch: int = 0, lesions: _LesionTargets | None = None) -> Any:
     import keras
 
     weights = class_weights(samples.y, n_classes)
@@ -174,15 +216,21 @@ def _augmented_batches(samples: LoadedSamples, settings: TrainSettings, n_classe
             self.order = rng.permutation(len(samples.y))
             self.epoch += 1
 
-        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        def __getitem__(self, index: int) -> tuple[Any, Any, Any]:
             chosen = self.order[index * settings.batch_size:(index + 1) * settings.batch_size]
             rng = np.random.default_rng([settings.seed, self.epoch, index])
             batch = np.empty((len(chosen),) + samples.x.shape[1:], np.float32)
+            drawn = []
             for j, k in enumerate(chosen):
                 params = sample_augmentation(rng, translate_px=settings.translate_px,
                                              rotate_deg=settings.rotate_deg, mirror=settings.mirror)
                 batch[j, ..., 0] = apply_augmentation(samples.x[k, ..., 0], params)
-            return batch, samples.y[chosen], weights[samples.y[chosen]]
+                drawn.append(params)
+            y, w = samples.y[chosen], weights[samples.y[chosen]]
+            if lesions is None:
+                return batch, y, w
+            maps, map_weights = lesions.maps(chosen, samples.x.shape[1:3], drawn)
+            return batch, (y, maps), (w, map_weights)
 
     return AugmentedBatches()
 
@@ -202,7 +250,7 @@ class TrainingResult:
 
 
 def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir: Path, state: dict[str, Any],
-                       log: Callable[[str], None]) -> Any:
+                       log: Callable[[str], None], monitor: str = "val_loss") -> Any:
     import keras
 
     class CheckpointProgressEarlyStop(keras.callbacks.Callback):
@@ -214,7 +262,7 @@ def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = dict(logs or {})
-            val = float(logs.get("val_loss", logs.get("loss", math.inf)))
+            val = float(logs.get(monitor, logs.get("loss", math.inf)))
             state["history"].append({k: float(v) for k, v in logs.items()} | {"epoch": epoch + 1})
             state["epoch"] = epoch + 1
             improved = val < state["best_val_loss"] - 1e-6
@@ -289,18 +337,29 @@ def _fmt_duration(seconds: float) -> str:
 
 def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume: bool = False,
           log: Callable[[str], None] = print, verbose: int | None = None,
-          initial_model: Any = None) -> TrainingResult:
+          initial_model: Any = None, findings: Mapping[str, StudyFindings] | None = None) -> TrainingResult:
     """Train ``settings.arch`` on ``samples``; checkpoints go to ``out_dir/checkpoints``.
 
     ``initial_model`` (a trained model of the same architecture, classes and input
     shape, named by ``settings.initial_weights``) replaces the random initialisation
     of a new run; a resumed run continues from its own checkpoint instead.
+    With ``settings.lesion_supervision``, ``findings`` (by Study Instance UID, from
+    :func:`~spectnode.training.lesion_maps.read_truth`) are the lesion-map targets; the
+    returned model is the plain network all the same.
     """
     import keras
 
     from ..models import build_model
 
     classes = scheme_classes(settings.scheme)
+    if settings.lesion_supervision < 0:
+        raise ValueError(f"lesion_supervision must be >= 0, got {settings.lesion_supervision}")
+    supervised = settings.lesion_supervision > 0
+    if supervised and not findings:
+        raise ValueError("lesion supervision needs the findings of the training studies (truth.jsonl), "
+                         "and none were found")
+    if supervised:
+        lesion_map_loss()  # registered before any checkpoint of a two-output model is loaded
     keras.utils.set_random_seed(settings.seed)
     if settings.train_fraction < 1.0:
         train_studies, test_studies = split_by_patient(samples.studies, settings.train_fraction, settings.seed)
@@ -354,15 +413,35 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
             model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
                                 **settings.arch_options)
         _set_batch_norm_momentum(model)
-        model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
-                      loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
+        if supervised:
+            layer = choose_feature_layer(model)
+            model = with_lesion_head(model, layer)
+            log(f"lesion supervision (weight {settings.lesion_supervision:g}) on the output of layer {layer}")
+            model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                          loss=["sparse_categorical_crossentropy", lesion_map_loss()],
+                          loss_weights=[1.0, settings.lesion_supervision], weighted_metrics=[["accuracy"], []])
+        else:
+            model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                          loss="sparse_categorical_crossentropy", weighted_metrics=["accuracy"])
+    # With a lesion head, early stopping watches the class loss alone (the paper's objective).
+    monitor = f"val_{model.output_names[0]}_loss" if len(model.outputs) > 1 else "val_loss"
     if state["epoch"] < settings.epochs and not state["stopped_early"]:
-        batches = _augmented_batches(fit, settings, len(classes), state["epoch"])
-        callbacks = [_progress_callback(settings, state_path, checkpoint_dir, state, log)]
+        lesions = val_lesions = None
+        if len(model.outputs) > 1:
+            grid = head_grid(model)
+            lesions = _lesion_targets(fit, findings or {}, grid)
+            val_lesions = _lesion_targets(val, findings or {}, grid)
+        batches = _augmented_batches(fit, settings, len(classes), state["epoch"], lesions)
+        callbacks = [_progress_callback(settings, state_path, checkpoint_dir, state, log, monitor)]
         if settings.warmup_epochs:
             callbacks.insert(0, _warmup_callback(settings, len(batches)))
+        val_y: Any = val.y
+        val_w: Any = class_weights(fit.y, len(classes))[val.y]
+        if val_lesions is not None:
+            val_maps, val_map_weights = val_lesions.maps(range(len(val.y)), val.x.shape[1:3], [None] * len(val.y))
+            val_y, val_w = (val_y, val_maps), (val_w, val_map_weights)
         model.fit(batches,
-                  validation_data=(val.x, val.y, class_weights(fit.y, len(classes))[val.y]),
+                  validation_data=(val.x, val_y, val_w),
                   epochs=settings.epochs, initial_epoch=state["epoch"],
                   callbacks=callbacks,
                   verbose=verbose if verbose is not None else (1 if sys.stderr.isatty() else 0))
@@ -371,8 +450,9 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
         import spectnode.models  # noqa: F401
 
         model = keras.saving.load_model(best)
+    model = without_lesion_head(model)
     best_epoch = next((h["epoch"] for h in state["history"]
-                       if float(h.get("val_loss", h.get("loss", math.inf))) == state["best_val_loss"]), state["epoch"])
+                       if float(h.get(monitor, h.get("loss", math.inf))) == state["best_val_loss"]), state["epoch"])
     return TrainingResult(model, settings, state["history"], train_studies, test_studies, state["stopped_early"],
                           best_epoch, state.get("resumes", []))
 
