@@ -18,6 +18,7 @@ import ssl
 import struct
 import subprocess
 import threading
+import urllib.request
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -525,10 +526,12 @@ def test_a_botched_tls_handshake_is_a_security_alert_over_mutually_authenticated
 
 def test_a_dead_syslog_server_does_not_hold_up_reception(tmp_path):
     dead = free_port()  # nothing listens there: every connection is refused
+    metrics_port = free_port()
     cfg = parse_config({
         "node": {"ae_title": "SPECTNODE", "allowed_calling_ae_titles": ["CAMERA"]},
         "storage": {"data_dir": str(tmp_path / "data"), "min_free_bytes": 0},
         "audit": {"enabled": True, "host": "127.0.0.1", "port": dead, "transport": "tcp"},
+        "metrics": {"enabled": True, "port": metrics_port},
     })
 
     def no_model(_bundle: object) -> object:
@@ -547,6 +550,13 @@ def test_a_dead_syslog_server_does_not_hold_up_reception(tmp_path):
         assert node.store.study(record.study_uid) is not None
         assert node.audit is not None
         wait_for(lambda: node.audit.sender.pending() >= 1, DEADLINE_S, "audit messages to wait")
+        # an operator sees it on /metrics: messages waiting, none sent
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+            scraped = answer.read().decode()
+        samples = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line.startswith("spectnode_audit"))
+        assert float(samples["spectnode_audit_messages_pending"]) >= 1
+        assert float(samples['spectnode_audit_messages_total{outcome="sent"}']) == 0
+        assert 'spectnode_audit_messages_total{outcome="dropped"}' in samples
         stopping = threading.Thread(target=node.stop)
         stopping.start()
         stopping.join(DEADLINE_S)  # a hang detector: a dead server must not hold the shutdown either

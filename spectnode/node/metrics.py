@@ -12,7 +12,11 @@ serves both:
   ``spectnode_cstore_answers_total{status}`` and
   ``spectnode_refused_associations_total{reason}`` (``calling_ae_title``,
   ``called_ae_title``, ``address``, ``limit``, ``tls``, ``stalled``, ``pdu``),
-  and ``spectnode_healthy``. Job-store figures are read when scraped.
+  with the audit trail on ``spectnode_audit_messages_total{outcome}`` (``sent``,
+  ``dropped``) and ``spectnode_audit_messages_pending`` (waiting for the syslog
+  server: a number that keeps growing means the audit repository is unreachable,
+  and once the queue is full new messages are dropped), and ``spectnode_healthy``.
+  Job-store figures are read when scraped.
 * ``/healthz``: ``200 {"status": "ok"}``, or ``503 {"status": "degraded",
   "problems": [...]}`` when the outbox is stuck (its oldest undelivered item
   is older than ``metrics.outbox_stuck_seconds``, or an item is a dead
@@ -29,7 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from spectnode.store import ITEM_STATES, STATES, UNDELIVERED_STATES
@@ -37,6 +41,7 @@ from spectnode.store import ITEM_STATES, STATES, UNDELIVERED_STATES
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
+    from spectnode.audit.syslog import SyslogSender
     from spectnode.node.diskspace import DiskSpace
     from spectnode.peer import Peer
     from spectnode.store import JobStore
@@ -58,11 +63,14 @@ class NodeMetrics:
         outbox_stuck_seconds: ``metrics.outbox_stuck_seconds``.
         failing_stages: Returns the names of stages whose last step raised.
         clock: Epoch seconds (the job store's clock).
+        audit: The audit trail's sender, when the audit trail is on.
     """
 
     def __init__(self, store: JobStore, disk: DiskSpace, outbox_stuck_seconds: float,
-                 failing_stages: Callable[[], list[str]], clock: Callable[[], float]) -> None:
+                 failing_stages: Callable[[], list[str]], clock: Callable[[], float],
+                 audit: SyslogSender | None = None) -> None:
         self.store = store
+        self.audit = audit
         self.disk = disk
         self.outbox_stuck_seconds = outbox_stuck_seconds
         self.failing_stages = failing_stages
@@ -152,6 +160,14 @@ class _StoreCollector(Collector):
                                     value=free)
         yield GaugeMetricFamily("spectnode_disk_min_free_bytes", "storage.min_free_bytes",
                                 value=metrics.disk.min_free_bytes)
+        if metrics.audit is not None:
+            sent_and_dropped = CounterMetricFamily("spectnode_audit_messages", "Audit messages sent to the syslog "
+                                                   "server, or dropped", labels=["outcome"])
+            sent_and_dropped.add_metric(["sent"], metrics.audit.sent)
+            sent_and_dropped.add_metric(["dropped"], metrics.audit.dropped)
+            yield sent_and_dropped
+            yield GaugeMetricFamily("spectnode_audit_messages_pending", "Audit messages waiting for the syslog server",
+                                    value=metrics.audit.pending())
         yield GaugeMetricFamily("spectnode_healthy", "1 when /healthz says ok, 0 when degraded",
                                 value=0 if metrics.problems() else 1)
 

@@ -201,7 +201,8 @@ class Node:
             from spectnode.node.metrics import NodeMetrics
 
             self.metrics = NodeMetrics(store, disk, cfg.metrics.outbox_stuck_seconds,
-                                       lambda: [t.name for t in self._stages if t.failing], store.clock)
+                                       lambda: [t.name for t in self._stages if t.failing], store.clock,
+                                       audit=self.audit.sender if self.audit is not None else None)
             observe = self.metrics.observe_stage
         audit = self.audit
         dispatch = StageThread(DispatchStage(store, self.data_dir, destinations, cfg.node.ae_title, policy=policy,
