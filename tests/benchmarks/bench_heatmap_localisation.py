@@ -1,6 +1,6 @@
 """On demand: does the default model's heatmap (LayerCAM) peak lie on a single strong lesion?
 
-    python tests/benchmarks/bench_heatmap_localisation.py [--bundle B]
+    python tests/benchmarks/bench_heatmap_localisation.py [--bundle B] [--max-seeds N]
 
 Runs the phantom seeds (of 0-2999) whose metastatic scan has exactly one finding besides the
 physiological joint uptake every patient has, a metastasis of at least 4x bone uptake. Prints
@@ -44,9 +44,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", default=None)
-    classifier = StudyClassifier.from_bundle(parser.parse_args().bundle)
+    parser.add_argument("--max-seeds", type=int, default=None, help="only the first N rule seeds")
+    args = parser.parse_args()
+    classifier = StudyClassifier.from_bundle(args.bundle)
     distances = []
-    seeds = single_strong_lesion_seeds()
+    seeds = single_strong_lesion_seeds()[: args.max_seeds]
     for seed in seeds:
         scan = synthesize_scan(np.random.default_rng(seed), "metastatic")
         (lesion,) = [lesion for lesion in scan.lesions if lesion.kind != "physiological"]
@@ -57,17 +59,18 @@ def main() -> None:
             ViewImage("posterior", scan.posterior.astype(np.float32), spacing, "2", "1", None),
         )
         result = classifier.classify(views, explain=True)
+        (model,) = result.models
         cols = scan.anterior.shape[1]
         lesion_at = {"anterior": (lesion.row, lesion.col), "posterior": (lesion.row, cols - 1 - lesion.col)}
         per_view = []
         for view, (lesion_row, lesion_col) in lesion_at.items():
-            heat = result.heatmaps[view]
+            heat = model.heatmaps[view]
             row, col = np.unravel_index(np.argmax(heat), heat.shape)
             per_view.append(math.hypot(row - lesion_row, col - lesion_col) * scan.pixel_spacing_mm)
-        if result.label in ("metastatic", "both"):
+        if model.label in ("metastatic", "both"):
             distances.append(max(per_view))
-        print(f"seed {seed:5d}  {lesion.site:22s} predicted {result.label:10s} "
-              f"p(metastatic) {result.probabilities.get('metastatic', float('nan')):.2f}  "
+        print(f"seed {seed:5d}  {lesion.site:22s} predicted {model.label:10s} "
+              f"p(metastatic) {model.probabilities.get('metastatic', float('nan')):.2f}  "
               f"peak {per_view[0]:5.0f} mm (anterior) {per_view[1]:5.0f} mm (posterior) from the lesion")
     print(f"called metastatic or both: {len(distances)} of {len(seeds)}; of those, median distance (worse view) "
           f"{np.median(distances):.0f} mm, both views within 50 mm: {sum(d < 50 for d in distances)}")
