@@ -86,7 +86,7 @@ APP_NAME: Final = "spectnode"
 #: At most one Security Alert per refusal reason and peer address in this many seconds.
 REFUSAL_INTERVAL_S: Final = 60.0
 #: Refusal reasons (the receive stage's) that are a failed authentication of the peer;
-#: the others (``limit``, ``stalled``, ``pdu``) are the node's limits cutting a peer off.
+#: the others (``limit``, ``stalled``, ``pdu``, ``size``) are the node's limits cutting a peer off.
 _AUTHENTICATION_REASONS: Final = frozenset({"calling_ae_title", "called_ae_title", "address", "tls"})
 _SYSLOG_SEVERITY_NOTICE: Final = 5
 _SYSLOG_SEVERITY_WARNING: Final = 4

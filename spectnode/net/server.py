@@ -21,7 +21,10 @@ changes only the transport around it:
   ``pdu_timeout`` of its first byte, and everything up to a complete
   A-ASSOCIATE-RQ within ``association_request_timeout`` of the connection
   (the ARTIM timer of PS3.8 9.1.5); a PDU longer than the node accepts ends
-  the connection. pynetdicom has no hook for this, so the connection's
+  the connection, and so does a message whose data set grows past
+  ``max_message_bytes`` as it arrives (pynetdicom holds a message in memory
+  until its last fragment, so without this one peer streaming a data set
+  that never ends fills the node's memory). pynetdicom has no hook for this, so the connection's
   :class:`~pynetdicom.transport.AssociationSocket` gets its ``recv`` replaced
   (:func:`_install_read_deadlines`);
 * a connection that ends before its A-ASSOCIATE-RQ frees its slot at once,
@@ -62,6 +65,10 @@ TlsMode = Literal["off", "optional", "required"]
 #: connection starts with an A-ASSOCIATE-RQ, PDU type 0x01.
 _TLS_HANDSHAKE_RECORD: Final = 0x16
 _A_ASSOCIATE_RQ: Final = 0x01
+_P_DATA_TF: Final = 0x04
+#: How much more than ``node.max_object_bytes`` a message's data set may grow before the
+#: connection ends (below it, an oversized object is received whole and refused with a status).
+_MESSAGE_MARGIN_BYTES: Final = 1024 * 1024
 _PDU_HEADER: Final = 6
 
 
@@ -81,6 +88,9 @@ class ConnectionPolicy:
         dimse_timeout: Seconds to wait for a DIMSE message.
         max_pdu_bytes: Largest PDU the node accepts (and advertises as its
             maximum PDU length); a longer one ends the connection.
+        max_message_bytes: Largest data set of one DIMSE message (a C-STORE's
+            object) the node takes in; the connection ends as soon as more has
+            arrived. ``None``: no limit.
         tls_mode: ``off``, ``optional`` (TLS and plain DICOM on the same port,
             told apart by the first byte) or ``required``.
         tls_context: The server context, for ``optional`` and ``required``.
@@ -94,6 +104,7 @@ class ConnectionPolicy:
     idle_timeout: float = 30.0
     dimse_timeout: float = 30.0
     max_pdu_bytes: int = 131072
+    max_message_bytes: int | None = None
     tls_mode: TlsMode = "off"
     tls_context: ssl.SSLContext | None = None
 
@@ -139,13 +150,28 @@ def _install_read_deadlines(assoc: Any, policy: ConnectionPolicy, connected_at: 
     transport = assoc.dul.socket
     peer = assoc.requestor.address
     artim_deadline = connected_at + policy.association_request_timeout
-    pending: dict[str, Any] = {"body": None, "deadline": 0.0, "rq_seen": False}
+    pending: dict[str, Any] = {"body": None, "deadline": 0.0, "rq_seen": False, "type": 0, "data_set": 0}
 
     def wake_acceptor() -> None:
         # The acceptor thread waits on this queue for the A-ASSOCIATE-RQ; None is
         # what it gets when its ACSE timeout expires, so it ends the connection now.
         if not pending["rq_seen"]:
             assoc.dul.to_user_queue.put(None)
+
+    def message_too_long(body: bytearray) -> bool:
+        """Count the data set fragments of a P-DATA-TF body (PS3.8 9.3.5.1); True past the limit."""
+        offset = 0
+        while offset + 6 <= len(body):
+            item_length = struct.unpack_from(">L", body, offset)[0]
+            control = body[offset + 5]
+            if not control & 0x01:  # a data set fragment, not a command one
+                pending["data_set"] += max(item_length - 2, 0)
+                if pending["data_set"] > policy.max_message_bytes:
+                    return True
+                if control & 0x02:  # its last fragment: the next message starts from nothing
+                    pending["data_set"] = 0
+            offset += 4 + item_length
+        return False
 
     def recv(nr_bytes: int) -> bytearray:
         sock = transport.socket
@@ -171,9 +197,14 @@ def _install_read_deadlines(assoc: Any, policy: ConnectionPolicy, connected_at: 
                                  "accepts at most %d", peer, length, policy.max_pdu_bytes)
                 wake_acceptor()
                 return data[: _PDU_HEADER - 1]  # a short header: pynetdicom closes the connection
-            pending["body"], pending["deadline"] = length, deadline
+            pending["body"], pending["deadline"], pending["type"] = length, deadline, pdu_type
             if pdu_type == _A_ASSOCIATE_RQ:
                 pending["rq_seen"] = True
+        elif pending["type"] == _P_DATA_TF and policy.max_message_bytes is not None and message_too_long(data):
+            refusals.warning(f"size:{peer}", "connection from %s closed: the data set of its message grew past "
+                             "%d bytes (node.max_object_bytes and 1 MiB) before its end", peer,
+                             policy.max_message_bytes)
+            return data[:-1]  # a short read: pynetdicom closes the connection
         return data
 
     transport.recv = recv
@@ -321,6 +352,8 @@ def policy_from_config(node: Any) -> ConnectionPolicy:
                                  tls.require_client_certificate)
     timeouts = node.timeouts
     return ConnectionPolicy(
+        # an object up to 1 MiB over the limit still arrives whole and is answered 0xA700
+        max_message_bytes=node.max_object_bytes + _MESSAGE_MARGIN_BYTES,
         allowed_addresses=AddressAllowList(node.allowed_addresses),
         max_associations=node.max_associations,
         max_associations_per_peer=node.max_associations_per_peer,

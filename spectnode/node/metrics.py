@@ -11,7 +11,7 @@ serves both:
   ``spectnode_disk_free_bytes`` and ``spectnode_disk_min_free_bytes``,
   ``spectnode_cstore_answers_total{status}`` and
   ``spectnode_refused_associations_total{reason}`` (``calling_ae_title``,
-  ``called_ae_title``, ``address``, ``limit``, ``tls``, ``stalled``, ``pdu``),
+  ``called_ae_title``, ``address``, ``limit``, ``tls``, ``stalled``, ``pdu``, ``size``),
   with the audit trail on ``spectnode_audit_messages_total{outcome}`` (``sent``,
   ``dropped``) and ``spectnode_audit_messages_pending`` (waiting for the syslog
   server: a number that keeps growing means the audit repository is unreachable,

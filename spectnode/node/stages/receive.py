@@ -450,7 +450,7 @@ class ReceiveStage:
         )
 
     def _count_connection_refusals(self, server: Any) -> None:
-        """Pass every connection the guard refuses (address, limits, TLS, stalled, oversized PDU) to
+        """Pass every connection the guard refuses (address, limits, TLS, stalled, oversized PDU or message) to
         ``on_refused``, with the reason's kind; the guard's own log lines stay throttled."""
         refusals = getattr(server, "refusals", None)
         if (self.on_refused is None and self.audit is None) or refusals is None:
