@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _centre_tap(layer, channels_in: int = 1) -> None:
+def _centre_tap(layer) -> None:
     kernel, bias = layer.get_weights()
     tap = np.zeros_like(kernel)
     tap[kernel.shape[0] // 2, kernel.shape[1] // 2, 0, 0] = 1.0
@@ -121,6 +121,47 @@ def test_a_finding_reaches_every_cell_it_overlaps_and_scales_with_the_matrix():
     assert {tuple(p) for p in np.argwhere(big_map[..., 0])} == {(r, c) for r in (5, 6, 7) for c in (1, 2, 3)}
 
 
+def test_a_finding_past_the_outer_cells_but_on_the_image_marks_the_outer_cell():
+    grid = GridGeometry((24, 6), (16.0, 16.0), (7.5, 7.5))  # cells cover rows -0.5 to 383.5 ...
+    short = GridGeometry((23, 5), (16.0, 16.0), (7.5, 7.5))  # ... and here only to 367.5 and column 79.5
+    feet = StudyFindings((384, 96), ((0, 380.0, 90.0, 1.0, 1.0),))
+    assert np.argwhere(lesion_map(feet, (384, 96), grid)[..., 0]).tolist() == [[23, 5]]
+    assert np.argwhere(lesion_map(feet, (384, 96), short)[..., 0]).tolist() == [[22, 4]]
+    # moved off the image by the augmentation: in neither the input nor the target
+    edge = StudyFindings((384, 96), ((0, 380.0, 94.0, 1.0, 1.0),))
+    assert lesion_map(edge, (384, 96), grid, AugmentationParams(shift_cols=3))[..., 0].sum() == 0
+
+
+def test_each_batch_carries_the_targets_of_its_own_inputs_as_augmented():
+    from spectnode.imaging.preprocess import sample_augmentation
+    from spectnode.training.labels import LabelledStudy
+    from spectnode.training.train import LoadedSamples, TrainSettings, _augmented_batches, _lesion_targets
+
+    rng = np.random.default_rng(3)
+    studies = [LabelledStudy(f"1.2.{k}", f"P{k}", "metastatic") for k in range(5)]
+    samples = LoadedSamples(rng.uniform(0, 1, (10, 64, 32, 1)).astype(np.float32), np.ones(10, np.int64),
+                            np.repeat(np.arange(5), 2), studies, {})
+    findings = {f"1.2.{k}": StudyFindings((64, 32), ((0, 8.0 + 10 * k, 5.0 + 4 * k, 2.0, 2.0),)) for k in range(4)}
+    grid = GridGeometry((16, 8), (4.0, 4.0), (1.5, 1.5))
+    settings = TrainSettings(arch="x", scheme="dspic4", learning_rate=1e-3, batch_size=4, epochs=1,
+                             input_mode="per_view", input_shape=(64, 32), seed=7)
+    batches = _augmented_batches(samples, settings, 4, 0, _lesion_targets(samples, findings, grid))
+    for index in range(len(batches)):
+        x, (y, maps), (_, map_weights) = batches[index]
+        chosen = batches.order[index * 4:(index + 1) * 4]
+        draws = np.random.default_rng([settings.seed, batches.epoch, index])
+        for j, k in enumerate(chosen):
+            params = sample_augmentation(draws, translate_px=settings.translate_px, rotate_deg=settings.rotate_deg,
+                                         mirror=settings.mirror)
+            np.testing.assert_array_equal(x[j, ..., 0], apply_augmentation(samples.x[k, ..., 0], params))
+            study = samples.studies[samples.study[k]].study_uid
+            if study in findings:
+                np.testing.assert_array_equal(maps[j], lesion_map(findings[study], (64, 32), grid, params))
+                assert map_weights[j] == 1.0 and maps[j].sum() >= 1
+            else:  # no truth recorded: its map does not count
+                assert map_weights[j] == 0.0 and maps[j].sum() == 0
+
+
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantoms")
@@ -178,7 +219,9 @@ def test_training_with_lesion_supervision_writes_the_plain_network(phantoms, tmp
     # the two-output checkpoint resumes
     resumed = _spectnode(*args, "--epochs", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "epoch 2/2" in resumed.stdout
+    assert "resuming after epoch 1" in resumed.stdout
+    assert "epoch 2/2" in resumed.stdout and "epoch 1/2" not in resumed.stdout
+    assert len(json.loads((out / "checkpoints" / "state.json").read_text())["resumes"]) == 1
     assert len(load_bundle(out).model.outputs) == 1
 
 

@@ -123,6 +123,9 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
         settings = dataclasses.replace(settings, train_fraction=1.0)
     if findings is not None:
         known = sum(s.study_uid in findings for s in samples.studies)
+        if not known:
+            raise ValueError(f"lesion supervision: no labelled study of {data} has an entry in its truth.jsonl "
+                             f"(files of another phantom run?)")
         log(f"lesion maps: findings of {known} of {len(samples.studies)} studies (truth.jsonl under {data})")
     result = train(samples, settings, out, resume=resume, log=log,
                    initial_model=initial.model if initial is not None else None, findings=findings)

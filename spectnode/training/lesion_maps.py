@@ -115,6 +115,8 @@ def _step_back(layer: Any, out_size: tuple[int, int], in_size: tuple[int, int]) 
         (top, _), (left, _) = layer.padding
         return ((1.0, -float(top)), (1.0, -float(left)))
     if kind in ("Conv2D", "MaxPooling2D", "AveragePooling2D"):
+        if kind == "Conv2D" and _pair(layer.dilation_rate) != (1, 1):
+            raise ValueError(f"cannot follow positions through the dilated convolution {layer.name!r}")
         kernel = _pair(layer.kernel_size if kind == "Conv2D" else layer.pool_size)
         strides = _pair(layer.strides)
         steps = []
@@ -151,7 +153,8 @@ def grid_geometry(model: Any, layer_name: str) -> GridGeometry:
 
 
 def choose_feature_layer(model: Any) -> str:
-    """The deepest layer whose output is a feature map with cells of at most 16 input pixels.
+    """The deepest layer whose output is a feature map with cells of about 16 input pixels or fewer
+    (input size over map size at most 20: padding makes the ratio inexact).
 
     Raises:
         ValueError: If no layer qualifies.
@@ -181,7 +184,7 @@ def _augmented_position(row: float, col: float, shape: tuple[int, int],
     centre_r, centre_c = (rows - 1) / 2.0, (cols - 1) / 2.0
     theta = math.radians(params.angle_deg)
     dr, dc = row - centre_r, col - centre_c
-    # apply_augmentation samples the source at R @ (out - shift - centre) + centre; this is its inverse
+    # apply_augmentation samples the source at R @ (out - shift - centre) + centre; this applies R's inverse
     out_r = math.cos(theta) * dr - math.sin(theta) * dc
     out_c = math.sin(theta) * dr + math.cos(theta) * dc
     return out_r + centre_r + params.shift_rows, out_c + centre_c + params.shift_cols
@@ -206,8 +209,15 @@ def lesion_map(findings: StudyFindings, input_shape: tuple[int, int], grid: Grid
     fr, fc = rows_in / rows_m, cols_in / cols_m
     centres_r = grid.offset[0] + grid.stride[0] * np.arange(grid.shape[0])
     centres_c = grid.offset[1] + grid.stride[1] * np.arange(grid.shape[1])
+    # the cells cover the input up to half a stride past the outer centres; a finding beyond that but
+    # still on the image (the feet, the arm at the edge) belongs to the outermost cell
+    reach_r = (centres_r[0] - grid.stride[0] / 2.0, centres_r[-1] + grid.stride[0] / 2.0)
+    reach_c = (centres_c[0] - grid.stride[1] / 2.0, centres_c[-1] + grid.stride[1] / 2.0)
     for channel, row, col, radius_r, radius_c in findings.lesions:
         r, c = _augmented_position((row + 0.5) * fr - 0.5, (col + 0.5) * fc - 0.5, input_shape, params)
+        if not (-0.5 <= r <= rows_in - 0.5 and -0.5 <= c <= cols_in - 0.5):
+            continue  # moved off the image by the augmentation: not in the input, not in the target
+        r, c = min(max(r, reach_r[0]), reach_r[1]), min(max(c, reach_c[0]), reach_c[1])
         # nearest point of each cell to the finding, in units of its radii
         dr = np.maximum(np.abs(centres_r - r) - grid.stride[0] / 2.0, 0.0) / max(radius_r * fr, 0.5)
         dc = np.maximum(np.abs(centres_c - c) - grid.stride[1] / 2.0, 0.0) / max(radius_c * fc, 0.5)

@@ -28,6 +28,7 @@ from ..imaging.preprocess import AugmentationParams, apply_augmentation, sample_
 from ..imaging.views import NotAssessable, iter_study_views
 from .labels import LabelledStudy, scheme_classes, split_by_patient
 from .lesion_maps import (
+    LESION_KINDS,
     GridGeometry,
     StudyFindings,
     choose_feature_layer,
@@ -142,8 +143,8 @@ def load_samples(files: Sequence[Path], studies: Sequence[LabelledStudy], classe
     if not kept:
         raise ValueError("none of the labelled studies could be read from the data folder"
                          + (f" (e.g. {next(iter(skipped.items()))})" if skipped else ""))
-    return LoadedSamples(np.stack(xs).astype(np.float32), np.asarray(ys, np.int64), np.asarray(idx, np.int64),
-                         kept, skipped)
+    return LoadedSamples(np.stack(xs).astype(np.float32, copy=False), np.asarray(ys, np.int64),
+                         np.asarray(idx, np.int64), kept, skipped)
 
 
 def subset_samples(samples: LoadedSamples, wanted: Sequence[LabelledStudy]) -> LoadedSamples:
@@ -175,7 +176,7 @@ class _LesionTargets:
     def maps(self, indices: Sequence[int] | np.ndarray, shape: tuple[int, int],
              params: Sequence[AugmentationParams | None]) -> tuple[np.ndarray, np.ndarray]:
         """Targets and their sample weights for the inputs ``indices`` augmented by ``params``."""
-        maps = np.zeros((len(indices), *self.grid.shape, 2), np.float32)
+        maps = np.zeros((len(indices), *self.grid.shape, len(LESION_KINDS)), np.float32)
         weights = np.zeros(len(indices), np.float32)
         for j, (k, p) in enumerate(zip(indices, params)):
             found = self.findings[k]
@@ -262,6 +263,8 @@ def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = dict(logs or {})
+            if monitor not in logs and monitor != "val_loss":
+                raise RuntimeError(f"training logged no {monitor!r} to stop early on (logged: {sorted(logs)})")
             val = float(logs.get(monitor, logs.get("loss", math.inf)))
             state["history"].append({k: float(v) for k, v in logs.items()} | {"epoch": epoch + 1})
             state["epoch"] = epoch + 1

@@ -37,6 +37,13 @@ def single_strong_lesion_seeds(seeds: range = range(3000)) -> list[int]:
     return found
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     from spectnode.classify import StudyClassifier
     from spectnode.imaging.views import StudyViews, ViewImage
@@ -44,7 +51,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", default=None)
-    parser.add_argument("--max-seeds", type=int, default=None, help="only the first N rule seeds")
+    parser.add_argument("--max-seeds", type=_positive, default=None, metavar="N", help="only the first N rule seeds")
     args = parser.parse_args()
     classifier = StudyClassifier.from_bundle(args.bundle)
     distances = []
