@@ -549,12 +549,14 @@ def test_a_dead_syslog_server_does_not_hold_up_reception(tmp_path):
         assert node.store is not None
         assert node.store.study(record.study_uid) is not None
         assert node.audit is not None
-        wait_for(lambda: node.audit.sender.pending() >= 1, DEADLINE_S, "audit messages to wait")
+        wait_for(lambda: node.audit.sender.pending() >= 1 and node.audit.sender.down, DEADLINE_S,
+                 "audit messages to wait for the unreachable server")
         # an operator sees it on /metrics: messages waiting, none sent
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
             scraped = answer.read().decode()
         samples = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line.startswith("spectnode_audit"))
         assert float(samples["spectnode_audit_messages_pending"]) >= 1
+        assert float(samples["spectnode_audit_server_down"]) == 1
         assert float(samples['spectnode_audit_messages_total{outcome="sent"}']) == 0
         assert 'spectnode_audit_messages_total{outcome="dropped"}' in samples
         stopping = threading.Thread(target=node.stop)

@@ -15,7 +15,8 @@ serves both:
   with the audit trail on ``spectnode_audit_messages_total{outcome}`` (``sent``,
   ``dropped``) and ``spectnode_audit_messages_pending`` (waiting for the syslog
   server: a number that keeps growing means the audit repository is unreachable,
-  and once the queue is full new messages are dropped), and ``spectnode_healthy``.
+  and once the queue is full new messages are dropped) and ``spectnode_audit_server_down``,
+  and ``spectnode_healthy``.
   Job-store figures are read when scraped.
 * ``/healthz``: ``200 {"status": "ok"}``, or ``503 {"status": "degraded",
   "problems": [...]}`` when the outbox is stuck (its oldest undelivered item
@@ -168,6 +169,8 @@ class _StoreCollector(Collector):
             yield sent_and_dropped
             yield GaugeMetricFamily("spectnode_audit_messages_pending", "Audit messages waiting for the syslog server",
                                     value=metrics.audit.pending())
+            yield GaugeMetricFamily("spectnode_audit_server_down", "1 while the last send to the syslog server "
+                                    "failed (the sender waits to try again)", value=1 if metrics.audit.down else 0)
         yield GaugeMetricFamily("spectnode_healthy", "1 when /healthz says ok, 0 when degraded",
                                 value=0 if metrics.problems() else 1)
 
