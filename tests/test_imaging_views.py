@@ -597,6 +597,12 @@ def test_iter_study_views_holds_one_study_in_memory_at_a_time(tmp_path: Path, mo
     assert entries[0] == str(junk) and len(entries) == 4
     monkeypatch.undo()
     assert dict(iter_study_views(paths)).keys() == load_study_views(paths).keys()
+    # only the studies asked for are read whole (the unreadable file is still reported)
+    second = str(pydicom.dcmread(paths[3], stop_before_pixels=True).StudyInstanceUID)
+    reads.clear()
+    monkeypatch.setattr(views_module.pydicom, "dcmread", counting_dcmread)
+    assert [key for key, _ in iter_study_views(paths, {second})] == [str(junk), second]
+    assert reads.count("whole") == 2
 
 
 def datasets_uid(path: Path) -> str:

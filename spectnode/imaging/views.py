@@ -109,7 +109,7 @@ from spectnode.imaging.view_inference import infer_view
 from spectnode.imaging.view_labels import ANTERIOR, POSTERIOR, ViewName, view_from_label
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Container, Iterable, Iterator, Sequence
     from pathlib import Path
 
     from pydicom.dataelem import DataElement
@@ -952,13 +952,16 @@ def _unreadable(path: str | Path, exc: Exception) -> NotAssessable:
                          code=UNREADABLE, detail=f"{type(exc).__name__}: {exc}")
 
 
-def iter_study_views(paths: Sequence[str | Path]) -> Iterator[tuple[str, StudyViews | NotAssessable]]:
+def iter_study_views(paths: Sequence[str | Path], studies: Container[str] | None = None
+                     ) -> Iterator[tuple[str, StudyViews | NotAssessable]]:
     """The entries of :func:`load_study_views`, one study at a time.
 
     The files are first grouped by their headers alone; then each study's files are read
     whole, its views found, and the files let go before the next study is read.  So a
     folder of thousands of studies (training, ``spectnode classify``) never holds more than
-    one study's pixel data in memory beside what the caller keeps.
+    one study's pixel data in memory beside what the caller keeps.  With ``studies``, only
+    those Study Instance UIDs are read whole and given (files that cannot be read at all are
+    still reported).
     """
     by_study: dict[str, list[str | Path]] = {}
     for path in paths:
@@ -969,6 +972,8 @@ def iter_study_views(paths: Sequence[str | Path]) -> Iterator[tuple[str, StudyVi
             continue
         by_study.setdefault(str(header.get("StudyInstanceUID", "") or "").strip(), []).append(path)
     for study_uid, members in by_study.items():
+        if studies is not None and study_uid not in studies:
+            continue
         datasets: list[Dataset] = []
         for path in members:
             try:

@@ -121,7 +121,7 @@ def load_samples(files: Sequence[Path], studies: Sequence[LabelledStudy], classe
     wanted = {s.study_uid for s in studies}
     # one study's views in memory at a time: only the (much smaller) network inputs are kept
     inputs_by_study: dict[str, list[np.ndarray] | str] = {}
-    for uid, views in iter_study_views(list(files)):
+    for uid, views in iter_study_views(list(files), wanted):
         if uid in wanted:
             inputs_by_study[uid] = (f"not assessable: {views.reason}" if isinstance(views, NotAssessable)
                                     else [inp.array for inp in network_inputs(views, spec)])
