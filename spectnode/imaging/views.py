@@ -816,8 +816,13 @@ def group_by_study(datasets: Iterable[Dataset]) -> dict[str, list[Dataset]]:
     """
     studies: dict[str, list[Dataset]] = {}
     for ds in datasets:
-        studies.setdefault(str(ds.get("StudyInstanceUID", "") or "").strip(), []).append(ds)
+        studies.setdefault(_study_key(ds), []).append(ds)
     return studies
+
+
+def _study_key(ds: Dataset) -> str:
+    """What groups a dataset into its study: its StudyInstanceUID, ``""`` without one."""
+    return str(ds.get("StudyInstanceUID", "") or "").strip()
 
 
 def object_names(datasets: Sequence[Dataset]) -> list[str]:
@@ -970,7 +975,7 @@ def iter_study_views(paths: Sequence[str | Path], studies: Container[str] | None
         except Exception as exc:  # corrupt or non-DICOM files fail in many ways
             yield str(path), _unreadable(path, exc)
             continue
-        by_study.setdefault(str(header.get("StudyInstanceUID", "") or "").strip(), []).append(path)
+        by_study.setdefault(_study_key(header), []).append(path)
     for study_uid, members in by_study.items():
         if studies is not None and study_uid not in studies:
             continue

@@ -24,8 +24,9 @@ changes only the transport around it:
   the connection, and so does a message whose data set grows past
   ``max_message_bytes`` as it arrives (pynetdicom holds a message in memory
   until its last fragment, so without this one peer streaming a data set
-  that never ends fills the node's memory). pynetdicom has no hook for this, so the connection's
-  :class:`~pynetdicom.transport.AssociationSocket` gets its ``recv`` replaced
+  that never ends fills the node's memory). pynetdicom has no hook for this,
+  so the connection's :class:`~pynetdicom.transport.AssociationSocket` gets
+  its ``recv`` replaced
   (:func:`_install_read_deadlines`);
 * a connection that ends before its A-ASSOCIATE-RQ frees its slot at once,
   instead of after ``acse_timeout``.

@@ -11,13 +11,13 @@ serves both:
   ``spectnode_disk_free_bytes`` and ``spectnode_disk_min_free_bytes``,
   ``spectnode_cstore_answers_total{status}`` and
   ``spectnode_refused_associations_total{reason}`` (``calling_ae_title``,
-  ``called_ae_title``, ``address``, ``limit``, ``tls``, ``stalled``, ``pdu``, ``size``),
-  with the audit trail on ``spectnode_audit_messages_total{outcome}`` (``sent``,
-  ``dropped``) and ``spectnode_audit_messages_pending`` (waiting for the syslog
-  server: a number that keeps growing means the audit repository is unreachable,
-  and once the queue is full new messages are dropped) and ``spectnode_audit_server_down``,
-  and ``spectnode_healthy``.
-  Job-store figures are read when scraped.
+  ``called_ae_title``, ``address``, ``limit``, ``tls``, ``stalled``, ``pdu``,
+  ``size``),
+  ``spectnode_healthy``, and with the audit trail on
+  ``spectnode_audit_messages_total{outcome}`` (``sent``, ``dropped``),
+  ``spectnode_audit_messages_pending`` (waiting for the syslog server; once the
+  queue is full new messages are dropped) and ``spectnode_audit_server_down``
+  (1 while the last send failed). Job-store figures are read when scraped.
 * ``/healthz``: ``200 {"status": "ok"}``, or ``503 {"status": "degraded",
   "problems": [...]}`` when the outbox is stuck (its oldest undelivered item
   is older than ``metrics.outbox_stuck_seconds``, or an item is a dead
