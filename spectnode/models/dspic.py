@@ -80,7 +80,7 @@ def build_dspic(
     include_top: bool = True,
     *,
     module: Literal["attention", "residual"] = "attention",
-    head: Literal["gap", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -99,8 +99,9 @@ def build_dspic(
         include_top: If False, return the last convolutional feature map
             (``conv5``), without the head.
         module: ``"attention"`` (dSPIC-AM) or ``"residual"`` (dSPIC-RM).
-        head: ``"gap"`` (default, practical) or ``"flatten"`` (paper as
-            written; ~1.73e9 parameters at 1024x256). See the module docstring.
+        head: ``"gap"`` (default, practical), ``"gmp"`` (global max pooling) or
+            ``"flatten"`` (paper as written; ~1.73e9 parameters at 1024x256). See the
+            module docstring.
         fc_units: Widths of the hidden FC layers.
         dropout_rate: Dropout after each hidden FC layer (0 disables it).
         classifier_activation: Activation of ``predictions``; ``None`` gives
@@ -145,7 +146,7 @@ def build_dspic_am(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -170,7 +171,7 @@ def build_dspic_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -197,7 +198,7 @@ def build_si_clf(
     *,
     attention: bool = False,
     residual: bool = False,
-    head: Literal["gap", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -257,7 +258,7 @@ def build_si_clf_am(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -275,7 +276,7 @@ def build_si_clf_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -293,7 +294,7 @@ def build_si_clf_am_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -311,7 +312,7 @@ def build_alexnet(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",

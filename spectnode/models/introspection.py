@@ -18,7 +18,7 @@ class LayerInfo:
 
     Attributes:
         name: Keras layer name.
-        kind: ``"conv"``, ``"maxpool"``, ``"avgpool"``, ``"gap"``, ``"flatten"``,
+        kind: ``"conv"``, ``"maxpool"``, ``"avgpool"``, ``"gap"``, ``"gmp"``, ``"flatten"``,
             ``"cbam"``, ``"add"``, ``"concat"``, ``"bn"``, ``"relu"``,
             ``"dropout"``, ``"dense"`` or the lower-cased class name otherwise.
         kernel_size: Square kernel/pool size, or None.
@@ -48,6 +48,7 @@ _KINDS: tuple[tuple[type, str], ...] = (
     (layers.MaxPooling2D, "maxpool"),
     (layers.AveragePooling2D, "avgpool"),
     (layers.GlobalAveragePooling2D, "gap"),
+    (layers.GlobalMaxPooling2D, "gmp"),
     (layers.Flatten, "flatten"),
     (layers.Add, "add"),
     (layers.Concatenate, "concat"),

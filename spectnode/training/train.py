@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["TrainSettings", "paper_defaults", "LoadedSamples", "load_samples", "subset_samples", "train",
-           "TrainingResult", "predict_studies", "class_weights"]
+           "TrainingResult", "predict_studies", "class_weights", "copy_weights"]
 
 #: Settings a resumed run may change: a longer run, or a learning-rate / batch-size step
 #: (the usual manual schedule).  Anything else would make the checkpoint another experiment.
@@ -338,6 +338,30 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def copy_weights(source: Any, target: Any) -> None:
+    """Give every layer of ``target`` the weights of ``source``'s layer of the same name.
+
+    The two may differ only in layers without weights (another pooling head, say), so a run
+    can start from a bundle and change such a layer (``--arch-options``).
+
+    Raises:
+        ValueError: If a layer with weights is missing from either model or has other shapes.
+    """
+    theirs = {layer.name: layer for layer in source.layers if layer.weights}
+    ours = {layer.name: layer for layer in target.layers if layer.weights}
+    problems = [f"{name} only in the {'bundle' if name in theirs else 'new network'}"
+                for name in sorted(set(theirs) ^ set(ours))]
+    for name in sorted(set(theirs) & set(ours)):
+        a = [tuple(w.shape) for w in theirs[name].get_weights()]
+        b = [tuple(w.shape) for w in ours[name].get_weights()]
+        if a != b:
+            problems.append(f"{name} has weights {a} in the bundle, {b} in the new network")
+    if problems:
+        raise ValueError("the bundle's weights do not fit this network: " + "; ".join(problems))
+    for name, layer in ours.items():
+        layer.set_weights(theirs[name].get_weights())
+
+
 def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume: bool = False,
           log: Callable[[str], None] = print, verbose: int | None = None,
           initial_model: Any = None, findings: Mapping[str, StudyFindings] | None = None) -> TrainingResult:
@@ -409,12 +433,11 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
             log(f"nothing to resume in {checkpoint_dir}; starting afresh")
         state = {"settings": settings_json, "epoch": 0, "best_val_loss": math.inf, "wait": 0, "history": [],
                  "stopped_early": False}
+        model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
+                            **settings.arch_options)
         if initial_model is not None:
-            model = initial_model
+            copy_weights(initial_model, model)
             log(f"starting from the weights of {settings.initial_weights}")
-        else:
-            model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
-                                **settings.arch_options)
         _set_batch_norm_momentum(model)
         if supervised:
             layer = choose_feature_layer(model)
