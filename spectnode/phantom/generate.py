@@ -412,6 +412,7 @@ def _truth_entry(out_dir: Path, record: PhantomStudyRecord, scan: PhantomScan,
         "study_datetime": _iso(scan.study_datetime),
         "lesions": [asdict(lesion) for lesion in scan.lesions],
         "superscan": bool(getattr(scan, "superscan", False)),
+        "visibility": scan.visibility,
         "views": {
             view: {"file": path.relative_to(out_dir).as_posix(), "frame": frame}
             for view, (path, frame) in sorted(record.views.items())
