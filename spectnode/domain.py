@@ -167,16 +167,17 @@ def fit_domain(layer: str, training: np.ndarray, held_out: np.ndarray, *, held_o
 
 
 def feature_layer_name(model: Any) -> str:
-    """The last global-average-pooling layer of a Keras model: what its head reads.
+    """The last global pooling layer (average or maximum) of a Keras model: what its head reads.
 
     Raises:
         ValueError: If the model has none.
     """
     import keras
 
-    pooled = [layer.name for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    kinds = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+    pooled = [layer.name for layer in model.layers if isinstance(layer, kinds)]
     if not pooled:
-        raise ValueError(f"model {model.name!r} has no global average pooling layer for domain features")
+        raise ValueError(f"model {model.name!r} has no global pooling layer for domain features")
     return str(pooled[-1])
 
 

@@ -171,6 +171,35 @@ def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_pat
     missing = spectnode(*base, "--out", str(tmp_path / "wrong"), "--init-from", str(tmp_path / "nothing"),
                         check=False)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    # Weights that do not fit the new network's options are refused by name, before any data are read.
+    other = spectnode(*base, "--out", str(tmp_path / "wrong"), "--init-from", str(bundle), "--input-shape", "128x32",
+                      "--arch-options", '{"fc_units": [32]}', check=False)
+    assert other.returncode == 2 and "do not fit this network" in other.stderr and "fc1" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_fine_tune_can_change_a_layer_without_weights(bundle, phantoms, tmp_path):
+    """--init-from with another pooling head: every weight carries over, the head pools by the maximum."""
+    import importlib
+
+    import keras
+
+    importlib.import_module("spectnode.models")  # registers the custom layers for loading
+    out = tmp_path / "gmp"
+    spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch", "dSPIC-AM",
+              "--scheme", "dspic4", "--out", str(out), "--epochs", "1", "--learning-rate", "1e-12",
+              "--init-from", str(bundle), "--input-shape", "128x32", "--arch-options",
+              '{"fc_units": [16], "head": "gmp"}', "--batch-size", "8")
+    first = keras.saving.load_model(bundle / "model.keras", compile=False)
+    tuned = keras.saving.load_model(out / "model.keras", compile=False)
+    assert [type(layer).__name__ for layer in tuned.layers if "Pooling" in type(layer).__name__][-1] == \
+        "GlobalMaxPooling2D"
+    assert "GlobalAveragePooling2D" in [type(layer).__name__ for layer in first.layers]
+    theirs = {w.path: np.asarray(w) for w in first.weights}
+    ours = {w.path: np.asarray(w) for w in tuned.weights}
+    assert theirs.keys() == ours.keys()
+    for path, weight in theirs.items():
+        np.testing.assert_allclose(ours[path], weight, rtol=0, atol=1e-6)
 
 
 def test_evaluate_prints_and_writes_metrics(bundle, phantoms, tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 from ..imaging.network_input import InputSpec
 from .labels import LabelledStudy, read_labelme_dir, read_labels_csv, scheme_classes
 from .metrics import compute_metrics, format_metrics_table, write_evaluation_plots
-from .train import LoadedSamples, TrainSettings, load_samples, predict_studies, subset_samples, train
+from .train import LoadedSamples, TrainSettings, load_samples, predict_studies, start_from, subset_samples, train
 
 if TYPE_CHECKING:  # keras loads only when a bundle does
     from collections.abc import Callable, Iterator, Sequence
@@ -107,9 +107,11 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
     from ..bundle import ModelCard, TrainingData, save_bundle
 
     classes = scheme_classes(settings.scheme)
+    initial_model = None
     if initial is not None:
         _check_initial_bundle(initial, settings)
         settings = dataclasses.replace(settings, initial_weights=initial.card.content_hash)
+        initial_model = start_from(initial.model, settings, len(classes))  # before any data are read
     findings = None
     if settings.lesion_supervision > 0:
         from .lesion_maps import read_truth
@@ -128,7 +130,7 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
                              f"(files of another phantom run?)")
         log(f"lesion maps: findings of {known} of {len(samples.studies)} studies (truth.jsonl under {data})")
     result = train(samples, settings, out, resume=resume, log=log,
-                   initial_model=initial.model if initial is not None else None, findings=findings)
+                   initial_model=initial_model, findings=findings)
 
     if test_set is None:
         test = subset_samples(samples, result.test)

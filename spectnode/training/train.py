@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["TrainSettings", "paper_defaults", "LoadedSamples", "load_samples", "subset_samples", "train",
-           "TrainingResult", "predict_studies", "class_weights", "copy_weights"]
+           "TrainingResult", "predict_studies", "class_weights", "copy_weights", "start_from"]
 
 #: Settings a resumed run may change: a longer run, or a learning-rate / batch-size step
 #: (the usual manual schedule).  Anything else would make the checkpoint another experiment.
@@ -338,6 +338,23 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def start_from(initial_model: Any, settings: TrainSettings, classes: int) -> Any:
+    """A new network of ``settings.arch`` with ``settings.arch_options``, holding ``initial_model``'s weights.
+
+    Built afresh rather than trained on in place, so that a run can change a layer without
+    weights (``--arch-options '{"head": "gmp"}'`` on a bundle trained with average pooling).
+
+    Raises:
+        ValueError: If the weights do not fit (:func:`copy_weights`).
+    """
+    from ..models import build_model
+
+    model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=classes,
+                        **settings.arch_options)
+    copy_weights(initial_model, model)
+    return model
+
+
 def copy_weights(source: Any, target: Any) -> None:
     """Give every layer of ``target`` the weights of ``source``'s layer of the same name.
 
@@ -367,9 +384,9 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
           initial_model: Any = None, findings: Mapping[str, StudyFindings] | None = None) -> TrainingResult:
     """Train ``settings.arch`` on ``samples``; checkpoints go to ``out_dir/checkpoints``.
 
-    ``initial_model`` (a trained model of the same architecture, classes and input
-    shape, named by ``settings.initial_weights``) replaces the random initialisation
-    of a new run; a resumed run continues from its own checkpoint instead.
+    ``initial_model`` (a model of ``settings.arch`` with its options, already holding the
+    weights named by ``settings.initial_weights``: :func:`start_from`) replaces the random
+    initialisation of a new run; a resumed run continues from its own checkpoint instead.
     With ``settings.lesion_supervision``, ``findings`` (by Study Instance UID, from
     :func:`~spectnode.training.lesion_maps.read_truth`) are the lesion-map targets; the
     returned model is the plain network all the same.
@@ -433,11 +450,12 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
             log(f"nothing to resume in {checkpoint_dir}; starting afresh")
         state = {"settings": settings_json, "epoch": 0, "best_val_loss": math.inf, "wait": 0, "history": [],
                  "stopped_early": False}
-        model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
-                            **settings.arch_options)
         if initial_model is not None:
-            copy_weights(initial_model, model)
+            model = initial_model
             log(f"starting from the weights of {settings.initial_weights}")
+        else:
+            model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
+                                **settings.arch_options)
         _set_batch_norm_momentum(model)
         if supervised:
             layer = choose_feature_layer(model)
