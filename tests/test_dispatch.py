@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -201,6 +204,32 @@ def test_folder_destination_writes_atomically_per_study(tmp_path: Path, study_a:
     with pytest.raises(DispatchError) as info:
         copy_to_folder([tmp_path / "missing.dcm"], folder)
     assert not info.value.retryable and "does not exist" in info.value.reason
+
+
+def test_a_file_too_large_for_the_folder_is_retryable_and_leaves_no_partial_file(
+        tmp_path: Path, study_a: tuple[str, list[Path]]) -> None:
+    """EFBIG for real: the copy runs in a process whose file-size limit (RLIMIT_FSIZE) is below the files' size."""
+    study_uid, files = study_a
+    folder = tmp_path / "out"
+    limit = min(p.stat().st_size for p in files) // 2
+    script = (
+        "import json, resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from spectnode.dispatch import DispatchError, copy_to_folder\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG, as under a quota\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "try:\n"
+        "    copy_to_folder([Path(p) for p in sys.argv[2:]], Path(sys.argv[1]))\n"
+        "except DispatchError as exc:\n"
+        "    print(json.dumps({'retryable': exc.retryable, 'reason': exc.reason}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(folder), *map(str, files)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    outcome = json.loads(proc.stdout)
+    assert outcome["retryable"] is True
+    assert "EFBIG" in outcome["reason"] and "cannot write" in outcome["reason"]
+    assert list((folder / study_uid).iterdir()) == []  # neither the file nor its temporary copy is left
 
 
 def test_connection_refused_is_reported(study_a: tuple[str, list[Path]]) -> None:

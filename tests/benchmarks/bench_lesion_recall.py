@@ -7,7 +7,10 @@ metastatic and "both" study, a model "finds" the metastases when it calls the st
 or both. Printed by the number of metastases, by the conspicuity of the most conspicuous one
 (:func:`spectnode.phantom.findings.conspicuity_mm2`: excess uptake times area, at least 200 mm2
 by construction except in a superscan's many faint lesions) and by counts per view, for each
-bundle (default: the shipped ones).
+bundle (default: the shipped ones). Phantoms of a generator with the visibility rule also
+record each disease kind's index finding's ideal-observer SNR (``visibility`` in truth.jsonl,
+at least 15 by construction): then metastases and arthritis are also printed by it (the SNR as
+shown, after any raise).
 """
 
 from __future__ import annotations
@@ -24,10 +27,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _BY_COUNT = ((1, 2), (2, 5), (5, 13), (13, float("inf")))
 _BY_CONSPICUITY = ((0, 200), (200, 300), (300, 500), (500, 1000), (1000, 2000), (2000, float("inf")))
 _BY_COUNTS_PER_VIEW = ((0.0, 0.6e6), (0.6e6, 1.2e6), (1.2e6, float("inf")))
+_BY_SNR = ((0, 15), (15, 20), (20, 30), (30, 50), (50, 100), (100, float("inf")))
 
 
-def metastatic_studies(data: Path) -> dict[str, tuple[int, float, float]]:
-    """Study UID -> (number of metastases, largest conspicuity, counts per view) of every study with metastases."""
+def index_snr(entry: dict, kind: str) -> float:
+    """The index finding's SNR as shown (drawn SNR times the raise), NaN if the truth has none."""
+    seen = (entry.get("visibility") or {}).get(kind)
+    return float(seen["index_snr"]) * float(seen["raised_by"]) if seen else float("nan")
+
+
+def arthritic_studies(data: Path) -> dict[str, float]:
+    """Study UID -> index arthritic focus's SNR of every arthritic and "both" study whose truth records it."""
+    found = {}
+    for path in sorted(data.rglob("truth.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            if entry["label"] in ("arthritic", "both") and not np.isnan(index_snr(entry, "arthritis")):
+                found[entry["study_uid"]] = index_snr(entry, "arthritis")
+    return found
+
+
+def metastatic_studies(data: Path) -> dict[str, tuple[int, float, float, float]]:
+    """Study UID -> (number of metastases, largest conspicuity, counts per view, index SNR) of every study
+    with metastases."""
     from dataclasses import fields
 
     from spectnode.phantom.findings import Lesion, conspicuity_mm2
@@ -41,7 +63,8 @@ def metastatic_studies(data: Path) -> dict[str, tuple[int, float, float]]:
                           for lesion in entry["lesions"] if lesion["kind"] == "metastasis"]
             if entry["label"] in ("metastatic", "both") and metastases:
                 found[entry["study_uid"]] = (len(metastases), max(map(conspicuity_mm2, metastases)),
-                                             float(entry["acquisition"]["counts_per_view"]))
+                                             float(entry["acquisition"]["counts_per_view"]),
+                                             index_snr(entry, "metastasis"))
     return found
 
 
@@ -55,24 +78,34 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, action="append")
     args = parser.parse_args()
     truth = metastatic_studies(args.data)
+    arthritic = arthritic_studies(args.data)
     files = find_dicom_files(args.data)
     for bundle in args.bundle or list(DEFAULT_BUNDLES):
         classifier = StudyClassifier.from_bundle(bundle)
         classes = list(classifier.classes)
         studies = [s for s in read_labels(args.data / "labels.csv", files, classifier.card.scheme)
-                   if s.study_uid in truth]
+                   if s.study_uid in truth or s.study_uid in arthritic]
         samples = load_samples(files, studies, classes, classifier.spec)
-        predicted = np.argmax(predict_studies(classifier.model, samples), axis=1)
-        rows = [(*truth[s.study_uid], classes[int(k)] in ("metastatic", "both"))
-                for s, k in zip(samples.studies, predicted)]
+        called = {s.study_uid: classes[int(k)] for s, k in
+                  zip(samples.studies, np.argmax(predict_studies(classifier.model, samples), axis=1))}
+        rows = [(*truth[uid], called[uid] in ("metastatic", "both")) for uid in called if uid in truth]
         print(f"{classifier.card.name} {classifier.card.version} on {args.data}: {len(rows)} studies with metastases")
-        for title, column, bins in (("metastases", 0, _BY_COUNT), ("largest conspicuity mm2", 1, _BY_CONSPICUITY),
-                                    ("counts per view", 2, _BY_COUNTS_PER_VIEW)):
+        tables = [("metastases", 0, _BY_COUNT), ("largest conspicuity mm2", 1, _BY_CONSPICUITY),
+                  ("counts per view", 2, _BY_COUNTS_PER_VIEW)]
+        if any(not np.isnan(row[3]) for row in rows):
+            tables.append(("index metastasis SNR", 3, _BY_SNR))
+        for title, column, bins in tables:
             for lo, hi in bins:
-                chosen = [row[3] for row in rows if lo <= row[column] < hi]
+                chosen = [row[4] for row in rows if lo <= row[column] < hi]
                 rate = f"{np.mean(chosen):.2f}" if chosen else "-"
                 print(f"  {title} from {lo:g} to under {hi:g}: {len(chosen)} studies, found {rate}")
-
+        joints = [(arthritic[uid], called[uid] in ("arthritic", "both")) for uid in called if uid in arthritic]
+        if joints:
+            print(f"  {len(joints)} arthritic or 'both' studies, called arthritic or both:")
+            for lo, hi in _BY_SNR:
+                chosen = [hit for snr, hit in joints if lo <= snr < hi]
+                rate = f"{np.mean(chosen):.2f}" if chosen else "-"
+                print(f"  index arthritic focus SNR from {lo:g} to under {hi:g}: {len(chosen)} studies, found {rate}")
 
 if __name__ == "__main__":
     main()
