@@ -430,3 +430,21 @@ def test_last_feature_layer_is_what_the_head_pools(full_models):
         assert (layer.name, tuple(layer.output.shape[1:])) == (layer_name, shape), name
     trunk = build_model("dSPIC-RM", (128, 64, 1), CLASSES, include_top=False)
     assert last_feature_layer(trunk).name == "conv5"
+
+
+@pytest.mark.parametrize(("head", "pooled"), [("gap", 256), ("gmp", 256), ("gap_gmp", 512)])
+def test_pooling_heads_pool_the_last_map_by_mean_max_or_both(head, pooled):
+    import keras
+
+    model = build_model("dSPIC-AM", (128, 64, 1), CLASSES, head=head, fc_units=(8,))
+    assert last_feature_layer(model).name == "conv5"
+    assert model.get_layer("fc1").input.shape[-1] == pooled
+    # what fc1 reads is the mean, the maximum, or both, of conv5 over its cells
+    probe = keras.Model(model.inputs, model.get_layer("fc1").input)
+    conv5 = keras.Model(model.inputs, model.get_layer("conv5").output)
+    x = np.random.default_rng(0).random((1, 128, 64, 1), dtype=np.float32)
+    fmap = np.asarray(conv5(x))[0]
+    features = np.asarray(probe(x))[0]
+    by_kind = {"gap": fmap.mean(axis=(0, 1)), "gmp": fmap.max(axis=(0, 1))}
+    expected = np.concatenate([by_kind["gap"], by_kind["gmp"]]) if head == "gap_gmp" else by_kind[head]
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)

@@ -80,7 +80,7 @@ def build_dspic(
     include_top: bool = True,
     *,
     module: Literal["attention", "residual"] = "attention",
-    head: Literal["gap", "gmp", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -99,7 +99,8 @@ def build_dspic(
         include_top: If False, return the last convolutional feature map
             (``conv5``), without the head.
         module: ``"attention"`` (dSPIC-AM) or ``"residual"`` (dSPIC-RM).
-        head: ``"gap"`` (default, practical), ``"gmp"`` (global max pooling) or
+        head: ``"gap"`` (default, practical), ``"gmp"`` (global max pooling),
+            ``"gap_gmp"`` (both, concatenated) or
             ``"flatten"`` (paper as written; ~1.73e9 parameters at 1024x256). See the
             module docstring.
         fc_units: Widths of the hidden FC layers.
@@ -146,7 +147,7 @@ def build_dspic_am(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -171,7 +172,7 @@ def build_dspic_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -198,7 +199,7 @@ def build_si_clf(
     *,
     attention: bool = False,
     residual: bool = False,
-    head: Literal["gap", "gmp", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -258,7 +259,7 @@ def build_si_clf_am(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -276,7 +277,7 @@ def build_si_clf_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -294,7 +295,7 @@ def build_si_clf_am_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -312,7 +313,7 @@ def build_alexnet(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "flatten"] = "gap",
+    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",

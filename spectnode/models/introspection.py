@@ -140,7 +140,7 @@ def last_feature_layer(model: keras.Model) -> keras.layers.Layer:
     """
     producer = {id(layer.output): layer for layer in model.layers}
     for layer in model.layers:
-        if isinstance(layer, (layers.GlobalAveragePooling2D, layers.Flatten)):
+        if isinstance(layer, (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D, layers.Flatten)):
             return producer[id(layer.input)]
     output_layer = producer[id(model.outputs[0])]
     if len(output_layer.output.shape) != 4:
