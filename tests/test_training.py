@@ -200,6 +200,16 @@ def test_fine_tune_can_change_a_layer_without_weights(bundle, phantoms, tmp_path
     assert theirs.keys() == ours.keys()
     for path, weight in theirs.items():
         np.testing.assert_allclose(ours[path], weight, rtol=0, atol=1e-6)
+    # a run started from that bundle keeps its head (and its FC widths) unless it names them again
+    again = tmp_path / "again"
+    proc = spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch", "dSPIC-AM",
+                     "--scheme", "dspic4", "--out", str(again), "--epochs", "1", "--learning-rate", "1e-12",
+                     "--init-from", str(out), "--input-shape", "128x32", "--batch-size", "8")
+    assert "architecture options from the bundle: fc_units=[16], head='gmp'" in proc.stdout
+    kept = keras.saving.load_model(again / "model.keras", compile=False)
+    assert "GlobalMaxPooling2D" in [type(layer).__name__ for layer in kept.layers]
+    assert json.loads((again / "card.json").read_text())["training_data"]["counts"]["settings"]["arch_options"] == {
+        "fc_units": [16], "head": "gmp"}
 
 
 def test_evaluate_prints_and_writes_metrics(bundle, phantoms, tmp_path):

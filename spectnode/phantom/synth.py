@@ -65,6 +65,7 @@ from .render import DEPTH_LAYER_CENTRES, ProjectionCanvas
 
 if TYPE_CHECKING:
     import datetime
+    from collections.abc import Iterable
 
     from .voxel import VoxelAnatomy
 
@@ -216,7 +217,8 @@ class PhantomScan:
         study_datetime: When it was acquired, if the generator fixes it (follow-ups);
             ``None`` lets the DICOM writer draw a date.
         visibility: For each disease kind of the label, how visible its index finding was as
-            drawn and how much it was raised (see :func:`render_scan`); empty otherwise.
+            drawn, how much it was raised and how visible it is in the image (see
+            :func:`render_scan`); empty otherwise.
     """
 
     anterior: np.ndarray
@@ -260,7 +262,9 @@ def evolve_findings(anatomy: Anatomy | VoxelAnatomy, lesions: list[Lesion], labe
                     new_metastases_chance: float = 0.2) -> tuple[list[Lesion], str]:
     """The same patient's findings at a follow-up months later, and the label they give.
 
-    Metastases grow (larger, hotter: a visible one stays visible) and new ones appear; a
+    Metastases grow (larger, hotter than drawn at the last visit; :func:`render_scan` raises
+    each visit's faint index finding on its own, so a raised one can read fainter in the truth
+    of the next visit, though it is raised again if it is faint there) and new ones appear; a
     patient without them develops them with ``new_metastases_chance``.  Arthritis persists
     at a similar level (never below :data:`~spectnode.phantom.findings.ARTHRITIS_MIN_RATIO`
     of the joint's physiological level).
@@ -538,26 +542,27 @@ def ideal_snr(excess: tuple[np.ndarray, np.ndarray], views: tuple[np.ndarray, np
     return best
 
 
-def _make_visible(anatomy: Anatomy | VoxelAnatomy, label: str, lesions: list[Lesion], acquisition: Acquisition,
-                  views: tuple[np.ndarray, np.ndarray]) -> tuple[list[Lesion], tuple[np.ndarray, np.ndarray],
-                                                                  dict[str, dict[str, float]]]:
-    """Raise each disease kind's index finding until its :func:`ideal_snr` reaches :data:`MIN_INDEX_SNR`.
+def _make_visible(anatomy: Anatomy | VoxelAnatomy, kinds: Iterable[str], lesions: list[Lesion],
+                  acquisition: Acquisition, views: tuple[np.ndarray, np.ndarray]
+                  ) -> tuple[list[Lesion], tuple[np.ndarray, np.ndarray], dict[str, dict[str, float]]]:
+    """Raise the index finding of each of ``kinds`` until its :func:`ideal_snr` reaches :data:`MIN_INDEX_SNR`.
 
     A label is what a reader could call from the scan.  The lesion rules of :mod:`.findings`
     (least conspicuity, least joint excess) speak of the lesion, not of the image: at 0.3 M
     counts, 14 mm FWHM and deep in the body a lesion that passes them can be lost in the noise.
     The finding's excess image is linear in its uptake above its host, so it is scaled in place
-    (no other draw changes) and the finding records the raised uptake.
+    (no random draw is added) and the finding records the raised uptake.  Kinds are taken in
+    order, each on the image with the raises before it.
 
     Returns:
         ``(lesions, views, visibility)``; ``visibility[kind]`` holds the index finding's SNR as
-        drawn (``index_snr``) and the factor its excess uptake was raised by (``raised_by``, 1 if
-        it was visible).
+        drawn (``index_snr``), the factor its excess uptake was raised by (``raised_by``, 1 if it
+        was visible) and its SNR in the image made (``shown_snr``).
     """
     lesions = list(lesions)
     ant, post = views
     visibility: dict[str, dict[str, float]] = {}
-    for kind in sorted(disease_kinds(label)):
+    for kind in sorted(kinds):
         i = index_finding(lesions, kind)
         if i is None:
             continue
@@ -565,12 +570,14 @@ def _make_visible(anatomy: Anatomy | VoxelAnatomy, label: str, lesions: list[Les
         excess = (ant - without[0], post - without[1])
         scales, background = _count_scales(ant, post, acquisition, anatomy)
         drawn = ideal_snr(excess, (ant, post), scales, background)
-        factor = 1.0
-        snr = drawn
-        for _ in range(4):  # SNR grows a little slower than the excess: its own counts add noise
+        factor, snr = 1.0, drawn
+        # The SNR grows a little slower than the excess (its own counts add noise), so a few
+        # steps; a finding with no excess in the image (none happens: findings lie inside the
+        # field) cannot be raised and keeps its SNR of 0 on record.
+        for _ in range(12):
             if snr >= MIN_INDEX_SNR or snr <= 0.0:
                 break
-            factor *= MIN_INDEX_SNR / snr * 1.02
+            factor *= MIN_INDEX_SNR / snr * 1.01
             trial = (without[0] + factor * excess[0], without[1] + factor * excess[1])
             scales, background = _count_scales(*trial, acquisition, anatomy)
             snr = ideal_snr((factor * excess[0], factor * excess[1]), trial, scales, background)
@@ -579,7 +586,7 @@ def _make_visible(anatomy: Anatomy | VoxelAnatomy, label: str, lesions: list[Les
             lesion = lesions[i]
             lesions[i] = dataclasses.replace(
                 lesion, relative_uptake=lesion.host_uptake + factor * (lesion.relative_uptake - lesion.host_uptake))
-        visibility[kind] = {"index_snr": round(drawn, 2), "raised_by": round(factor, 3)}
+        visibility[kind] = {"index_snr": round(drawn, 2), "raised_by": round(factor, 3), "shown_snr": round(snr, 2)}
     return lesions, (ant, post), visibility
 
 
@@ -587,15 +594,17 @@ def render_scan(anatomy: Anatomy | VoxelAnatomy, label: str, lesions: list[Lesio
                 rng: np.random.Generator) -> PhantomScan:
     """Acquire a patient with its findings: phase, acquisition, rendering, counts and noise.
 
-    In a delayed-phase study that is not a superscan, each disease kind the label names has one
-    finding a reader can see in the counts (:func:`_make_visible`).
+    In a delayed-phase study each disease kind the label names has one finding a reader can
+    see in the counts (:func:`_make_visible`), except the metastases of a superscan, which show
+    as diffusely raised axial uptake rather than as foci.
     """
     apply_phase(anatomy, phase, rng)
     acquisition = sample_acquisition(rng)
     ant, post = _expected_views(anatomy, lesions, acquisition)
     visibility: dict[str, dict[str, float]] = {}
-    if phase == "delayed" and not superscan:
-        lesions, (ant, post), visibility = _make_visible(anatomy, label, lesions, acquisition, (ant, post))
+    if phase == "delayed":
+        kinds = disease_kinds(label) - ({"metastasis"} if superscan else set())
+        lesions, (ant, post), visibility = _make_visible(anatomy, kinds, lesions, acquisition, (ant, post))
     scales, background = _count_scales(ant, post, acquisition, anatomy)
     views = [_poisson_counts(img * scale, background, rng) for img, scale in zip((ant, post), scales)]
     return PhantomScan(

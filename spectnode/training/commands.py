@@ -91,6 +91,14 @@ def _check_initial_bundle(initial: LoadedBundle, settings: TrainSettings) -> Non
         raise ValueError(f"cannot start from bundle {initial.path}: its " + ", ".join(problems))
 
 
+def _bundle_arch_options(initial: LoadedBundle) -> dict[str, Any]:
+    """The ``--arch-options`` the bundle was trained with (its card's settings), so that a run
+    started from it keeps them (a pooling head, say) unless it names them again."""
+    settings = initial.card.training_data.counts.get("settings")
+    options = settings.get("arch_options") if isinstance(settings, dict) else None
+    return dict(options) if isinstance(options, dict) else {}
+
+
 def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *, name: str, version: str,
                  resume: bool, files: Sequence[Path], test_set: tuple[Path, Path, Sequence[Path]] | None = None,
                  initial: LoadedBundle | None = None, log: Callable[[str], None] = print,
@@ -111,6 +119,11 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
     if initial is not None:
         _check_initial_bundle(initial, settings)
         settings = dataclasses.replace(settings, initial_weights=initial.card.content_hash)
+        inherited = _bundle_arch_options(initial)
+        if inherited.keys() - settings.arch_options.keys():
+            log("architecture options from the bundle: " + ", ".join(
+                f"{key}={inherited[key]!r}" for key in sorted(inherited.keys() - settings.arch_options.keys())))
+        settings = dataclasses.replace(settings, arch_options={**inherited, **settings.arch_options})
         initial_model = start_from(initial.model, settings, len(classes))  # before any data are read
     findings = None
     if settings.lesion_supervision > 0:

@@ -10,7 +10,7 @@ by construction except in a superscan's many faint lesions) and by counts per vi
 bundle (default: the shipped ones). Phantoms of a generator with the visibility rule also
 record each disease kind's index finding's ideal-observer SNR (``visibility`` in truth.jsonl,
 at least 15 by construction): then metastases and arthritis are also printed by it (the SNR as
-shown, after any raise).
+image made, after any raise).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ _BY_SNR = ((0, 15), (15, 20), (20, 30), (30, 50), (50, 100), (100, float("inf"))
 
 
 def index_snr(entry: dict, kind: str) -> float:
-    """The index finding's SNR as shown (drawn SNR times the raise), NaN if the truth has none."""
+    """The index finding's SNR in the image made (after any raise), NaN if the truth has none."""
     seen = (entry.get("visibility") or {}).get(kind)
-    return float(seen["index_snr"]) * float(seen["raised_by"]) if seen else float("nan")
+    return float(seen["shown_snr"]) if seen and "shown_snr" in seen else float("nan")
 
 
 def arthritic_studies(data: Path) -> dict[str, float]:
