@@ -109,6 +109,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     defaults = paper_defaults(args.arch)
     try:
         arch_options = json.loads(args.arch_options) if args.arch_options else {}
+        if not isinstance(arch_options, dict):
+            raise ValueError(f"--arch-options must be a JSON object such as '{{\"head\": \"gap\"}}', "
+                             f"not {args.arch_options!r}")
         settings = TrainSettings(
             arch=args.arch, scheme=args.scheme,
             learning_rate=args.learning_rate or defaults["learning_rate"],

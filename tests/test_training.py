@@ -176,6 +176,10 @@ def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_pat
                       "--arch-options", '{"fc_units": [32]}', check=False)
     assert other.returncode == 2 and "do not fit this network" in other.stderr and "fc1" in other.stderr
     assert "Traceback" not in other.stderr
+    unknown = spectnode(*base, "--out", str(tmp_path / "wrong"), "--init-from", str(bundle), "--input-shape",
+                        "128x32", "--arch-options", '{"fc_units": [16], "pooling": "max"}', check=False)
+    assert unknown.returncode == 2 and "does not take the architecture options" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
 
 
 def test_fine_tune_can_change_a_layer_without_weights(bundle, phantoms, tmp_path):
@@ -286,6 +290,10 @@ def test_train_rejects_bad_input(phantoms, tmp_path):
                      check=False)
     assert proc.returncode == 2 and "unsupported normalization 'zscore'" in proc.stderr
     assert "bone_window" in proc.stderr and "Traceback" not in proc.stderr
+    proc = spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch",
+                     "dSPIC-AM", "--scheme", "dspic4", "--out", str(tmp_path / "b"), "--arch-options", "[1]",
+                     check=False)
+    assert proc.returncode == 2 and "must be a JSON object" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_labels_from_labelme(phantoms, tmp_path):

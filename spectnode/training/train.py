@@ -349,8 +349,12 @@ def start_from(initial_model: Any, settings: TrainSettings, classes: int) -> Any
     """
     from ..models import build_model
 
-    model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=classes,
-                        **settings.arch_options)
+    try:
+        model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=classes,
+                            **settings.arch_options)
+    except TypeError as exc:  # an option the builder does not take (one of the bundle's, or a typo)
+        raise ValueError(f"{settings.arch} does not take the architecture options {settings.arch_options}: "
+                         f"{exc}") from None
     copy_weights(initial_model, model)
     return model
 

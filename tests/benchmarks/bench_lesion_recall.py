@@ -9,8 +9,8 @@ or both. Printed by the number of metastases, by the conspicuity of the most con
 by construction except in a superscan's many faint lesions) and by counts per view, for each
 bundle (default: the shipped ones). Phantoms of a generator with the visibility rule also
 record each disease kind's index finding's ideal-observer SNR (``visibility`` in truth.jsonl,
-at least 15 by construction): then metastases and arthritis are also printed by it (the SNR as
-image made, after any raise).
+at least 15 by construction): then metastases and arthritis are also printed by it (the SNR in
+the image made, after any raise).
 """
 
 from __future__ import annotations
