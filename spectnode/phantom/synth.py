@@ -103,9 +103,9 @@ COLLIMATOR_FWHM_10CM_RANGE_MM: tuple[float, float] = (7.0, 14.0)
 #: finding of each disease kind a label names; a fainter one is raised (:func:`render_scan`).
 #: Rose's criterion for a reader who knows where to look is 5; one who must search a whole
 #: skeleton with its own structure needs several times that, so 3 x 5.  On 300 classic
-#: phantoms drawn without it (seed 7001), 10 of 138 index metastases and 12 of 146 index
+#: phantoms drawn without it (seed 7001), 10 of 138 index metastases and 12 of 150 index
 #: arthritic foci were below it, and the per-view model 1.1.0 found studies whose index
-#: finding was under 15 in 3 of 22 (above 50: 0.82 of metastatic, 0.96 of arthritic).
+#: finding was under 15 in 2 of 22 (above 50: 0.82 of metastatic, 0.96 of arthritic).
 MIN_INDEX_SNR: float = 15.0
 
 #: Anatomy builders: ``classic`` (2-D primitives at relative depths, :mod:`.anatomy`) and
