@@ -13,7 +13,7 @@ Layer naming is part of the contract: tests and introspection
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import keras
 from keras import layers
@@ -29,12 +29,14 @@ __all__ = [
     "dspic_residual_module",
     "ra_conv_block",
     "classification_head",
+    "Head",
     "dense_stack_param_count",
     "check_common_arguments",
 ]
 
 #: Heads offered by the builders whose papers end in fully connected layers.
-HEADS = ("gap", "gmp", "gap_gmp", "flatten")
+Head = Literal["gap", "gmp", "gap_gmp", "flatten"]
+HEADS: tuple[Head, ...] = get_args(Head)
 
 
 def check_common_arguments(input_shape: Sequence[int], classes: int) -> tuple[int, int, int]:
@@ -164,7 +166,7 @@ def classification_head(
     x: Any,
     classes: int,
     *,
-    head: str,
+    head: Head,
     fc_units: Sequence[int],
     dropout_rate: float,
     classifier_activation: str | None,

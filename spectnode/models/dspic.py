@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Literal
 import keras
 from keras import layers
 
-from .blocks import check_common_arguments, classification_head, dspic_residual_module, padded_conv2d
+from .blocks import Head, check_common_arguments, classification_head, dspic_residual_module, padded_conv2d
 from .cbam import CBAM
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def build_dspic(
     include_top: bool = True,
     *,
     module: Literal["attention", "residual"] = "attention",
-    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -147,7 +147,7 @@ def build_dspic_am(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -172,7 +172,7 @@ def build_dspic_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -199,7 +199,7 @@ def build_si_clf(
     *,
     attention: bool = False,
     residual: bool = False,
-    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -259,7 +259,7 @@ def build_si_clf_am(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -277,7 +277,7 @@ def build_si_clf_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -295,7 +295,7 @@ def build_si_clf_am_rm(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -313,7 +313,7 @@ def build_alexnet(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "gmp", "gap_gmp", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (1024, 1024),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",

@@ -176,12 +176,14 @@ MIN_INDEX_CONSPICUITY_MM2: float = 200.0
 
 
 def conspicuity_mm2(lesion: Lesion) -> float:
-    """How plainly a bone finding shows: its excess over bone uptake times its area.
+    """How plainly a bone finding shows: its excess over what it sits in times its area.
 
-    ``(relative_uptake - 1) * min(radius_mm, 15)**2``.  The radius is capped because a large,
-    faint lesion spreads its excess over bone that already shows, rather than standing out.
+    ``(relative_uptake - host_uptake) * min(radius_mm, 15)**2``; the host is bone (1) for a
+    metastasis, the joint's physiological level for a joint finding.  The radius is capped
+    because a large, faint lesion spreads its excess over bone that already shows, rather than
+    standing out.
     """
-    return (lesion.relative_uptake - 1.0) * min(lesion.radius_mm, 15.0) ** 2
+    return (lesion.relative_uptake - lesion.host_uptake) * min(lesion.radius_mm, 15.0) ** 2
 
 
 def sample_metastases(anatomy: Anatomy | VoxelAnatomy, rng: np.random.Generator,

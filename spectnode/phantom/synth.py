@@ -55,6 +55,7 @@ from .anatomy import Anatomy, PhantomPatient, sample_anatomy
 from .findings import (
     DISEASE_KINDS,
     Lesion,
+    conspicuity_mm2,
     lesion_primitive,
     sample_arthritis,
     sample_confounders,
@@ -512,15 +513,10 @@ def _count_scales(ant: np.ndarray, post: np.ndarray, acquisition: Acquisition,
 
 
 def index_finding(lesions: list[Lesion], kind: str) -> int | None:
-    """Position in ``lesions`` of the most conspicuous finding of ``kind`` (:func:`conspicuity_mm2`
-    over its host's uptake), or None if there is none."""
-    best, index = -1.0, None
-    for i, lesion in enumerate(lesions):
-        if lesion.kind == kind:
-            value = (lesion.relative_uptake - lesion.host_uptake) * min(lesion.radius_mm, 15.0) ** 2
-            if value > best:
-                best, index = value, i
-    return index
+    """Position in ``lesions`` of the most conspicuous finding of ``kind`` (:func:`conspicuity_mm2`),
+    or None if there is none."""
+    of_kind = [i for i, lesion in enumerate(lesions) if lesion.kind == kind]
+    return max(of_kind, key=lambda i: conspicuity_mm2(lesions[i])) if of_kind else None
 
 
 def ideal_snr(excess: tuple[np.ndarray, np.ndarray], views: tuple[np.ndarray, np.ndarray],

@@ -120,9 +120,8 @@ def run_training(data: Path, labels: Path, settings: TrainSettings, out: Path, *
         _check_initial_bundle(initial, settings)
         settings = dataclasses.replace(settings, initial_weights=initial.card.content_hash)
         inherited = _bundle_arch_options(initial)
-        if inherited.keys() - settings.arch_options.keys():
-            log("architecture options from the bundle: " + ", ".join(
-                f"{key}={inherited[key]!r}" for key in sorted(inherited.keys() - settings.arch_options.keys())))
+        if carried := sorted(inherited.keys() - settings.arch_options.keys()):
+            log("architecture options from the bundle: " + ", ".join(f"{key}={inherited[key]!r}" for key in carried))
         settings = dataclasses.replace(settings, arch_options={**inherited, **settings.arch_options})
         initial_model = start_from(initial.model, settings, len(classes))  # before any data are read
     findings = None
