@@ -536,6 +536,53 @@ def test_a_peer_that_takes_two_associations_gets_every_item_sent_fewer_at_once(
         server.shutdown()
 
 
+def test_a_rejection_for_now_read_late_counts_from_when_the_association_was_asked_for(
+    tmp_path: Path, study_a: tuple[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a loaded machine the peer's A-ASSOCIATE-RJ, decided while it still counted our last
+    # association, can be read long after: what counts is when we asked, not when we read it.
+    monkeypatch.setattr("spectnode.node.stages.dispatch.BUSY_GRACE_SECONDS", 0.2)
+    sends = 0
+
+    def deliver_then_reject_late(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        nonlocal sends
+        sends += 1
+        if sends == 2:
+            time.sleep(0.5)  # the answer is read past the grace
+            raise DispatchError("association rejected (transient): local limit exceeded", rejected_for_now=True)
+
+    dest = {"pacs": DestinationConfig(name="pacs", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dest, send=deliver_then_reject_late)
+    for i in range(2):
+        stage.outbox.enqueue(f"1.2.3.{i}", "pacs", "sr", study_a[1][-1:])
+    first, second = stage.deliver_due()
+    assert (first.state, first.attempts) == ("delivered", 0)
+    assert (second.state, second.attempts) == ("pending", 0)
+    assert "fewer at once" in (second.last_error or "")
+
+
+def test_a_rejection_for_now_with_nothing_of_ours_open_is_an_attempt(
+    tmp_path: Path, study_a: tuple[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A peer busy with other callers: ours are not the cause, so each rejection counts and the
+    # item ends as a dead letter like any other that never gets through.
+    monkeypatch.setattr("spectnode.node.stages.dispatch.BUSY_GRACE_SECONDS", 0.0)
+
+    def always_busy(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        raise DispatchError("association rejected (transient): temporary congestion", rejected_for_now=True)
+
+    clock = FakeClock(1000.0)
+    dest = {"pacs": DestinationConfig(name="pacs", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dest, clock=clock, send=always_busy, parallel_sends=2, max_attempts=3)
+    item_id = stage.outbox.enqueue("1.2.3.1", "pacs", "sr", study_a[1][-1:])
+    for _ in range(3):
+        stage.deliver_due()
+        clock.advance(3600)
+    item = stage.outbox.get(item_id)
+    assert item is not None and (item.state, item.attempts) == ("dead", 3)
+    assert "pacs" not in stage._most_at_once  # not taken for a limit of ours
+
+
 def test_an_error_of_the_store_in_a_sender_is_raised_by_the_pass(
     tmp_path: Path, study_a: tuple[str, list[Path]]
 ) -> None:

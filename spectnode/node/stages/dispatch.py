@@ -74,8 +74,10 @@ __all__ = ["SAME_ASSOCIATION_REPORT_SECONDS", "DispatchStage", "RetryPolicy", "S
 
 _log = logging.getLogger("spectnode.dispatch")
 
-#: A transient association rejection this soon after a delivery of ours to the peer is taken
-#: for the peer still counting it; such an item goes back, due again after BUSY_RETRY_SECONDS.
+#: A transient association rejection of a request made this soon after a delivery of ours to the
+#: peer is taken for the peer still counting it; such an item goes back, due again after
+#: BUSY_RETRY_SECONDS. Measured to when we asked, not to when the answer was read: on a loaded
+#: machine the answer can be read seconds after the peer decided.
 BUSY_GRACE_SECONDS: Final = 2.0
 BUSY_RETRY_SECONDS: Final = 1.0
 #: Deliveries in a row after which a destination sent fewer at once may take one more again.
@@ -327,6 +329,7 @@ class DispatchStage:
             self._record_failure(item, known_unreachable, retryable=True)
             return
         commitment = None
+        asked_at = time.monotonic()
         try:
             if dest.storage_commitment:
                 commitment = self._begin_commitment(item)
@@ -336,7 +339,7 @@ class DispatchStage:
                 self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
                           timeout=self.timeout)
         except DispatchError as exc:
-            if exc.rejected_for_now and self._fewer_at_once(item, exc.reason):
+            if exc.rejected_for_now and self._fewer_at_once(item, exc.reason, asked_at):
                 return
             if is_disk_full(exc):  # a full disk is no fault of the item: not an attempt towards a dead letter
                 self.disk.write_failed(self.name, exc, item.study_uid)
@@ -522,15 +525,17 @@ class DispatchStage:
                 if self._most_at_once[destination] >= self.parallel_sends:
                     del self._most_at_once[destination]
 
-    def _fewer_at_once(self, item: OutboxItem, reason: str) -> bool:
-        """After a rejection "for now": if other items of ours for the destination were on their way,
-        or one had just been delivered (a peer counts an association until it has torn it down), the peer
-        is at its limit of associations. It is sent one fewer at once from now on (at least one),
-        and this item goes back, due in :data:`BUSY_RETRY_SECONDS`, with no attempt counted.
-        False if ours were not the cause (an ordinary failed attempt)."""
+    def _fewer_at_once(self, item: OutboxItem, reason: str, asked_at: float) -> bool:
+        """After a rejection "for now" of the association asked for at ``asked_at`` (monotonic): if
+        other items of ours for the destination were on their way, or one had been delivered less
+        than :data:`BUSY_GRACE_SECONDS` before we asked or while we waited for the answer (a peer counts
+        an association until it has torn it down), the peer is at its limit of associations. It is
+        sent one fewer at once from now on (at least one), and this item goes back, due in
+        :data:`BUSY_RETRY_SECONDS`, with no attempt counted. False if ours were not the cause (an
+        ordinary failed attempt)."""
         with self._lock:
             others = self._in_flight[item.destination] - 1
-            just_done = time.monotonic() - self._last_done.get(item.destination, -math.inf) < BUSY_GRACE_SECONDS
+            just_done = self._last_done.get(item.destination, -math.inf) > asked_at - BUSY_GRACE_SECONDS
             if others < 1 and not just_done:
                 return False
             limit = self._most_at_once[item.destination] = max(1, self._limit(item.destination) - 1)
