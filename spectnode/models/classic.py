@@ -8,12 +8,12 @@ build those originals, adapted to one-channel 1024x256 images.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import keras
 from keras import layers
 
-from .blocks import check_common_arguments, classification_head, padded_conv2d
+from .blocks import Head, check_common_arguments, classification_head, padded_conv2d
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,7 +45,7 @@ def build_vgg11(
     classes: int = 4,
     include_top: bool = True,
     *,
-    head: Literal["gap", "flatten"] = "gap",
+    head: Head = "gap",
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
@@ -58,8 +58,8 @@ def build_vgg11(
     1024x256 input the last map is 32x8x512; ``head="flatten"`` therefore
     feeds 131072 features to FC-4096 (~5.4e8 parameters), so the default is
     ``head="gap"`` (global average pooling in front of the same three FC
-    layers). ``dropout_rate`` 0.5 after each hidden FC layer as in the
-    original. Other arguments as in :func:`spectnode.models.dspic.build_dspic`.
+    layers; ``"gmp"`` and ``"gap_gmp"`` pool by the maximum, or both).
+    ``dropout_rate`` 0.5 after each hidden FC layer as in the original. Other arguments as in :func:`spectnode.models.dspic.build_dspic`.
     """
     shape = check_common_arguments(input_shape, classes)
     inputs = keras.Input(shape=shape, name="image")
