@@ -59,7 +59,8 @@ def build_vgg11(
     feeds 131072 features to FC-4096 (~5.4e8 parameters), so the default is
     ``head="gap"`` (global average pooling in front of the same three FC
     layers; ``"gmp"`` and ``"gap_gmp"`` pool by the maximum, or both).
-    ``dropout_rate`` 0.5 after each hidden FC layer as in the original. Other arguments as in :func:`spectnode.models.dspic.build_dspic`.
+    ``dropout_rate`` 0.5 after each hidden FC layer as in the original.
+    Other arguments as in :func:`spectnode.models.dspic.build_dspic`.
     """
     shape = check_common_arguments(input_shape, classes)
     inputs = keras.Input(shape=shape, name="image")
