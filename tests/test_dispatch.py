@@ -29,7 +29,13 @@ from pynetdicom.sop_class import NuclearMedicineImageStorage
 from spectnode.config import DestinationConfig
 from spectnode.dispatch import DispatchError, copy_to_folder, send_files
 from spectnode.node.datadir import DataDir
-from spectnode.node.stages.dispatch import RAISE_LIMIT_AFTER, DispatchStage, RetryPolicy, SendFunction
+from spectnode.node.stages.dispatch import (
+    BUSY_EXCUSES_PER_ATTEMPT,
+    RAISE_LIMIT_AFTER,
+    DispatchStage,
+    RetryPolicy,
+    SendFunction,
+)
 from spectnode.node.status import format_outbox_status
 from spectnode.peer import Peer
 from spectnode.phantom.generate import generate_phantoms
@@ -541,14 +547,14 @@ def test_a_rejection_for_now_read_late_counts_from_when_the_association_was_aske
 ) -> None:
     # On a loaded machine the peer's A-ASSOCIATE-RJ, decided while it still counted our last
     # association, can be read long after: what counts is when we asked, not when we read it.
-    monkeypatch.setattr("spectnode.node.stages.dispatch.BUSY_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr("spectnode.node.stages.dispatch.BUSY_GRACE_SECONDS", 1.0)
     sends = 0
 
     def deliver_then_reject_late(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
         nonlocal sends
         sends += 1
         if sends == 2:
-            time.sleep(0.5)  # the answer is read past the grace
+            time.sleep(2.0)  # the answer is read past the grace
             raise DispatchError("association rejected (transient): local limit exceeded", rejected_for_now=True)
 
     dest = {"pacs": DestinationConfig(name="pacs", type="folder", path=tmp_path / "out")}
@@ -562,11 +568,10 @@ def test_a_rejection_for_now_read_late_counts_from_when_the_association_was_aske
 
 
 def test_a_rejection_for_now_with_nothing_of_ours_open_is_an_attempt(
-    tmp_path: Path, study_a: tuple[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, study_a: tuple[str, list[Path]]
 ) -> None:
-    # A peer busy with other callers: ours are not the cause, so each rejection counts and the
-    # item ends as a dead letter like any other that never gets through.
-    monkeypatch.setattr("spectnode.node.stages.dispatch.BUSY_GRACE_SECONDS", 0.0)
+    # A peer busy with other callers and nothing of ours delivered: each rejection counts, and
+    # the item ends as a dead letter like any other that never gets through.
 
     def always_busy(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
         raise DispatchError("association rejected (transient): temporary congestion", rejected_for_now=True)
@@ -581,6 +586,54 @@ def test_a_rejection_for_now_with_nothing_of_ours_open_is_an_attempt(
     item = stage.outbox.get(item_id)
     assert item is not None and (item.state, item.attempts) == ("dead", 3)
     assert "pacs" not in stage._most_at_once  # not taken for a limit of ours
+
+
+def test_an_item_always_rejected_for_now_while_others_get_through_ends_a_dead_letter(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    # Each rejection follows a delivery of ours, so each could be the peer still counting it; but
+    # a peer busy with other callers must not keep one item retrying for ever with no attempt.
+    stuck_file = study_a[1][0]
+
+    def reject_one(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        if tuple(files) == (stuck_file,):
+            raise DispatchError("association rejected (transient): local limit exceeded", rejected_for_now=True)
+
+    clock = FakeClock(1000.0)
+    dest = {"pacs": DestinationConfig(name="pacs", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dest, clock=clock, send=reject_one, max_attempts=2, base_delay_s=1, max_delay_s=1)
+    stuck = stage.outbox.enqueue("1.2.3.0", "pacs", "sr", [stuck_file])
+    for i in range(2 * (BUSY_EXCUSES_PER_ATTEMPT + 1)):
+        clock.advance(10)
+        stage.outbox.enqueue(f"1.2.3.{i + 1}", "pacs", "sr", study_a[1][-1:])  # due after the stuck one
+        stage.deliver_due()
+    item = stage.outbox.get(stuck)
+    assert item is not None and (item.state, item.attempts) == ("dead", 2)
+    assert all(i.state == "delivered" for i in stage.outbox.list_items() if i.id != stuck)
+
+
+def test_a_peer_at_its_limit_rejects_for_now_and_the_sender_says_when_it_asked(
+    tmp_path: Path, study_a: tuple[str, list[Path]]
+) -> None:
+    port = free_port()
+    ae = AE(ae_title="ONEATATIME")
+    ae.maximum_associations = 1
+    ae.add_supported_context(ComprehensiveSRStorage, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    holder = AE(ae_title="OTHER")
+    holder.add_requested_context(ComprehensiveSRStorage, ExplicitVRLittleEndian)
+    held = holder.associate("127.0.0.1", port, ae_title="ONEATATIME")
+    try:
+        assert held.is_established
+        dest = DestinationConfig(name="one", type="dicom", ae_title="ONEATATIME", host="127.0.0.1", port=port)
+        before = time.monotonic()
+        with pytest.raises(DispatchError) as caught:
+            send_files(dest, study_a[1][-1:], calling_ae_title=NODE_AE, timeout=5)
+        assert caught.value.rejected_for_now and caught.value.peer_unreachable
+        assert caught.value.asked_at is not None and before <= caught.value.asked_at <= time.monotonic()
+    finally:
+        held.release()
+        server.shutdown()
 
 
 def test_an_error_of_the_store_in_a_sender_is_raised_by_the_pass(

@@ -20,12 +20,16 @@ class DispatchError(Exception):
             same destination would fail the same way right now.
         rejected_for_now: The peer rejected the association as transient
             (A-ASSOCIATE-RJ result 2), e.g. at its limit of associations.
+        asked_at: For a rejected association, when it was requested
+            (``time.monotonic()``), if the sender knows; the peer decided then,
+            and on a loaded machine the answer can be read much later.
     """
 
     def __init__(self, reason: str, *, retryable: bool = True, peer_unreachable: bool = False,
-                 rejected_for_now: bool = False) -> None:
+                 rejected_for_now: bool = False, asked_at: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.peer_unreachable = peer_unreachable
         self.rejected_for_now = rejected_for_now
+        self.asked_at = asked_at

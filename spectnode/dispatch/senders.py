@@ -522,6 +522,7 @@ def _association_failure(
             f"reason {rsp.reason_str!r}",
             peer_unreachable=True,
             rejected_for_now=rsp.result == 0x02,
+            asked_at=started,
         )
     if "connected" not in events:
         return DispatchError(_connect_failure_reason(target, timeout), peer_unreachable=True)

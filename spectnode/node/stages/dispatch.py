@@ -80,6 +80,10 @@ _log = logging.getLogger("spectnode.dispatch")
 #: machine the answer can be read seconds after the peer decided.
 BUSY_GRACE_SECONDS: Final = 2.0
 BUSY_RETRY_SECONDS: Final = 1.0
+#: Rejections for now of one item in a row taken for ours; the next counts as an attempt, so that a
+#: peer busy with other callers, while ours keep getting through, cannot keep an item from ever
+#: becoming a dead letter.
+BUSY_EXCUSES_PER_ATTEMPT: Final = 5
 #: Deliveries in a row after which a destination sent fewer at once may take one more again.
 RAISE_LIMIT_AFTER: Final = 20
 
@@ -235,6 +239,7 @@ class DispatchStage:
         self._most_at_once: dict[str, int] = {}
         self._took_in_a_row: Counter[str] = Counter()
         self._last_done: dict[str, float] = {}  # monotonic time of the destination's last delivery
+        self._excused: Counter[int] = Counter()  # item id -> rejections for now in a row not counted
         self.disk = disk if disk is not None else unguarded(data_dir.root)
         self.on_delivered = on_delivered
         self.store = store
@@ -329,18 +334,22 @@ class DispatchStage:
             self._record_failure(item, known_unreachable, retryable=True)
             return
         commitment = None
-        asked_at = time.monotonic()
+        asked_at = time.monotonic()  # unless the sender tells when it asked for the association
         try:
             if dest.storage_commitment:
                 commitment = self._begin_commitment(item)
+                asked_at = time.monotonic()
                 self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
                           timeout=self.timeout, commitment=commitment)
             else:
                 self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
                           timeout=self.timeout)
         except DispatchError as exc:
-            if exc.rejected_for_now and self._fewer_at_once(item, exc.reason, asked_at):
+            if exc.rejected_for_now and self._fewer_at_once(
+                    item, exc.reason, exc.asked_at if exc.asked_at is not None else asked_at):
                 return
+            with self._lock:  # any other outcome ends the item's run of rejections taken for ours
+                self._excused.pop(item.id, None)
             if is_disk_full(exc):  # a full disk is no fault of the item: not an attempt towards a dead letter
                 self.disk.write_failed(self.name, exc, item.study_uid)
                 if not self.outbox.failed(item.id, item.attempts, self.clock() + self.disk.retry_seconds,
@@ -372,6 +381,7 @@ class DispatchStage:
             self.disk.write_succeeded(self.name)
             self._took_one(item.destination)
             with self._lock:  # it took this one: the destination is reachable again
+                self._excused.pop(item.id, None)
                 unreachable.pop(item.destination, None)
                 self._unreachable_until.pop(item.destination, None)
             if self.on_delivered is not None:
@@ -531,13 +541,16 @@ class DispatchStage:
         than :data:`BUSY_GRACE_SECONDS` before we asked or while we waited for the answer (a peer counts
         an association until it has torn it down), the peer is at its limit of associations. It is
         sent one fewer at once from now on (at least one), and this item goes back, due in
-        :data:`BUSY_RETRY_SECONDS`, with no attempt counted. False if ours were not the cause (an
-        ordinary failed attempt)."""
+        :data:`BUSY_RETRY_SECONDS`, with no attempt counted. False if ours were not the cause, or
+        after :data:`BUSY_EXCUSES_PER_ATTEMPT` such rejections of the item in a row (an ordinary
+        failed attempt)."""
         with self._lock:
             others = self._in_flight[item.destination] - 1
             just_done = self._last_done.get(item.destination, -math.inf) > asked_at - BUSY_GRACE_SECONDS
-            if others < 1 and not just_done:
+            if (others < 1 and not just_done) or self._excused[item.id] >= BUSY_EXCUSES_PER_ATTEMPT:
+                self._excused.pop(item.id, None)
                 return False
+            self._excused[item.id] += 1
             limit = self._most_at_once[item.destination] = max(1, self._limit(item.destination) - 1)
             self._took_in_a_row[item.destination] = 0
         _log.warning("destination %s rejected an association for now with %d other(s) of ours open or just "
