@@ -596,20 +596,55 @@ def test_an_item_always_rejected_for_now_while_others_get_through_ends_a_dead_le
     stuck_file = study_a[1][0]
 
     def reject_one(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
-        if tuple(files) == (stuck_file,):
-            raise DispatchError("association rejected (transient): local limit exceeded", rejected_for_now=True)
+        if tuple(files) == (stuck_file,):  # flagged as the real sender flags an A-ASSOCIATE-RJ
+            raise DispatchError("association rejected (transient): local limit exceeded", peer_unreachable=True,
+                                rejected_for_now=True, asked_at=time.monotonic())
 
     clock = FakeClock(1000.0)
     dest = {"pacs": DestinationConfig(name="pacs", type="folder", path=tmp_path / "out")}
     stage = dispatcher(tmp_path, dest, clock=clock, send=reject_one, max_attempts=2, base_delay_s=1, max_delay_s=1)
-    stuck = stage.outbox.enqueue("1.2.3.0", "pacs", "sr", [stuck_file])
+    stage.outbox.enqueue("1.2.3.0", "pacs", "sr", study_a[1][-1:])  # delivered first in the first pass
+    stuck = stage.outbox.enqueue("1.2.3.stuck", "pacs", "sr", [stuck_file])
+    seen = []
     for i in range(2 * (BUSY_EXCUSES_PER_ATTEMPT + 1)):
+        stage.deliver_due()
+        item = stage.outbox.get(stuck)
+        assert item is not None
+        seen.append((item.state, item.attempts, "fewer at once" in (item.last_error or "")))
         clock.advance(10)
         stage.outbox.enqueue(f"1.2.3.{i + 1}", "pacs", "sr", study_a[1][-1:])  # due after the stuck one
-        stage.deliver_due()
-    item = stage.outbox.get(stuck)
-    assert item is not None and (item.state, item.attempts) == ("dead", 2)
-    assert all(i.state == "delivered" for i in stage.outbox.list_items() if i.id != stuck)
+    excused = [("pending", 0, True)] * BUSY_EXCUSES_PER_ATTEMPT
+    assert seen == [*excused, ("pending", 1, False), *[("pending", 1, True)] * BUSY_EXCUSES_PER_ATTEMPT,
+                    ("dead", 2, False)]
+    stage.deliver_due()
+    others = [i for i in stage.outbox.list_items() if i.id != stuck]
+    assert [(i.state, i.attempts) for i in others] == [("delivered", 0)] * len(others)  # never taken for unreachable
+    assert not stage._excused
+
+
+def test_a_rejection_for_now_counts_from_when_the_sender_asked(
+    tmp_path: Path, study_a: tuple[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sender reads the files before it asks for an association: if that took longer than the
+    # grace after our last delivery, the peer was no longer counting ours when it was asked.
+    monkeypatch.setattr("spectnode.node.stages.dispatch.BUSY_GRACE_SECONDS", 1.0)
+    sends = 0
+
+    def deliver_then_ask_late(destination: DestinationConfig, files: tuple[Path, ...], **kwargs: object) -> None:
+        nonlocal sends
+        sends += 1
+        if sends == 2:
+            time.sleep(2.0)  # reading the files
+            raise DispatchError("association rejected (transient): temporary congestion", peer_unreachable=True,
+                                rejected_for_now=True, asked_at=time.monotonic())
+
+    dest = {"pacs": DestinationConfig(name="pacs", type="folder", path=tmp_path / "out")}
+    stage = dispatcher(tmp_path, dest, send=deliver_then_ask_late)
+    for i in range(2):
+        stage.outbox.enqueue(f"1.2.3.{i}", "pacs", "sr", study_a[1][-1:])
+    first, second = stage.deliver_due()
+    assert (first.state, first.attempts) == ("delivered", 0)
+    assert (second.state, second.attempts) == ("pending", 1)  # an ordinary attempt
 
 
 def test_a_peer_at_its_limit_rejects_for_now_and_the_sender_says_when_it_asked(

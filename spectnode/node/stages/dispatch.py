@@ -49,7 +49,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from pydicom.uid import generate_uid
 
@@ -84,6 +84,8 @@ BUSY_RETRY_SECONDS: Final = 1.0
 #: peer busy with other callers, while ours keep getting through, cannot keep an item from ever
 #: becoming a dead letter.
 BUSY_EXCUSES_PER_ATTEMPT: Final = 5
+#: Whether a rejection for now was ours (see :meth:`DispatchStage._fewer_at_once`).
+BusyVerdict = Literal["ours", "ours too often", "not ours"]
 #: Deliveries in a row after which a destination sent fewer at once may take one more again.
 RAISE_LIMIT_AFTER: Final = 20
 
@@ -320,6 +322,16 @@ class DispatchStage:
 
     def _deliver(self, item: OutboxItem, unreachable: dict[str, str]) -> None:
         """Send one claimed item and record what happened."""
+        excused = False
+        try:
+            excused = self._send_and_record(item, unreachable)
+        finally:
+            if not excused:  # any other outcome ends the item's run of rejections taken for ours
+                with self._lock:
+                    self._excused.pop(item.id, None)
+
+    def _send_and_record(self, item: OutboxItem, unreachable: dict[str, str]) -> bool:
+        """:meth:`_deliver`; True if the item was rejected for now and that was taken for ours."""
         dest = self.destinations.get(item.destination)
         if dest is None:
             known = ", ".join(sorted(self.destinations)) or "none"
@@ -327,12 +339,12 @@ class DispatchStage:
             _log.error("outbox item %d dead: %s", item.id, reason)
             if not self.outbox.dead(item.id, item.attempts, reason, now=self.clock()):
                 self._settled_meanwhile(item, reason)
-            return
+            return False
         with self._lock:
             known_unreachable = unreachable.get(item.destination)
         if known_unreachable is not None:
             self._record_failure(item, known_unreachable, retryable=True)
-            return
+            return False
         commitment = None
         asked_at = time.monotonic()  # unless the sender tells when it asked for the association
         try:
@@ -345,17 +357,19 @@ class DispatchStage:
                 self.send(dest, item.files, calling_ae_title=self.calling_ae_title, sender=item.sender,
                           timeout=self.timeout)
         except DispatchError as exc:
-            if exc.rejected_for_now and self._fewer_at_once(
-                    item, exc.reason, exc.asked_at if exc.asked_at is not None else asked_at):
-                return
-            with self._lock:  # any other outcome ends the item's run of rejections taken for ours
-                self._excused.pop(item.id, None)
+            if exc.rejected_for_now:
+                verdict = self._fewer_at_once(item, exc.reason, exc.asked_at if exc.asked_at is not None else asked_at)
+                if verdict == "ours":
+                    return True
+                if verdict == "ours too often":  # ours get through: only this item's attempt counts
+                    self._record_failure(item, exc.reason, exc.retryable)
+                    return False
             if is_disk_full(exc):  # a full disk is no fault of the item: not an attempt towards a dead letter
                 self.disk.write_failed(self.name, exc, item.study_uid)
                 if not self.outbox.failed(item.id, item.attempts, self.clock() + self.disk.retry_seconds,
                                           f"waiting for disk space: {exc.reason}", now=self.clock()):
                     self._settled_meanwhile(item, exc.reason)
-                return
+                return False
             self._record_failure(item, exc.reason, exc.retryable)
             retry_at = (self.outbox.get(item.id) or item).next_attempt_at
             with self._lock:
@@ -381,7 +395,6 @@ class DispatchStage:
             self.disk.write_succeeded(self.name)
             self._took_one(item.destination)
             with self._lock:  # it took this one: the destination is reachable again
-                self._excused.pop(item.id, None)
                 unreachable.pop(item.destination, None)
                 self._unreachable_until.pop(item.destination, None)
             if self.on_delivered is not None:
@@ -389,6 +402,7 @@ class DispatchStage:
                     self.on_delivered(dest, item)
                 except Exception:  # noqa: BLE001 - delivered is delivered; the audit is best effort
                     _log.exception("outbox item %d: on_delivered callback failed", item.id)
+        return False
 
     # ------------------------------------------------------------------ storage commitment
 
@@ -456,6 +470,7 @@ class DispatchStage:
         is raised.
         """
         self.supersede_outdated()
+        self._forget_settled_excuses()
         unreachable: dict[str, str] = {}
         claimed: list[OutboxItem] = []
         senders: list[threading.Thread] = []
@@ -510,6 +525,16 @@ class DispatchStage:
             raise errors[0]
         return [updated for item in claimed if (updated := self.outbox.get(item.id)) is not None]
 
+    def _forget_settled_excuses(self) -> None:
+        """Drop the counts of rejections for now of items settled meanwhile (another worker, superseded)."""
+        with self._lock:
+            counted = list(self._excused)
+        for item_id in counted:
+            current = self.outbox.get(item_id)
+            if current is None or current.state != "pending":
+                with self._lock:
+                    self._excused.pop(item_id, None)
+
     def _stopped(self) -> bool:
         return self.stopping is not None and self.stopping.is_set()
 
@@ -535,21 +560,23 @@ class DispatchStage:
                 if self._most_at_once[destination] >= self.parallel_sends:
                     del self._most_at_once[destination]
 
-    def _fewer_at_once(self, item: OutboxItem, reason: str, asked_at: float) -> bool:
+    def _fewer_at_once(self, item: OutboxItem, reason: str, asked_at: float) -> BusyVerdict:
         """After a rejection "for now" of the association asked for at ``asked_at`` (monotonic): if
         other items of ours for the destination were on their way, or one had been delivered less
         than :data:`BUSY_GRACE_SECONDS` before we asked or while we waited for the answer (a peer counts
         an association until it has torn it down), the peer is at its limit of associations. It is
         sent one fewer at once from now on (at least one), and this item goes back, due in
-        :data:`BUSY_RETRY_SECONDS`, with no attempt counted. False if ours were not the cause, or
-        after :data:`BUSY_EXCUSES_PER_ATTEMPT` such rejections of the item in a row (an ordinary
-        failed attempt)."""
+        :data:`BUSY_RETRY_SECONDS`, with no attempt counted: ``"ours"``. After
+        :data:`BUSY_EXCUSES_PER_ATTEMPT` such rejections of the item in a row, ``"ours too often"``:
+        the item's attempt counts, but the destination is not taken for unreachable. ``"not ours"``:
+        an ordinary failed attempt. (Each process keeps its own count: bounded all the same.)"""
         with self._lock:
             others = self._in_flight[item.destination] - 1
             just_done = self._last_done.get(item.destination, -math.inf) > asked_at - BUSY_GRACE_SECONDS
-            if (others < 1 and not just_done) or self._excused[item.id] >= BUSY_EXCUSES_PER_ATTEMPT:
-                self._excused.pop(item.id, None)
-                return False
+            if others < 1 and not just_done:
+                return "not ours"
+            if self._excused[item.id] >= BUSY_EXCUSES_PER_ATTEMPT:
+                return "ours too often"
             self._excused[item.id] += 1
             limit = self._most_at_once[item.destination] = max(1, self._limit(item.destination) - 1)
             self._took_in_a_row[item.destination] = 0
@@ -559,7 +586,9 @@ class DispatchStage:
         if not self.outbox.failed(item.id, item.attempts, now + BUSY_RETRY_SECONDS,
                                   f"sent again, fewer at once: {reason}", now=now):
             self._settled_meanwhile(item, reason)
-        return True
+            with self._lock:
+                self._excused.pop(item.id, None)
+        return "ours"
 
     def _claim_to_send(self, item: OutboxItem, unreachable: Mapping[str, str], now: float) -> bool:
         """Claim a due item for sending now; False if it is not to be sent in this pass."""
