@@ -585,9 +585,7 @@ class DispatchStage:
         now = self.clock()
         if not self.outbox.failed(item.id, item.attempts, now + BUSY_RETRY_SECONDS,
                                   f"sent again, fewer at once: {reason}", now=now):
-            self._settled_meanwhile(item, reason)
-            with self._lock:
-                self._excused.pop(item.id, None)
+            self._settled_meanwhile(item, reason)  # its count goes at the next pass
         return "ours"
 
     def _claim_to_send(self, item: OutboxItem, unreachable: Mapping[str, str], now: float) -> bool:
