@@ -121,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             input_shape=args.input_shape, translate_px=args.translate, rotate_deg=args.rotate,
             mirror=not args.no_mirror, patience=args.patience, seed=args.seed, arch_options=arch_options,
             normalization=args.normalization, warmup_epochs=args.warmup_epochs,
-            lesion_supervision=args.lesion_supervision)
+            lesion_supervision=args.lesion_supervision, precision=args.precision)
         settings.input_spec()
         files = _data_files(args.data)
         if (args.test_data is None) != (args.test_labels is None):
@@ -437,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the body's bone uptake (the hottest pixels saturate)")
     p.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
                    help="how the bundle stores the weights; float16 halves its size (inference runs in float32)")
+    p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                   help="computation while training: float32 (default), or mixed_bfloat16 (bfloat16 on float32 "
+                        "weights; about 3x faster for dSPIC-AM where the CPU has AMX / AVX512-BF16, or on a GPU); "
+                        "the bundle is float32 either way")
     p.add_argument("--translate", type=int, default=3, help="augmentation: +/- pixels of translation")
     p.add_argument("--rotate", type=float, default=3.0, help="augmentation: +/- degrees of rotation")
     p.add_argument("--no-mirror", action="store_true", help="augmentation: no left-right mirroring")

@@ -216,6 +216,30 @@ def test_fine_tune_can_change_a_layer_without_weights(bundle, phantoms, tmp_path
         "fc_units": [16], "head": "gmp"}
 
 
+def test_mixed_bfloat16_training_trains_in_bfloat16_and_writes_a_float32_bundle(phantoms, tmp_path):
+    """--precision mixed_bfloat16: the checkpoints compute in bfloat16, the bundle is the float32 network."""
+    import importlib
+
+    import keras
+
+    importlib.import_module("spectnode.models")
+    out = tmp_path / "bf16"
+    spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch", "dSPIC-AM",
+              "--scheme", "dspic4", "--out", str(out), "--epochs", "1", "--precision", "mixed_bfloat16", *TINY)
+    checkpoint = keras.saving.load_model(out / "checkpoints" / "last.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in checkpoint.layers if layer.weights} == {"mixed_bfloat16"}
+    shipped = keras.saving.load_model(out / "model.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+    assert shipped.outputs[0].dtype == "float32"
+    trained = {w.path: np.asarray(w) for w in checkpoint.weights}
+    for weight in shipped.weights:  # the same weights (the bundle stores float32 here)
+        np.testing.assert_array_equal(np.asarray(weight), trained[weight.path])
+    card = json.loads((out / "card.json").read_text())
+    assert card["training_data"]["counts"]["settings"]["precision"] == "mixed_bfloat16"
+    x = np.random.default_rng(0).random((2, 128, 32, 1), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(shipped(x)), np.asarray(checkpoint(x), dtype=np.float32), atol=0.05)
+
+
 def test_evaluate_prints_and_writes_metrics(bundle, phantoms, tmp_path):
     proc = spectnode("evaluate", "--bundle", str(bundle), "--data", str(phantoms), "--labels",
                      str(phantoms / "labels.csv"), "--out", str(tmp_path / "eval"))

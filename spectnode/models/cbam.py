@@ -68,11 +68,13 @@ class CBAM(keras.layers.Layer):
         if channels is None:
             raise ValueError("CBAM needs a known channel count")
         hidden = max(channels // self.reduction_ratio, 1)
-        # One MLP shared by the average- and max-pooled descriptors (Eq. 7 / Eq. 3).
-        self.mlp_hidden = layers.Dense(hidden, activation="relu", name="mlp_hidden")
-        self.mlp_output = layers.Dense(channels, name="mlp_output")
+        # One MLP shared by the average- and max-pooled descriptors (Eq. 7 / Eq. 3).  The inner
+        # layers compute as this layer does (a model loaded under another global policy included).
+        policy = self.dtype_policy
+        self.mlp_hidden = layers.Dense(hidden, activation="relu", name="mlp_hidden", dtype=policy)
+        self.mlp_output = layers.Dense(channels, name="mlp_output", dtype=policy)
         self.spatial_conv = layers.Conv2D(
-            1, self.spatial_kernel_size, padding="same", name="spatial_conv"
+            1, self.spatial_kernel_size, padding="same", name="spatial_conv", dtype=policy
         )
         self.mlp_hidden.build((None, channels))
         self.mlp_output.build((None, hidden))
