@@ -420,3 +420,21 @@ def test_early_stopping_keeps_the_weights_of_the_best_epoch(tmp_path, monkeypatc
     kept = result.model.get_weights()
     assert all(np.array_equal(k, b) for k, b in zip(kept, weights_after_epoch[2], strict=True))
     assert not all(np.array_equal(k, last) for k, last in zip(kept, weights_after_epoch[4], strict=True))
+
+
+def test_a_loss_that_turns_nan_stops_the_run_before_anything_is_saved(tmp_path):
+    """A diverged batch or epoch (NaN or infinite loss) is an error naming where; no checkpoint is written."""
+    from spectnode.training.train import TrainSettings, _progress_callback
+
+    settings = TrainSettings(arch="dSPIC-AM", scheme="dspic4", learning_rate=1e-4, batch_size=8, epochs=3,
+                             input_mode="per_view", precision="mixed_bfloat16")
+    state = {"epoch": 0, "best_val_loss": float("inf"), "wait": 0, "history": [], "stopped_early": False}
+    callback = _progress_callback(settings, tmp_path / "state.json", tmp_path, state, log=lambda _: None)
+    callback.on_train_begin()
+    callback.on_epoch_begin(0)
+    callback.on_train_batch_end(0, {"loss": 1.3})
+    with pytest.raises(ValueError, match=r"training diverged: the loss is nan at epoch 1, batch 2 \(bfloat16"):
+        callback.on_train_batch_end(1, {"loss": float("nan")})
+    with pytest.raises(ValueError, match="training diverged: val loss is inf after epoch 1"):
+        callback.on_epoch_end(0, {"loss": 1.2, "val_loss": float("inf")})
+    assert list(tmp_path.iterdir()) == [] and state["epoch"] == 0

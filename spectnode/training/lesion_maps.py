@@ -254,7 +254,9 @@ def with_lesion_head(model: Any, layer_name: str) -> Any:
     import keras
 
     features = model.get_layer(layer_name).output
-    head = keras.layers.Conv2D(len(LESION_KINDS), 1, activation="sigmoid", name=HEAD_NAME,
+    # float32 whatever the training precision: a bfloat16 sigmoid rounds to 1 past a logit of about 6,
+    # and the loss's clip would then give a confidently wrong cell no gradient.
+    head = keras.layers.Conv2D(len(LESION_KINDS), 1, activation="sigmoid", name=HEAD_NAME, dtype="float32",
                                bias_initializer=keras.initializers.Constant(-3.0))(features)
     return keras.Model(model.inputs, [model.outputs[0], head], name=model.name)
 

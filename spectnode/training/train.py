@@ -266,11 +266,28 @@ def _progress_callback(settings: TrainSettings, state_path: Path, checkpoint_dir
         def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
             self.started = time.monotonic()
             self.first_epoch = state["epoch"]
+            self.epoch = state["epoch"]
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.epoch = epoch
+
+        def _check_finite(self, name: str, value: Any, where: str) -> None:
+            # Raised before anything is saved: the checkpoints of the epochs before stay usable.
+            if value is not None and not math.isfinite(float(value)):
+                hint = " (bfloat16 on this input shape may be the cause: try --precision float32)" \
+                    if settings.precision != "float32" else " (try a lower --learning-rate)"
+                raise ValueError(f"training diverged: {name} is {float(value)} {where}{hint}; the checkpoints "
+                                 f"of the epochs before are in {checkpoint_dir}")
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            self._check_finite("the loss", (logs or {}).get("loss"), f"at epoch {self.epoch + 1}, batch {batch + 1}")
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = dict(logs or {})
             if monitor not in logs and monitor != "val_loss":
                 raise RuntimeError(f"training logged no {monitor!r} to stop early on (logged: {sorted(logs)})")
+            for key in ("loss", monitor):
+                self._check_finite(key.replace("_", " "), logs.get(key), f"after epoch {epoch + 1}")
             val = float(logs.get(monitor, logs.get("loss", math.inf)))
             state["history"].append({k: float(v) for k, v in logs.items()} | {"epoch": epoch + 1})
             state["epoch"] = epoch + 1
@@ -376,6 +393,7 @@ def in_float32(model: Any, settings: TrainSettings, classes: int) -> Any:
         plain = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=classes,
                             **settings.arch_options)
     copy_weights(model, plain)
+    _set_batch_norm_momentum(plain)
     return plain
 
 
@@ -506,8 +524,7 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
         _set_batch_norm_momentum(model)
         if supervised:
             layer = choose_feature_layer(model)
-            with dtype_policy(settings.precision):
-                model = with_lesion_head(model, layer)
+            model = with_lesion_head(model, layer)
             log(f"lesion supervision (weight {settings.lesion_supervision:g}) on the output of layer {layer}")
             model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
                           loss=["sparse_categorical_crossentropy", lesion_map_loss()],
