@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainSettings", "paper_defaults", "LoadedSamples", "load_samples", "subset_samples", "train",
            "TrainingResult", "predict_studies", "class_weights", "copy_weights", "start_from", "PRECISIONS",
-           "dtype_policy", "in_float32"]
+           "dtype_policy", "build_network", "in_float32"]
 
 #: Settings a resumed run may change: a longer run, or a learning-rate / batch-size step
 #: (the usual manual schedule).  Anything else would make the checkpoint another experiment.
@@ -383,15 +383,20 @@ def dtype_policy(precision: str) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(before)
 
 
-def in_float32(model: Any, settings: TrainSettings, classes: int) -> Any:
-    """``model`` as a float32 network (the same weights), whatever policy it was trained under."""
+def build_network(settings: TrainSettings, classes: int, precision: str | None = None) -> Any:
+    """A new ``settings.arch`` with ``settings.arch_options``, computing in ``precision`` (default: the run's)."""
     from ..models import build_model
 
+    with dtype_policy(precision or settings.precision):
+        return build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=classes,
+                           **settings.arch_options)
+
+
+def in_float32(model: Any, settings: TrainSettings, classes: int) -> Any:
+    """``model`` as a float32 network (the same weights), whatever policy it was trained under."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
-    with dtype_policy("float32"):
-        plain = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=classes,
-                            **settings.arch_options)
+    plain = build_network(settings, classes, "float32")
     copy_weights(model, plain)
     _set_batch_norm_momentum(plain)
     return plain
@@ -406,12 +411,8 @@ def start_from(initial_model: Any, settings: TrainSettings, classes: int) -> Any
     Raises:
         ValueError: If the weights do not fit (:func:`copy_weights`).
     """
-    from ..models import build_model
-
     try:
-        with dtype_policy(settings.precision):
-            model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=classes,
-                                **settings.arch_options)
+        model = build_network(settings, classes)
     except TypeError as exc:  # an option the builder does not take (one of the bundle's, or a typo)
         raise ValueError(f"{settings.arch} does not take the architecture options {settings.arch_options}: "
                          f"{exc}") from None
@@ -456,8 +457,6 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
     returned model is the plain network all the same.
     """
     import keras
-
-    from ..models import build_model
 
     classes = scheme_classes(settings.scheme)
     if settings.lesion_supervision < 0:
@@ -518,9 +517,7 @@ def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume
             model = initial_model
             log(f"starting from the weights of {settings.initial_weights}")
         else:
-            with dtype_policy(settings.precision):
-                model = build_model(settings.arch, input_shape=(*settings.input_shape, 1), classes=len(classes),
-                                    **settings.arch_options)
+            model = build_network(settings, len(classes))
         _set_batch_norm_momentum(model)
         if supervised:
             layer = choose_feature_layer(model)
