@@ -173,6 +173,8 @@ def test_an_orthanc_that_does_not_know_the_node_refuses_the_request_and_the_item
     node = Node(tmp_path / "node")
     with OrthancServer(tmp_path / "pacs", ae_title="PACS") as pacs:
         node.send_to(commitment_destination("pacs", "PACS", pacs.dicom_port))
+        # Orthanc ends the association within a second; a loaded machine must not turn that into a timeout.
+        node.dispatch.timeout = 60.0
         try:
             item_id = node.queue([sr])
             node.dispatch.step()
