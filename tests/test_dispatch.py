@@ -281,6 +281,32 @@ def test_silent_peer_times_out(study_a: tuple[str, list[Path]]) -> None:
     assert error.reason == f"no answer to the association request from HUNG@127.0.0.1:{port} within 1 s"
 
 
+def test_a_peer_that_aborts_the_association_request_is_told_from_one_that_never_answers(
+        study_a: tuple[str, list[Path]]) -> None:
+    # A listener that reads the A-ASSOCIATE-RQ and answers with an A-ABORT PDU (PS3.8 9.3.8): the
+    # sender must say the peer aborted, not that it timed out (test_silent_peer_times_out: the other case).
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def abort_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]))  # A-ABORT, source: service user
+                conn.recv(1)  # until the sender closes
+
+        peer = threading.Thread(target=abort_once, daemon=True)
+        peer.start()
+        dest = DestinationConfig(name="aborts", type="dicom", ae_title="ABORTS", host="127.0.0.1", port=port)
+        with pytest.raises(DispatchError) as info:
+            send_files(dest, study_a[1], calling_ae_title=NODE_AE, timeout=30)
+        peer.join(30)
+    assert info.value.reason == f"association with ABORTS@127.0.0.1:{port} aborted during negotiation"
+    assert info.value.peer_unreachable
+
+
 @pytest.mark.parametrize("status_scp", [0xA700], indirect=True)
 def test_cstore_failure_status_is_reported_with_code_and_meaning(
     status_scp: StatusSCP, study_a: tuple[str, list[Path]]

@@ -48,6 +48,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import A_ABORT
 from pynetdicom.presentation import build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
@@ -373,10 +374,17 @@ def store_to_peer(
     ae.requested_contexts = contexts
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     events: set[str] = set()
+
+    def on_acse_sent(event: Any) -> None:
+        # pynetdicom aborts the association itself when the peer does not answer in time.
+        if isinstance(event.primitive, A_ABORT):
+            events.add("we aborted")
+
     rejections = RejectionWatch()
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, lambda event: events.add("connected")),
         (evt.EVT_ACCEPTED, lambda event: events.add("accepted")),
+        (evt.EVT_ACSE_SENT, on_acse_sent),
         rejections.handler,
     ]
     answers = _ReportAnswers(commitment.on_report if commitment is not None else None)
@@ -533,7 +541,7 @@ def _association_failure(
             f"{target} accepted the association but none of the proposed presentation contexts",
             retryable=False,
         )
-    if time.monotonic() - started >= 0.9 * timeout:
+    if "we aborted" in events:
         return DispatchError(f"no answer to the association request from {target} within {timeout:g} s",
                              peer_unreachable=True)
     return DispatchError(f"association with {target} aborted during negotiation", peer_unreachable=True)
