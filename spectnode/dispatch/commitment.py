@@ -23,6 +23,7 @@ by SCP/SCU Role Selection (PS3.4 J.3.3; Orthanc always does the latter).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,8 +31,6 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
-from pynetdicom import evt
-from pynetdicom.pdu_primitives import A_ABORT
 from pynetdicom.status import GENERAL_STATUS
 
 from spectnode.dispatch.errors import DispatchError
@@ -257,23 +256,14 @@ def request_commitment(assoc: Any, request: CommitmentRequest, target: object, t
         item.ReferencedSOPInstanceUID = sop_instance
         items.append(item)
     info.ReferencedSOPSequence = items
-    # pynetdicom returns no status both for a DIMSE timeout, after which it
-    # aborts the association itself, and for an association the peer ended:
-    # whether this side sent the A-ABORT tells them apart, whatever the load.
-    aborts_sent: list[object] = []
-
-    def on_acse_sent(event: Any) -> None:
-        if isinstance(event.primitive, A_ABORT):
-            aborts_sent.append(event.primitive)
-
-    assoc.bind(evt.EVT_ACSE_SENT, on_acse_sent)
-    try:
-        status, _reply = assoc.send_n_action(info, ACTION_REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
-                                             STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
-    finally:
-        assoc.unbind(evt.EVT_ACSE_SENT, on_acse_sent)
+    # pynetdicom returns no status both for a DIMSE timeout and for an association the peer
+    # ended. It gives up waiting only after the whole timeout (a monotonic queue wait), so an
+    # answerless return sooner than that is the peer's doing.
+    started = time.monotonic()
+    status, _reply = assoc.send_n_action(info, ACTION_REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
+                                         STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
     if not status or "Status" not in status:
-        if not aborts_sent:
+        if time.monotonic() - started < timeout:
             raise DispatchError(f"{target} ended the association when asked for storage commitment (N-ACTION); "
                                 "the peer may not know this node's AE title")
         raise DispatchError(f"no N-ACTION response from {target} within {timeout:g} s to the storage commitment "

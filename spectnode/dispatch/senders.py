@@ -48,7 +48,6 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.pdu_primitives import A_ABORT
 from pynetdicom.presentation import build_context
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
@@ -374,17 +373,16 @@ def store_to_peer(
     ae.requested_contexts = contexts
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     events: set[str] = set()
+    connected_at: list[float] = []
 
-    def on_acse_sent(event: Any) -> None:
-        # pynetdicom aborts the association itself when the peer does not answer in time.
-        if isinstance(event.primitive, A_ABORT):
-            events.add("we aborted")
+    def on_connected(event: Any) -> None:
+        events.add("connected")
+        connected_at.append(time.monotonic())
 
     rejections = RejectionWatch()
     handlers: list[Any] = [
-        (evt.EVT_CONN_OPEN, lambda event: events.add("connected")),
+        (evt.EVT_CONN_OPEN, on_connected),
         (evt.EVT_ACCEPTED, lambda event: events.add("accepted")),
-        (evt.EVT_ACSE_SENT, on_acse_sent),
         rejections.handler,
     ]
     answers = _ReportAnswers(commitment.on_report if commitment is not None else None)
@@ -399,7 +397,7 @@ def store_to_peer(
             f"cannot resolve host {target.host!r}: {exc.strerror or exc}", peer_unreachable=True
         ) from None
     if not assoc.is_established:
-        raise _association_failure(assoc, target, events, timeout, started, rejections)
+        raise _association_failure(assoc, target, events, timeout, started, connected_at, rejections)
 
     try:
         if commitment is not None and not any(cx.abstract_syntax == STORAGE_COMMITMENT_PUSH_MODEL
@@ -521,7 +519,7 @@ def _wait_for_report(assoc: Any, commitment: CommitmentRequest, answers: _Report
 
 def _association_failure(
     assoc: Any, target: StoreTarget, events: set[str], timeout: float, started: float,
-    rejections: RejectionWatch,
+    connected_at: list[float], rejections: RejectionWatch,
 ) -> DispatchError:
     rsp = rejections.rejection(assoc)
     if rsp is not None:
@@ -541,7 +539,9 @@ def _association_failure(
             f"{target} accepted the association but none of the proposed presentation contexts",
             retryable=False,
         )
-    if "we aborted" in events:
+    # pynetdicom stops waiting for the answer only after the whole ACSE timeout from the
+    # connection, so an end sooner than that is the peer's doing.
+    if time.monotonic() - connected_at[0] >= timeout:
         return DispatchError(f"no answer to the association request from {target} within {timeout:g} s",
                              peer_unreachable=True)
     return DispatchError(f"association with {target} aborted during negotiation", peer_unreachable=True)
