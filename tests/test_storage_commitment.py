@@ -198,8 +198,9 @@ class CommitmentSCP:
     does), ``"same"`` on the association of the request, ``"hold"`` only when
     :meth:`report` is called, ``"never"`` not at all, ``"late"`` on an association
     of its own before it answers the N-ACTION, which it does only once
-    :attr:`answer_action` is set. ``failure`` reports every object failed with
-    that Failure Reason (event type 2).
+    :attr:`answer_action` is set, ``"invalid"`` answers the N-ACTION without a
+    Status (a broken PACS) and reports nothing. ``failure`` reports every object
+    failed with that Failure Reason (event type 2).
     """
 
     def __init__(self, node_port: int, mode: str, failure: int | None = None) -> None:
@@ -231,6 +232,14 @@ class CommitmentSCP:
         if self.mode == "late":
             self._start(self.report)
             self.answer_action.wait(TIMEOUT_S)
+        elif self.mode == "invalid":
+            send = event.assoc.dimse.send_msg
+
+            def without_status(primitive: Any, context_id: int) -> None:
+                primitive._status = None  # the setter refuses None; a broken peer's encoder would not
+                send(primitive, context_id)
+
+            event.assoc.dimse.send_msg = without_status
         return 0x0000, None
 
     def _on_sent(self, event: Any) -> None:
@@ -390,6 +399,20 @@ def test_a_report_that_delivers_the_item_while_its_n_action_response_is_overdue_
     assert any(f"the attempt failed (no N-ACTION response from FAKEPACS@127.0.0.1:{scp.port} within 5 s to the "
                "storage commitment request), but the item is delivered meanwhile" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("scp_node", [("invalid", None)], indirect=True)
+def test_an_n_action_response_without_status_is_told_from_a_peer_that_ended_or_never_answered(
+        scp_node: tuple[CommitmentSCP, Node, FakeClock], sr: Path) -> None:
+    scp, node, _clock = scp_node
+    node.dispatch.timeout = 60.0  # the answer comes at once; a timeout would take a minute
+    item_id = node.queue([sr])
+    node.dispatch.step()
+    item = node.store.outbox.get(item_id)
+    assert (item.state, item.attempts, item.commitment_uid) == ("pending", 1, None)
+    assert item.last_error == (f"FAKEPACS@127.0.0.1:{scp.port} answered the storage commitment request with an "
+                               "N-ACTION response that cannot be read (no valid Status); the association was aborted")
+    assert scp.stored == [sop_instance(sr)] and len(scp.requests) == 1
 
 
 @pytest.mark.parametrize("scp_node", [("never", None)], indirect=True)

@@ -31,6 +31,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
+from pynetdicom import evt
 from pynetdicom.status import GENERAL_STATUS
 
 from spectnode.dispatch.errors import DispatchError
@@ -245,7 +246,8 @@ def request_commitment(assoc: Any, request: CommitmentRequest, target: object, t
     Raises:
         DispatchError: If the association ends instead (Orthanc aborts it when
             the calling AE title is not one of its ``DicomModalities``), no
-            response comes within ``timeout``, or the response is not Success.
+            response comes within ``timeout``, the response cannot be read
+            (pynetdicom then aborts), or it is not Success.
     """
     info = Dataset()
     info.TransactionUID = request.transaction_uid
@@ -259,10 +261,31 @@ def request_commitment(assoc: Any, request: CommitmentRequest, target: object, t
     # pynetdicom returns no status both for a DIMSE timeout and for an association the peer
     # ended. It gives up waiting only after the whole timeout (a monotonic queue wait), so an
     # answerless return sooner than that is the peer's doing.
+    # An invalid response returns no status either. EVT_DIMSE_RECV fires on the reactor thread
+    # before the message is queued for this one, so it has been seen when send_n_action returns.
+    # Ours goes first: pynetdicom's own logging handler raises on a response without Status, and
+    # the handlers after one that raises are skipped.
+    received: list[str] = []
+
+    def on_received(event: Any) -> None:
+        received.append(type(event.message).__name__)
+
+    others = list(assoc.get_handlers(evt.EVT_DIMSE_RECV))
+    for handler, _args in others:
+        assoc.unbind(evt.EVT_DIMSE_RECV, handler)
+    assoc.bind(evt.EVT_DIMSE_RECV, on_received)
+    for handler, args in others:
+        assoc.bind(evt.EVT_DIMSE_RECV, handler, args)
     started = time.monotonic()
-    status, _reply = assoc.send_n_action(info, ACTION_REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
-                                         STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
+    try:
+        status, _reply = assoc.send_n_action(info, ACTION_REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
+                                             STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE)
+    finally:
+        assoc.unbind(evt.EVT_DIMSE_RECV, on_received)
     if not status or "Status" not in status:
+        if "N_ACTION_RSP" in received:
+            raise DispatchError(f"{target} answered the storage commitment request with an N-ACTION response that "
+                                "cannot be read (no valid Status); the association was aborted")
         if time.monotonic() - started < timeout:
             raise DispatchError(f"{target} ended the association when asked for storage commitment (N-ACTION); "
                                 "the peer may not know this node's AE title")
