@@ -437,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the body's bone uptake (the hottest pixels saturate)")
     p.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32",
                    help="how the bundle stores the weights; float16 halves its size (inference runs in float32)")
-    p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+    # Checked by TrainSettings against train.PRECISIONS, not repeated here.
+    p.add_argument("--precision", default="float32",
                    help="computation while training: float32 (default), or mixed_bfloat16 (bfloat16 on float32 "
                         "weights; about 3x faster for dSPIC-AM where the CPU has AMX / AVX512-BF16, or on a GPU); "
                         "the bundle is float32 either way")

@@ -318,6 +318,11 @@ def test_train_rejects_bad_input(phantoms, tmp_path):
                      "dSPIC-AM", "--scheme", "dspic4", "--out", str(tmp_path / "b"), "--arch-options", "[1]",
                      check=False)
     assert proc.returncode == 2 and "must be a JSON object" in proc.stderr and "Traceback" not in proc.stderr
+    proc = spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch",
+                     "dSPIC-AM", "--scheme", "dspic4", "--out", str(tmp_path / "b"), "--precision", "float16",
+                     check=False)
+    assert proc.returncode == 2 and "unknown precision 'float16'" in proc.stderr and "mixed_bfloat16" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "b").exists()
 
 
 def test_labels_from_labelme(phantoms, tmp_path):

@@ -63,6 +63,10 @@ def paper_defaults(arch: str) -> dict[str, Any]:
     return {"learning_rate": 1e-4, "batch_size": 16, "epochs": 300, "input_mode": "per_view"}
 
 
+#: Keras dtype policies a run may train under (``--precision``).
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Everything that decides a training run; stored with its checkpoints."""
@@ -102,6 +106,11 @@ class TrainSettings:
     #: float32 weights: about 3x faster for dSPIC-AM on CPUs with AMX or AVX512-BF16, and on GPUs).
     #: The bundle is always a float32 network.
     precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        # Here, not at the first layer built, so that a typo fails before the data are read.
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
 
     def input_spec(self) -> InputSpec:
         rows, cols = self.input_shape
@@ -360,8 +369,6 @@ def _fmt_duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
-
-PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 @contextlib.contextmanager

@@ -9,8 +9,9 @@ and the share called right is printed by the settings a reader ignores: collimat
 age, body-mass index and sex. Every one of them is drawn across its whole range in training,
 so this is not a held-out family; it shows where inside the range the model is weakest, which
 is where another camera or population is likely to hurt it most. The bins hold a few dozen
-studies each: differences under about 0.2 are noise. Pixel size is not yet told apart from
-the 2048 x 512 layout, whose pixels are about 1 mm.
+studies each: differences under about 0.2 are noise. Pixel size is binned as it would be on a
+1024-row matrix (the 2048 x 512 layout's 1 mm pixels count as 2 mm), so that it measures the
+field of view and is not the layout again; the layout has its own line.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ SETTINGS: dict[str, Setting] = {
     "collimator FWHM at 10 cm": _binned(lambda e: e["acquisition"]["fwhm_10cm_mm"], (9.0, 11.0, 12.5), " mm"),
     "counts per view": _binned(lambda e: e["acquisition"]["counts_per_view"] / 1e6, (0.6, 1.2), " M"),
     "scatter fraction": _binned(lambda e: e["acquisition"]["scatter_fraction"], (0.1, 0.2), ""),
-    "pixel size": _binned(lambda e: e["pixel_spacing_mm"], (2.0, 2.4), " mm"),
+    "pixel size at 1024 rows": _binned(lambda e: e["pixel_spacing_mm"] * e["matrix"][0] / 1024, (2.0, 2.4), " mm"),
     "motion": lambda e: (0, str(e["acquisition"]["motion"])),
     "layout": lambda e: (0, str(e["layout"])),
     "age": _binned(lambda e: e["patient"]["age"], (55, 70), " y"),

@@ -34,8 +34,7 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from spectnode.models import build_model
-    from spectnode.training.train import dtype_policy
+    from spectnode.training.train import TrainSettings, build_network, paper_defaults
 
     rng = np.random.default_rng(0)
     x = rng.random((args.batch_size, 384, 96, 1), dtype=np.float32)
@@ -43,8 +42,11 @@ def main() -> None:
     for arch in args.arch or list(SHIPPED):
         models = {}
         for precision in ("float32", "mixed_bfloat16"):
-            with dtype_policy(precision):
-                model = build_model(arch, input_shape=(384, 96, 1), classes=4, **SHIPPED[arch])
+            # The network as `spectnode train` builds it, under the run's dtype policy.
+            settings = TrainSettings(arch=arch, scheme="dspic4", epochs=1, input_shape=(384, 96),
+                                     arch_options=SHIPPED[arch], precision=precision,
+                                     **{k: v for k, v in paper_defaults(arch).items() if k != "epochs"})
+            model = build_network(settings, 4)
             model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
             for _ in range(2):  # tracing
                 model.train_on_batch(x, y)
