@@ -236,7 +236,7 @@ class CommitmentSCP:
             send = event.assoc.dimse.send_msg
 
             def without_status(primitive: Any, context_id: int) -> None:
-                primitive._status = None  # the setter refuses None; a broken peer's encoder would not
+                primitive.Status = None  # then the encoded response has no (0000,0900)
                 send(primitive, context_id)
 
             event.assoc.dimse.send_msg = without_status
@@ -411,7 +411,7 @@ def test_an_n_action_response_without_status_is_told_from_a_peer_that_ended_or_n
     item = node.store.outbox.get(item_id)
     assert (item.state, item.attempts, item.commitment_uid) == ("pending", 1, None)
     assert item.last_error == (f"FAKEPACS@127.0.0.1:{scp.port} answered the storage commitment request with an "
-                               "N-ACTION response that cannot be read (no valid Status); the association was aborted")
+                               "N-ACTION response that cannot be read (it lacks Status); the association was aborted")
     assert scp.stored == [sop_instance(sr)] and len(scp.requests) == 1
 
 

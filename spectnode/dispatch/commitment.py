@@ -261,21 +261,22 @@ def request_commitment(assoc: Any, request: CommitmentRequest, target: object, t
     # pynetdicom returns no status both for a DIMSE timeout and for an association the peer
     # ended. It gives up waiting only after the whole timeout (a monotonic queue wait), so an
     # answerless return sooner than that is the peer's doing.
-    # An invalid response returns no status either. EVT_DIMSE_RECV fires on the reactor thread
+    # An invalid response returns no status either. EVT_DIMSE_RECV fires on the DUL thread
     # before the message is queued for this one, so it has been seen when send_n_action returns.
     # Ours goes first: pynetdicom's own logging handler raises on a response without Status, and
     # the handlers after one that raises are skipped.
-    received: list[str] = []
+    responses: list[list[str]] = []  # per N-ACTION-RSP received: the required elements it lacks
 
     def on_received(event: Any) -> None:
-        received.append(type(event.message).__name__)
+        if type(event.message).__name__ == "N_ACTION_RSP":
+            command = event.message.command_set
+            responses.append([k for k in ("Status", "MessageIDBeingRespondedTo") if command.get(k) is None])
 
-    others = list(assoc.get_handlers(evt.EVT_DIMSE_RECV))
-    for handler, _args in others:
-        assoc.unbind(evt.EVT_DIMSE_RECV, handler)
     assoc.bind(evt.EVT_DIMSE_RECV, on_received)
-    for handler, args in others:
-        assoc.bind(evt.EVT_DIMSE_RECV, handler, args)
+    for handler, args in list(assoc.get_handlers(evt.EVT_DIMSE_RECV)):
+        if handler is not on_received:  # moved behind ours; the list is never empty meanwhile
+            assoc.unbind(evt.EVT_DIMSE_RECV, handler)
+            assoc.bind(evt.EVT_DIMSE_RECV, handler, args)
     started = time.monotonic()
     try:
         status, _reply = assoc.send_n_action(info, ACTION_REQUEST_COMMITMENT, STORAGE_COMMITMENT_PUSH_MODEL,
@@ -283,9 +284,12 @@ def request_commitment(assoc: Any, request: CommitmentRequest, target: object, t
     finally:
         assoc.unbind(evt.EVT_DIMSE_RECV, on_received)
     if not status or "Status" not in status:
-        if "N_ACTION_RSP" in received:
+        # A valid answer decoded just after the wait ran out is a timeout, not a broken answer.
+        if responses and time.monotonic() - started < timeout:
+            missing = ", ".join(sorted({k for lacking in responses for k in lacking}))
+            why = f"it lacks {missing}" if missing else "it could not be decoded"
             raise DispatchError(f"{target} answered the storage commitment request with an N-ACTION response that "
-                                "cannot be read (no valid Status); the association was aborted")
+                                f"cannot be read ({why}); the association was aborted")
         if time.monotonic() - started < timeout:
             raise DispatchError(f"{target} ended the association when asked for storage commitment (N-ACTION); "
                                 "the peer may not know this node's AE title")

@@ -370,7 +370,6 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-
 @contextlib.contextmanager
 def dtype_policy(precision: str) -> Iterator[None]:
     """Build layers under Keras' ``precision`` policy; the previous global policy is restored after.
