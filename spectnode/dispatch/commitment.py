@@ -284,13 +284,14 @@ def request_commitment(assoc: Any, request: CommitmentRequest, target: object, t
     finally:
         assoc.unbind(evt.EVT_DIMSE_RECV, on_received)
     if not status or "Status" not in status:
+        early = time.monotonic() - started < timeout
         # A valid answer decoded just after the wait ran out is a timeout, not a broken answer.
-        if responses and time.monotonic() - started < timeout:
+        if responses and early:
             missing = ", ".join(sorted({k for lacking in responses for k in lacking}))
             why = f"it lacks {missing}" if missing else "it could not be decoded"
             raise DispatchError(f"{target} answered the storage commitment request with an N-ACTION response that "
                                 f"cannot be read ({why}); the association was aborted")
-        if time.monotonic() - started < timeout:
+        if early:
             raise DispatchError(f"{target} ended the association when asked for storage commitment (N-ACTION); "
                                 "the peer may not know this node's AE title")
         raise DispatchError(f"no N-ACTION response from {target} within {timeout:g} s to the storage commitment "
