@@ -10,7 +10,7 @@ age, body-mass index and sex. Every one of them is drawn across its whole range 
 so this is not a held-out family; it shows where inside the range the model is weakest, which
 is where another camera or population is likely to hurt it most. The bins hold a few dozen
 studies each: differences under about 0.2 are noise. Pixel size is binned as it would be on a
-1024-row matrix (the 2048 x 512 layout's 1 mm pixels count as 2 mm), so that it measures the
+1024-row matrix (the 2048 x 512 layout's pixels count at twice their size), so that it measures the
 field of view and is not the layout again; the layout has its own line.
 """
 
