@@ -69,23 +69,40 @@ def require_orthanc() -> str:
     return path
 
 
-_HANDED_OUT: set[int] = set()
+#: Ports ``free_port`` hands out: below the kernel's ephemeral range (32768 up on
+#: Linux), so no socket bound to port 0 and no outgoing connection can take one,
+#: split into one block for each pytest-xdist worker (separate processes).
+_FIRST_PORT, _END_PORT = 20000, 32000
+
+
+def _worker_ports() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # "gw0", "gw1", ...; unset without xdist
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = (_END_PORT - _FIRST_PORT) // workers
+    start = _FIRST_PORT + int(worker.removeprefix("gw")) * size
+    return range(start, start + size)
+
+
+_PORTS = iter(_worker_ports())
 
 
 def free_port() -> int:
     """Return a TCP port on loopback that nothing listens on now, never the same one twice.
 
-    A port is only bound later by the server it is for, so the kernel may offer a port
-    handed out a moment ago to the next caller too (seen: Orthanc's DICOM port equal to
-    the node's, and the node's C-ECHO check answered by Orthanc).
+    A port is only bound later by the server it is for, so a port the kernel chose
+    could be offered again to the next caller, or to another xdist worker (seen:
+    Orthanc's DICOM port equal to the node's, and the node's C-ECHO check answered
+    by Orthanc). Each process therefore walks its own block of ports outside the
+    kernel's ephemeral range, skipping any that something has bound.
     """
-    while True:
+    for port in _PORTS:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((_HOST, 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                sock.bind((_HOST, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("free_port used up its block of ports")
 
 
 class OrthancServer:

@@ -6,7 +6,9 @@
 #     into ./.venv when none is active;
 #   - then ruff (lint, import order) and mypy (types of spectnode/), as
 #     configured in pyproject.toml: a finding fails the run;
-#   - then pytest. Extra arguments go to pytest.
+#   - then pytest, one worker per core (pytest-xdist), each test file on one
+#     worker so that its module fixtures are made once. Extra arguments go to
+#     pytest (-n 0 runs in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +35,4 @@ python -m pip install -q -e '.[test]'
 
 python -m ruff check spectnode tests
 python -m mypy
-exec python -m pytest "$@"
+exec python -m pytest -n auto --dist loadfile "$@"

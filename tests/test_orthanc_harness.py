@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from typing import TYPE_CHECKING
+import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -14,9 +15,6 @@ from spectnode.phantom.generate import generate_phantoms
 
 from dicomtools import require_tool
 from orthanc import OrthancError, OrthancServer
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +81,19 @@ def test_orthanc_start_failure_reports_its_log(tmp_path: Path) -> None:
     assert not pacs.running
     # The message carries Orthanc's own words about the port it could not take.
     assert str(pacs.http_port) in str(info.value)
+
+
+@pytest.mark.parametrize(("worker", "block"), [("gw0", range(20000, 26000)), ("gw1", range(26000, 32000))])
+def test_free_port_gives_each_xdist_worker_ports_of_its_own_outside_the_ephemeral_range(
+    worker: str, block: range
+) -> None:
+    """Two workers are two processes: a port one of them was handed must never be handed to the other."""
+    script = ("import sys; sys.path.insert(0, 'tests'); from orthanc import free_port; "
+              "print(*(free_port() for _ in range(50)))")
+    env = {"PYTEST_XDIST_WORKER": worker, "PYTEST_XDIST_WORKER_COUNT": "2", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60,
+                         check=True, cwd=Path(__file__).parent.parent).stdout
+    ports = [int(p) for p in out.split()]
+    assert len(set(ports)) == 50 and all(p in block for p in ports)
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert max(ports) < low
