@@ -458,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="1.0.0", help="model version in the card")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     p.add_argument("--init-from", metavar="BUNDLE",
-                   help="fine-tune: start from this bundle's weights (same architecture, scheme and input)")
+                   help="fine-tune: start from this bundle's weights (same architecture, scheme and views; "
+                        "another --input-shape only where the weights fit, as with a pooled head)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a model bundle on labelled scans")

@@ -6,6 +6,7 @@ point is the machinery: split, checkpoints, resume, bundle, metrics, JSON output
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -163,10 +164,10 @@ def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_pat
     assert "started from the weights of bundle" in card["training_data"]["description"]
     assert card["preprocessing"]["normalization"] == "bone_window"
     assert read_card(bundle).preprocessing["normalization"] == "minmax"
-    # Another input shape (or architecture, or scheme) is refused before any data are read.
-    wrong = spectnode(*base, "--out", str(tmp_path / "wrong"), "--epochs", "1", "--init-from", str(bundle),
-                      "--input-shape", "256x64", "--arch-options", '{"fc_units": [16]}', check=False)
-    assert wrong.returncode == 2 and "cannot start from bundle" in wrong.stderr and "input_shape" in wrong.stderr
+    # Another architecture (or scheme, or kind of input) is refused before any data are read.
+    wrong = spectnode(*base[:-3], "SI_CLF", "--scheme", "dspic4", "--out", str(tmp_path / "wrong"), "--epochs", "1",
+                      "--init-from", str(bundle), "--input-shape", "128x32", check=False)
+    assert wrong.returncode == 2 and "cannot start from bundle" in wrong.stderr and "architecture" in wrong.stderr
     assert "Traceback" not in wrong.stderr
     missing = spectnode(*base, "--out", str(tmp_path / "wrong"), "--init-from", str(tmp_path / "nothing"),
                         check=False)
@@ -181,6 +182,32 @@ def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_pat
     assert unknown.returncode == 2 and "does not take the architecture options" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
+
+
+def test_fine_tune_at_another_input_size_keeps_every_weight_of_a_pooled_network_only(bundle):
+    """A pooled head's weights do not depend on the image size, so a run may start from a bundle at a
+    larger input; the paper's flatten head's first FC layer does, and is refused by name."""
+    import keras
+
+    from spectnode.bundle import load_bundle
+    from spectnode.training.commands import _check_initial_bundle
+    from spectnode.training.train import TrainSettings, build_network, start_from
+
+    initial = load_bundle(bundle)
+    larger = TrainSettings(arch="dSPIC-AM", scheme="dspic4", learning_rate=1e-4, batch_size=8, epochs=1,
+                           input_mode="per_view", input_shape=(256, 64), arch_options={"fc_units": [16]})
+    _check_initial_bundle(initial, larger)
+    model = start_from(initial.model, larger, 4)
+    assert tuple(model.input_shape) == (None, 256, 64, 1)
+    theirs = {w.path: np.asarray(w) for w in initial.model.weights}
+    assert theirs.keys() == {w.path for w in model.weights}
+    for weight in model.weights:
+        np.testing.assert_array_equal(np.asarray(weight), theirs[weight.path])
+    flatten = {"fc_units": [16], "head": "flatten"}
+    small = build_network(dataclasses.replace(larger, input_shape=(128, 32), arch_options=flatten), 4)
+    with pytest.raises(ValueError, match="do not fit this network.*fc1"):
+        start_from(small, dataclasses.replace(larger, arch_options=flatten), 4)
+    keras.backend.clear_session()
 
 def test_fine_tune_can_change_a_layer_without_weights(bundle, phantoms, tmp_path):
     """--init-from with another pooling head: every weight carries over, the head pools by the maximum."""

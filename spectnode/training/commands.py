@@ -75,17 +75,18 @@ def _load(labels: Path, files: Sequence[Path], settings: TrainSettings,
 
 
 def _check_initial_bundle(initial: LoadedBundle, settings: TrainSettings) -> None:
-    """Refuse to fine-tune from a bundle that is another architecture, scheme or input.
+    """Refuse to fine-tune from a bundle that is another architecture, scheme or kind of input.
 
     The normalisation may differ: the bundle's weights are then only a
     starting point whose learnt features (edges, blobs, anatomy) carry over,
-    and the run adapts them to the new input scale.
+    and the run adapts them to the new input scale. So may the input shape,
+    for a network whose weights do not depend on it (a pooled head, not the
+    paper's flatten head): :func:`copy_weights` refuses weights that do not fit.
     """
     card = initial.card
     wanted = {"architecture": settings.arch, "classes": list(scheme_classes(settings.scheme)),
-              "input_shape": [*settings.input_shape, 1], "views": settings.input_mode}
-    found = {"architecture": card.architecture, "classes": card.classes, "input_shape": card.input_shape,
-             "views": card.preprocessing.get("views")}
+              "views": settings.input_mode}
+    found = {"architecture": card.architecture, "classes": card.classes, "views": card.preprocessing.get("views")}
     problems = [f"{key} {found[key]!r} (this run: {wanted[key]!r})" for key in wanted if found[key] != wanted[key]]
     if problems:
         raise ValueError(f"cannot start from bundle {initial.path}: its " + ", ".join(problems))
