@@ -20,6 +20,7 @@ fails the test with what to install.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -69,40 +70,50 @@ def require_orthanc() -> str:
     return path
 
 
-#: Ports ``free_port`` hands out: below the kernel's ephemeral range (32768 up on
-#: Linux), so no socket bound to port 0 and no outgoing connection can take one,
-#: split into one block for each pytest-xdist worker (separate processes).
-_FIRST_PORT, _END_PORT = 20000, 32000
+#: Ports ``free_port`` hands out start here; they end below the kernel's ephemeral range
+#: (32768 up by default), so no socket bound to port 0 and no outgoing connection takes one.
+_FIRST_PORT = 20000
+#: One byte-range lock per port in this file marks a port handed out, for as long as the
+#: process that took it lives: pytest-xdist workers (and a replacement for a crashed one),
+#: two test runs and a benchmark each take ports no other live process has.
+_PORT_LOCKS = Path(os.environ.get("TMPDIR", "/tmp")) / f"spectnode-test-ports-{os.getuid()}.lock"
+_port_locks_fd: int | None = None
+_HANDED_OUT: set[int] = set()  # a process's own lock on a byte does not stop it taking the byte again
 
 
-def _worker_ports() -> range:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # "gw0", "gw1", ...; unset without xdist
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    size = (_END_PORT - _FIRST_PORT) // workers
-    start = _FIRST_PORT + int(worker.removeprefix("gw")) * size
-    return range(start, start + size)
-
-
-_PORTS = iter(_worker_ports())
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
-    """Return a TCP port on loopback that nothing listens on now, never the same one twice.
+    """Return a TCP port on loopback that nothing listens on now, never handed to another live process.
 
-    A port is only bound later by the server it is for, so a port the kernel chose
-    could be offered again to the next caller, or to another xdist worker (seen:
-    Orthanc's DICOM port equal to the node's, and the node's C-ECHO check answered
-    by Orthanc). Each process therefore walks its own block of ports outside the
-    kernel's ephemeral range, skipping any that something has bound.
+    A port is only bound later by the server it is for, so a port that is merely free now
+    could be offered again to the next caller, in this process or another (seen: Orthanc's
+    DICOM port equal to the node's, and the node's C-ECHO check answered by Orthanc). So a
+    port is reserved with a lock first, then checked by binding it.
     """
-    for port in _PORTS:
+    global _port_locks_fd
+    if _port_locks_fd is None:
+        _port_locks_fd = os.open(_PORT_LOCKS, os.O_RDWR | os.O_CREAT, 0o600)  # kept open: closing drops the locks
+    for port in range(_FIRST_PORT, _ephemeral_low()):
+        if port in _HANDED_OUT:
+            continue
+        try:
+            fcntl.lockf(_port_locks_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, port)
+        except OSError:
+            continue  # another live process has it
+        _HANDED_OUT.add(port)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((_HOST, port))
             except OSError:
-                continue
+                continue  # something outside the tests listens there (or it is in TIME_WAIT)
         return port
-    raise RuntimeError("free_port used up its block of ports")
+    raise RuntimeError(f"no free port left between {_FIRST_PORT} and {_ephemeral_low()}")
 
 
 class OrthancServer:
@@ -146,8 +157,6 @@ class OrthancServer:
         self.ae_title = ae_title
         self.dicom_port = free_port()
         self.http_port = free_port()
-        while self.http_port == self.dicom_port:
-            self.http_port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
         config: dict[str, Any] = {

@@ -184,30 +184,42 @@ def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_pat
 
 
 
-def test_fine_tune_at_another_input_size_keeps_every_weight_of_a_pooled_network_only(bundle):
+def test_fine_tune_at_another_input_size_keeps_every_weight_of_a_pooled_network_only(bundle, phantoms, tmp_path):
     """A pooled head's weights do not depend on the image size, so a run may start from a bundle at a
-    larger input; the paper's flatten head's first FC layer does, and is refused by name."""
+    larger input, and its card says the new size; a flatten head's FC weights read positions of the
+    old size (and may even fit the new one), so such a bundle is refused at another size."""
+    import importlib
+
     import keras
 
     from spectnode.bundle import load_bundle
     from spectnode.training.commands import _check_initial_bundle
-    from spectnode.training.train import TrainSettings, build_network, start_from
+    from spectnode.training.train import TrainSettings, build_network
 
-    initial = load_bundle(bundle)
-    larger = TrainSettings(arch="dSPIC-AM", scheme="dspic4", learning_rate=1e-4, batch_size=8, epochs=1,
-                           input_mode="per_view", input_shape=(256, 64), arch_options={"fc_units": [16]})
-    _check_initial_bundle(initial, larger)
-    model = start_from(initial.model, larger, 4)
-    assert tuple(model.input_shape) == (None, 256, 64, 1)
-    theirs = {w.path: np.asarray(w) for w in initial.model.weights}
-    assert theirs.keys() == {w.path for w in model.weights}
-    for weight in model.weights:
-        np.testing.assert_array_equal(np.asarray(weight), theirs[weight.path])
-    flatten = {"fc_units": [16], "head": "flatten"}
-    small = build_network(dataclasses.replace(larger, input_shape=(128, 32), arch_options=flatten), 4)
-    with pytest.raises(ValueError, match="do not fit this network.*fc1"):
-        start_from(small, dataclasses.replace(larger, arch_options=flatten), 4)
-    keras.backend.clear_session()
+    importlib.import_module("spectnode.models")
+    out = tmp_path / "larger"
+    spectnode("train", "--data", str(phantoms), "--labels", str(phantoms / "labels.csv"), "--arch", "dSPIC-AM",
+              "--scheme", "dspic4", "--out", str(out), "--epochs", "1", "--learning-rate", "1e-12",
+              "--init-from", str(bundle), "--input-shape", "256x64", "--batch-size", "8")
+    card = json.loads((out / "card.json").read_text())
+    assert card["input_shape"] == [256, 64, 1] and card["preprocessing"]["resample_to"] == [256, 64]
+    assert card["domain_fit"]["threshold"] > 0
+    first = keras.saving.load_model(bundle / "model.keras", compile=False)
+    tuned = keras.saving.load_model(out / "checkpoints" / "last.keras", compile=False)
+    assert tuple(tuned.input_shape) == (None, 256, 64, 1)
+    theirs = {w.path: np.asarray(w) for w in first.weights}
+    assert theirs.keys() == {w.path for w in tuned.weights}
+    for weight in tuned.weights:
+        np.testing.assert_allclose(np.asarray(weight), theirs[weight.path], rtol=0, atol=1e-9)
+
+    settings = TrainSettings(arch="dSPIC-AM", scheme="dspic4", learning_rate=1e-4, batch_size=8, epochs=1,
+                             input_mode="per_view", input_shape=(128, 32),
+                             arch_options={"fc_units": [16], "head": "flatten"})
+    flat = dataclasses.replace(load_bundle(bundle), model=build_network(settings, 4))
+    _check_initial_bundle(flat, settings)  # the same size: accepted
+    with pytest.raises(ValueError, match="with a flatten head"):
+        _check_initial_bundle(flat, dataclasses.replace(settings, input_shape=(128, 40)))
+
 
 def test_fine_tune_can_change_a_layer_without_weights(bundle, phantoms, tmp_path):
     """--init-from with another pooling head: every weight carries over, the head pools by the maximum."""

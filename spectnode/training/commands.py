@@ -88,6 +88,10 @@ def _check_initial_bundle(initial: LoadedBundle, settings: TrainSettings) -> Non
               "views": settings.input_mode}
     found = {"architecture": card.architecture, "classes": card.classes, "views": card.preprocessing.get("views")}
     problems = [f"{key} {found[key]!r} (this run: {wanted[key]!r})" for key in wanted if found[key] != wanted[key]]
+    shape = [*settings.input_shape, 1]
+    if card.input_shape != shape and any(type(layer).__name__ == "Flatten" for layer in initial.model.layers):
+        # Its FC weights may still fit (valid pooling rounds sizes down), but would read other positions.
+        problems.append(f"input_shape {card.input_shape!r} (this run: {shape!r}) with a flatten head")
     if problems:
         raise ValueError(f"cannot start from bundle {initial.path}: its " + ", ".join(problems))
 
