@@ -88,6 +88,9 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_END_PORT = _ephemeral_low()  # read once: it does not change while the tests run
+
+
 def free_port() -> int:
     """Return a TCP port on loopback that nothing listens on now, never handed to another live process.
 
@@ -99,7 +102,7 @@ def free_port() -> int:
     global _port_locks_fd
     if _port_locks_fd is None:
         _port_locks_fd = os.open(_PORT_LOCKS, os.O_RDWR | os.O_CREAT, 0o600)  # kept open: closing drops the locks
-    for port in range(_FIRST_PORT, _ephemeral_low()):
+    for port in range(_FIRST_PORT, _END_PORT):
         if port in _HANDED_OUT:
             continue
         try:
@@ -113,7 +116,7 @@ def free_port() -> int:
             except OSError:
                 continue  # something outside the tests listens there (or it is in TIME_WAIT)
         return port
-    raise RuntimeError(f"no free port left between {_FIRST_PORT} and {_ephemeral_low()}")
+    raise RuntimeError(f"no free port left between {_FIRST_PORT} and {_END_PORT}")
 
 
 class OrthancServer:

@@ -183,7 +183,6 @@ def test_fine_tune_starts_from_a_bundle_and_records_it(bundle, phantoms, tmp_pat
     assert "Traceback" not in unknown.stderr
 
 
-
 def test_fine_tune_at_another_input_size_keeps_every_weight_of_a_pooled_network_only(bundle, phantoms, tmp_path):
     """A pooled head's weights do not depend on the image size, so a run may start from a bundle at a
     larger input, and its card says the new size; a flatten head's FC weights read positions of the
