@@ -448,3 +448,31 @@ def test_pooling_heads_pool_the_last_map_by_mean_max_or_both(head, pooled):
     by_kind = {"gap": fmap.mean(axis=(0, 1)), "gmp": fmap.max(axis=(0, 1))}
     expected = np.concatenate([by_kind["gap"], by_kind["gmp"]]) if head == "gap_gmp" else by_kind[head]
     np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_additive_findings_make_both_the_product_of_two_independent_findings(tmp_path):
+    import keras
+
+    model = build_model("dSPIC-AM", (128, 64, 1), CLASSES, head="gap_gmp", fc_units=(8,), additive_findings=True)
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 128, 64, 1), dtype=np.float32)
+    y = keras.utils.to_categorical(rng.integers(0, 4, 16), 4)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    kernel, bias = model.get_layer("predictions").get_weights()
+    # normal + both == metastatic + arthritic: no interaction term left after the optimiser's steps
+    contrast = np.array([1.0, -1.0, -1.0, 1.0], dtype=np.float32)
+    np.testing.assert_allclose(kernel @ contrast, 0.0, atol=1e-5)
+    assert abs(float(bias @ contrast)) < 1e-5
+    # so the four probabilities are P(metastasis) x P(arthritis) of two independent findings
+    p = np.asarray(model(x))
+    metastasis, arthritis = p[:, 1] + p[:, 3], p[:, 2] + p[:, 3]
+    np.testing.assert_allclose(p[:, 3], metastasis * arthritis, atol=1e-5)
+    np.testing.assert_allclose(p[:, 0], (1 - metastasis) * (1 - arthritis), atol=1e-5)
+    # the constraint is saved with the model and loads back
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(np.asarray(loaded(x)), p, atol=1e-6)
+    assert type(loaded.get_layer("predictions").kernel_constraint).__name__ == "AdditiveFindings"
+    with pytest.raises(ValueError, match="four classes"):
+        build_model("dSPIC-AM", (128, 64, 1), 3, additive_findings=True)

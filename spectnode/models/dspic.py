@@ -84,6 +84,7 @@ def build_dspic(
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
+    additive_findings: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build dSPIC (dSPIC Table 3).
@@ -107,6 +108,10 @@ def build_dspic(
         dropout_rate: Dropout after each hidden FC layer (0 disables it).
         classifier_activation: Activation of ``predictions``; ``None`` gives
             logits.
+        additive_findings: Constrain the four classes' logits to a sum of a
+            metastasis and an arthritis term
+            (:class:`~spectnode.models.blocks.AdditiveFindings`; a deviation, the
+            paper's softmax is unconstrained).
         name: Model name; defaults to ``"dSPIC-AM"`` / ``"dSPIC-RM"``.
 
     Returns:
@@ -137,6 +142,7 @@ def build_dspic(
             dropout_rate=dropout_rate,
             classifier_activation=classifier_activation,
             kernel_initializer=_INIT,
+            additive_findings=additive_findings,
         )
     default_name = "dSPIC-AM" if module == "attention" else "dSPIC-RM"
     return keras.Model(inputs, x, name=name or default_name)
@@ -151,6 +157,7 @@ def build_dspic_am(
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
+    additive_findings: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build dSPIC-AM: dSPIC with the CBAM attention module (see :func:`build_dspic`)."""
@@ -163,6 +170,7 @@ def build_dspic_am(
         fc_units=fc_units,
         dropout_rate=dropout_rate,
         classifier_activation=classifier_activation,
+        additive_findings=additive_findings,
         name=name,
     )
 
@@ -176,6 +184,7 @@ def build_dspic_rm(
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
+    additive_findings: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build dSPIC-RM: dSPIC with the residual module (see :func:`build_dspic`)."""
@@ -188,6 +197,7 @@ def build_dspic_rm(
         fc_units=fc_units,
         dropout_rate=dropout_rate,
         classifier_activation=classifier_activation,
+        additive_findings=additive_findings,
         name=name,
     )
 
