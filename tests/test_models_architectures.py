@@ -476,3 +476,27 @@ def test_additive_findings_make_both_the_product_of_two_independent_findings(tmp
     assert type(loaded.get_layer("predictions").kernel_constraint).__name__ == "AdditiveFindings"
     with pytest.raises(ValueError, match="four classes"):
         build_model("dSPIC-AM", (128, 64, 1), 3, additive_findings=True)
+
+
+def test_additive_findings_hold_from_construction_and_from_a_plain_networks_weights():
+    from spectnode.training.train import copy_weights
+
+    contrast = np.array([1.0, -1.0, -1.0, 1.0], dtype=np.float32)
+
+    def interaction(model):
+        kernel, bias = model.get_layer("predictions").get_weights()
+        return float(np.abs(kernel @ contrast).max()), abs(float(bias @ contrast))
+
+    additive = build_model("dSPIC-AM", (128, 64, 1), CLASSES, fc_units=(8,), additive_findings=True)
+    assert max(interaction(additive)) < 1e-5
+    plain = build_model("dSPIC-AM", (128, 64, 1), CLASSES, fc_units=(8,))
+    kernel, bias = plain.get_layer("predictions").get_weights()
+    plain.get_layer("predictions").set_weights([kernel, bias + contrast])  # an interaction in the bias too
+    assert min(interaction(plain)) > 1e-2
+    copy_weights(plain, additive)
+    assert max(interaction(additive)) < 1e-5
+    # only the interaction went: every other layer holds the plain network's weights
+    np.testing.assert_array_equal(additive.get_layer("fc1").get_weights()[0], plain.get_layer("fc1").get_weights()[0])
+    # the bias added was a pure interaction (to a zero bias): the projection takes exactly that off
+    assert not bias.any()
+    np.testing.assert_allclose(additive.get_layer("predictions").get_weights()[1], bias, atol=1e-6)

@@ -52,7 +52,8 @@ class AdditiveFindings(keras.constraints.Constraint):
     evidence of metastasis counts the same with or without arthritis, and every study with
     metastases (metastatic or both) teaches the same ``m``. The projection is orthogonal:
     the interaction ``(normal - metastatic - arthritic + both) / 4`` is taken off the two
-    diagonal classes and added to the other two. The optimiser applies it after each step.
+    diagonal classes and added to the other two. The optimiser applies it after each step;
+    :func:`classification_head` and a fine-tune's weight copy apply it to the weights they set.
     """
 
     def __call__(self, w: Any) -> Any:
@@ -235,8 +236,13 @@ def classification_head(
         if dropout_rate:
             x = layers.Dropout(dropout_rate, name=f"fc{index}_dropout")(x)
     constraint = AdditiveFindings() if additive_findings else None
-    return layers.Dense(classes, activation=classifier_activation, kernel_constraint=constraint,
-                        bias_constraint=constraint, name="predictions")(x)
+    predictions = layers.Dense(classes, activation=classifier_activation, kernel_constraint=constraint,
+                               bias_constraint=constraint, name="predictions")
+    x = predictions(x)
+    if constraint is not None:  # the initial weights too, not only those after the first step
+        for variable in predictions.weights:
+            variable.assign(constraint(variable))
+    return x
 
 
 def dense_stack_param_count(inputs: int, units: Sequence[int]) -> int:

@@ -31,6 +31,11 @@ Choices common to all of them (the paper is silent or ambiguous):
   is AlexNet with one module added, and AlexNet uses dropout 0.5 there; the
   paper does not mention dropout either way. Dropout has no parameters, so it
   changes no count or shape.
+* ``additive_findings`` (off by default; not in the paper): the four-class
+  output layer is constrained to logits that add a metastasis and an
+  arthritis term (:class:`~spectnode.models.blocks.AdditiveFindings`), so
+  "both" is the product of the two findings rather than a class of its own.
+  It has the plain layer's shapes; without ``include_top`` it does nothing.
 * He-normal initialisation of every convolution and hidden FC layer (the
   paper is silent; Keras' default is Glorot). Without batch normalisation a
   Glorot-initialised ReLU stack shrinks the signal at each layer, and dSPIC-AM
