@@ -15,7 +15,10 @@ from spectnode.imaging.view_inference import infer_view
 from spectnode.phantom import LABELS, synthesize_scan
 
 
-def _accuracy(seeds: range, matrix: tuple[int, int], anatomy: str = "classic") -> tuple[float, list[float]]:
+def view_inference_accuracy(seeds: range, matrix: tuple[int, int], anatomy: str = "classic"
+                            ) -> tuple[float, list[float]]:
+    """The share of images (both views of each seed's scan, each also mirrored) whose view is inferred
+    right, and each one's certainty, negative when wrong. ``bench_view_inference.py`` uses it too."""
     right, total, certainties = 0, 0, []
     for seed in seeds:
         scan = synthesize_scan(np.random.default_rng(seed), LABELS[seed % 4], matrix=matrix, anatomy=anatomy)
@@ -32,16 +35,17 @@ def _accuracy(seeds: range, matrix: tuple[int, int], anatomy: str = "classic") -
 
 
 @pytest.mark.parametrize(("anatomy", "bound"), [("classic", 0.85), ("voxel", 0.7)])
-def test_phantom_views_inferred_over_100_seeds(anatomy: str, bound: float) -> None:
+def test_phantom_views_inferred_over_30_seeds(anatomy: str, bound: float) -> None:
     """The rule was written on the classic anatomy; the voxel one, built independently, checks how it
-    transfers. Measured on seeds 1000-1099 (README): 0.89 classic, 0.735 voxel, a known weak point;
-    the bounds only guard against regressions."""
-    accuracy, _ = _accuracy(range(1000, 1100), (1024, 256), anatomy)
+    transfers. The README's figures are over seeds 1000-1099 (``tests/benchmarks/bench_view_inference.py``:
+    0.890 classic, 0.725 voxel, a known weak point); these 30 seeds gave 0.883 and 0.733, and the bounds
+    only guard against regressions."""
+    accuracy, _ = view_inference_accuracy(range(1000, 1030), (1024, 256), anatomy)
     assert accuracy >= bound, accuracy
 
 
 def test_phantom_views_inferred_at_512_by_2048() -> None:
-    accuracy, _ = _accuracy(range(2000, 2010), (2048, 512))
+    accuracy, _ = view_inference_accuracy(range(2000, 2010), (2048, 512))
     assert accuracy >= 0.85, accuracy
 
 
@@ -54,7 +58,7 @@ def test_mirroring_does_not_change_the_answer() -> None:
 
 
 def test_confident_answers_are_more_often_right() -> None:
-    _, signed = _accuracy(range(3000, 3020), (1024, 256))
+    _, signed = view_inference_accuracy(range(3000, 3020), (1024, 256))
     confident = [c for c in signed if abs(c) >= 0.9]
     unsure = [c for c in signed if abs(c) < 0.7]
     assert confident and np.mean([c > 0 for c in confident]) >= np.mean([c > 0 for c in unsure] or [0.0])
