@@ -103,14 +103,23 @@ class StudyClassifier:
         return probs, self.domain.score(features)
 
     def model_result(self, study: StudyViews, explain: bool = False) -> ModelResult:
-        """This model's result on a study it can take (see :meth:`needs`)."""
+        """This model's result on a study it can take (see :meth:`needs`); with ``explain``, also
+        the LayerCAM heatmap (:mod:`spectnode.explain`) of its top class per view, at each view's
+        own matrix, from the same pass through the network."""
         inputs = network_inputs(study, self.spec)
-        score: float | None = None
-        if self.domain is None:
-            probs = self.predict([i.array for i in inputs]).mean(axis=0)
+        arrays = [i.array for i in inputs]
+        scores: np.ndarray | None = None
+        if explain:
+            cam_class, outputs, maps = self._layer_cam().explained(arrays)
+            each = outputs[0].astype(np.float64)
+            if self.domain is not None:
+                scores = self.domain.score(outputs[1].astype(np.float64))
+        elif self.domain is None:
+            each = self.predict(arrays)
         else:
-            each, scores = self.predict_with_domain([i.array for i in inputs])
-            probs, score = each.mean(axis=0), float(scores.max())  # the view furthest from the domain counts
+            each, scores = self.predict_with_domain(arrays)
+        probs = each.mean(axis=0)
+        score = None if scores is None else float(scores.max())  # the view furthest from the domain counts
         order = np.argsort(-probs)
         result = ModelResult(
             model=self.name,
@@ -124,28 +133,27 @@ class StudyClassifier:
             outside_domain=self.domain is not None and score is not None and self.domain.outside(score),
         )
         if explain:
-            result.heatmaps = self.explain(study, inputs, int(order[0]))
+            if cam_class != order[0]:  # a near tie, ranked otherwise in float64: explain the label shown
+                maps = self._layer_cam().maps(arrays, int(order[0]))
+            by_input = dict(zip([i.name for i in inputs], maps))
+            result.heatmaps = {view: heatmap_to_view(by_input[view] if view in by_input else by_input["aggregate"],
+                                                     view, getattr(study, view).pixels.shape)
+                               for view in study.available_views}
         return result
 
     def classify(self, study: StudyViews | NotAssessable, explain: bool = False) -> StudyResult:
         """Classify one study with this model alone (see :meth:`Classifiers.classify`)."""
         return Classifiers([self]).classify(study, explain=explain)
 
-    def explain(self, study: StudyViews, inputs: Sequence[NetworkInput], class_index: int) -> dict[str, np.ndarray]:
-        """Class-activation map (LayerCAM, see :mod:`spectnode.explain`) of ``class_index`` per view,
-        at each view's own matrix."""
-        from .explain import LayerCam
+    def _layer_cam(self) -> LayerCam:
+        """The model's LayerCAM, built on first use, with the domain-fit features as a further output."""
+        if self._cam is None:
+            from .domain import domain_features
+            from .explain import LayerCam
 
-        cam = self._cam
-        if cam is None:
-            cam = self._cam = LayerCam(self.model)
-        maps = dict(zip([i.name for i in inputs], cam.maps([i.array for i in inputs], class_index)))
-        out: dict[str, np.ndarray] = {}
-        for view in study.available_views:
-            image = getattr(study, view)
-            source = maps[view] if view in maps else maps["aggregate"]
-            out[view] = heatmap_to_view(source, view, image.pixels.shape)
-        return out
+            extra = [] if self.domain is None else [domain_features(self.model, self.domain.layer)]
+            self._cam = LayerCam(self.model, outputs=extra)
+        return self._cam
 
     def classify_paths(self, paths: Iterable[Path], explain: bool = False) -> list[StudyResult]:
         """Read files, group them into studies and classify each study with this model."""

@@ -129,7 +129,14 @@ def _place(cam: np.ndarray, geometry: tuple[tuple[float, float], tuple[float, fl
 class LayerCam:
     """LayerCAM of one model; build once, call per image (building the tapped model is slow)."""
 
-    def __init__(self, model: Any, layer_names: Sequence[str] | None = None) -> None:
+    def __init__(self, model: Any, layer_names: Sequence[str] | None = None, outputs: Sequence[Any] = ()) -> None:
+        """
+        Args:
+            model: A Keras model that ends in a Dense layer (its logits are explained).
+            layer_names: The layers whose maps are fused (default :func:`find_cam_layers`).
+            outputs: Further tensors of ``model``'s graph (e.g. a domain-fit feature vector) that
+                :meth:`explained` returns from the same pass.
+        """
         import keras
 
         self.layer_names = list(layer_names or find_cam_layers(model))
@@ -138,10 +145,12 @@ class LayerCam:
         if not isinstance(head, keras.layers.Dense):
             raise ValueError(f"model {model.name!r} does not end in a Dense layer; cannot take its logits")
         self._kernel, self._bias = head.kernel, head.bias
-        self._tapped = keras.Model(model.inputs,
-                                   [model.get_layer(n).output for n in self.layer_names] + [head.input])
+        # The fused layers, the logits' input, the model's output, then ``outputs``.
+        self._tapped = keras.Model(model.inputs, [*(model.get_layer(n).output for n in self.layer_names),
+                                                  head.input, model.outputs[0], *outputs])
         self._geometry = [feature_geometry(model, n) for n in self.layer_names]
         self._cams: Any = None  # the compiled map function, traced on first use
+        self._explained: Any = None  # likewise, with the outputs and the class chosen in the graph
 
     def __call__(self, image: np.ndarray, class_index: int) -> np.ndarray:
         """Map of ``class_index`` for one input (rows, cols, channels): float32 (rows, cols) in [0, 1]."""
@@ -149,16 +158,43 @@ class LayerCam:
 
     def maps(self, images: Sequence[np.ndarray], class_index: int) -> list[np.ndarray]:
         """Maps of ``class_index`` for inputs of one shape, in one pass through the network."""
+        tf = self._tensorflow()
+        if self._cams is None:
+            self._cams = tf.function(self._layer_cams, reduce_retracing=True)
+        batch = np.stack(images).astype(np.float32)
+        cams = [np.asarray(c) for c in self._cams(tf.constant(batch), tf.constant(class_index, tf.int32))]
+        return self._fused(images, cams)
+
+    def explained(self, images: Sequence[np.ndarray]) -> tuple[int, list[np.ndarray], list[np.ndarray]]:
+        """The model's outputs and the maps of its top class, in one pass through the network.
+
+        The top class is that of the mean of the model's output over ``images`` (a study's
+        probabilities), chosen inside the pass, so that explaining a prediction costs one
+        forward and one backward pass rather than a forward pass more.
+
+        Returns:
+            The class explained; the model's output, then each of ``outputs``, for every image
+            (float32, stacked); the maps, as :meth:`maps` gives them.
+        """
+        tf = self._tensorflow()
+        if self._explained is None:
+            self._explained = tf.function(self._explain, reduce_retracing=True)
+        batch = np.stack(images).astype(np.float32)
+        class_index, cams, outputs = self._explained(tf.constant(batch))
+        return (int(class_index), [np.asarray(o) for o in outputs],
+                self._fused(images, [np.asarray(c) for c in cams]))
+
+    @staticmethod
+    def _tensorflow() -> Any:
         import keras
 
         if keras.backend.backend() != "tensorflow":
             raise NotImplementedError(f"heatmaps need the TensorFlow Keras backend, not {keras.backend.backend()!r}")
         import tensorflow as tf
 
-        if self._cams is None:
-            self._cams = tf.function(self._layer_cams, reduce_retracing=True)
-        batch = np.stack(images).astype(np.float32)
-        cams = [np.asarray(c) for c in self._cams(tf.constant(batch), tf.constant(class_index, tf.int32))]
+        return tf
+
+    def _fused(self, images: Sequence[np.ndarray], cams: Sequence[np.ndarray]) -> list[np.ndarray]:
         out = []
         for i, image in enumerate(images):
             fused = np.zeros(image.shape[:2], np.float32)
@@ -179,11 +215,33 @@ class LayerCam:
         # the GIL that the node's other stages need as well.
         import tensorflow as tf
 
+        n = len(self.layer_names)
         with tf.GradientTape() as tape:
-            *features, penultimate = self._tapped(x, training=False)
-            logit = tf.linalg.matvec(penultimate, tf.gather(self._kernel, class_index, axis=1))
-            if self._bias is not None:
-                logit = logit + tf.gather(self._bias, class_index)
-        grads = tape.gradient(logit, features)
+            tapped = self._tapped(x, training=False)
+            features, penultimate = tapped[:n], tapped[n]
+            logit = self._logit(penultimate, class_index)
+        return self._weighted(features, tape.gradient(logit, features))
+
+    def _explain(self, x: Any) -> tuple[Any, list[Any], list[Any]]:
+        import tensorflow as tf
+
+        n = len(self.layer_names)
+        with tf.GradientTape() as tape:
+            tapped = self._tapped(x, training=False)
+            features, penultimate, outputs = tapped[:n], tapped[n], tapped[n + 1:]
+            class_index = tf.argmax(tf.reduce_mean(outputs[0], axis=0), output_type=tf.int32)
+            logit = self._logit(penultimate, class_index)
+        return class_index, self._weighted(features, tape.gradient(logit, features)), outputs
+
+    def _logit(self, penultimate: Any, class_index: Any) -> Any:
+        import tensorflow as tf
+
+        logit = tf.linalg.matvec(penultimate, tf.gather(self._kernel, class_index, axis=1))
+        return logit if self._bias is None else logit + tf.gather(self._bias, class_index)
+
+    @staticmethod
+    def _weighted(features: Sequence[Any], grads: Sequence[Any]) -> list[Any]:
+        import tensorflow as tf
+
         return [tf.nn.relu(tf.reduce_sum(f * tf.nn.relu(g), axis=-1)) for f, g in zip(features, grads)]
 

@@ -160,3 +160,28 @@ def test_real_ge_single_view_is_classified_by_the_shipped_per_view_model():
     assert model["domain_score"] is not None
     (skipped,) = result["skipped_models"].values()
     assert "both" in skipped and "view" in skipped, skipped
+
+
+def test_explaining_a_study_changes_neither_its_result_nor_its_heatmap(classifier):
+    """``model_result(explain=True)`` takes probabilities, domain score and heatmaps from one pass
+    (LayerCam.explained, the class chosen inside it); they must be what the prediction alone and
+    the maps of the label's class (LayerCam.maps) give."""
+    views, _ = scan_views(SINGLE_STRONG_LESION_SEEDS[0], "both")
+    plain, explained = classifier.model_result(views), classifier.model_result(views, explain=True)
+    assert explained.label == plain.label and explained.second_label == plain.second_label
+    for name, p in plain.probabilities.items():
+        assert explained.probabilities[name] == pytest.approx(p, abs=1e-5)
+    assert plain.domain_score is not None
+    assert explained.domain_score == pytest.approx(plain.domain_score, rel=1e-5)
+    assert explained.outside_domain == plain.outside_domain
+    from spectnode.explain import LayerCam
+    from spectnode.imaging.network_input import heatmap_to_view, network_inputs
+
+    inputs = network_inputs(views, classifier.spec)
+    maps = LayerCam(classifier.model).maps([i.array for i in inputs], classifier.classes.index(plain.label))
+    by_input = dict(zip([i.name for i in inputs], maps))
+    assert sorted(explained.heatmaps) == sorted(views.available_views)
+    for view, heat in explained.heatmaps.items():
+        source = by_input[view] if view in by_input else by_input["aggregate"]
+        expected = heatmap_to_view(source, view, getattr(views, view).pixels.shape)
+        np.testing.assert_allclose(heat, expected, atol=1e-5)
