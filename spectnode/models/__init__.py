@@ -27,8 +27,7 @@ VGG11, Inception-v1       inRAC Table 9
 FC-headed builders (dSPIC, SI_CLF*, AlexNet, VGG11) take ``head="gap"``
 (default: global average pooling, then the paper's FC layers), ``"gmp"``
 (global max pooling), ``"gap_gmp"`` (both, concatenated) or
-``head="flatten"`` (the paper as written). dSPIC-AM and dSPIC-RM also take
-``additive_findings=True`` (:class:`~spectnode.models.blocks.AdditiveFindings`). The module docstrings of
+``head="flatten"`` (the paper as written). The module docstrings of
 :mod:`~spectnode.models.dspic`, :mod:`~spectnode.models.inrac` and
 :mod:`~spectnode.models.classic` record every choice made where the papers
 are silent.

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HEADS",
-    "AdditiveFindings",
     "padded_conv2d",
     "dspic_residual_module",
     "ra_conv_block",
@@ -38,35 +37,6 @@ __all__ = [
 #: Heads offered by the builders whose papers end in fully connected layers.
 Head = Literal["gap", "gmp", "gap_gmp", "flatten"]
 HEADS: tuple[Head, ...] = get_args(Head)
-
-
-@keras.saving.register_keras_serializable(package="spectnode")
-class AdditiveFindings(keras.constraints.Constraint):
-    """Keeps a four-class layer's logits additive in two findings: metastasis and arthritis.
-
-    For the classes (normal, metastatic, arthritic, both) it projects the layer's kernel
-    and bias (their last axis: one column per class) onto
-    ``normal + both == metastatic + arthritic``, which removes the interaction term: the
-    logits are then ``c, c + m, c + a, c + m + a`` and the softmax is exactly
-    ``P(metastasis) x P(arthritis)`` of two independent sigmoids, ``P(both)`` included. So
-    evidence of metastasis counts the same with or without arthritis, and every study with
-    metastases (metastatic or both) teaches the same ``m``. The projection is orthogonal:
-    the interaction ``(normal - metastatic - arthritic + both) / 4`` is taken off the two
-    diagonal classes and added to the other two. The optimiser applies it after each step;
-    :func:`classification_head` and a fine-tune's weight copy apply it to the weights they set.
-    """
-
-    def __call__(self, w: Any) -> Any:
-        from keras import ops
-
-        if w.shape[-1] != 4:
-            raise ValueError(f"additive findings need 4 classes on the last axis, got shape {tuple(w.shape)}")
-        contrast = ops.convert_to_tensor([1.0, -1.0, -1.0, 1.0], dtype=w.dtype)
-        interaction = ops.sum(w * contrast, axis=-1, keepdims=True) / 4.0
-        return w - interaction * contrast
-
-    def get_config(self) -> dict[str, Any]:
-        return {}
 
 
 def check_common_arguments(input_shape: Sequence[int], classes: int) -> tuple[int, int, int]:
@@ -201,7 +171,6 @@ def classification_head(
     dropout_rate: float,
     classifier_activation: str | None,
     kernel_initializer: str = "glorot_uniform",
-    additive_findings: bool = False,
 ) -> Any:
     """Fully connected head: flatten or global pooling, ``fc_units`` ReLU layers, then ``predictions``.
 
@@ -212,16 +181,12 @@ def classification_head(
     instead: one focal lesion then counts as much as many, where the average
     spreads it over every cell of the map (dSPIC-AM's last map has 403 cells
     at 384 x 96). ``head="gap_gmp"`` gives the FC layers both, side by side:
-    the hottest focus and the level it stands out from. ``additive_findings``
-    constrains ``predictions`` with :class:`AdditiveFindings` (four classes only).
+    the hottest focus and the level it stands out from.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-    if additive_findings and classes != 4:
-        raise ValueError(f"additive_findings needs the four classes normal, metastatic, arthritic, both; "
-                         f"got {classes} classes")
     if head == "flatten":
         x = layers.Flatten(name="flatten")(x)
     elif head == "gmp":
@@ -235,14 +200,7 @@ def classification_head(
         x = layers.Dense(units, activation="relu", kernel_initializer=kernel_initializer, name=f"fc{index}")(x)
         if dropout_rate:
             x = layers.Dropout(dropout_rate, name=f"fc{index}_dropout")(x)
-    constraint = AdditiveFindings() if additive_findings else None
-    predictions = layers.Dense(classes, activation=classifier_activation, kernel_constraint=constraint,
-                               bias_constraint=constraint, name="predictions")
-    x = predictions(x)
-    if constraint is not None:  # the initial weights too, not only those after the first step
-        for variable in predictions.weights:
-            variable.assign(constraint(variable))
-    return x
+    return layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
 
 
 def dense_stack_param_count(inputs: int, units: Sequence[int]) -> int:

@@ -31,11 +31,6 @@ Choices common to all of them (the paper is silent or ambiguous):
   is AlexNet with one module added, and AlexNet uses dropout 0.5 there; the
   paper does not mention dropout either way. Dropout has no parameters, so it
   changes no count or shape.
-* ``additive_findings`` (off by default; not in the paper): the four-class
-  output layer is constrained to logits that add a metastasis and an
-  arthritis term (:class:`~spectnode.models.blocks.AdditiveFindings`), so
-  "both" is the product of the two findings rather than a class of its own.
-  It has the plain layer's shapes; without ``include_top`` it does nothing.
 * He-normal initialisation of every convolution and hidden FC layer (the
   paper is silent; Keras' default is Glorot). Without batch normalisation a
   Glorot-initialised ReLU stack shrinks the signal at each layer, and dSPIC-AM
@@ -89,7 +84,6 @@ def build_dspic(
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
-    additive_findings: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build dSPIC (dSPIC Table 3).
@@ -113,10 +107,6 @@ def build_dspic(
         dropout_rate: Dropout after each hidden FC layer (0 disables it).
         classifier_activation: Activation of ``predictions``; ``None`` gives
             logits.
-        additive_findings: Constrain the four classes' logits to a sum of a
-            metastasis and an arthritis term
-            (:class:`~spectnode.models.blocks.AdditiveFindings`; a deviation, the
-            paper's softmax is unconstrained).
         name: Model name; defaults to ``"dSPIC-AM"`` / ``"dSPIC-RM"``.
 
     Returns:
@@ -147,7 +137,6 @@ def build_dspic(
             dropout_rate=dropout_rate,
             classifier_activation=classifier_activation,
             kernel_initializer=_INIT,
-            additive_findings=additive_findings,
         )
     default_name = "dSPIC-AM" if module == "attention" else "dSPIC-RM"
     return keras.Model(inputs, x, name=name or default_name)
@@ -162,7 +151,6 @@ def build_dspic_am(
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
-    additive_findings: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build dSPIC-AM: dSPIC with the CBAM attention module (see :func:`build_dspic`)."""
@@ -175,7 +163,6 @@ def build_dspic_am(
         fc_units=fc_units,
         dropout_rate=dropout_rate,
         classifier_activation=classifier_activation,
-        additive_findings=additive_findings,
         name=name,
     )
 
@@ -189,7 +176,6 @@ def build_dspic_rm(
     fc_units: Sequence[int] = (4096, 4096),
     dropout_rate: float = 0.5,
     classifier_activation: str | None = "softmax",
-    additive_findings: bool = False,
     name: str | None = None,
 ) -> keras.Model:
     """Build dSPIC-RM: dSPIC with the residual module (see :func:`build_dspic`)."""
@@ -202,7 +188,6 @@ def build_dspic_rm(
         fc_units=fc_units,
         dropout_rate=dropout_rate,
         classifier_activation=classifier_activation,
-        additive_findings=additive_findings,
         name=name,
     )
 

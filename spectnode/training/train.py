@@ -448,9 +448,6 @@ def copy_weights(source: Any, target: Any) -> None:
         raise ValueError("the bundle's weights do not fit this network: " + "; ".join(problems))
     for name, layer in ours.items():
         layer.set_weights(theirs[name].get_weights())
-        for variable in layer.weights:  # a constraint the bundle's layer lacked holds from the start
-            if variable.constraint is not None:
-                variable.assign(variable.constraint(variable))
 
 
 def train(samples: LoadedSamples, settings: TrainSettings, out_dir: Path, resume: bool = False,
