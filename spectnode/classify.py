@@ -105,7 +105,8 @@ class StudyClassifier:
     def model_result(self, study: StudyViews, explain: bool = False) -> ModelResult:
         """This model's result on a study it can take (see :meth:`needs`); with ``explain``, also
         the LayerCAM heatmap (:mod:`spectnode.explain`) of its top class per view, at each view's
-        own matrix, from the same pass through the network."""
+        own matrix, from the same pass through the network (the graph's outputs agree with
+        :meth:`predict`'s to float32 rounding)."""
         inputs = network_inputs(study, self.spec)
         arrays = [i.array for i in inputs]
         scores: np.ndarray | None = None
@@ -133,7 +134,7 @@ class StudyClassifier:
             outside_domain=self.domain is not None and score is not None and self.domain.outside(score),
         )
         if explain:
-            if cam_class != order[0]:  # a near tie, ranked otherwise in float64: explain the label shown
+            if cam_class != order[0]:  # an exact tie ranked otherwise: explain the label shown (a second pass)
                 maps = self._layer_cam().maps(arrays, int(order[0]))
             by_input = dict(zip([i.name for i in inputs], maps))
             result.heatmaps = {view: heatmap_to_view(by_input[view] if view in by_input else by_input["aggregate"],

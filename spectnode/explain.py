@@ -174,7 +174,7 @@ class LayerCam:
 
         Returns:
             The class explained; the model's output, then each of ``outputs``, for every image
-            (float32, stacked); the maps, as :meth:`maps` gives them.
+            (stacked, in the model's dtype); the maps, as :meth:`maps` gives them.
         """
         tf = self._tensorflow()
         if self._explained is None:
@@ -229,7 +229,8 @@ class LayerCam:
         with tf.GradientTape() as tape:
             tapped = self._tapped(x, training=False)
             features, penultimate, outputs = tapped[:n], tapped[n], tapped[n + 1:]
-            class_index = tf.argmax(tf.reduce_mean(outputs[0], axis=0), output_type=tf.int32)
+            # float64, as the study's probabilities are ranked outside (StudyClassifier.model_result)
+            class_index = tf.argmax(tf.reduce_mean(tf.cast(outputs[0], tf.float64), axis=0), output_type=tf.int32)
             logit = self._logit(penultimate, class_index)
         return class_index, self._weighted(features, tape.gradient(logit, features)), outputs
 

@@ -162,26 +162,75 @@ def test_real_ge_single_view_is_classified_by_the_shipped_per_view_model():
     assert "both" in skipped and "view" in skipped, skipped
 
 
-def test_explaining_a_study_changes_neither_its_result_nor_its_heatmap(classifier):
-    """``model_result(explain=True)`` takes probabilities, domain score and heatmaps from one pass
-    (LayerCam.explained, the class chosen inside it); they must be what the prediction alone and
-    the maps of the label's class (LayerCam.maps) give."""
-    views, _ = scan_views(SINGLE_STRONG_LESION_SEEDS[0], "both")
-    plain, explained = classifier.model_result(views), classifier.model_result(views, explain=True)
-    assert explained.label == plain.label and explained.second_label == plain.second_label
-    for name, p in plain.probabilities.items():
-        assert explained.probabilities[name] == pytest.approx(p, abs=1e-5)
-    assert plain.domain_score is not None
-    assert explained.domain_score == pytest.approx(plain.domain_score, rel=1e-5)
-    assert explained.outside_domain == plain.outside_domain
+def _expected_heatmaps(classifier, views, label):
+    """The heatmaps of ``label`` per view from a LayerCam of its own (LayerCam.maps)."""
     from spectnode.explain import LayerCam
     from spectnode.imaging.network_input import heatmap_to_view, network_inputs
 
     inputs = network_inputs(views, classifier.spec)
-    maps = LayerCam(classifier.model).maps([i.array for i in inputs], classifier.classes.index(plain.label))
+    maps = LayerCam(classifier.model).maps([i.array for i in inputs], classifier.classes.index(label))
     by_input = dict(zip([i.name for i in inputs], maps))
-    assert sorted(explained.heatmaps) == sorted(views.available_views)
-    for view, heat in explained.heatmaps.items():
-        source = by_input[view] if view in by_input else by_input["aggregate"]
-        expected = heatmap_to_view(source, view, getattr(views, view).pixels.shape)
-        np.testing.assert_allclose(heat, expected, atol=1e-5)
+    return {view: heatmap_to_view(by_input[view] if view in by_input else by_input["aggregate"], view,
+                                  getattr(views, view).pixels.shape) for view in views.available_views}
+
+
+def _studies_it_takes(classifier):
+    views, _ = scan_views(SINGLE_STRONG_LESION_SEEDS[0], "both")
+    studies = [views]
+    if classifier.spec.mode == "per_view":  # one input as well as two: the traced pass takes both
+        studies.append(StudyViews(views.study_uid, views.anterior, None))
+    return studies
+
+
+def test_explaining_a_study_takes_its_result_and_heatmaps_from_one_pass(classifier, monkeypatch):
+    """``model_result(explain=True)`` takes probabilities, domain score and heatmaps from one pass
+    (LayerCam.explained, the class chosen inside it): with the prediction and the separate map
+    functions made to fail, they must still be what those give."""
+    from spectnode.explain import LayerCam
+
+    studies = _studies_it_takes(classifier)
+    plain = [classifier.model_result(views) for views in studies]
+    expected = [_expected_heatmaps(classifier, views, result.label) for views, result in zip(studies, plain)]
+
+    def not_called(*args, **kwargs):
+        raise AssertionError("a second pass through the network")
+
+    for name in ("predict", "predict_with_domain"):
+        monkeypatch.setattr(classifier, name, not_called)
+    monkeypatch.setattr(LayerCam, "maps", not_called)
+    for views, reference, heatmaps in zip(studies, plain, expected):
+        explained = classifier.model_result(views, explain=True)
+        assert explained.label == reference.label and explained.second_label == reference.second_label
+        for name, p in reference.probabilities.items():
+            assert explained.probabilities[name] == pytest.approx(p, abs=1e-5)
+        assert reference.domain_score is not None
+        assert explained.domain_score == pytest.approx(reference.domain_score, rel=1e-5)
+        assert explained.outside_domain == reference.outside_domain
+        assert sorted(explained.heatmaps) == sorted(views.available_views)
+        for view, heat in explained.heatmaps.items():
+            np.testing.assert_allclose(heat, heatmaps[view], atol=1e-5)
+
+
+def test_a_class_the_pass_ranks_otherwise_is_explained_by_the_label_shown(classifier, monkeypatch):
+    """Where the graph's top class is not the label (an exact tie ranked otherwise), the heatmaps
+    are those of the label, from a second pass."""
+    from spectnode.explain import LayerCam
+
+    (views, *_) = _studies_it_takes(classifier)
+    label = classifier.model_result(views).label
+    expected = _expected_heatmaps(classifier, views, label)
+    explained = LayerCam.explained
+
+    other = (classifier.classes.index(label) + 1) % len(classifier.classes)
+
+    def another_class(self, images):
+        _, outputs, _ = explained(self, images)
+        return other, outputs, self.maps(images, other)
+
+    monkeypatch.setattr(LayerCam, "explained", another_class)
+    result = classifier.model_result(views, explain=True)
+    assert result.label == label
+    for view, heat in result.heatmaps.items():
+        np.testing.assert_allclose(heat, expected[view], atol=1e-5)
+    assert any(np.abs(heat - other_heat).max() > 1e-3 for heat, other_heat in zip(
+        result.heatmaps.values(), _expected_heatmaps(classifier, views, classifier.classes[other]).values()))
