@@ -109,10 +109,10 @@ def test_heatmap_peaks_lie_on_single_strong_lesions(aggregate_classifier):
     metastatic must have its heatmap peak within 50 mm of the lesion in both views; how many it calls
     metastatic is bounded by the card's metastatic recall.
 
-    The shipped per-view dSPIC-AM 1.3.0 fails this: it calls three of the six seeds metastatic (31, 180,
-    340); 31's heatmaps peak within 50 mm of the lesion, 180's and 340's 71-422 mm from it
-    (``bench_heatmap_localisation.py --bundle spectnode/data/per_view_bundle``). Its heatmap is drawn
-    only on single-view studies; the README says so (known limitation, issue 13).
+    The shipped per-view dSPIC-AM 1.4.0 fails this: it calls four of the six seeds metastatic (31, 76,
+    180, 340); 31's and 180's heatmaps peak within 50 mm of the lesion in both views, 76's 63 mm from it
+    and 340's anterior one 282 mm (``bench_heatmap_localisation.py --bundle spectnode/data/per_view_bundle``).
+    Its heatmap is drawn only on single-view studies; the README says so (known limitation, issue 13).
     """
     classifier = aggregate_classifier
     called, misplaced = 0, []
