@@ -9,7 +9,7 @@ knows nothing of the job store, DICOM networking or reports: it takes what
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ DEFAULT_BUNDLE = _DATA / "default_bundle"
 #: Every bundle shipped inside the package, in the order the node runs them (``model.bundles: null``).
 DEFAULT_BUNDLES: tuple[Path, ...] = tuple(p for p in (DEFAULT_BUNDLE, _DATA / "per_view_bundle") if p.is_dir())
 #: Held while a model's extra Keras graphs are built on first use: models run in threads
-#: (:meth:`Classifiers.classify`), and building a functional model touches Keras' global state.
+#: (:meth:`Classifiers.classify`), so two could find the same graph missing and build it twice.
 _BUILD_LOCK = threading.Lock()
 
 
@@ -247,7 +247,11 @@ class Classifiers:
             return [c.model_result(study, explain=explain) for c in taking]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(len(self.classifiers), thread_name_prefix="spectnode-model")
-        futures = [self._pool.submit(c.model_result, study, explain and i == 0) for i, c in enumerate(taking)]
+        try:
+            futures = [self._pool.submit(c.model_result, study, explain and i == 0) for i, c in enumerate(taking)]
+        except RuntimeError:  # the interpreter is exiting (a stage Node.stop left running): in turn, then
+            return [c.model_result(study, explain=explain and i == 0) for i, c in enumerate(taking)]
+        wait(futures)  # where one model fails, the other still ends before the next study starts
         return [future.result() for future in futures]
 
     def classify_paths(self, paths: Iterable[Path], explain: bool = False) -> list[StudyResult]:

@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import pydicom
@@ -93,6 +94,49 @@ def test_a_two_view_study_goes_to_both_models_and_a_single_view_to_the_per_view_
                                                                                   None))
     assert only_aggregate.outcome == "not_assessable" and only_aggregate.reason_code == "missing_views"
     assert "test-aggregate" in only_aggregate.reason
+
+
+def test_a_studys_models_run_at_once_and_a_failure_waits_for_the_other(classifiers, phantom, monkeypatch):
+    """The two models of a study run in threads of their own, at the same time; where one fails,
+    classify raises its error only once the other has ended (a model failing is a fault that
+    cannot be produced for real, so the two ``model_result`` calls are wrapped)."""
+    import threading
+
+    _, _, views = phantom
+    first, second = classifiers.classifiers
+    both_running = threading.Barrier(2, timeout=30)  # breaks unless both calls are in flight at once
+    threads, ended = set(), []
+
+    def meeting(classifier):
+        real = type(classifier).model_result
+
+        def model_result(study, explain=False):
+            threads.add(threading.get_ident())
+            both_running.wait()
+            return real(classifier, study, explain)
+        return model_result
+
+    monkeypatch.setattr(first, "model_result", meeting(first))
+    monkeypatch.setattr(second, "model_result", meeting(second))
+    result = classifiers.classify(views)
+    assert [m.model for m in result.models] == ["test-aggregate", "test-per-view"]
+    assert len(threads) == 2 and threading.get_ident() not in threads
+
+    def failing(study, explain=False):
+        raise RuntimeError("model failed")
+
+    real_second = type(second).model_result
+
+    def slow(study, explain=False):
+        time.sleep(0.5)
+        ended.append(True)
+        return real_second(second, study, explain)
+
+    monkeypatch.setattr(first, "model_result", failing)
+    monkeypatch.setattr(second, "model_result", slow)
+    with pytest.raises(RuntimeError, match="model failed"):
+        classifiers.classify(views)
+    assert ended == [True]
 
 
 def test_the_sr_carries_one_result_per_model_with_its_own_algorithm(explained, phantom, tmp_path):
